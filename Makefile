@@ -1,0 +1,44 @@
+# dagstream: the two commands a newcomer needs are `make run` and `make test`.
+# Both install whatever is missing first (scripts/setup.sh), so a fresh machine with only the
+# Rust toolchain, Node/npm and Python is enough.
+
+SHELL := /bin/bash
+CARGO_BIN := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin
+export PATH := $(CARGO_BIN):$(CURDIR)/end2end/node_modules/.bin:$(PATH)
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+ADDR ?= 127.0.0.1:3000
+DATA ?= ./data
+
+.PHONY: run test build setup setup-test unit e2e check fmt
+
+## Build the release site and serve the dashboard on http://$(ADDR)
+run: build
+	$(TARGET_DIR)/release/dagstream serve --addr $(ADDR) --data $(DATA) --site-root target/site
+
+## Run every test: Rust unit and integration tests, then Playwright in Chromium
+test: setup-test
+	cargo test --features ssr
+	cargo leptos end-to-end
+
+build: setup
+	cargo leptos build --release
+
+setup:
+	scripts/setup.sh build
+
+setup-test:
+	scripts/setup.sh test
+
+unit:
+	cargo test --features ssr
+
+e2e: setup-test
+	cargo leptos end-to-end
+
+## Type-check both targets as the release build sees them
+check:
+	cargo check --features ssr --all-targets
+	cargo check --lib --target wasm32-unknown-unknown --features hydrate
+
+fmt:
+	cargo fmt

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Installs what `make run` and `make test` need and skips whatever is already present.
+# A fresh machine needs only the Rust toolchain, Node/npm and Python; everything else comes
+# from crates.io, npm and Debian's packages (no GitHub downloads: this machine cannot reach them).
+#
+#   scripts/setup.sh build    wasm target, cargo-leptos, wasm-bindgen-cli, wasm-opt (npm binaryen)
+#   scripts/setup.sh test     all of the above, plus Chromium and the Playwright packages
+set -euo pipefail
+
+CARGO_LEPTOS_VERSION=0.3.11
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+export PATH="$CARGO_BIN:$ROOT/end2end/node_modules/.bin:$PATH"
+want=${1:-build}
+
+say() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
+
+# The wasm-bindgen CLI must match the wasm-bindgen library in Cargo.lock exactly.
+wasm_bindgen_version() {
+  awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' "$ROOT/Cargo.lock"
+}
+
+# install_crate NAME VERSION [PACKAGE@VERSION ...]: `cargo install`s NAME from its crates.io
+# source with its own lockfile (--locked), first pinning the listed packages of that lockfile.
+install_crate() {
+  local name=$1 version=$2 work pin
+  shift 2
+  work=$(mktemp -d)
+  curl -sSfL "https://static.crates.io/crates/$name/$name-$version.crate" | tar xz -C "$work"
+  (
+    cd "$work/$name-$version"
+    for pin in "$@"; do cargo update -q -p "${pin%@*}" --precise "${pin#*@}"; done
+    CARGO_TARGET_DIR="$work/target" cargo install --path . --locked
+  )
+  rm -rf "$work"
+}
+
+if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+  say "adding the wasm32-unknown-unknown target"
+  rustup target add wasm32-unknown-unknown
+fi
+
+if [ "$(cargo leptos --version 2>/dev/null | awk '{print $2}')" != "$CARGO_LEPTOS_VERSION" ]; then
+  # Its lockfile wants a cargo-util-schemas that needs a newer rustc than ours.
+  say "installing cargo-leptos $CARGO_LEPTOS_VERSION (one-time, about 13 minutes)"
+  install_crate cargo-leptos "$CARGO_LEPTOS_VERSION" cargo-util-schemas@0.14.1
+fi
+
+wb=$(wasm_bindgen_version)
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wb" ]; then
+  # Its lockfile names a webpki-roots release the registry here does not have.
+  say "installing wasm-bindgen-cli $wb (one-time, a few minutes)"
+  install_crate wasm-bindgen-cli "$wb" webpki-roots@1.0.10
+fi
+
+if [ ! -x "$ROOT/end2end/node_modules/.bin/wasm-opt" ] || [ ! -d "$ROOT/end2end/node_modules/@playwright/test" ]; then
+  say "installing npm packages of end2end/ (Playwright test runner, binaryen's wasm-opt)"
+  (cd "$ROOT/end2end" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+fi
+
+if [ "$want" = test ] && [ ! -x /usr/bin/chromium ]; then
+  say "installing Chromium from Debian's packages"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium
+fi
+say "ready"

@@ -1,0 +1,82 @@
+//! The Leptos app, rendered on the server and hydrated in the browser: the run list (`/`), the
+//! run view (`/dags/{dag_id}`), the client store and the stream hook.
+
+mod run_page;
+mod runs_page;
+pub mod store;
+pub mod stream;
+
+use leptos::prelude::*;
+use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
+use leptos_router::components::{A, Route, Router, Routes};
+use leptos_router::path;
+
+use crate::protocol::{RunState, RunSummary};
+
+/// The HTML document around the app.
+pub fn shell(options: LeptosOptions) -> impl IntoView {
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8"/>
+                <meta name="viewport" content="width=device-width, initial-scale=1"/>
+                <meta name="color-scheme" content="light dark"/>
+                <link rel="icon" href="/favicon.ico"/>
+                <HydrationScripts options/>
+                <MetaTags/>
+            </head>
+            <body>
+                <App/>
+            </body>
+        </html>
+    }
+}
+
+#[component]
+pub fn App() -> impl IntoView {
+    provide_meta_context();
+    view! {
+        <Stylesheet id="leptos" href="/pkg/dagstream.css"/>
+        <Title text="dagstream"/>
+        <Router>
+            <header class="topbar">
+                <A href="/" attr:class="brand">"dagstream"</A>
+                <span class="tagline">"control room"</span>
+            </header>
+            <main>
+                <Routes fallback=|| view! { <p class="empty">"Page not found."</p> }>
+                    <Route path=path!("/") view=runs_page::RunsPage/>
+                    <Route path=path!("/dags/:dag_id") view=run_page::RunPage/>
+                </Routes>
+            </main>
+        </Router>
+    }
+}
+
+/// Every run, newest first.
+#[server]
+pub async fn list_runs() -> Result<Vec<RunSummary>, ServerFnError> {
+    Ok(server_state()?.runs.list())
+}
+
+/// The state of one run, or `None` if there is no such run.
+#[server]
+pub async fn get_run(dag_id: String) -> Result<Option<RunState>, ServerFnError> {
+    Ok(server_state()?.runs.get(&dag_id).map(|run| run.room.snapshot()))
+}
+
+/// Starts the bundled example `name` and sends the browser to its run view.
+#[server]
+pub async fn start_example(name: String) -> Result<String, ServerFnError> {
+    let spec = crate::engine::examples::by_name(&name)
+        .ok_or_else(|| ServerFnError::new(format!("no example called {name:?}")))?;
+    let dag_id = server_state()?.runs.start(spec).map_err(|e| ServerFnError::new(e.to_string()))?;
+    leptos_axum::redirect(&format!("/dags/{dag_id}"));
+    Ok(dag_id)
+}
+
+#[cfg(feature = "ssr")]
+fn server_state() -> Result<crate::server::AppState, ServerFnError> {
+    use_context::<crate::server::AppState>().ok_or_else(|| ServerFnError::new("server state is missing"))
+}

@@ -1,0 +1,275 @@
+//! The client store of one run: the shared reducer's [`RunState`] plus fine-grained signals.
+//!
+//! Every event goes through [`RunState::apply`] first, so the store agrees with the server by
+//! construction; then only the signals the event touched are set. A `node_state` for one node
+//! re-renders that node's row, the progress line and (for gates) the gate cards, nothing else.
+
+use std::collections::HashMap;
+
+use leptos::prelude::*;
+
+use crate::protocol::{
+    Applied, Cost, GateDecisionRecord, GatePresentation, NodeView, Progress, RunPhase, RunState, Seq, ServerEvent,
+    ServerEventBody,
+};
+
+/// One node's reactive view; the row of that node subscribes to `view` only.
+#[derive(Clone)]
+pub struct NodeSignal {
+    pub id: String,
+    pub view: RwSignal<NodeView>,
+}
+
+/// A waiting gate as its card shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GateCard {
+    pub node_id: String,
+    pub label: String,
+    pub presentation: GatePresentation,
+}
+
+/// Reactive state of one run. `Copy`: every field is a handle.
+#[derive(Clone, Copy)]
+pub struct RunStore {
+    /// The reducer's state: the single source of truth the signals are derived from.
+    state: StoredValue<RunState>,
+    /// Node signals by id, to reach one node's signal without scanning.
+    by_id: StoredValue<HashMap<String, RwSignal<NodeView>>>,
+    /// The nodes in display order; changes only when the graph's shape changes.
+    pub nodes: RwSignal<Vec<NodeSignal>>,
+    pub phase: RwSignal<RunPhase>,
+    pub cost: RwSignal<Cost>,
+    pub progress: RwSignal<Progress>,
+    pub gates: RwSignal<Vec<GateCard>>,
+    pub decisions: RwSignal<Vec<GateDecisionRecord>>,
+    /// `seq` of the last event applied: where a reconnect resumes (`since`).
+    pub seq: RwSignal<Seq>,
+    /// Set once `execution_complete` arrived.
+    pub finished: RwSignal<bool>,
+    /// The newest run-level `error` (one without a node).
+    pub last_run_error: RwSignal<Option<String>>,
+    pub name: StoredValue<String>,
+    pub dag_id: StoredValue<String>,
+}
+
+impl RunStore {
+    pub fn new(initial: RunState) -> Self {
+        let store = RunStore {
+            state: StoredValue::new(initial.clone()),
+            by_id: StoredValue::new(HashMap::new()),
+            nodes: RwSignal::new(Vec::new()),
+            phase: RwSignal::new(initial.state),
+            cost: RwSignal::new(initial.cost),
+            progress: RwSignal::new(initial.progress()),
+            gates: RwSignal::new(Vec::new()),
+            decisions: RwSignal::new(initial.decisions.clone()),
+            seq: RwSignal::new(initial.seq),
+            finished: RwSignal::new(initial.results.is_some()),
+            last_run_error: RwSignal::new(None),
+            name: StoredValue::new(initial.name.clone()),
+            dag_id: StoredValue::new(initial.dag_id.clone()),
+        };
+        store.rebuild_nodes();
+        store.refresh_gates();
+        store
+    }
+
+    /// Folds one event in and updates the signals it touched. Returns what the reducer did;
+    /// on [`Applied::Gap`] the caller must resync.
+    pub fn apply(&self, event: &ServerEvent) -> Applied {
+        let applied = self.state.try_update_value(|state| state.apply(event)).unwrap_or(Applied::Stale);
+        if applied != Applied::Folded {
+            return applied;
+        }
+        match &event.body {
+            ServerEventBody::NodeState { node_id, .. } | ServerEventBody::HumanGateWaiting { node_id, .. } => {
+                self.refresh_node(node_id);
+                self.refresh_progress();
+                self.refresh_gates();
+            }
+            ServerEventBody::GateResolved { node_id, .. } => {
+                self.refresh_node(node_id);
+                self.refresh_gates();
+                self.state.with_value(|s| self.decisions.set(s.decisions.clone()));
+            }
+            ServerEventBody::EdgeActive { to: node_id, .. } | ServerEventBody::NodeLog { node_id, .. } => {
+                self.refresh_node(node_id);
+            }
+            ServerEventBody::DagMutated { .. } | ServerEventBody::Snapshot { .. } => {
+                self.rebuild_nodes();
+                self.refresh_all_scalars();
+            }
+            ServerEventBody::CostUpdate { .. } => self.state.with_value(|s| self.cost.set(s.cost)),
+            ServerEventBody::ExecutionComplete { .. } => self.finished.set(true),
+            ServerEventBody::Error { node_id, message } => {
+                if node_id.is_none() {
+                    self.last_run_error.set(Some(message.clone()));
+                }
+            }
+            ServerEventBody::RunStateChanged { state } => self.phase.set(*state),
+        }
+        self.seq.set(self.state.with_value(|s| s.seq));
+        applied
+    }
+
+    /// The reducer's state as it is now.
+    pub fn snapshot(&self) -> RunState {
+        self.state.get_value()
+    }
+
+    fn refresh_node(&self, node_id: &str) {
+        let signal = self.by_id.with_value(|by_id| by_id.get(node_id).copied());
+        let view = self.state.with_value(|s| s.nodes.get(node_id).cloned());
+        if let (Some(signal), Some(view)) = (signal, view) {
+            signal.set(view);
+        }
+    }
+
+    fn refresh_progress(&self) {
+        let progress = self.state.with_value(RunState::progress);
+        if self.progress.get_untracked() != progress {
+            self.progress.set(progress);
+        }
+    }
+
+    fn refresh_gates(&self) {
+        let gates: Vec<GateCard> = self.state.with_value(|s| {
+            s.waiting_gates()
+                .map(|(node, presentation)| GateCard {
+                    node_id: node.id.clone(),
+                    label: node.label.clone(),
+                    presentation: presentation.clone(),
+                })
+                .collect()
+        });
+        if self.gates.with_untracked(|current| current != &gates) {
+            self.gates.set(gates);
+        }
+    }
+
+    fn refresh_all_scalars(&self) {
+        self.state.with_value(|s| {
+            self.phase.set(s.state);
+            self.cost.set(s.cost);
+            self.decisions.set(s.decisions.clone());
+            self.finished.set(s.results.is_some());
+        });
+        self.refresh_progress();
+        self.refresh_gates();
+    }
+
+    /// Re-creates the node list, keeping the signal of every node that still exists so rows on
+    /// screen are updated in place rather than re-created.
+    fn rebuild_nodes(&self) {
+        let views: Vec<NodeView> = self.state.with_value(|s| s.nodes.values().cloned().collect());
+        let mut previous = self.by_id.get_value();
+        let mut by_id = HashMap::with_capacity(views.len());
+        let mut nodes = Vec::with_capacity(views.len());
+        for view in views {
+            let id = view.id.clone();
+            let signal = match previous.remove(&id) {
+                Some(signal) => {
+                    if signal.with_untracked(|current| current != &view) {
+                        signal.set(view);
+                    }
+                    signal
+                }
+                None => RwSignal::new(view),
+            };
+            by_id.insert(id.clone(), signal);
+            nodes.push(NodeSignal { id, view: signal });
+        }
+        self.by_id.set_value(by_id);
+        self.nodes.set(nodes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{GraphNode, NodeKind, NodeStatus};
+
+    fn state() -> RunState {
+        let node = |id: &str, kind| (GraphNode { id: id.into(), label: id.into(), kind }, vec![]);
+        RunState::new("r", "t", "now", 5.0, [node("a", NodeKind::Simulate), node("g", NodeKind::Gate)])
+    }
+
+    fn event(seq: Seq, body: ServerEventBody) -> ServerEvent {
+        ServerEvent { seq, body }
+    }
+
+    #[test]
+    fn a_node_event_updates_that_node_and_the_progress_only() {
+        let owner = Owner::new();
+        owner.with(|| {
+            let store = RunStore::new(state());
+            let a = store.nodes.get_untracked()[0].view;
+            let g = store.nodes.get_untracked()[1].view;
+            let before_g = g.get_untracked();
+            let applied = store.apply(&event(
+                1,
+                ServerEventBody::NodeState {
+                    node_id: "a".into(),
+                    status: NodeStatus::Running,
+                    output: None,
+                    metrics: None,
+                },
+            ));
+            assert_eq!(applied, Applied::Folded);
+            assert_eq!(a.get_untracked().status, NodeStatus::Running);
+            assert_eq!(g.get_untracked(), before_g);
+            assert_eq!(store.progress.get_untracked().running, 1);
+            assert_eq!(store.seq.get_untracked(), 1);
+        });
+    }
+
+    #[test]
+    fn gaps_are_reported_and_change_nothing() {
+        let owner = Owner::new();
+        owner.with(|| {
+            let store = RunStore::new(state());
+            let applied = store.apply(&event(3, ServerEventBody::RunStateChanged { state: RunPhase::Paused }));
+            assert_eq!(applied, Applied::Gap { expected: 1 });
+            assert_eq!(store.phase.get_untracked(), RunPhase::Running);
+            assert_eq!(store.seq.get_untracked(), 0);
+        });
+    }
+
+    #[test]
+    fn a_snapshot_keeps_existing_node_signals() {
+        let owner = Owner::new();
+        owner.with(|| {
+            let store = RunStore::new(state());
+            let a = store.nodes.get_untracked()[0].view;
+            let mut server = state();
+            server.apply(&event(
+                1,
+                ServerEventBody::NodeState {
+                    node_id: "a".into(),
+                    status: NodeStatus::Completed,
+                    output: None,
+                    metrics: None,
+                },
+            ));
+            server.apply(&event(
+                2,
+                ServerEventBody::HumanGateWaiting {
+                    node_id: "g".into(),
+                    presentation: GatePresentation {
+                        title: "Go?".into(),
+                        prompt: "p".into(),
+                        options: vec![],
+                        context: None,
+                        cost_so_far: None,
+                        timeout_at: None,
+                    },
+                },
+            ));
+            store.apply(&event(2, ServerEventBody::Snapshot { run: Box::new(server.clone()) }));
+            assert_eq!(a.get_untracked().status, NodeStatus::Completed, "same signal, updated in place");
+            assert_eq!(store.gates.get_untracked().len(), 1);
+            assert_eq!(store.snapshot(), server);
+            assert_eq!(store.seq.get_untracked(), 2);
+        });
+    }
+}

@@ -1,0 +1,312 @@
+//! `use_dag_stream`: the hook that owns a run's WebSocket, keeps the [`RunStore`] in step with
+//! the server, and sends client events.
+//!
+//! Same signature on both targets; on the server it only reports [`Connection::Connecting`].
+//! In the browser it connects to `/api/dags/{dag_id}/stream?since=SEQ` with the store's last
+//! applied `seq`, so the first connection after hydration and every reconnect resume exactly
+//! where the store is. A `seq` gap closes the socket and resyncs at once; a dropped connection
+//! is retried after 1 s, 2 s, 4 s, ... capped at 30 s, with jitter, and the attempt counter
+//! resets once a connection opens.
+
+use std::sync::Arc;
+
+use leptos::prelude::*;
+use leptos_use_interval_fn::use_interval_fn;
+
+use super::store::RunStore;
+use crate::protocol::ClientEvent;
+
+/// The state of the stream connection, as the indicator shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Connection {
+    /// The first connection is being opened (also what the server renders).
+    Connecting,
+    /// Open: the page is live.
+    Live,
+    /// Closed; the next attempt (`attempt`, counting from 1) starts in `in_secs` seconds.
+    Reconnecting { attempt: u32, in_secs: u32 },
+}
+
+/// Sends one text frame on the open socket; `Err` says why it could not.
+/// Thread-safe storage, because the server renders on a multi-threaded runtime; only the browser
+/// (one thread) ever puts a sender in it.
+type Outbox = StoredValue<Option<Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>>>;
+
+/// What [`use_dag_stream`] gives a component.
+#[derive(Clone, Copy)]
+pub struct DagStream {
+    pub connection: Signal<Connection>,
+    /// The newest refusal of one of this page's own messages (an `error` sent to this client
+    /// only), or a local reason a message could not be sent.
+    pub notice: RwSignal<Option<String>>,
+    outbox: Outbox,
+}
+
+impl DagStream {
+    /// Sends a client event; if there is no open connection the reason becomes the notice.
+    pub fn send(&self, event: &ClientEvent) {
+        let text = match serde_json::to_string(event) {
+            Ok(text) => text,
+            Err(error) => return self.notice.set(Some(format!("could not encode the message: {error}"))),
+        };
+        let sent = self
+            .outbox
+            .with_value(|outbox| outbox.as_ref().map(|send| send(&text)))
+            .unwrap_or_else(|| Err("not connected yet".to_owned()));
+        match sent {
+            Ok(()) => self.notice.set(None),
+            Err(reason) => self.notice.set(Some(format!("not sent: {reason}"))),
+        }
+    }
+}
+
+/// Delay before reconnect attempt number `attempt` (0 for the first retry after a close):
+/// 1 s, 2 s, 4 s, ... capped at 30 s, spread by ±20 % with `jitter` in `0.0..1.0`.
+pub fn backoff_delay_ms(attempt: u32, jitter: f64) -> u32 {
+    const BASE_MS: f64 = 1000.0;
+    const CAP_MS: f64 = 30_000.0;
+    let base = (BASE_MS * 2f64.powi(attempt.min(16) as i32)).min(CAP_MS);
+    let spread = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
+    (base * spread).min(CAP_MS).round() as u32
+}
+
+/// Streams run `dag_id` into `store`. Call once per run view; the connection closes when the
+/// calling component is unmounted.
+pub fn use_dag_stream(dag_id: String, store: RunStore) -> DagStream {
+    let connection = RwSignal::new(Connection::Connecting);
+    let notice = RwSignal::new(None);
+    let outbox = StoredValue::new(None);
+    // Counts the reconnect countdown down; ignored on the server.
+    let _ = use_interval_fn(
+        move || {
+            connection.update(|c| {
+                if let Connection::Reconnecting { in_secs, .. } = c {
+                    *in_secs = in_secs.saturating_sub(1);
+                }
+            })
+        },
+        1000,
+    );
+    #[cfg(feature = "hydrate")]
+    browser::start(dag_id, store, connection, notice, outbox);
+    #[cfg(not(feature = "hydrate"))]
+    let _ = (dag_id, store);
+    DagStream { connection: connection.into(), notice, outbox }
+}
+
+#[cfg(feature = "hydrate")]
+mod browser {
+    //! The browser side of the hook: a `web_sys::WebSocket` and its reconnect loop.
+
+    use std::cell::{Cell, RefCell};
+    use std::rc::{Rc, Weak};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use leptos::prelude::*;
+    use send_wrapper::SendWrapper;
+    use wasm_bindgen::JsCast;
+    use wasm_bindgen::prelude::Closure;
+    use web_sys::{CloseEvent, MessageEvent, WebSocket};
+
+    use super::{Connection, backoff_delay_ms};
+    use crate::app::store::RunStore;
+    use crate::protocol::{Applied, ServerEvent, ServerEventBody};
+
+    /// Close code the client uses when it saw a gap and reconnects to resync.
+    const CLOSE_RESYNC: u16 = 4000;
+
+    /// Everything one hook instance needs across callbacks.
+    struct Link {
+        dag_id: String,
+        store: RunStore,
+        connection: RwSignal<Connection>,
+        notice: RwSignal<Option<String>>,
+        /// Reconnect attempts since the last open connection.
+        attempt: Cell<u32>,
+        /// Set when a gap was seen: reconnect without waiting.
+        resync_now: Cell<bool>,
+        /// The current socket with its handlers.
+        socket: RefCell<Option<Socket>>,
+        /// The pending reconnect timer.
+        retry: RefCell<Option<TimeoutHandle>>,
+        /// Set when the component is gone: nothing reconnects any more.
+        disposed: Cell<bool>,
+    }
+
+    /// A socket and the closures its handlers point at (they must live as long as it does).
+    struct Socket {
+        ws: WebSocket,
+        _on_open: Closure<dyn FnMut()>,
+        _on_message: Closure<dyn FnMut(MessageEvent)>,
+        _on_close: Closure<dyn FnMut(CloseEvent)>,
+    }
+
+    impl Drop for Socket {
+        fn drop(&mut self) {
+            self.ws.set_onopen(None);
+            self.ws.set_onmessage(None);
+            self.ws.set_onclose(None);
+            // Closing a socket that is already closed is a no-op.
+            let _ = self.ws.close();
+        }
+    }
+
+    pub(super) fn start(
+        dag_id: String,
+        store: RunStore,
+        connection: RwSignal<Connection>,
+        notice: RwSignal<Option<String>>,
+        outbox: super::Outbox,
+    ) {
+        let link = Rc::new(Link {
+            dag_id,
+            store,
+            connection,
+            notice,
+            attempt: Cell::new(0),
+            resync_now: Cell::new(false),
+            socket: RefCell::new(None),
+            retry: RefCell::new(None),
+            disposed: Cell::new(false),
+        });
+        // The browser has one thread, so the wrapper's "same thread" check always holds.
+        let weak = SendWrapper::new(Rc::downgrade(&link));
+        outbox.set_value(Some(Arc::new(move |text: &str| {
+            let link = weak.upgrade().ok_or_else(|| "the page is closing".to_owned())?;
+            let socket = link.socket.borrow();
+            match socket.as_ref() {
+                Some(socket) if socket.ws.ready_state() == WebSocket::OPEN => {
+                    socket.ws.send_with_str(text).map_err(|_| "the connection refused it".to_owned())
+                }
+                Some(_) | None => Err("not connected; try again once the page is live".to_owned()),
+            }
+        })));
+        connect(&link);
+        let guard = SendWrapper::new(link);
+        on_cleanup(move || {
+            let link = guard.take();
+            link.disposed.set(true);
+            if let Some(timer) = link.retry.borrow_mut().take() {
+                timer.clear();
+            }
+            link.socket.borrow_mut().take();
+        });
+    }
+
+    fn connect(link: &Rc<Link>) {
+        if link.disposed.get() {
+            return;
+        }
+        let url = stream_url(&link.dag_id, link.store.seq.get_untracked());
+        let ws = match WebSocket::new(&url) {
+            Ok(ws) => ws,
+            Err(_) => return schedule_reconnect(link),
+        };
+        let on_open = {
+            let weak = Rc::downgrade(link);
+            Closure::<dyn FnMut()>::new(move || {
+                if let Some(link) = weak.upgrade() {
+                    link.attempt.set(0);
+                    link.connection.set(Connection::Live);
+                }
+            })
+        };
+        let on_message = {
+            let weak = Rc::downgrade(link);
+            Closure::<dyn FnMut(MessageEvent)>::new(move |message: MessageEvent| {
+                if let (Some(link), Some(text)) = (weak.upgrade(), message.data().as_string()) {
+                    on_text(&link, &text);
+                }
+            })
+        };
+        let on_close = {
+            let weak = Rc::downgrade(link);
+            Closure::<dyn FnMut(CloseEvent)>::new(move |_: CloseEvent| {
+                if let Some(link) = weak.upgrade() {
+                    // The socket (and this closure) is dropped by the next `connect`, not here.
+                    schedule_reconnect(&link);
+                }
+            })
+        };
+        ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+        ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+        ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+        let socket = Socket { ws, _on_open: on_open, _on_message: on_message, _on_close: on_close };
+        link.socket.replace(Some(socket));
+    }
+
+    fn on_text(link: &Rc<Link>, text: &str) {
+        let event: ServerEvent = match serde_json::from_str(text) {
+            Ok(event) => event,
+            Err(error) => {
+                leptos::logging::warn!("dagstream: ignoring a message that is not a known event: {error}");
+                return;
+            }
+        };
+        match link.store.apply(&event) {
+            Applied::Folded => {}
+            Applied::Stale => {
+                // Not newer than what we have: a private reply about one of our messages.
+                if let ServerEventBody::Error { node_id: None, message } = &event.body {
+                    link.notice.set(Some(message.clone()));
+                }
+            }
+            Applied::Gap { .. } => {
+                link.resync_now.set(true);
+                if let Some(socket) = link.socket.borrow().as_ref() {
+                    let _ = socket.ws.close_with_code_and_reason(CLOSE_RESYNC, "gap: resyncing");
+                }
+            }
+        }
+    }
+
+    fn schedule_reconnect(link: &Rc<Link>) {
+        if link.disposed.get() || link.retry.borrow().is_some() {
+            return;
+        }
+        let attempt = link.attempt.get();
+        let delay_ms =
+            if link.resync_now.replace(false) { 0 } else { backoff_delay_ms(attempt, js_sys::Math::random()) };
+        link.attempt.set(attempt + 1);
+        link.connection.set(Connection::Reconnecting { attempt: attempt + 1, in_secs: delay_ms.div_ceil(1000) });
+        let weak: Weak<Link> = Rc::downgrade(link);
+        let timer = set_timeout_with_handle(
+            move || {
+                if let Some(link) = weak.upgrade() {
+                    link.retry.borrow_mut().take();
+                    connect(&link);
+                }
+            },
+            Duration::from_millis(u64::from(delay_ms)),
+        );
+        if let Ok(timer) = timer {
+            link.retry.replace(Some(timer));
+        }
+    }
+
+    fn stream_url(dag_id: &str, since: u64) -> String {
+        let location = window().location();
+        let scheme = match location.protocol().as_deref() {
+            Ok("https:") => "wss",
+            _ => "ws",
+        };
+        let host = location.host().unwrap_or_default();
+        format!("{scheme}://{host}/api/dags/{dag_id}/stream?since={since}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff_delay_ms;
+
+    #[test]
+    fn backoff_doubles_from_one_second_and_caps_at_thirty() {
+        let middle: Vec<u32> = (0..8).map(|attempt| backoff_delay_ms(attempt, 0.5)).collect();
+        assert_eq!(middle, [1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
+        assert_eq!(backoff_delay_ms(0, 0.0), 800);
+        assert_eq!(backoff_delay_ms(0, 1.0), 1200);
+        assert_eq!(backoff_delay_ms(10, 1.0), 30000, "jitter never exceeds the cap");
+        assert_eq!(backoff_delay_ms(u32::MAX, 0.5), 30000);
+    }
+}

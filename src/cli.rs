@@ -1,0 +1,149 @@
+//! The `dagstream` command line: `dagstream serve [--addr HOST:PORT] [--data DIR]`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use leptos::prelude::LeptosOptions;
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+use crate::hub::RoomLimits;
+use crate::runs::Runs;
+use crate::server::{AppState, StreamConfig, app};
+
+#[derive(Parser)]
+#[command(name = "dagstream", version, about = "A DAG execution engine with a live control room in the browser")]
+struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the dashboard, the REST API and the event streams.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "LEPTOS_SITE_ADDR", default_value = "127.0.0.1:3000")]
+    addr: SocketAddr,
+    /// Directory for the server's data; created if missing.
+    #[arg(long, default_value = "./data")]
+    data: PathBuf,
+    /// The built site (wasm, JS, CSS). Default: `target/site` here, or next to the binary.
+    #[arg(long, env = "LEPTOS_SITE_ROOT")]
+    site_root: Option<PathBuf>,
+}
+
+/// Runs the command line; the process exits with the code this returns.
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn")))
+        .init();
+    let result = match cli.command {
+        Some(Command::Serve(args)) => serve(args).await,
+        None => serve(ServeArgs::parse_defaults()).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("dagstream: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+impl ServeArgs {
+    /// `serve` with its defaults (and environment), for a bare `dagstream`.
+    fn parse_defaults() -> Self {
+        #[derive(Parser)]
+        struct Bare {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        Bare::parse_from(["dagstream"]).serve
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    std::fs::create_dir_all(&args.data)
+        .map_err(|e| format!("cannot create the data directory {}: {e}", args.data.display()))?;
+    let site_root = find_site_root(args.site_root.as_deref())?;
+    let leptos_options = LeptosOptions::builder()
+        .output_name("dagstream")
+        .site_root(site_root.to_string_lossy().into_owned())
+        .site_pkg_dir("pkg")
+        .site_addr(args.addr)
+        .build();
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let state = AppState {
+        runs: Arc::new(Runs::new(RoomLimits::default())),
+        leptos_options,
+        shutdown,
+        stream: StreamConfig::default(),
+    };
+    let listener =
+        tokio::net::TcpListener::bind(args.addr).await.map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+    let local = listener.local_addr().map_err(|e| format!("cannot read the listening address: {e}"))?;
+    tracing::info!(site = %site_root.display(), data = %args.data.display(), "dashboard on http://{local}");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            // Open streams watch this and close, so the graceful shutdown can finish.
+            let _ = shutdown_tx.send(true);
+        })
+        .await
+        .map_err(|e| format!("server failed: {e}"))
+}
+
+/// Where the built site is: the flag or `LEPTOS_SITE_ROOT`, else `target/site` under the
+/// working directory, else `site` next to the binary's directory (`target/release/../site`).
+fn find_site_root(given: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(given) = given {
+        return Ok(given.to_path_buf());
+    }
+    let mut candidates = vec![PathBuf::from("target/site")];
+    if let Some(bin_dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
+        candidates.push(bin_dir.join("../site"));
+        candidates.push(bin_dir.join("site"));
+    }
+    candidates.iter().find(|dir| dir.join("pkg/dagstream.js").is_file()).cloned().ok_or_else(|| {
+        let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
+        format!(
+            "the built site (pkg/dagstream.js) is not in any of: {}. Build it with `make build`, \
+                 or point --site-root / LEPTOS_SITE_ROOT at it",
+            tried.join(", ")
+        )
+    })
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,298 @@
+//! Which nodes may start now: dependency counting, a parallelism limit, skip propagation.
+//!
+//! Pure bookkeeping in the manner of cargo's `DependencyQueue`: no clocks, no I/O, no tasks.
+//! The run coordinator tells it what happened (started, completed, failed, cancelled) and asks
+//! what to start next. Nodes are addressed by their index in the spec.
+
+use std::collections::BTreeSet;
+
+/// Where one node is, as far as scheduling is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// Some need has not completed yet.
+    Blocked,
+    /// Every need completed; may start when capacity allows.
+    Ready,
+    /// Handed to the coordinator by [`Scheduler::take_startable`].
+    Started,
+    Completed,
+    Failed,
+    /// A need failed or was skipped, so this node never runs.
+    Skipped,
+    Cancelled,
+}
+
+impl Slot {
+    pub fn is_terminal(self) -> bool {
+        match self {
+            Slot::Completed | Slot::Failed | Slot::Skipped | Slot::Cancelled => true,
+            Slot::Blocked | Slot::Ready | Slot::Started => false,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    slot: Slot,
+    /// Needs that have not completed yet.
+    open_needs: usize,
+    /// Nodes that need this one.
+    dependents: Vec<usize>,
+    /// False for nodes that only wait (gates): they do not count against `max_parallel`.
+    takes_capacity: bool,
+}
+
+/// Scheduling state of one run.
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    entries: Vec<Entry>,
+    /// Ready nodes, lowest index first, so runs are deterministic and follow spec order.
+    ready: BTreeSet<usize>,
+    max_parallel: usize,
+    /// Started nodes that take capacity.
+    busy: usize,
+    /// Nodes not yet in a terminal slot.
+    unfinished: usize,
+}
+
+impl Scheduler {
+    /// `needs[i]` are the indices node `i` depends on; they must be valid indices and acyclic
+    /// (a validated spec guarantees both).
+    pub fn new(needs: &[Vec<usize>], takes_capacity: &[bool], max_parallel: usize) -> Self {
+        let mut entries: Vec<Entry> = needs
+            .iter()
+            .zip(takes_capacity)
+            .map(|(needs, &takes_capacity)| Entry {
+                slot: if needs.is_empty() { Slot::Ready } else { Slot::Blocked },
+                open_needs: needs.len(),
+                dependents: Vec::new(),
+                takes_capacity,
+            })
+            .collect();
+        for (node, node_needs) in needs.iter().enumerate() {
+            for &need in node_needs {
+                if let Some(entry) = entries.get_mut(need) {
+                    entry.dependents.push(node);
+                }
+            }
+        }
+        let ready = entries.iter().enumerate().filter(|(_, e)| e.slot == Slot::Ready).map(|(i, _)| i).collect();
+        let unfinished = entries.len();
+        Scheduler { entries, ready, max_parallel: max_parallel.max(1), busy: 0, unfinished }
+    }
+
+    pub fn slot(&self, node: usize) -> Option<Slot> {
+        self.entries.get(node).map(|e| e.slot)
+    }
+
+    /// Ready nodes that may start now, in index order, marked started. Nodes that take no
+    /// capacity always start; the others only while fewer than `max_parallel` run.
+    pub fn take_startable(&mut self) -> Vec<usize> {
+        let mut started = Vec::new();
+        let candidates: Vec<usize> = self.ready.iter().copied().collect();
+        for node in candidates {
+            let entry = &mut self.entries[node];
+            if entry.takes_capacity {
+                if self.busy >= self.max_parallel {
+                    continue;
+                }
+                self.busy += 1;
+            }
+            entry.slot = Slot::Started;
+            self.ready.remove(&node);
+            started.push(node);
+        }
+        started
+    }
+
+    /// A started node completed: its dependents whose needs are now all complete become ready.
+    /// Returns those newly ready nodes.
+    pub fn complete(&mut self, node: usize) -> Vec<usize> {
+        if !self.finish(node, Slot::Completed) {
+            return Vec::new();
+        }
+        let mut unblocked = Vec::new();
+        for dependent in self.entries[node].dependents.clone() {
+            let entry = &mut self.entries[dependent];
+            entry.open_needs = entry.open_needs.saturating_sub(1);
+            if entry.open_needs == 0 && entry.slot == Slot::Blocked {
+                entry.slot = Slot::Ready;
+                self.ready.insert(dependent);
+                unblocked.push(dependent);
+            }
+        }
+        unblocked
+    }
+
+    /// A started node failed: every node downstream of it that has not finished is skipped.
+    /// Returns the skipped nodes in the order they were reached.
+    pub fn fail(&mut self, node: usize) -> Vec<usize> {
+        if !self.finish(node, Slot::Failed) {
+            return Vec::new();
+        }
+        let mut skipped = Vec::new();
+        let mut stack = self.entries[node].dependents.clone();
+        stack.reverse();
+        while let Some(next) = stack.pop() {
+            let entry = &mut self.entries[next];
+            match entry.slot {
+                Slot::Blocked | Slot::Ready => {
+                    entry.slot = Slot::Skipped;
+                    self.ready.remove(&next);
+                    self.unfinished -= 1;
+                    skipped.push(next);
+                    stack.extend(self.entries[next].dependents.iter().rev());
+                }
+                // A node downstream of a failure cannot have started; terminal ones stay.
+                Slot::Started | Slot::Completed | Slot::Failed | Slot::Skipped | Slot::Cancelled => {}
+            }
+        }
+        skipped
+    }
+
+    /// A started node was cancelled.
+    pub fn cancel_started(&mut self, node: usize) {
+        self.finish(node, Slot::Cancelled);
+    }
+
+    /// Every node that has not started is cancelled; returns them. Started nodes are the
+    /// caller's to stop and report through [`Scheduler::cancel_started`].
+    pub fn cancel_unstarted(&mut self) -> Vec<usize> {
+        let mut cancelled = Vec::new();
+        for (node, entry) in self.entries.iter_mut().enumerate() {
+            if matches!(entry.slot, Slot::Blocked | Slot::Ready) {
+                entry.slot = Slot::Cancelled;
+                self.unfinished -= 1;
+                cancelled.push(node);
+            }
+        }
+        self.ready.clear();
+        cancelled
+    }
+
+    /// Started nodes, in index order.
+    pub fn started(&self) -> Vec<usize> {
+        self.entries.iter().enumerate().filter(|(_, e)| e.slot == Slot::Started).map(|(i, _)| i).collect()
+    }
+
+    /// True when every node is in a terminal slot.
+    pub fn is_finished(&self) -> bool {
+        self.unfinished == 0
+    }
+
+    /// True if some node failed (a rejected gate counts as failed).
+    pub fn any_failed(&self) -> bool {
+        self.entries.iter().any(|e| e.slot == Slot::Failed)
+    }
+
+    /// Moves a started node to a terminal slot; false (and no change) if it was not started.
+    fn finish(&mut self, node: usize, to: Slot) -> bool {
+        let Some(entry) = self.entries.get_mut(node) else {
+            return false;
+        };
+        if entry.slot != Slot::Started {
+            return false;
+        }
+        entry.slot = to;
+        if entry.takes_capacity {
+            self.busy -= 1;
+        }
+        self.unfinished -= 1;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a scheduler from `(needs, takes_capacity)` per node.
+    fn scheduler(nodes: &[(&[usize], bool)], max_parallel: usize) -> Scheduler {
+        let needs: Vec<Vec<usize>> = nodes.iter().map(|(n, _)| n.to_vec()).collect();
+        let capacity: Vec<bool> = nodes.iter().map(|(_, c)| *c).collect();
+        Scheduler::new(&needs, &capacity, max_parallel)
+    }
+
+    #[test]
+    fn ready_sets_follow_dependencies_and_the_parallelism_limit() {
+        // Table: graph, max_parallel, then a script of (completed node, expected startable).
+        type Step = (Option<usize>, &'static [usize]);
+        type Case = (&'static str, Vec<(&'static [usize], bool)>, usize, Vec<Step>);
+        let cases: Vec<Case> = vec![
+            (
+                "chain runs one at a time",
+                vec![(&[], true), (&[0], true), (&[1], true)],
+                4,
+                vec![(None, &[0]), (Some(0), &[1]), (Some(1), &[2])],
+            ),
+            (
+                "wide layer is capped by max_parallel",
+                vec![(&[], true), (&[], true), (&[], true), (&[], true)],
+                2,
+                vec![(None, &[0, 1]), (Some(1), &[2]), (Some(0), &[3])],
+            ),
+            (
+                "fan-in waits for every need",
+                vec![(&[], true), (&[], true), (&[0, 1], true)],
+                4,
+                vec![(None, &[0, 1]), (Some(0), &[]), (Some(1), &[2])],
+            ),
+            (
+                "gates take no capacity",
+                vec![(&[], true), (&[], false), (&[], true)],
+                1,
+                vec![(None, &[0, 1]), (Some(0), &[2])],
+            ),
+        ];
+        for (name, nodes, max_parallel, steps) in cases {
+            let mut s = scheduler(&nodes, max_parallel);
+            for (completed, expected) in steps {
+                if let Some(node) = completed {
+                    s.complete(node);
+                }
+                assert_eq!(s.take_startable(), expected, "{name}: after {completed:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn failure_skips_everything_downstream_and_nothing_else() {
+        // 0 → 1 → 3, 0 → 2, 4 independent, 5 needs 3 and 4
+        let mut s =
+            scheduler(&[(&[], true), (&[0], true), (&[0], true), (&[1], true), (&[], true), (&[3, 4], true)], 8);
+        assert_eq!(s.take_startable(), [0, 4]);
+        assert_eq!(s.complete(0), [1, 2]);
+        assert_eq!(s.take_startable(), [1, 2]);
+        assert_eq!(s.fail(1), [3, 5]);
+        assert_eq!(s.slot(3), Some(Slot::Skipped));
+        assert_eq!(s.slot(5), Some(Slot::Skipped));
+        assert_eq!(s.slot(2), Some(Slot::Started), "independent branch goes on");
+        s.complete(2);
+        s.complete(4);
+        assert!(s.is_finished());
+        assert!(s.any_failed());
+    }
+
+    #[test]
+    fn cancel_stops_unstarted_and_started_nodes() {
+        let mut s = scheduler(&[(&[], true), (&[], true), (&[0], true)], 1);
+        assert_eq!(s.take_startable(), [0]);
+        assert_eq!(s.cancel_unstarted(), [1, 2]);
+        assert!(!s.is_finished());
+        assert_eq!(s.started(), [0]);
+        s.cancel_started(0);
+        assert!(s.is_finished());
+        assert!(s.take_startable().is_empty());
+    }
+
+    #[test]
+    fn reports_about_nodes_that_are_not_running_change_nothing() {
+        let mut s = scheduler(&[(&[], true), (&[0], true)], 1);
+        assert!(s.complete(1).is_empty(), "blocked node cannot complete");
+        assert!(s.fail(0).is_empty(), "ready but unstarted node cannot fail");
+        assert_eq!(s.take_startable(), [0]);
+        s.complete(0);
+        assert!(s.complete(0).is_empty(), "completing twice is a no-op");
+        assert_eq!(s.take_startable(), [1]);
+    }
+}

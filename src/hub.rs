@@ -1,0 +1,226 @@
+//! One room per run: the sequenced event log, the run's folded state, and fan-out to subscribers.
+//!
+//! [`Room::publish`] is the only way an event enters a run: it assigns the next `seq`, folds the
+//! event into the room's [`RunState`] with the shared reducer, serializes it once, appends the
+//! frame to the log window and hands the same frame to every subscriber. Subscribing takes the
+//! same lock, so a new subscriber's snapshot or replay and its live stream meet without a gap or
+//! a duplicate. The live stream is a bounded broadcast ring: a subscriber that falls more than
+//! its capacity behind is told it lagged (the server then closes it with 4008 and the client
+//! resyncs), so a slow reader never slows the run or the other readers.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::broadcast;
+
+use crate::protocol::{RunState, RunSummary, Seq, ServerEvent, ServerEventBody};
+
+/// One serialized event, shared by every subscriber (cloning it does not copy the text).
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub seq: Seq,
+    pub text: Utf8Bytes,
+}
+
+/// Sizes of a room's buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct RoomLimits {
+    /// Events kept in memory for `since` replay; older ones are answered with a snapshot.
+    pub log_window: usize,
+    /// Events a subscriber may fall behind the newest before it is dropped as too slow.
+    pub subscriber_queue: usize,
+}
+
+impl Default for RoomLimits {
+    fn default() -> Self {
+        RoomLimits { log_window: 4096, subscriber_queue: 1024 }
+    }
+}
+
+/// The live state and event log of one run.
+pub struct Room {
+    inner: Mutex<RoomInner>,
+    /// Sender half of the live stream; `subscribe` hands out receivers.
+    live: broadcast::Sender<Frame>,
+}
+
+struct RoomInner {
+    /// Every event so far folded in; source of snapshots.
+    state: RunState,
+    /// The newest events, oldest first, for `since` replay.
+    log: VecDeque<Frame>,
+    /// Capacity of `log`.
+    log_window: usize,
+}
+
+/// What a new subscriber gets: everything it missed, then the live stream.
+pub struct Subscription {
+    /// Frames to send first, in order: either a single snapshot or the replay after `since`.
+    pub backlog: Vec<Frame>,
+    /// Live frames with `seq` above the backlog's last.
+    pub live: broadcast::Receiver<Frame>,
+    /// `seq` of the last frame of the backlog (the client's position once it is sent).
+    pub position: Seq,
+}
+
+impl Room {
+    pub fn new(state: RunState, limits: RoomLimits) -> Self {
+        let (live, _) = broadcast::channel(limits.subscriber_queue.max(1));
+        Room {
+            inner: Mutex::new(RoomInner { state, log: VecDeque::new(), log_window: limits.log_window.max(1) }),
+            live,
+        }
+    }
+
+    /// Appends an event to the run: next `seq`, fold, serialize once, log, fan out.
+    pub fn publish(&self, body: ServerEventBody) -> Seq {
+        let mut inner = self.lock();
+        let event = ServerEvent { seq: inner.state.seq + 1, body };
+        inner.state.apply(&event);
+        let frame = Frame { seq: event.seq, text: encode(&event).into() };
+        if inner.log.len() == inner.log_window {
+            inner.log.pop_front();
+        }
+        inner.log.push_back(frame.clone());
+        // No receivers is not an error: nobody is watching right now.
+        let _ = self.live.send(frame);
+        event.seq
+    }
+
+    /// Starts a subscription. Without `since`, or when the log no longer holds every event after
+    /// it (or `since` is in the future), the backlog is a snapshot; otherwise it is exactly the
+    /// events after `since`.
+    pub fn subscribe(&self, since: Option<Seq>) -> Subscription {
+        let inner = self.lock();
+        let live = self.live.subscribe();
+        let position = inner.state.seq;
+        let backlog = match since {
+            Some(since) if inner.can_replay_after(since) => {
+                inner.log.iter().filter(|frame| frame.seq > since).cloned().collect()
+            }
+            Some(_) | None => vec![inner.snapshot_frame()],
+        };
+        Subscription { backlog, live, position }
+    }
+
+    /// The run's state as of its last event.
+    pub fn snapshot(&self) -> RunState {
+        self.lock().state.clone()
+    }
+
+    pub fn summary(&self) -> RunSummary {
+        self.lock().state.summary()
+    }
+
+    /// `seq` of the newest event.
+    pub fn seq(&self) -> Seq {
+        self.lock().state.seq
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RoomInner> {
+        // A panic while holding this lock leaves at worst a partly folded event; the state is
+        // still usable, so recover the guard rather than poisoning every later caller.
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl RoomInner {
+    fn can_replay_after(&self, since: Seq) -> bool {
+        let newest = self.state.seq;
+        if since > newest {
+            return false;
+        }
+        if since == newest {
+            return true;
+        }
+        // Events since+1 ..= newest must all be in the window.
+        self.log.front().is_some_and(|oldest| oldest.seq <= since + 1)
+    }
+
+    fn snapshot_frame(&self) -> Frame {
+        let event =
+            ServerEvent { seq: self.state.seq, body: ServerEventBody::Snapshot { run: Box::new(self.state.clone()) } };
+        Frame { seq: event.seq, text: encode(&event).into() }
+    }
+}
+
+/// Serializes an event. Our types have only string map keys and no custom serializers, so this
+/// cannot fail; if it ever did, subscribers get an `error` in its place rather than nothing.
+pub fn encode(event: &ServerEvent) -> String {
+    serde_json::to_string(event).unwrap_or_else(|error| {
+        tracing::error!(seq = event.seq, %error, "event could not be serialized");
+        format!(r#"{{"type":"error","seq":{},"message":"event could not be serialized"}}"#, event.seq)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{GraphNode, NodeKind, NodeStatus};
+
+    fn room(limits: RoomLimits) -> Room {
+        let node = GraphNode { id: "a".into(), label: "A".into(), kind: NodeKind::Simulate };
+        Room::new(RunState::new("r", "t", "now", 1.0, [(node, vec![])]), limits)
+    }
+
+    fn status(status: NodeStatus) -> ServerEventBody {
+        ServerEventBody::NodeState { node_id: "a".into(), status, output: None, metrics: None }
+    }
+
+    fn parse(frame: &Frame) -> ServerEvent {
+        serde_json::from_str(frame.text.as_str()).expect("frames are valid events")
+    }
+
+    #[test]
+    fn publish_assigns_contiguous_seq_and_folds_state() {
+        let room = room(RoomLimits::default());
+        assert_eq!(room.publish(status(NodeStatus::Running)), 1);
+        assert_eq!(room.publish(status(NodeStatus::Completed)), 2);
+        assert_eq!(room.snapshot().nodes["a"].status, NodeStatus::Completed);
+        assert_eq!(room.seq(), 2);
+    }
+
+    #[test]
+    fn subscribe_without_since_starts_with_a_snapshot_then_live() {
+        let room = room(RoomLimits::default());
+        room.publish(status(NodeStatus::Running));
+        let mut sub = room.subscribe(None);
+        assert_eq!(sub.backlog.len(), 1);
+        assert!(matches!(parse(&sub.backlog[0]).body, ServerEventBody::Snapshot { .. }));
+        assert_eq!(sub.position, 1);
+        room.publish(status(NodeStatus::Completed));
+        assert_eq!(sub.live.try_recv().map(|f| f.seq).ok(), Some(2));
+    }
+
+    #[test]
+    fn since_replays_exactly_the_missed_events_or_falls_back_to_a_snapshot() {
+        let room = room(RoomLimits { log_window: 3, subscriber_queue: 8 });
+        for _ in 0..5 {
+            room.publish(status(NodeStatus::Running));
+        }
+        let seqs =
+            |since| room.subscribe(Some(since)).backlog.iter().map(|f| (f.seq, is_snapshot(f))).collect::<Vec<_>>();
+        assert_eq!(seqs(3), [(4, false), (5, false)]);
+        assert_eq!(seqs(2), [(3, false), (4, false), (5, false)]);
+        assert_eq!(seqs(5), [], "up to date: nothing to send");
+        assert_eq!(seqs(1), [(5, true)], "event 2 left the window");
+        assert_eq!(seqs(9), [(5, true)], "a future seq gets a snapshot");
+    }
+
+    fn is_snapshot(frame: &Frame) -> bool {
+        matches!(parse(frame).body, ServerEventBody::Snapshot { .. })
+    }
+
+    #[test]
+    fn a_subscriber_that_falls_behind_is_told_it_lagged() {
+        let room = room(RoomLimits { log_window: 16, subscriber_queue: 2 });
+        let mut slow = room.subscribe(None);
+        let mut fast = room.subscribe(None);
+        for i in 0..4 {
+            room.publish(status(NodeStatus::Running));
+            assert_eq!(fast.live.try_recv().map(|f| f.seq).ok(), Some(i + 1));
+        }
+        assert!(matches!(slow.live.try_recv(), Err(broadcast::error::TryRecvError::Lagged(_))));
+    }
+}

@@ -1,0 +1,40 @@
+//! dagstream: a DAG execution engine with a live control room in the browser.
+//!
+//! One crate, built twice: with `ssr` it is the server (engine, event hub, HTTP and WebSocket,
+//! server-side rendering); with `hydrate` it is the WebAssembly that takes over the rendered
+//! page in the browser. Both share the wire protocol, the reducer and the Leptos app.
+//!
+//! # Layout
+//!
+//! - [`protocol`] (both): `ServerEvent` / `ClientEvent`, payload types, and `RunState::apply`,
+//!   the one reducer that folds events into the state of a run.
+//! - [`app`] (both): the Leptos pages, the client store and the `use_dag_stream` hook.
+//! - `engine` (ssr): specs, the pure scheduler, the coordinator task of each run, examples.
+//! - `hub` (ssr): one room per run: sequenced log, folded state, fan-out to subscribers.
+//! - `runs` (ssr): the registry of runs.
+//! - `server` (ssr): the axum router, REST, the WebSocket stream.
+//! - `cli` (ssr): `dagstream serve`.
+
+#![recursion_limit = "256"]
+
+pub mod app;
+pub mod protocol;
+
+#[cfg(feature = "ssr")]
+pub mod cli;
+#[cfg(feature = "ssr")]
+pub mod engine;
+#[cfg(feature = "ssr")]
+pub mod hub;
+#[cfg(feature = "ssr")]
+pub mod runs;
+#[cfg(feature = "ssr")]
+pub mod server;
+
+/// Entry point of the WebAssembly build: hydrates the server-rendered page.
+#[cfg(feature = "hydrate")]
+#[wasm_bindgen::prelude::wasm_bindgen]
+pub fn hydrate() {
+    console_error_panic_hook::set_once();
+    leptos::mount::hydrate_body(app::App);
+}

@@ -1,0 +1,328 @@
+//! The wire contract between the server, the dashboard and external tools (`PROTOCOL.md`).
+//!
+//! Compiled for both targets. [`ServerEvent`] and [`ClientEvent`] keep exactly the JSON shapes of
+//! the seed's TypeScript types; everything dagstream adds (`seq`, `snapshot`, `run_state`,
+//! `gate_resolved`, `node_log`) is additive. Optional fields are omitted when absent, never
+//! `null`. [`RunState`] is the one reducer that folds events into the state of a run.
+
+mod state;
+
+pub use state::{Applied, ErrorEntry, GateDecisionRecord, LOG_TAIL_LINES, LogLine, NodeView, Progress, RunState};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A run's event sequence number: the first event of a run is 1, each next one is one more.
+pub type Seq = u64;
+
+/// Where a node is in its life. Terminal: `completed`, `failed`, `skipped`, `cancelled`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    Pending,
+    Running,
+    Waiting,
+    Completed,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl NodeStatus {
+    /// True once the node will not change again in this run.
+    pub fn is_terminal(self) -> bool {
+        match self {
+            NodeStatus::Completed | NodeStatus::Failed | NodeStatus::Skipped | NodeStatus::Cancelled => true,
+            NodeStatus::Pending | NodeStatus::Running | NodeStatus::Waiting => false,
+        }
+    }
+
+    /// The snake_case name used on the wire and as a CSS class.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Pending => "pending",
+            NodeStatus::Running => "running",
+            NodeStatus::Waiting => "waiting",
+            NodeStatus::Completed => "completed",
+            NodeStatus::Failed => "failed",
+            NodeStatus::Skipped => "skipped",
+            NodeStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Figures of one node; every field is optional and a `node_state` carries only what it knows.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct NodeMetrics {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_in: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_out: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+impl NodeMetrics {
+    /// Overwrites every field that `update` carries and keeps the others.
+    pub fn merge(&mut self, update: &NodeMetrics) {
+        fn take<T: Clone>(into: &mut Option<T>, from: &Option<T>) {
+            if from.is_some() {
+                into.clone_from(from);
+            }
+        }
+        take(&mut self.duration_ms, &update.duration_ms);
+        take(&mut self.cost, &update.cost);
+        take(&mut self.tokens_in, &update.tokens_in);
+        take(&mut self.tokens_out, &update.tokens_out);
+        take(&mut self.attempt, &update.attempt);
+        take(&mut self.started_at, &update.started_at);
+        take(&mut self.finished_at, &update.finished_at);
+    }
+}
+
+/// What a node does; decides how the engine runs it and how the dashboard draws it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
+    /// Waits for a duration and reports a cost: demos, tests, modelled LLM calls.
+    Simulate,
+    /// Runs a shell command.
+    Command,
+    /// Waits for a human decision.
+    Gate,
+}
+
+/// A node as the graph knows it: identity and presentation, no run-time state.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct GraphNode {
+    pub id: String,
+    pub label: String,
+    pub kind: NodeKind,
+}
+
+/// A change to the shape of the DAG while it runs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum DagMutation {
+    /// A new node that depends on every node in `after`.
+    AddNode {
+        node: GraphNode,
+        after: Vec<String>,
+    },
+    AddEdge {
+        from: String,
+        to: String,
+    },
+    RemoveNode {
+        node_id: String,
+    },
+    UpdateNode {
+        node_id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        label: Option<String>,
+    },
+}
+
+/// A human decision on a gate.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Approve,
+    Reject,
+    Modify,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Approve => "approve",
+            Decision::Reject => "reject",
+            Decision::Modify => "modify",
+        }
+    }
+}
+
+/// What a gate card shows while the gate waits.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct GatePresentation {
+    pub title: String,
+    pub prompt: String,
+    pub options: Vec<Decision>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_so_far: Option<f64>,
+    /// RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_at: Option<String>,
+}
+
+/// The state of a run as a whole.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum RunPhase {
+    Running,
+    Paused,
+    Cancelling,
+    Cancelled,
+    Completed,
+    Failed,
+}
+
+impl RunPhase {
+    /// True once the run will not change again.
+    pub fn is_terminal(self) -> bool {
+        match self {
+            RunPhase::Cancelled | RunPhase::Completed | RunPhase::Failed => true,
+            RunPhase::Running | RunPhase::Paused | RunPhase::Cancelling => false,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunPhase::Running => "running",
+            RunPhase::Paused => "paused",
+            RunPhase::Cancelling => "cancelling",
+            RunPhase::Cancelled => "cancelled",
+            RunPhase::Completed => "completed",
+            RunPhase::Failed => "failed",
+        }
+    }
+}
+
+/// Which output stream a `node_log` line came from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// Spend of a run; `remaining` is `budget - spent` and may go below zero.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+pub struct Cost {
+    pub spent: f64,
+    pub budget: f64,
+    pub remaining: f64,
+}
+
+/// One message from the server: the run's sequence number and what happened.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ServerEvent {
+    /// Position in the run's event log. A private reply to one client (an `error` about its own
+    /// message) carries the `seq` of the last event that client was sent, so it never looks like
+    /// a gap and is not folded into the run's state.
+    pub seq: Seq,
+    #[serde(flatten)]
+    pub body: ServerEventBody,
+}
+
+/// What a [`ServerEvent`] says. Seed events first, then extensions.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerEventBody {
+    NodeState {
+        node_id: String,
+        status: NodeStatus,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output: Option<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metrics: Option<NodeMetrics>,
+    },
+    EdgeActive {
+        from: String,
+        to: String,
+    },
+    DagMutated {
+        mutation: DagMutation,
+    },
+    CostUpdate {
+        spent: f64,
+        budget: f64,
+        remaining: f64,
+    },
+    /// Sent exactly once per run, when it reaches a terminal state.
+    ExecutionComplete {
+        results: Map<String, Value>,
+    },
+    HumanGateWaiting {
+        node_id: String,
+        presentation: GatePresentation,
+    },
+    /// Without `node_id` it concerns the run, or the client's own last message.
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node_id: Option<String>,
+        message: String,
+    },
+    /// Extension: the whole state of the run as of `seq`.
+    Snapshot {
+        run: Box<RunState>,
+    },
+    /// Extension: the run as a whole changed state.
+    #[serde(rename = "run_state")]
+    RunStateChanged {
+        state: RunPhase,
+    },
+    /// Extension: a gate got its decision (from a person or its timeout).
+    GateResolved {
+        node_id: String,
+        decision: Decision,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        feedback: Option<String>,
+        decided_by: String,
+        /// RFC 3339.
+        decided_at: String,
+    },
+    /// Extension: one line of a node's output.
+    NodeLog {
+        node_id: String,
+        stream: LogStream,
+        line: String,
+    },
+}
+
+/// One message from a client.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientEvent {
+    HumanDecision {
+        node_id: String,
+        decision: Decision,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        feedback: Option<String>,
+    },
+    PauseExecution,
+    ResumeExecution,
+    CancelExecution,
+}
+
+/// Close code the server uses for a subscriber that fell too far behind; reconnect and resync.
+pub const CLOSE_CODE_TOO_SLOW: u16 = 4008;
+
+/// One line of the run list (`GET /api/dags`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct RunSummary {
+    pub dag_id: String,
+    pub name: String,
+    pub state: RunPhase,
+    /// RFC 3339.
+    pub started_at: String,
+    pub nodes_done: usize,
+    pub nodes_total: usize,
+    pub gates_waiting: usize,
+    pub cost: Cost,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,310 @@
+//! The state of one run and the one reducer, [`RunState::apply`], that folds events into it.
+//!
+//! The server folds every event it publishes into a `RunState` and sends it as a `snapshot`;
+//! after a restart it replays the log through the same reducer; the dashboard's store mirrors
+//! it. Two parties that fold the same events therefore agree on the picture.
+
+use std::collections::VecDeque;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{
+    Cost, DagMutation, Decision, GatePresentation, GraphNode, LogStream, NodeKind, NodeMetrics, NodeStatus, RunPhase,
+    RunSummary, Seq, ServerEvent, ServerEventBody,
+};
+
+/// How many `node_log` lines each node keeps in the state (the full log stays in the event log).
+pub const LOG_TAIL_LINES: usize = 200;
+
+/// Everything a dashboard needs to draw one run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct RunState {
+    pub dag_id: String,
+    /// Name of the DAG this run executes.
+    pub name: String,
+    /// `seq` of the last event folded in; 0 before the first.
+    pub seq: Seq,
+    pub state: RunPhase,
+    /// RFC 3339.
+    pub started_at: String,
+    /// Nodes by id, in the order they were defined or added (a stable order for drawing).
+    pub nodes: IndexMap<String, NodeView>,
+    pub cost: Cost,
+    /// Every gate decision of the run, oldest first.
+    #[serde(default)]
+    pub decisions: Vec<GateDecisionRecord>,
+    /// The outputs of the completed nodes, once `execution_complete` was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<Map<String, Value>>,
+    /// Every `error` event of the run, oldest first.
+    #[serde(default)]
+    pub errors: Vec<ErrorEntry>,
+}
+
+/// One node with everything the run has told about it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct NodeView {
+    pub id: String,
+    pub label: String,
+    pub kind: NodeKind,
+    /// Ids of the nodes this one depends on: the graph's edges, drawn `need → id`.
+    #[serde(default)]
+    pub needs: Vec<String>,
+    pub status: NodeStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default)]
+    pub metrics: NodeMetrics,
+    /// What the gate card shows, while this node is a gate that waits for a decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GatePresentation>,
+    /// Upstream ids whose edge into this node carried data (`edge_active`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active_inputs: Vec<String>,
+    /// The last [`LOG_TAIL_LINES`] lines of output.
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub log_tail: VecDeque<LogLine>,
+}
+
+/// One line of a node's output.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct LogLine {
+    pub stream: LogStream,
+    pub line: String,
+}
+
+/// A decision that was applied to a gate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct GateDecisionRecord {
+    pub seq: Seq,
+    pub node_id: String,
+    pub decision: Decision,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<String>,
+    pub decided_by: String,
+    pub decided_at: String,
+}
+
+/// An `error` event that was part of the run's log.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ErrorEntry {
+    pub seq: Seq,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    pub message: String,
+}
+
+/// What [`RunState::apply`] did with an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The event was the next one (or a snapshot) and is now part of the state.
+    Folded,
+    /// The event's `seq` is not newer than the state's: a duplicate, or a private reply that
+    /// concerns one client only. The state is unchanged.
+    Stale,
+    /// Events are missing between the state and this one; the state is unchanged and the
+    /// caller must resync from `since = state.seq`.
+    Gap { expected: Seq },
+}
+
+/// Counts of nodes by where they are; what a progress bar shows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub total: usize,
+    /// Nodes in a terminal state.
+    pub done: usize,
+    pub running: usize,
+    pub waiting: usize,
+    pub failed: usize,
+}
+
+impl RunState {
+    /// A run that has not had any event yet; every node pending.
+    pub fn new(
+        dag_id: impl Into<String>,
+        name: impl Into<String>,
+        started_at: impl Into<String>,
+        budget: f64,
+        nodes: impl IntoIterator<Item = (GraphNode, Vec<String>)>,
+    ) -> Self {
+        let nodes = nodes.into_iter().map(|(node, needs)| (node.id.clone(), NodeView::pending(node, needs))).collect();
+        RunState {
+            dag_id: dag_id.into(),
+            name: name.into(),
+            seq: 0,
+            state: RunPhase::Running,
+            started_at: started_at.into(),
+            nodes,
+            cost: Cost { spent: 0.0, budget, remaining: budget },
+            decisions: Vec::new(),
+            results: None,
+            errors: Vec::new(),
+        }
+    }
+
+    /// Folds one event into the state. A snapshot replaces the state; any other event is folded
+    /// only if its `seq` is exactly the next one (see [`Applied`]).
+    pub fn apply(&mut self, event: &ServerEvent) -> Applied {
+        if let ServerEventBody::Snapshot { run } = &event.body {
+            self.clone_from(run);
+            return Applied::Folded;
+        }
+        if event.seq <= self.seq {
+            return Applied::Stale;
+        }
+        if event.seq != self.seq + 1 {
+            return Applied::Gap { expected: self.seq + 1 };
+        }
+        self.seq = event.seq;
+        match &event.body {
+            ServerEventBody::NodeState { node_id, status, output, metrics } => {
+                if let Some(node) = self.nodes.get_mut(node_id) {
+                    node.status = *status;
+                    if output.is_some() {
+                        node.output.clone_from(output);
+                    }
+                    if let Some(metrics) = metrics {
+                        node.metrics.merge(metrics);
+                    }
+                    if *status != NodeStatus::Waiting {
+                        node.gate = None;
+                    }
+                }
+            }
+            ServerEventBody::EdgeActive { from, to } => {
+                if let Some(node) = self.nodes.get_mut(to)
+                    && !node.active_inputs.contains(from)
+                {
+                    node.active_inputs.push(from.clone());
+                }
+            }
+            ServerEventBody::DagMutated { mutation } => self.mutate(mutation),
+            ServerEventBody::CostUpdate { spent, budget, remaining } => {
+                self.cost = Cost { spent: *spent, budget: *budget, remaining: *remaining };
+            }
+            ServerEventBody::ExecutionComplete { results } => {
+                self.results = Some(results.clone());
+            }
+            ServerEventBody::HumanGateWaiting { node_id, presentation } => {
+                if let Some(node) = self.nodes.get_mut(node_id) {
+                    node.status = NodeStatus::Waiting;
+                    node.gate = Some(presentation.clone());
+                }
+            }
+            ServerEventBody::Error { node_id, message } => {
+                self.errors.push(ErrorEntry { seq: event.seq, node_id: node_id.clone(), message: message.clone() })
+            }
+            ServerEventBody::Snapshot { .. } => {
+                // Handled above, before the sequence check: a snapshot replaces everything.
+            }
+            ServerEventBody::RunStateChanged { state } => self.state = *state,
+            ServerEventBody::GateResolved { node_id, decision, feedback, decided_by, decided_at } => {
+                if let Some(node) = self.nodes.get_mut(node_id) {
+                    node.gate = None;
+                }
+                self.decisions.push(GateDecisionRecord {
+                    seq: event.seq,
+                    node_id: node_id.clone(),
+                    decision: *decision,
+                    feedback: feedback.clone(),
+                    decided_by: decided_by.clone(),
+                    decided_at: decided_at.clone(),
+                });
+            }
+            ServerEventBody::NodeLog { node_id, stream, line } => {
+                if let Some(node) = self.nodes.get_mut(node_id) {
+                    if node.log_tail.len() == LOG_TAIL_LINES {
+                        node.log_tail.pop_front();
+                    }
+                    node.log_tail.push_back(LogLine { stream: *stream, line: line.clone() });
+                }
+            }
+        }
+        Applied::Folded
+    }
+
+    fn mutate(&mut self, mutation: &DagMutation) {
+        match mutation {
+            DagMutation::AddNode { node, after } => {
+                if !self.nodes.contains_key(&node.id) {
+                    self.nodes.insert(node.id.clone(), NodeView::pending(node.clone(), after.clone()));
+                }
+            }
+            DagMutation::AddEdge { from, to } => {
+                if let Some(node) = self.nodes.get_mut(to)
+                    && !node.needs.contains(from)
+                {
+                    node.needs.push(from.clone());
+                }
+            }
+            DagMutation::RemoveNode { node_id } => {
+                self.nodes.shift_remove(node_id);
+                for node in self.nodes.values_mut() {
+                    node.needs.retain(|need| need != node_id);
+                    node.active_inputs.retain(|input| input != node_id);
+                }
+            }
+            DagMutation::UpdateNode { node_id, label } => {
+                if let (Some(node), Some(label)) = (self.nodes.get_mut(node_id), label) {
+                    node.label.clone_from(label);
+                }
+            }
+        }
+    }
+
+    /// Node counts for a progress display.
+    pub fn progress(&self) -> Progress {
+        let mut progress = Progress { total: self.nodes.len(), ..Progress::default() };
+        for node in self.nodes.values() {
+            match node.status {
+                NodeStatus::Running => progress.running += 1,
+                NodeStatus::Waiting => progress.waiting += 1,
+                NodeStatus::Failed => progress.failed += 1,
+                NodeStatus::Pending | NodeStatus::Completed | NodeStatus::Skipped | NodeStatus::Cancelled => {}
+            }
+            if node.status.is_terminal() {
+                progress.done += 1;
+            }
+        }
+        progress
+    }
+
+    /// Gates that wait for a decision, in node order.
+    pub fn waiting_gates(&self) -> impl Iterator<Item = (&NodeView, &GatePresentation)> {
+        self.nodes.values().filter_map(|node| node.gate.as_ref().map(|gate| (node, gate)))
+    }
+
+    /// The line of this run in the run list.
+    pub fn summary(&self) -> RunSummary {
+        let progress = self.progress();
+        RunSummary {
+            dag_id: self.dag_id.clone(),
+            name: self.name.clone(),
+            state: self.state,
+            started_at: self.started_at.clone(),
+            nodes_done: progress.done,
+            nodes_total: progress.total,
+            gates_waiting: self.waiting_gates().count(),
+            cost: self.cost,
+        }
+    }
+}
+
+impl NodeView {
+    fn pending(node: GraphNode, needs: Vec<String>) -> Self {
+        NodeView {
+            id: node.id,
+            label: node.label,
+            kind: node.kind,
+            needs,
+            status: NodeStatus::Pending,
+            output: None,
+            metrics: NodeMetrics::default(),
+            gate: None,
+            active_inputs: Vec::new(),
+            log_tail: VecDeque::new(),
+        }
+    }
+}

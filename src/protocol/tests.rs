@@ -1,0 +1,345 @@
+//! Wire-shape tests (every literal of PROTOCOL.md) and table tests of the reducer.
+
+use serde_json::{Value, json};
+
+use super::*;
+
+/// Every server event literal of PROTOCOL.md, plus the optional fields it names.
+const SERVER_LITERALS: &[&str] = &[
+    r#"{"type":"node_state","seq":7,"node_id":"draft","status":"running","output":{},"metrics":{"duration_ms":120,"cost":0.02}}"#,
+    r#"{"type":"node_state","seq":7,"node_id":"draft","status":"completed","metrics":{"duration_ms":120,"cost":0.02,"tokens_in":10,"tokens_out":5,"attempt":2,"started_at":"2026-11-26T10:00:00Z","finished_at":"2026-11-26T10:00:01Z"}}"#,
+    r#"{"type":"node_state","seq":7,"node_id":"draft","status":"pending"}"#,
+    r#"{"type":"edge_active","seq":8,"from":"research","to":"draft"}"#,
+    r#"{"type":"dag_mutated","seq":9,"mutation":{"op":"add_node","node":{"id":"extra","label":"Extra","kind":"simulate"},"after":["draft"]}}"#,
+    r#"{"type":"dag_mutated","seq":9,"mutation":{"op":"add_edge","from":"a","to":"b"}}"#,
+    r#"{"type":"dag_mutated","seq":9,"mutation":{"op":"remove_node","node_id":"a"}}"#,
+    r#"{"type":"dag_mutated","seq":9,"mutation":{"op":"update_node","node_id":"a","label":"A"}}"#,
+    r#"{"type":"dag_mutated","seq":9,"mutation":{"op":"update_node","node_id":"a"}}"#,
+    r#"{"type":"cost_update","seq":10,"spent":1.25,"budget":10.0,"remaining":8.75}"#,
+    r#"{"type":"execution_complete","seq":30,"results":{"draft":{"text":"..."}}}"#,
+    r#"{"type":"human_gate_waiting","seq":12,"node_id":"review","presentation":{"title":"Publish?","prompt":"...","options":["approve","reject","modify"]}}"#,
+    r#"{"type":"human_gate_waiting","seq":12,"node_id":"review","presentation":{"title":"Publish?","prompt":"...","options":["approve"],"context":{"draft":"x"},"cost_so_far":1.5,"timeout_at":"2026-11-26T11:00:00Z"}}"#,
+    r#"{"type":"error","seq":13,"node_id":"draft","message":"exit status 1"}"#,
+    r#"{"type":"error","seq":13,"message":"gate review is not waiting"}"#,
+    r#"{"type":"run_state","seq":14,"state":"paused"}"#,
+    r#"{"type":"run_state","seq":14,"state":"cancelling"}"#,
+    r#"{"type":"gate_resolved","seq":15,"node_id":"review","decision":"approve","feedback":"ok","decided_by":"alice","decided_at":"2026-11-26T10:00:00Z"}"#,
+    r#"{"type":"node_log","seq":16,"node_id":"build","stream":"stdout","line":"compiling..."}"#,
+];
+
+const CLIENT_LITERALS: &[&str] = &[
+    r#"{"type":"human_decision","node_id":"review","decision":"approve","feedback":"looks good"}"#,
+    r#"{"type":"human_decision","node_id":"review","decision":"reject"}"#,
+    r#"{"type":"pause_execution"}"#,
+    r#"{"type":"resume_execution"}"#,
+    r#"{"type":"cancel_execution"}"#,
+];
+
+fn assert_round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(literal: &str) {
+    let expected: Value = serde_json::from_str(literal).expect("test literal is JSON");
+    let parsed: T = serde_json::from_str(literal).unwrap_or_else(|e| panic!("{literal}: {e}"));
+    let back = serde_json::to_value(&parsed).expect("serializes");
+    assert_eq!(back, expected, "round trip of {literal}");
+}
+
+#[test]
+fn every_server_literal_round_trips_to_the_same_json() {
+    for literal in SERVER_LITERALS {
+        assert_round_trip::<ServerEvent>(literal);
+    }
+}
+
+#[test]
+fn every_client_literal_round_trips_to_the_same_json() {
+    for literal in CLIENT_LITERALS {
+        assert_round_trip::<ClientEvent>(literal);
+    }
+}
+
+#[test]
+fn snapshot_round_trips_with_the_whole_run() {
+    let mut run = demo_state();
+    run.apply(&event(
+        1,
+        ServerEventBody::NodeState {
+            node_id: "a".into(),
+            status: NodeStatus::Running,
+            output: None,
+            metrics: Some(NodeMetrics { attempt: Some(1), ..NodeMetrics::default() }),
+        },
+    ));
+    let snapshot = ServerEvent { seq: 1, body: ServerEventBody::Snapshot { run: Box::new(run) } };
+    let text = serde_json::to_string(&snapshot).expect("serializes");
+    assert_round_trip::<ServerEvent>(&text);
+    assert!(!text.contains("null"), "absent fields are omitted, never null: {text}");
+}
+
+#[test]
+fn absent_optionals_are_omitted_not_null() {
+    let event = ServerEvent {
+        seq: 3,
+        body: ServerEventBody::NodeState {
+            node_id: "a".into(),
+            status: NodeStatus::Completed,
+            output: None,
+            metrics: Some(NodeMetrics { cost: Some(0.5), ..NodeMetrics::default() }),
+        },
+    };
+    assert_eq!(
+        serde_json::to_value(&event).expect("serializes"),
+        json!({"type":"node_state","seq":3,"node_id":"a","status":"completed","metrics":{"cost":0.5}})
+    );
+}
+
+#[test]
+fn unknown_types_and_malformed_json_are_errors_not_panics() {
+    let bad_server = [
+        r#"{"type":"node_exploded","seq":1}"#,
+        r#"{"seq":1,"node_id":"a"}"#,
+        r#"{"type":"node_state","node_id":"a","status":"running"}"#,
+        r#"{"type":"node_state","seq":1,"node_id":"a","status":"sleeping"}"#,
+        r#"{"type":"cost_update","seq":1,"spent":"lots","budget":1,"remaining":1}"#,
+        r#"{"type":"edge_active","seq":1,"from":"a""#,
+        "",
+        "[]",
+        "null",
+    ];
+    for text in bad_server {
+        assert!(serde_json::from_str::<ServerEvent>(text).is_err(), "accepted {text:?}");
+    }
+    let bad_client = [
+        r#"{"type":"launch_missiles"}"#,
+        r#"{"type":"human_decision","node_id":"review","decision":"maybe"}"#,
+        r#"{"type":"human_decision","decision":"approve"}"#,
+        r#"{"decision":"approve"}"#,
+        "{",
+        "\u{0}",
+        "42",
+    ];
+    for text in bad_client {
+        assert!(serde_json::from_str::<ClientEvent>(text).is_err(), "accepted {text:?}");
+    }
+}
+
+#[test]
+fn a_seed_client_message_with_extra_fields_is_accepted() {
+    let parsed: ClientEvent =
+        serde_json::from_str(r#"{"type":"pause_execution","sent_at":"now"}"#).expect("additive fields are ignored");
+    assert_eq!(parsed, ClientEvent::PauseExecution);
+}
+
+// ---- reducer ------------------------------------------------------------------------------
+
+fn graph_node(id: &str, kind: NodeKind) -> GraphNode {
+    GraphNode { id: id.into(), label: id.to_uppercase(), kind }
+}
+
+/// a → b, a → gate → c
+fn demo_state() -> RunState {
+    RunState::new(
+        "run1",
+        "demo",
+        "2026-11-26T10:00:00Z",
+        10.0,
+        [
+            (graph_node("a", NodeKind::Simulate), vec![]),
+            (graph_node("b", NodeKind::Simulate), vec!["a".to_string()]),
+            (graph_node("gate", NodeKind::Gate), vec!["a".to_string()]),
+            (graph_node("c", NodeKind::Simulate), vec!["gate".to_string()]),
+        ],
+    )
+}
+
+fn event(seq: Seq, body: ServerEventBody) -> ServerEvent {
+    ServerEvent { seq, body }
+}
+
+fn node_state(id: &str, status: NodeStatus) -> ServerEventBody {
+    ServerEventBody::NodeState { node_id: id.into(), status, output: None, metrics: None }
+}
+
+fn presentation() -> GatePresentation {
+    GatePresentation {
+        title: "Go?".into(),
+        prompt: "Check".into(),
+        options: vec![Decision::Approve, Decision::Reject],
+        context: None,
+        cost_so_far: Some(1.0),
+        timeout_at: None,
+    }
+}
+
+/// Folds `bodies` (seq 1, 2, ...) into the demo state.
+fn fold(bodies: Vec<ServerEventBody>) -> RunState {
+    let mut state = demo_state();
+    for (i, body) in bodies.into_iter().enumerate() {
+        assert_eq!(state.apply(&event(i as Seq + 1, body)), Applied::Folded);
+    }
+    state
+}
+
+#[test]
+fn reducer_table() {
+    type Check = fn(&RunState);
+    let cases: Vec<(&str, Vec<ServerEventBody>, Check)> = vec![
+        ("node status and seq", vec![node_state("a", NodeStatus::Running)], |s| {
+            assert_eq!(s.nodes["a"].status, NodeStatus::Running);
+            assert_eq!(s.seq, 1);
+            assert_eq!(s.progress().running, 1);
+        }),
+        (
+            "metrics merge keeps earlier fields; output is kept until replaced",
+            vec![
+                ServerEventBody::NodeState {
+                    node_id: "a".into(),
+                    status: NodeStatus::Running,
+                    output: None,
+                    metrics: Some(NodeMetrics {
+                        attempt: Some(1),
+                        started_at: Some("t0".into()),
+                        ..Default::default()
+                    }),
+                },
+                ServerEventBody::NodeState {
+                    node_id: "a".into(),
+                    status: NodeStatus::Completed,
+                    output: Some(json!({"text": "hi"})),
+                    metrics: Some(NodeMetrics { cost: Some(0.25), duration_ms: Some(10), ..Default::default() }),
+                },
+                node_state("a", NodeStatus::Completed),
+            ],
+            |s| {
+                let a = &s.nodes["a"];
+                assert_eq!(a.metrics.attempt, Some(1));
+                assert_eq!(a.metrics.started_at.as_deref(), Some("t0"));
+                assert_eq!(a.metrics.cost, Some(0.25));
+                assert_eq!(a.output, Some(json!({"text": "hi"})));
+                assert_eq!(s.progress().done, 1);
+            },
+        ),
+        ("edge activity", vec![ServerEventBody::EdgeActive { from: "a".into(), to: "b".into() }], |s| {
+            assert_eq!(s.nodes["b"].active_inputs, vec!["a".to_string()]);
+        }),
+        ("cost", vec![ServerEventBody::CostUpdate { spent: 2.5, budget: 10.0, remaining: 7.5 }], |s| {
+            assert_eq!(s.cost, Cost { spent: 2.5, budget: 10.0, remaining: 7.5 })
+        }),
+        (
+            "gate waits, then is resolved",
+            vec![
+                ServerEventBody::HumanGateWaiting { node_id: "gate".into(), presentation: presentation() },
+                ServerEventBody::GateResolved {
+                    node_id: "gate".into(),
+                    decision: Decision::Approve,
+                    feedback: Some("ok".into()),
+                    decided_by: "alice".into(),
+                    decided_at: "t1".into(),
+                },
+                node_state("gate", NodeStatus::Completed),
+            ],
+            |s| {
+                assert_eq!(s.waiting_gates().count(), 0);
+                assert_eq!(s.nodes["gate"].status, NodeStatus::Completed);
+                assert_eq!(s.decisions.len(), 1);
+                assert_eq!(s.decisions[0].decided_by, "alice");
+                assert_eq!(s.decisions[0].seq, 2);
+            },
+        ),
+        (
+            "a waiting gate is listed",
+            vec![ServerEventBody::HumanGateWaiting { node_id: "gate".into(), presentation: presentation() }],
+            |s| {
+                assert_eq!(s.nodes["gate"].status, NodeStatus::Waiting);
+                assert_eq!(s.waiting_gates().map(|(n, _)| n.id.as_str()).collect::<Vec<_>>(), ["gate"]);
+                assert_eq!(s.summary().gates_waiting, 1);
+                assert_eq!(s.progress().waiting, 1);
+            },
+        ),
+        (
+            "run state, errors and results",
+            vec![
+                ServerEventBody::Error { node_id: Some("b".into()), message: "exit status 1".into() },
+                node_state("b", NodeStatus::Failed),
+                ServerEventBody::RunStateChanged { state: RunPhase::Failed },
+                ServerEventBody::ExecutionComplete { results: Map::from_iter([("a".to_string(), json!(1))]) },
+            ],
+            |s| {
+                assert_eq!(s.state, RunPhase::Failed);
+                assert_eq!(
+                    s.errors,
+                    vec![ErrorEntry { seq: 1, node_id: Some("b".into()), message: "exit status 1".into() }]
+                );
+                assert_eq!(s.results.as_ref().map(|r| r.len()), Some(1));
+                assert_eq!(s.progress().failed, 1);
+            },
+        ),
+        (
+            "mutations: add node, add edge, update, remove",
+            vec![
+                ServerEventBody::DagMutated {
+                    mutation: DagMutation::AddNode {
+                        node: graph_node("x", NodeKind::Simulate),
+                        after: vec!["b".into()],
+                    },
+                },
+                ServerEventBody::DagMutated { mutation: DagMutation::AddEdge { from: "x".into(), to: "c".into() } },
+                ServerEventBody::DagMutated {
+                    mutation: DagMutation::UpdateNode { node_id: "x".into(), label: Some("Extra".into()) },
+                },
+                ServerEventBody::DagMutated { mutation: DagMutation::RemoveNode { node_id: "b".into() } },
+            ],
+            |s| {
+                assert_eq!(s.nodes.keys().collect::<Vec<_>>(), ["a", "gate", "c", "x"]);
+                assert_eq!(s.nodes["x"].label, "Extra");
+                assert!(s.nodes["x"].needs.is_empty(), "edge from the removed node is gone");
+                assert_eq!(s.nodes["c"].needs, vec!["gate".to_string(), "x".to_string()]);
+                assert_eq!(s.nodes["x"].status, NodeStatus::Pending);
+            },
+        ),
+        (
+            "log tail is bounded",
+            (0..LOG_TAIL_LINES + 5)
+                .map(|i| ServerEventBody::NodeLog {
+                    node_id: "a".into(),
+                    stream: LogStream::Stdout,
+                    line: format!("l{i}"),
+                })
+                .collect(),
+            |s| {
+                let tail = &s.nodes["a"].log_tail;
+                assert_eq!(tail.len(), LOG_TAIL_LINES);
+                assert_eq!(tail.front().map(|l| l.line.as_str()), Some("l5"));
+            },
+        ),
+        ("events about unknown nodes change nothing but seq", vec![node_state("ghost", NodeStatus::Running)], |s| {
+            assert!(!s.nodes.contains_key("ghost"));
+            assert_eq!(s.seq, 1);
+        }),
+    ];
+    for (name, bodies, check) in cases {
+        let state = fold(bodies);
+        eprintln!("case: {name}");
+        check(&state);
+    }
+}
+
+#[test]
+fn stale_and_gapped_events_change_nothing() {
+    let mut state = fold(vec![node_state("a", NodeStatus::Running), node_state("a", NodeStatus::Completed)]);
+    let before = state.clone();
+    assert_eq!(state.apply(&event(2, node_state("a", NodeStatus::Failed))), Applied::Stale);
+    assert_eq!(state.apply(&event(1, node_state("b", NodeStatus::Failed))), Applied::Stale);
+    assert_eq!(state.apply(&event(4, node_state("b", NodeStatus::Running))), Applied::Gap { expected: 3 });
+    assert_eq!(state, before);
+    assert_eq!(state.apply(&event(3, node_state("b", NodeStatus::Running))), Applied::Folded);
+}
+
+#[test]
+fn snapshot_replaces_the_state_and_later_events_continue_from_it() {
+    let server = fold(vec![node_state("a", NodeStatus::Running), node_state("a", NodeStatus::Completed)]);
+    let mut client = demo_state();
+    let snapshot = event(server.seq, ServerEventBody::Snapshot { run: Box::new(server.clone()) });
+    assert_eq!(client.apply(&snapshot), Applied::Folded);
+    assert_eq!(client, server);
+    assert_eq!(client.apply(&event(3, node_state("b", NodeStatus::Running))), Applied::Folded);
+    assert_eq!(client.nodes["b"].status, NodeStatus::Running);
+}

@@ -1,0 +1,419 @@
+//! The whole server path over real sockets: REST, the WebSocket stream, resync and commands.
+//! Each test serves `app()` on port 0 and talks to it with tokio-tungstenite.
+
+#![cfg(feature = "ssr")]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use dagstream::engine::{DagSpec, NodeSpec, NodeWork};
+use dagstream::hub::RoomLimits;
+use dagstream::protocol::{ClientEvent, Decision, NodeStatus, RunPhase, RunState, Seq, ServerEvent, ServerEventBody};
+use dagstream::runs::Runs;
+use dagstream::server::{AppState, StreamConfig, app};
+use futures::{SinkExt, StreamExt};
+use leptos::prelude::LeptosOptions;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tower::ServiceExt;
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How long any single expected event may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+struct TestServer {
+    addr: SocketAddr,
+    state: AppState,
+    /// Held so streams are not told to shut down.
+    _shutdown: watch::Sender<bool>,
+}
+
+impl TestServer {
+    async fn start() -> Self {
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let state = AppState {
+            runs: Arc::new(Runs::new(RoomLimits::default())),
+            leptos_options: LeptosOptions::builder().output_name("dagstream").build(),
+            shutdown,
+            stream: StreamConfig::default(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().expect("local addr");
+        let router = app(state.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        TestServer { addr, state, _shutdown: shutdown_tx }
+    }
+
+    fn start_run(&self, spec: DagSpec) -> String {
+        self.state.runs.start(spec).expect("test spec is valid")
+    }
+
+    fn server_state(&self, dag_id: &str) -> RunState {
+        self.state.runs.get(dag_id).expect("run exists").room.snapshot()
+    }
+
+    async fn connect(&self, dag_id: &str, since: Option<Seq>) -> Socket {
+        let query = since.map(|s| format!("?since={s}")).unwrap_or_default();
+        let url = format!("ws://{}/api/dags/{dag_id}/stream{query}", self.addr);
+        connect_async(url).await.expect("websocket connects").0
+    }
+}
+
+fn sim(id: &str, needs: &[&str], millis: u64, cost: f64) -> NodeSpec {
+    NodeSpec {
+        id: id.into(),
+        label: None,
+        needs: needs.iter().map(|s| s.to_string()).collect(),
+        work: NodeWork::Simulate { duration: Duration::from_millis(millis), cost },
+    }
+}
+
+/// a, b → review (gate) → c
+fn gated_spec() -> DagSpec {
+    DagSpec {
+        name: "gated".into(),
+        budget: 1.0,
+        max_parallel: 2,
+        nodes: vec![
+            sim("a", &[], 20, 0.1),
+            sim("b", &[], 30, 0.2),
+            NodeSpec {
+                id: "review".into(),
+                label: Some("Review".into()),
+                needs: vec!["a".into(), "b".into()],
+                work: NodeWork::Gate {
+                    title: "Go on?".into(),
+                    prompt: "Check a and b.".into(),
+                    options: vec![Decision::Approve, Decision::Reject],
+                },
+            },
+            sim("c", &["review"], 20, 0.05),
+        ],
+    }
+}
+
+/// The next event, skipping pings; fails the test after [`PATIENCE`].
+async fn next_event(socket: &mut Socket) -> ServerEvent {
+    loop {
+        let message = tokio::time::timeout(PATIENCE, socket.next())
+            .await
+            .expect("an event within the patience window")
+            .expect("the stream is open")
+            .expect("the frame is readable");
+        match message {
+            Message::Text(text) => return serde_json::from_str(text.as_str()).expect("server sends valid events"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// Reads events until `stop` matches one (inclusive); checks `seq` is contiguous on the way.
+async fn events_until(socket: &mut Socket, after: Seq, stop: impl Fn(&ServerEvent) -> bool) -> Vec<ServerEvent> {
+    let mut events = Vec::new();
+    let mut last = after;
+    loop {
+        let event = next_event(socket).await;
+        assert_eq!(event.seq, last + 1, "seq must be contiguous: {event:?}");
+        last = event.seq;
+        let done = stop(&event);
+        events.push(event);
+        if done {
+            return events;
+        }
+    }
+}
+
+fn is_gate_waiting(event: &ServerEvent) -> bool {
+    matches!(event.body, ServerEventBody::HumanGateWaiting { .. })
+}
+
+fn is_complete(event: &ServerEvent) -> bool {
+    matches!(event.body, ServerEventBody::ExecutionComplete { .. })
+}
+
+async fn send(socket: &mut Socket, event: &ClientEvent) {
+    let text = serde_json::to_string(event).expect("client events serialize");
+    socket.send(Message::text(text)).await.expect("send");
+}
+
+/// Expects the snapshot that opens a stream without `since`; returns the state it carries.
+async fn expect_snapshot(socket: &mut Socket) -> RunState {
+    let event = next_event(socket).await;
+    match event.body {
+        ServerEventBody::Snapshot { run } => {
+            assert_eq!(run.seq, event.seq, "a snapshot carries the seq of its last event");
+            *run
+        }
+        other => panic!("the first message must be a snapshot, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn snapshot_first_then_contiguous_events_and_approve_completes_the_run() {
+    let server = TestServer::start().await;
+    let dag_id = server.start_run(gated_spec());
+    let mut socket = server.connect(&dag_id, None).await;
+    let mut client = expect_snapshot(&mut socket).await;
+
+    let before_gate = events_until(&mut socket, client.seq, is_gate_waiting).await;
+    send(
+        &mut socket,
+        &ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Approve, feedback: None },
+    )
+    .await;
+    let after_gate = events_until(&mut socket, before_gate.last().map_or(client.seq, |e| e.seq), is_complete).await;
+
+    for event in before_gate.iter().chain(&after_gate) {
+        client.apply(event);
+    }
+    assert_eq!(client.state, RunPhase::Completed);
+    assert!(client.nodes.values().all(|n| n.status == NodeStatus::Completed), "{:?}", client.nodes);
+    assert_eq!(client.decisions.len(), 1);
+    assert_eq!(client.decisions[0].decision, Decision::Approve);
+    let results = client.results.clone().expect("execution_complete carries results");
+    assert!(results.contains_key("c") && results.contains_key("review"));
+    assert!((client.cost.spent - 0.35).abs() < 1e-9, "spend is the sum of node costs: {}", client.cost.spent);
+    assert_eq!(client, server.server_state(&dag_id), "the folded stream equals the server's state");
+    let completes = after_gate.iter().filter(|e| is_complete(e)).count();
+    assert_eq!(completes, 1, "execution_complete exactly once");
+}
+
+#[tokio::test]
+async fn since_replays_exactly_the_missed_events_without_a_snapshot() {
+    let server = TestServer::start().await;
+    let dag_id = server.start_run(gated_spec());
+    // since=0: the whole log from seq 1, as long as the server holds it.
+    let mut full = server.connect(&dag_id, Some(0)).await;
+    let log = events_until(&mut full, 0, is_gate_waiting).await;
+    let gate_seq = log.last().expect("events before the gate").seq;
+    assert!(gate_seq > 4, "the run emits several events before its gate");
+
+    // A client that had applied up to seq 3 comes back and gets exactly 4..=gate_seq.
+    let mut second = server.connect(&dag_id, Some(3)).await;
+    let replay = events_until(&mut second, 3, |e| e.seq == gate_seq).await;
+    assert_eq!(replay, log[3..], "the replay is the same events, in order, nothing else");
+
+    // Up to date: nothing is replayed, the next live event follows directly.
+    let mut third = server.connect(&dag_id, Some(gate_seq)).await;
+    send(&mut third, &ClientEvent::PauseExecution).await;
+    let next = next_event(&mut third).await;
+    assert_eq!(next.seq, gate_seq + 1);
+    assert_eq!(next.body, ServerEventBody::RunStateChanged { state: RunPhase::Paused });
+
+    // A since in the future gets a snapshot.
+    let mut fourth = server.connect(&dag_id, Some(gate_seq + 100)).await;
+    assert_eq!(expect_snapshot(&mut fourth).await.seq, gate_seq + 1);
+}
+
+#[tokio::test]
+async fn bad_client_messages_get_a_private_error_and_the_connection_stays_open() {
+    let server = TestServer::start().await;
+    let dag_id = server.start_run(gated_spec());
+    let mut socket = server.connect(&dag_id, None).await;
+    let mut watcher = server.connect(&dag_id, None).await;
+    let start = expect_snapshot(&mut socket).await.seq;
+    expect_snapshot(&mut watcher).await;
+    let seen = events_until(&mut socket, start, is_gate_waiting).await;
+    let position = seen.last().expect("events").seq;
+
+    let bad: [&str; 5] = [
+        "this is not json",
+        r#"{"type":"launch_missiles"}"#,
+        r#"{"type":"human_decision","node_id":"review","decision":"maybe"}"#,
+        r#"{"type":"human_decision","node_id":"c","decision":"approve"}"#,
+        r#"{"type":"resume_execution"}"#,
+    ];
+    for text in bad {
+        socket.send(Message::text(text)).await.expect("send");
+        let reply = next_event(&mut socket).await;
+        match &reply.body {
+            ServerEventBody::Error { node_id: None, message } => assert!(!message.is_empty()),
+            other => panic!("{text:?} must get an error, got {other:?}"),
+        }
+        assert_eq!(reply.seq, position, "a private reply carries the client's position, never a new seq");
+    }
+    socket.send(Message::binary(vec![1u8, 2, 3])).await.expect("send");
+    assert!(matches!(next_event(&mut socket).await.body, ServerEventBody::Error { node_id: None, .. }));
+
+    // Still open, and nothing changed: the run is still waiting at its gate.
+    assert_eq!(server.server_state(&dag_id).seq, position);
+    send(&mut socket, &ClientEvent::PauseExecution).await;
+    assert_eq!(next_event(&mut socket).await.body, ServerEventBody::RunStateChanged { state: RunPhase::Paused });
+
+    // The other client saw none of the errors, only the pause.
+    let watched = events_until(&mut watcher, start, |e| e.seq == position + 1).await;
+    assert!(watched.iter().all(|e| !matches!(e.body, ServerEventBody::Error { .. })));
+}
+
+#[tokio::test]
+async fn reject_skips_downstream_and_fails_the_run() {
+    let server = TestServer::start().await;
+    let dag_id = server.start_run(gated_spec());
+    let mut socket = server.connect(&dag_id, None).await;
+    let mut client = expect_snapshot(&mut socket).await;
+    for event in events_until(&mut socket, client.seq, is_gate_waiting).await {
+        client.apply(&event);
+    }
+    send(
+        &mut socket,
+        &ClientEvent::HumanDecision {
+            node_id: "review".into(),
+            decision: Decision::Reject,
+            feedback: Some("not good enough".into()),
+        },
+    )
+    .await;
+    for event in events_until(&mut socket, client.seq, is_complete).await {
+        client.apply(&event);
+    }
+    assert_eq!(client.state, RunPhase::Failed);
+    assert_eq!(client.nodes["review"].status, NodeStatus::Failed);
+    assert_eq!(client.nodes["c"].status, NodeStatus::Skipped);
+    assert_eq!(client.decisions[0].feedback.as_deref(), Some("not good enough"));
+    assert!(!client.results.expect("results").contains_key("c"));
+
+    // A decided gate takes no second decision.
+    send(
+        &mut socket,
+        &ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Approve, feedback: None },
+    )
+    .await;
+    assert!(matches!(next_event(&mut socket).await.body, ServerEventBody::Error { node_id: None, .. }));
+}
+
+#[tokio::test]
+async fn pause_starts_nothing_new_and_resume_goes_on() {
+    let server = TestServer::start().await;
+    let spec = DagSpec {
+        name: "chain".into(),
+        budget: 1.0,
+        max_parallel: 1,
+        nodes: vec![sim("first", &[], 100, 0.1), sim("second", &["first"], 10, 0.1)],
+    };
+    let dag_id = server.start_run(spec);
+    let mut socket = server.connect(&dag_id, None).await;
+    let snapshot = expect_snapshot(&mut socket).await;
+    send(&mut socket, &ClientEvent::PauseExecution).await;
+    let paused = events_until(&mut socket, snapshot.seq, |e| {
+        matches!(e.body, ServerEventBody::RunStateChanged { state: RunPhase::Paused })
+    })
+    .await;
+    let first_done = |e: &ServerEvent| matches!(&e.body, ServerEventBody::NodeState { node_id, status: NodeStatus::Completed, .. } if node_id == "first");
+    let mut position = paused.last().expect("paused").seq;
+    if !paused.iter().any(first_done) {
+        position = events_until(&mut socket, position, first_done).await.last().expect("first done").seq;
+    }
+    // Well past the time "second" would have needed: it has not started.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let state = server.server_state(&dag_id);
+    assert_eq!(state.nodes["second"].status, NodeStatus::Pending);
+    assert_eq!(state.state, RunPhase::Paused);
+    send(&mut socket, &ClientEvent::PauseExecution).await;
+    loop {
+        // Events published with "first"'s completion (its cost) may still be queued before the reply.
+        let event = next_event(&mut socket).await;
+        match event.body {
+            ServerEventBody::Error { node_id: None, .. } => break,
+            ServerEventBody::CostUpdate { .. } => position = event.seq,
+            other => panic!("pausing twice must be refused, got {other:?}"),
+        }
+    }
+
+    send(&mut socket, &ClientEvent::ResumeExecution).await;
+    let rest = events_until(&mut socket, position, is_complete).await;
+    assert_eq!(rest[0].body, ServerEventBody::RunStateChanged { state: RunPhase::Running });
+    assert_eq!(server.server_state(&dag_id).state, RunPhase::Completed);
+}
+
+#[tokio::test]
+async fn cancel_stops_every_node_and_completes_once() {
+    let server = TestServer::start().await;
+    let dag_id = server.start_run(gated_spec());
+    let mut socket = server.connect(&dag_id, None).await;
+    let mut client = expect_snapshot(&mut socket).await;
+    send(&mut socket, &ClientEvent::CancelExecution).await;
+    for event in events_until(&mut socket, client.seq, is_complete).await {
+        client.apply(&event);
+    }
+    assert_eq!(client.state, RunPhase::Cancelled);
+    assert!(client.nodes.values().all(|n| n.status.is_terminal()));
+    assert_eq!(client.nodes["c"].status, NodeStatus::Cancelled);
+    send(&mut socket, &ClientEvent::ResumeExecution).await;
+    assert!(matches!(next_event(&mut socket).await.body, ServerEventBody::Error { .. }));
+}
+
+#[tokio::test]
+async fn unknown_run_is_refused_with_404_before_the_upgrade() {
+    let server = TestServer::start().await;
+    let url = format!("ws://{}/api/dags/no-such-run/stream", server.addr);
+    match connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::NOT_FOUND)
+        }
+        other => panic!("expected a 404, got {other:?}"),
+    }
+}
+
+async fn request(router: axum::Router, method: &str, uri: &str) -> (StatusCode, serde_json::Value) {
+    let request = Request::builder().method(method).uri(uri).body(Body::empty()).expect("request");
+    let response = router.oneshot(request).await.expect("router answers");
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
+    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test]
+async fn rest_starts_lists_and_reads_runs() {
+    let server = TestServer::start().await;
+    let router = app(server.state.clone());
+
+    let (status, body) = request(router.clone(), "POST", "/api/dags?example=demo").await;
+    assert_eq!(status, StatusCode::CREATED);
+    let dag_id = body["dag_id"].as_str().expect("dag_id in the answer").to_owned();
+
+    let (status, body) = request(router.clone(), "GET", "/api/dags").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body[0]["dag_id"], dag_id.as_str());
+    assert_eq!(body[0]["name"], "demo");
+    assert_eq!(body[0]["nodes_total"], 8);
+
+    let (status, body) = request(router.clone(), "GET", &format!("/api/dags/{dag_id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["nodes"]["review"].is_object());
+
+    for (uri, expected) in [("/api/dags", StatusCode::BAD_REQUEST), ("/api/dags?example=nope", StatusCode::BAD_REQUEST)]
+    {
+        let (status, body) = request(router.clone(), "POST", uri).await;
+        assert_eq!(status, expected, "{uri}");
+        assert!(body["error"].as_str().is_some_and(|m| !m.is_empty()), "{uri} explains itself");
+    }
+    assert_eq!(server.state.runs.list().len(), 1, "bad requests started nothing");
+    let (status, _) = request(router.clone(), "GET", "/api/dags/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = request(router.clone(), "GET", "/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = request(router, "GET", &format!("/api/dags/{dag_id}/stream?since=abc")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn the_run_page_is_rendered_on_the_server_with_node_names_and_statuses() {
+    let server = TestServer::start().await;
+    let dag_id = server.start_run(gated_spec());
+    let router = app(server.state.clone());
+    let request = Request::builder().uri(format!("/dags/{dag_id}")).body(Body::empty()).expect("request");
+    let response = router.oneshot(request).await.expect("router answers");
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 22).await.expect("body");
+    let html = String::from_utf8_lossy(&bytes);
+    assert!(html.contains("Review"), "node labels are in the HTML");
+    assert!(html.contains(r#"data-testid="node-a""#));
+    assert!(html.contains("data-status="), "statuses are in the HTML");
+}
