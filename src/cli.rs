@@ -106,20 +106,29 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 
 /// Where the built site is: the flag or `LEPTOS_SITE_ROOT`, else `target/site` under the
 /// working directory, else `site` next to the binary's directory (`target/release/../site`).
+/// A site is a directory with `pkg/dagstream.js` in it.
 fn find_site_root(given: Option<&Path>) -> Result<PathBuf, String> {
+    let is_site = |dir: &Path| dir.join("pkg/dagstream.js").is_file();
     if let Some(given) = given {
-        return Ok(given.to_path_buf());
+        return if is_site(given) {
+            Ok(given.to_path_buf())
+        } else {
+            Err(format!(
+                "--site-root {} has no built site in it (pkg/dagstream.js is missing); build it with `make build`",
+                given.display()
+            ))
+        };
     }
     let mut candidates = vec![PathBuf::from("target/site")];
     if let Some(bin_dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
         candidates.push(bin_dir.join("../site"));
         candidates.push(bin_dir.join("site"));
     }
-    candidates.iter().find(|dir| dir.join("pkg/dagstream.js").is_file()).cloned().ok_or_else(|| {
+    candidates.iter().find(|dir| is_site(dir)).cloned().ok_or_else(|| {
         let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
         format!(
             "the built site (pkg/dagstream.js) is not in any of: {}. Build it with `make build`, \
-                 or point --site-root / LEPTOS_SITE_ROOT at it",
+             or point --site-root / LEPTOS_SITE_ROOT at it",
             tried.join(", ")
         )
     })
