@@ -1,4 +1,4 @@
-//! The `dagstream` command line: `dagstream serve [--addr HOST:PORT] [--data DIR]`.
+//! The `dagstream` command line: `serve`, `validate`, `schema`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use leptos::prelude::LeptosOptions;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
+use crate::engine::{DagSpec, EngineConfig, SpecFormat};
 use crate::hub::RoomLimits;
 use crate::runs::Runs;
 use crate::server::{AppState, StreamConfig, app};
@@ -26,6 +27,14 @@ struct Cli {
 enum Command {
     /// Serve the dashboard, the REST API and the event streams.
     Serve(ServeArgs),
+    /// Check a spec file (TOML, or JSON by its .json extension) without running it.
+    /// Exit status 0 when valid, 2 with the reason when not.
+    Validate {
+        /// The spec file.
+        spec: PathBuf,
+    },
+    /// Print the JSON Schema of spec files.
+    Schema,
 }
 
 #[derive(Args)]
@@ -50,12 +59,39 @@ pub async fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Serve(args)) => serve(args).await,
         None => serve(ServeArgs::parse_defaults()).await,
+        Some(Command::Validate { spec }) => return validate(&spec),
+        Some(Command::Schema) => {
+            print!("{}", crate::engine::spec::json_schema());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("dagstream: {message}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exit status of `validate` for a spec that cannot run (or cannot be read).
+const EXIT_INVALID_SPEC: u8 = 2;
+
+/// Reads and validates a spec file; a spec with a `.json` extension is JSON, any other TOML.
+pub fn load_spec(path: &Path) -> Result<DagSpec, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    DagSpec::parse(&text, SpecFormat::from_path(path)).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn validate(path: &Path) -> ExitCode {
+    match load_spec(path) {
+        Ok(spec) => {
+            println!("{}: ok ({} nodes, \"{}\")", path.display(), spec.nodes.len(), spec.name);
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::from(EXIT_INVALID_SPEC)
         }
     }
 }
@@ -84,7 +120,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .build();
     let (shutdown_tx, shutdown) = watch::channel(false);
     let state = AppState {
-        runs: Arc::new(Runs::new(RoomLimits::default())),
+        runs: Arc::new(Runs::new(RoomLimits::default(), EngineConfig::new(args.data.join("runs")))),
         leptos_options,
         shutdown,
         stream: StreamConfig::default(),

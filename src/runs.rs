@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use crate::engine::{self, DagSpec, RunHandle, SpecError};
+use crate::engine::{self, DagSpec, EngineConfig, RunHandle, SpecError};
 use crate::hub::{Room, RoomLimits};
 use crate::protocol::{RunState, RunSummary};
 
@@ -20,22 +20,25 @@ pub struct Runs {
     by_id: RwLock<HashMap<String, RunEntry>>,
     /// Buffer sizes for every new room.
     limits: RoomLimits,
+    /// Where runs execute.
+    engine: EngineConfig,
 }
 
 impl Runs {
-    pub fn new(limits: RoomLimits) -> Self {
-        Runs { by_id: RwLock::new(HashMap::new()), limits }
+    pub fn new(limits: RoomLimits, engine: EngineConfig) -> Self {
+        Runs { by_id: RwLock::new(HashMap::new()), limits, engine }
     }
 
-    /// Validates `spec` and starts it; answers the new run's `dag_id`. Must be called within a
-    /// tokio runtime.
+    /// Starts `spec` (checking its graph once more); answers the new run's `dag_id`. Must be
+    /// called within a tokio runtime.
     pub fn start(&self, spec: DagSpec) -> Result<String, SpecError> {
-        spec.validate()?;
+        engine::spec::check_graph(&spec.nodes)?;
         let dag_id = new_run_id();
         let nodes = spec.nodes.iter().map(|node| (node.graph_node(), node.needs.clone()));
-        let state = RunState::new(dag_id.clone(), spec.name.clone(), engine::now_rfc3339(), spec.budget, nodes);
+        let budget = spec.budget.unwrap_or(0.0);
+        let state = RunState::new(dag_id.clone(), spec.name.clone(), engine::now_rfc3339(), budget, nodes);
         let room = Arc::new(Room::new(state, self.limits));
-        let handle = engine::run::spawn(spec, Arc::clone(&room));
+        let handle = engine::run::spawn(&dag_id, spec, Arc::clone(&room), &self.engine);
         self.write().insert(dag_id.clone(), RunEntry { room, handle });
         Ok(dag_id)
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use dagstream::engine::{DagSpec, NodeSpec, NodeWork};
+use dagstream::engine::{DagSpec, EngineConfig, SpecFormat};
 use dagstream::hub::RoomLimits;
 use dagstream::protocol::{ClientEvent, Decision, NodeStatus, RunPhase, RunState, Seq, ServerEvent, ServerEventBody};
 use dagstream::runs::Runs;
@@ -38,7 +38,10 @@ impl TestServer {
     async fn start() -> Self {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let state = AppState {
-            runs: Arc::new(Runs::new(RoomLimits::default())),
+            runs: Arc::new(Runs::new(
+                RoomLimits::default(),
+                EngineConfig::new(std::env::temp_dir().join("dagstream-tests")),
+            )),
             leptos_options: LeptosOptions::builder().output_name("dagstream").build(),
             shutdown,
             stream: StreamConfig::default(),
@@ -65,37 +68,42 @@ impl TestServer {
     }
 }
 
-fn sim(id: &str, needs: &[&str], millis: u64, cost: f64) -> NodeSpec {
-    NodeSpec {
-        id: id.into(),
-        label: None,
-        needs: needs.iter().map(|s| s.to_string()).collect(),
-        work: NodeWork::Simulate { duration: Duration::from_millis(millis), cost },
-    }
-}
-
 /// a, b → review (gate) → c
 fn gated_spec() -> DagSpec {
-    DagSpec {
-        name: "gated".into(),
-        budget: 1.0,
-        max_parallel: 2,
-        nodes: vec![
-            sim("a", &[], 20, 0.1),
-            sim("b", &[], 30, 0.2),
-            NodeSpec {
-                id: "review".into(),
-                label: Some("Review".into()),
-                needs: vec!["a".into(), "b".into()],
-                work: NodeWork::Gate {
-                    title: "Go on?".into(),
-                    prompt: "Check a and b.".into(),
-                    options: vec![Decision::Approve, Decision::Reject],
-                },
-            },
-            sim("c", &["review"], 20, 0.05),
-        ],
-    }
+    spec(
+        r#"
+        name = "gated"
+        budget = 1.0
+        max_parallel = 2
+        [[nodes]]
+        id = "a"
+        kind = "simulate"
+        duration = "20ms"
+        cost = 0.1
+        [[nodes]]
+        id = "b"
+        kind = "simulate"
+        duration = "30ms"
+        cost = 0.2
+        [[nodes]]
+        id = "review"
+        label = "Review"
+        kind = "gate"
+        needs = ["a", "b"]
+        title = "Go on?"
+        prompt = "Check a and b."
+        [[nodes]]
+        id = "c"
+        kind = "simulate"
+        needs = ["review"]
+        duration = "20ms"
+        cost = 0.05
+        "#,
+    )
+}
+
+fn spec(toml_text: &str) -> DagSpec {
+    DagSpec::parse(toml_text, SpecFormat::Toml).expect("test spec is valid")
 }
 
 /// The next event, skipping pings; fails the test after [`PATIENCE`].
@@ -291,13 +299,21 @@ async fn reject_skips_downstream_and_fails_the_run() {
 #[tokio::test]
 async fn pause_starts_nothing_new_and_resume_goes_on() {
     let server = TestServer::start().await;
-    let spec = DagSpec {
-        name: "chain".into(),
-        budget: 1.0,
-        max_parallel: 1,
-        nodes: vec![sim("first", &[], 100, 0.1), sim("second", &["first"], 10, 0.1)],
-    };
-    let dag_id = server.start_run(spec);
+    let dag_id = server.start_run(spec(
+        r#"
+        name = "chain"
+        max_parallel = 1
+        [[nodes]]
+        id = "first"
+        kind = "simulate"
+        duration = "100ms"
+        [[nodes]]
+        id = "second"
+        kind = "simulate"
+        needs = ["first"]
+        duration = "10ms"
+        "#,
+    ));
     let mut socket = server.connect(&dag_id, None).await;
     let snapshot = expect_snapshot(&mut socket).await;
     send(&mut socket, &ClientEvent::PauseExecution).await;

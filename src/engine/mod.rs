@@ -1,16 +1,18 @@
-//! Runs DAGs: specs and their validation, the pure scheduler, the per-run coordinator task, and
-//! the bundled example DAGs.
+//! Runs DAGs: specs and their validation, the pure scheduler, the per-run coordinator task, node
+//! tasks (simulated work and shell commands), and the bundled example DAGs.
 //!
 //! Events leave the engine only through a run's [`Room`](crate::hub::Room); client commands
 //! arrive through a [`RunHandle`].
 
+pub mod command;
 pub mod examples;
+pub mod node;
 pub mod run;
 pub mod schedule;
 pub mod spec;
 
-pub use run::{Rejected, RunHandle};
-pub use spec::{DagSpec, NodeSpec, NodeWork, SpecError};
+pub use run::{EngineConfig, Rejected, RunHandle};
+pub use spec::{DagSpec, NodeSpec, NodeWork, SpecError, SpecFormat};
 
 /// The current time as RFC 3339 with milliseconds, as every timestamp on the wire.
 pub fn now_rfc3339() -> String {

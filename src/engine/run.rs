@@ -1,22 +1,47 @@
-//! The coordinator of one run: the single task that owns the run's scheduling state, starts
-//! node tasks, takes their reports and the commands of clients, and publishes every change.
+//! The coordinator of one run: the single task that owns the run's state (schedule, spend,
+//! gates, the graph as mutated), starts node tasks, takes their messages and the commands of
+//! clients, and publishes every change to the run's room.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
+use super::command::Report;
+use super::node::{self, NodeJob, NodeMsg, Outcome};
 use super::now_rfc3339;
 use super::schedule::{Scheduler, Slot};
-use super::spec::{DagSpec, NodeWork};
+use super::spec::{DagSpec, NodeFile, NodeSpec, NodeWork, is_valid_id};
 use crate::hub::Room;
-use crate::protocol::{ClientEvent, Decision, GatePresentation, NodeMetrics, NodeStatus, RunPhase, ServerEventBody};
+use crate::protocol::{
+    ClientEvent, DagMutation, Decision, GatePresentation, NodeMetrics, NodeStatus, RunPhase, ServerEventBody,
+};
 
 /// How many client commands may wait for the coordinator before senders wait too.
 const COMMAND_QUEUE: usize = 64;
+/// How many node messages may wait; node tasks wait when it is full (their output is
+/// rate-limited at the source, so this only smooths bursts).
+const NODE_QUEUE: usize = 4096;
+
+/// Where and how runs execute.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Each run's working directory is `work_root/<dag_id>`.
+    pub work_root: PathBuf,
+    /// How long a cancelled command gets between SIGTERM and SIGKILL.
+    pub cancel_grace: Duration,
+}
+
+impl EngineConfig {
+    pub fn new(work_root: impl Into<PathBuf>) -> Self {
+        EngineConfig { work_root: work_root.into(), cancel_grace: Duration::from_secs(5) }
+    }
+}
 
 /// Why a client command was refused. The message is sent to that client as an `error`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -35,8 +60,10 @@ pub enum Rejected {
     GateNotWaiting(String),
     #[error("gate {node:?} does not offer {}", .decision.as_str())]
     NotOffered { node: String, decision: Decision },
-    #[error("modify is not supported by this engine yet")]
-    ModifyUnsupported,
+    #[error("modify needs feedback: say what should change")]
+    ModifyWithoutFeedback,
+    #[error("gate {0:?} has no upstream node to send work back to")]
+    NothingToRedo(String),
     #[error("the run's engine has stopped")]
     EngineStopped,
 }
@@ -67,56 +94,89 @@ impl RunHandle {
 
 /// Starts the coordinator of a validated spec on the current tokio runtime. Events go to `room`,
 /// whose state must have been built from the same spec.
-pub fn spawn(spec: DagSpec, room: Arc<Room>) -> RunHandle {
+pub fn spawn(dag_id: &str, spec: DagSpec, room: Arc<Room>, config: &EngineConfig) -> RunHandle {
     let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
-    let coordinator = Coordinator::new(spec, room);
+    let coordinator = Coordinator::new(dag_id, spec, room, config);
     tokio::spawn(coordinator.drive(inbox));
     RunHandle { commands }
 }
 
-/// What a node task reports when it ends.
-struct NodeReport {
-    node: usize,
-    output: Value,
+/// Run-time bookkeeping of one node.
+#[derive(Debug, Default)]
+struct NodeRun {
+    /// When the current attempt (or gate wait) started.
+    started: Option<Instant>,
+    /// Attempt number of a work node; for a gate, how many times it has waited.
+    attempt: u32,
     cost: f64,
+    tokens_in: u64,
+    tokens_out: u64,
+    /// The latest output a report set.
+    output: Option<Value>,
+    /// Feedback a gate sent back with `modify`, handed to the next run.
+    feedback: Option<String>,
+    /// True for gates the engine added when spend reached the budget.
+    budget_gate: bool,
 }
 
 struct Coordinator {
-    spec: DagSpec,
+    /// The nodes, including ones added while running; indices are scheduler indices.
+    nodes: Vec<NodeSpec>,
+    runs: Vec<NodeRun>,
+    /// Node index by id.
+    index: HashMap<String, usize>,
     /// Where every change of the run is published.
     room: Arc<Room>,
     scheduler: Scheduler,
     phase: RunPhase,
-    /// Total spend so far; every completed node adds its cost.
     spent: f64,
-    /// Running node tasks; aborted all at once on cancel.
-    tasks: JoinSet<NodeReport>,
-    /// When each started node started, for `duration_ms`.
-    started: Vec<Option<Instant>>,
-    /// Outputs of completed nodes, by id: the results of `execution_complete`.
+    /// `None`: no budget.
+    budget: Option<f64>,
+    budget_step: f64,
+    /// The budget gate that is waiting or about to, so spend adds no second one.
+    open_budget_gate: Option<usize>,
+    /// Node tasks; all end on cancel (through `cancel`).
+    tasks: JoinSet<()>,
+    /// Gate timeout timers; aborted when the run ends.
+    timers: JoinSet<()>,
+    /// Cancels every node task of the run.
+    cancel: CancellationToken,
+    /// Node tasks and timers send here.
+    to_self: mpsc::Sender<NodeMsg>,
+    from_nodes: mpsc::Receiver<NodeMsg>,
+    /// Outputs of completed nodes, by id: inputs of later nodes and the final results.
     outputs: Map<String, Value>,
-    /// Node index by id, for commands that name a node.
-    index: HashMap<String, usize>,
+    workdir: PathBuf,
+    cancel_grace: Duration,
 }
 
 impl Coordinator {
-    fn new(spec: DagSpec, room: Arc<Room>) -> Self {
+    fn new(dag_id: &str, spec: DagSpec, room: Arc<Room>, config: &EngineConfig) -> Self {
         let index: HashMap<String, usize> = spec.nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
         let needs: Vec<Vec<usize>> =
             spec.nodes.iter().map(|n| n.needs.iter().filter_map(|need| index.get(need).copied()).collect()).collect();
-        let takes_capacity: Vec<bool> = spec.nodes.iter().map(|n| !matches!(n.work, NodeWork::Gate { .. })).collect();
+        let takes_capacity: Vec<bool> = spec.nodes.iter().map(|n| !n.is_gate()).collect();
         let scheduler = Scheduler::new(&needs, &takes_capacity, spec.max_parallel);
-        let started = vec![None; spec.nodes.len()];
+        let (to_self, from_nodes) = mpsc::channel(NODE_QUEUE);
         Coordinator {
-            spec,
+            runs: spec.nodes.iter().map(|_| NodeRun::default()).collect(),
+            nodes: spec.nodes,
+            index,
             room,
             scheduler,
             phase: RunPhase::Running,
             spent: 0.0,
+            budget: spec.budget,
+            budget_step: spec.budget_step,
+            open_budget_gate: None,
             tasks: JoinSet::new(),
-            started,
+            timers: JoinSet::new(),
+            cancel: CancellationToken::new(),
+            to_self,
+            from_nodes,
             outputs: Map::new(),
-            index,
+            workdir: config.work_root.join(dag_id),
+            cancel_grace: config.cancel_grace,
         }
     }
 
@@ -127,12 +187,7 @@ impl Coordinator {
         self.finish_if_done();
         loop {
             tokio::select! {
-                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    // An aborted task (cancel) has nothing to report; its node was settled then.
-                    if let Ok(report) = joined {
-                        self.on_node_finished(report);
-                    }
-                }
+                Some(message) = self.from_nodes.recv() => self.on_node_message(message),
                 command = inbox.recv() => match command {
                     Some(command) => {
                         let verdict = self.on_command(command.event, &command.actor);
@@ -141,72 +196,163 @@ impl Coordinator {
                     }
                     None => break,
                 },
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
             }
             self.finish_if_done();
         }
-        self.tasks.abort_all();
+        self.cancel.cancel();
+        self.timers.abort_all();
     }
+
+    // ---- node messages ----------------------------------------------------------------------
+
+    fn on_node_message(&mut self, message: NodeMsg) {
+        match message {
+            NodeMsg::AttemptStarted { node, attempt } => {
+                self.runs[node].attempt = attempt;
+                self.runs[node].started = Some(Instant::now());
+                let metrics =
+                    NodeMetrics { attempt: Some(attempt), started_at: Some(now_rfc3339()), ..NodeMetrics::default() };
+                self.publish_node(node, NodeStatus::Running, None, Some(metrics));
+            }
+            NodeMsg::Log { node, stream, line } => {
+                let node_id = self.nodes[node].id.clone();
+                self.room.publish(ServerEventBody::NodeLog { node_id, stream, line });
+            }
+            NodeMsg::Reports { node, reports } => {
+                for report in reports {
+                    self.on_report(node, report);
+                }
+            }
+            NodeMsg::BadReport { node, line, problem } => {
+                self.publish_error(node, format!("report line {line} ignored: {problem}"));
+            }
+            NodeMsg::AttemptFailed { node, attempt, message } => {
+                let retries = self.nodes[node].retries;
+                self.publish_error(node, format!("attempt {attempt} of {} failed: {message}; retrying", retries + 1));
+            }
+            NodeMsg::Finished { node, outcome } => {
+                if self.scheduler.slot(node) != Some(Slot::Started) {
+                    return;
+                }
+                match outcome {
+                    Outcome::Completed { output } => {
+                        let output = self.runs[node].output.take().or(output);
+                        self.settle(node, NodeStatus::Completed, output);
+                    }
+                    Outcome::Failed { message } => {
+                        self.publish_error(node, message);
+                        self.settle(node, NodeStatus::Failed, None);
+                    }
+                    Outcome::Cancelled => self.settle(node, NodeStatus::Cancelled, None),
+                }
+                self.start_ready_nodes();
+            }
+            NodeMsg::GateTimedOut { node, round } => {
+                let waiting = self.scheduler.slot(node) == Some(Slot::Started) && self.runs[node].attempt == round;
+                if let (true, NodeWork::Gate { on_timeout: Some(decision), .. }) = (waiting, &self.nodes[node].work) {
+                    let (decision, id) = (*decision, self.nodes[node].id.clone());
+                    // The timeout's own decision is always allowed, offered or not.
+                    if let Err(refused) = self.decide(&id, decision, None, "timeout", true) {
+                        self.publish_error(node, format!("gate timeout could not apply: {refused}"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_report(&mut self, node: usize, report: Report) {
+        match report {
+            Report::Cost(cost) => {
+                self.runs[node].cost += cost;
+                let metrics = NodeMetrics { cost: Some(self.runs[node].cost), ..NodeMetrics::default() };
+                self.publish_progress(node, metrics);
+                self.spend(cost);
+            }
+            Report::Tokens { tokens_in, tokens_out } => {
+                let run = &mut self.runs[node];
+                run.tokens_in += tokens_in;
+                run.tokens_out += tokens_out;
+                let metrics = NodeMetrics {
+                    tokens_in: Some(run.tokens_in),
+                    tokens_out: Some(run.tokens_out),
+                    ..NodeMetrics::default()
+                };
+                self.publish_progress(node, metrics);
+            }
+            Report::Output(output) => self.runs[node].output = Some(output),
+            Report::AddNode { node: added, after } => {
+                if let Err(problem) = self.add_node(*added, after) {
+                    self.publish_error(node, format!("mutation refused: {problem}"));
+                }
+            }
+            Report::AddEdge { from, to } => {
+                if let Err(problem) = self.add_edge(&from, &to) {
+                    self.publish_error(node, format!("mutation refused: {problem}"));
+                }
+            }
+        }
+        self.start_ready_nodes();
+    }
+
+    // ---- commands ---------------------------------------------------------------------------
 
     fn on_command(&mut self, event: ClientEvent, actor: &str) -> Result<(), Rejected> {
-        if self.phase.is_terminal() {
-            return Err(Rejected::Finished(self.phase));
-        }
-        match event {
-            ClientEvent::HumanDecision { node_id, decision, feedback } => {
-                self.decide(&node_id, decision, feedback, actor)
+        match (event, self.phase) {
+            (_, RunPhase::Cancelled | RunPhase::Completed | RunPhase::Failed) => Err(Rejected::Finished(self.phase)),
+            (_, RunPhase::Cancelling) => Err(Rejected::Cancelling),
+            (ClientEvent::HumanDecision { node_id, decision, feedback }, RunPhase::Running | RunPhase::Paused) => {
+                self.decide(&node_id, decision, feedback, actor, false)
             }
-            ClientEvent::PauseExecution => match self.phase {
-                RunPhase::Running => {
-                    self.set_phase(RunPhase::Paused);
-                    Ok(())
-                }
-                RunPhase::Paused => Err(Rejected::AlreadyPaused),
-                RunPhase::Cancelling => Err(Rejected::Cancelling),
-                RunPhase::Cancelled | RunPhase::Completed | RunPhase::Failed => Err(Rejected::Finished(self.phase)),
-            },
-            ClientEvent::ResumeExecution => match self.phase {
-                RunPhase::Paused => {
-                    self.set_phase(RunPhase::Running);
-                    self.start_ready_nodes();
-                    Ok(())
-                }
-                RunPhase::Running => Err(Rejected::NotPaused),
-                RunPhase::Cancelling => Err(Rejected::Cancelling),
-                RunPhase::Cancelled | RunPhase::Completed | RunPhase::Failed => Err(Rejected::Finished(self.phase)),
-            },
-            ClientEvent::CancelExecution => match self.phase {
-                RunPhase::Running | RunPhase::Paused => {
-                    self.cancel();
-                    Ok(())
-                }
-                RunPhase::Cancelling => Err(Rejected::Cancelling),
-                RunPhase::Cancelled | RunPhase::Completed | RunPhase::Failed => Err(Rejected::Finished(self.phase)),
-            },
+            (ClientEvent::PauseExecution, RunPhase::Running) => {
+                self.set_phase(RunPhase::Paused);
+                Ok(())
+            }
+            (ClientEvent::PauseExecution, RunPhase::Paused) => Err(Rejected::AlreadyPaused),
+            (ClientEvent::ResumeExecution, RunPhase::Paused) => {
+                self.set_phase(RunPhase::Running);
+                self.start_ready_nodes();
+                Ok(())
+            }
+            (ClientEvent::ResumeExecution, RunPhase::Running) => Err(Rejected::NotPaused),
+            (ClientEvent::CancelExecution, RunPhase::Running | RunPhase::Paused) => {
+                self.cancel_run();
+                Ok(())
+            }
         }
     }
 
+    /// Applies a decision to a waiting gate. `any_option` lets a timeout decide even what the
+    /// card does not offer.
     fn decide(
         &mut self,
         node_id: &str,
         decision: Decision,
         feedback: Option<String>,
         actor: &str,
+        any_option: bool,
     ) -> Result<(), Rejected> {
-        let node = self.index_of(node_id).ok_or_else(|| Rejected::UnknownNode(node_id.to_owned()))?;
-        let NodeWork::Gate { options, .. } = &self.spec.nodes[node].work else {
+        let node = self.index.get(node_id).copied().ok_or_else(|| Rejected::UnknownNode(node_id.to_owned()))?;
+        let NodeWork::Gate { options, .. } = &self.nodes[node].work else {
             return Err(Rejected::GateNotWaiting(node_id.to_owned()));
         };
         if self.scheduler.slot(node) != Some(Slot::Started) {
             return Err(Rejected::GateNotWaiting(node_id.to_owned()));
         }
-        if !options.contains(&decision) {
+        if !any_option && !options.contains(&decision) {
             return Err(Rejected::NotOffered { node: node_id.to_owned(), decision });
         }
-        let outcome = match decision {
-            Decision::Approve => NodeStatus::Completed,
-            Decision::Reject => NodeStatus::Failed,
-            Decision::Modify => return Err(Rejected::ModifyUnsupported),
-        };
+        let feedback = feedback.filter(|f| !f.trim().is_empty());
+        let upstream: Vec<usize> =
+            self.nodes[node].needs.iter().filter_map(|need| self.index.get(need).copied()).collect();
+        if decision == Decision::Modify {
+            if feedback.is_none() {
+                return Err(Rejected::ModifyWithoutFeedback);
+            }
+            if upstream.is_empty() {
+                return Err(Rejected::NothingToRedo(node_id.to_owned()));
+            }
+        }
         self.room.publish(ServerEventBody::GateResolved {
             node_id: node_id.to_owned(),
             decision,
@@ -215,52 +361,64 @@ impl Coordinator {
             decided_at: now_rfc3339(),
         });
         let mut output = json!({ "decision": decision.as_str(), "decided_by": actor });
-        if let Some(feedback) = feedback {
-            output["feedback"] = Value::String(feedback);
+        if let Some(feedback) = &feedback {
+            output["feedback"] = Value::String(feedback.clone());
         }
-        self.settle(node, outcome, Some(output), 0.0);
+        let budget_gate = self.runs[node].budget_gate;
+        match decision {
+            Decision::Approve => {
+                if budget_gate {
+                    self.open_budget_gate = None;
+                    self.budget = self.budget.map(|b| b + self.budget_step);
+                    self.publish_cost();
+                }
+                self.settle(node, NodeStatus::Completed, Some(output));
+                self.check_budget();
+            }
+            Decision::Reject if budget_gate => {
+                self.open_budget_gate = None;
+                self.settle(node, NodeStatus::Failed, Some(output));
+                self.cancel_run();
+                return Ok(());
+            }
+            Decision::Reject => self.settle(node, NodeStatus::Failed, Some(output)),
+            Decision::Modify => {
+                self.scheduler.rerun_before(&upstream, node);
+                let round = self.runs[node].attempt;
+                self.publish_node(
+                    node,
+                    NodeStatus::Pending,
+                    None,
+                    Some(NodeMetrics { attempt: Some(round), ..Default::default() }),
+                );
+                for &u in &upstream {
+                    self.runs[u].feedback = feedback.clone();
+                    self.outputs.remove(&self.nodes[u].id);
+                    self.publish_node(u, NodeStatus::Pending, None, None);
+                }
+            }
+        }
         self.start_ready_nodes();
         Ok(())
     }
 
-    fn on_node_finished(&mut self, report: NodeReport) {
-        if self.scheduler.slot(report.node) != Some(Slot::Started) {
-            return;
+    fn cancel_run(&mut self) {
+        self.set_phase(RunPhase::Cancelling);
+        self.cancel.cancel();
+        self.timers.abort_all();
+        for node in self.scheduler.cancel_unstarted() {
+            self.publish_node(node, NodeStatus::Cancelled, None, None);
         }
-        self.settle(report.node, NodeStatus::Completed, Some(report.output), report.cost);
-        self.start_ready_nodes();
+        for node in self.scheduler.started() {
+            // Work nodes report their end through their task; gates just stop waiting.
+            if self.nodes[node].is_gate() {
+                self.scheduler.cancel_started(node);
+                self.publish_node(node, NodeStatus::Cancelled, None, None);
+            }
+        }
     }
 
-    /// Records the end of a started node: its final `node_state`, spend, and what follows from
-    /// it in the schedule (skips after a failure).
-    fn settle(&mut self, node: usize, status: NodeStatus, output: Option<Value>, cost: f64) {
-        let duration_ms = self.started[node].map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
-        let id = self.spec.nodes[node].id.clone();
-        let mut metrics = NodeMetrics { duration_ms, finished_at: Some(now_rfc3339()), ..NodeMetrics::default() };
-        if matches!(self.spec.nodes[node].work, NodeWork::Simulate { .. }) {
-            metrics.cost = Some(cost);
-        }
-        if let (NodeStatus::Completed, Some(output)) = (status, &output) {
-            self.outputs.insert(id.clone(), output.clone());
-        }
-        self.room.publish(ServerEventBody::NodeState { node_id: id, status, output, metrics: Some(metrics) });
-        match status {
-            NodeStatus::Completed => {
-                self.scheduler.complete(node);
-            }
-            NodeStatus::Failed => {
-                for skipped in self.scheduler.fail(node) {
-                    self.publish_status(skipped, NodeStatus::Skipped);
-                }
-            }
-            NodeStatus::Cancelled => self.scheduler.cancel_started(node),
-            NodeStatus::Pending | NodeStatus::Running | NodeStatus::Waiting | NodeStatus::Skipped => {}
-        }
-        if cost > 0.0 {
-            self.spent += cost;
-            self.publish_cost();
-        }
-    }
+    // ---- scheduling -------------------------------------------------------------------------
 
     fn start_ready_nodes(&mut self) {
         if self.phase != RunPhase::Running {
@@ -272,59 +430,95 @@ impl Coordinator {
     }
 
     fn start(&mut self, node: usize) {
-        self.started[node] = Some(Instant::now());
-        let spec = &self.spec.nodes[node];
+        let spec = &self.nodes[node];
         for need in &spec.needs {
             self.room.publish(ServerEventBody::EdgeActive { from: need.clone(), to: spec.id.clone() });
         }
-        let metrics = NodeMetrics { attempt: Some(1), started_at: Some(now_rfc3339()), ..NodeMetrics::default() };
+        let inputs: Map<String, Value> =
+            spec.needs.iter().filter_map(|need| self.outputs.get(need).map(|o| (need.clone(), o.clone()))).collect();
         match &spec.work {
-            NodeWork::Simulate { duration, cost } => {
-                let (duration, cost) = (*duration, *cost);
-                let output = json!({ "summary": format!("{} finished", spec.graph_node().label) });
-                self.room.publish(ServerEventBody::NodeState {
-                    node_id: spec.id.clone(),
-                    status: NodeStatus::Running,
-                    output: None,
-                    metrics: Some(metrics),
-                });
-                self.tasks.spawn(async move {
-                    tokio::time::sleep(duration).await;
-                    NodeReport { node, output, cost }
-                });
-            }
-            NodeWork::Gate { title, prompt, options } => {
+            NodeWork::Gate { title, prompt, options, .. } => {
+                let run = &mut self.runs[node];
+                run.attempt += 1;
+                run.started = Some(Instant::now());
+                let round = run.attempt;
+                let context = if run.budget_gate {
+                    Some(json!({ "spent": self.spent, "budget": self.budget, "budget_step": self.budget_step }))
+                } else {
+                    (!inputs.is_empty()).then(|| Value::Object(inputs))
+                };
+                let timeout = spec.timeout;
                 let presentation = GatePresentation {
                     title: title.clone(),
                     prompt: prompt.clone(),
                     options: options.clone(),
-                    context: None,
+                    context,
                     cost_so_far: Some(self.spent),
-                    timeout_at: None,
+                    timeout_at: timeout
+                        .map(|t| humantime::format_rfc3339_millis(std::time::SystemTime::now() + t).to_string()),
                 };
-                self.room.publish(ServerEventBody::NodeState {
-                    node_id: spec.id.clone(),
-                    status: NodeStatus::Waiting,
-                    output: None,
-                    metrics: Some(metrics),
-                });
-                self.room.publish(ServerEventBody::HumanGateWaiting { node_id: spec.id.clone(), presentation });
+                let metrics =
+                    NodeMetrics { attempt: Some(round), started_at: Some(now_rfc3339()), ..Default::default() };
+                self.publish_node(node, NodeStatus::Waiting, None, Some(metrics));
+                let node_id = spec.id.clone();
+                self.room.publish(ServerEventBody::HumanGateWaiting { node_id, presentation });
+                if let Some(timeout) = timeout {
+                    let to_self = self.to_self.clone();
+                    self.timers.spawn(async move {
+                        tokio::time::sleep(timeout).await;
+                        let _ = to_self.send(NodeMsg::GateTimedOut { node, round }).await;
+                    });
+                }
+            }
+            NodeWork::Simulate { .. } | NodeWork::Command { .. } => {
+                let run = &mut self.runs[node];
+                let job = NodeJob {
+                    node,
+                    id: spec.id.clone(),
+                    work: spec.work.clone(),
+                    timeout: spec.timeout,
+                    retries: spec.retries,
+                    inputs,
+                    feedback: run.feedback.clone(),
+                    workdir: self.workdir.clone(),
+                    cancel_grace: self.cancel_grace,
+                };
+                self.tasks.spawn(node::run(job, self.to_self.clone(), self.cancel.child_token()));
             }
         }
     }
 
-    fn cancel(&mut self) {
-        self.set_phase(RunPhase::Cancelling);
-        self.tasks.abort_all();
-        for node in self.scheduler.started() {
-            self.scheduler.cancel_started(node);
-            self.publish_status(node, NodeStatus::Cancelled);
+    /// Records the end of a started node: its final `node_state`, then what follows from it in
+    /// the schedule (skips after a failure).
+    fn settle(&mut self, node: usize, status: NodeStatus, output: Option<Value>) {
+        let run = &self.runs[node];
+        let duration_ms = run.started.map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
+        let is_gate = self.nodes[node].is_gate();
+        let metrics = NodeMetrics {
+            duration_ms,
+            finished_at: Some(now_rfc3339()),
+            cost: (!is_gate).then_some(run.cost),
+            tokens_in: (run.tokens_in > 0).then_some(run.tokens_in),
+            tokens_out: (run.tokens_out > 0).then_some(run.tokens_out),
+            attempt: Some(run.attempt),
+            started_at: None,
+        };
+        if let (NodeStatus::Completed, Some(output)) = (status, &output) {
+            self.outputs.insert(self.nodes[node].id.clone(), output.clone());
         }
-        for node in self.scheduler.cancel_unstarted() {
-            self.publish_status(node, NodeStatus::Cancelled);
+        self.publish_node(node, status, output, Some(metrics));
+        match status {
+            NodeStatus::Completed => {
+                self.scheduler.complete(node);
+            }
+            NodeStatus::Failed => {
+                for skipped in self.scheduler.fail(node) {
+                    self.publish_node(skipped, NodeStatus::Skipped, None, None);
+                }
+            }
+            NodeStatus::Cancelled => self.scheduler.cancel_started(node),
+            NodeStatus::Pending | NodeStatus::Running | NodeStatus::Waiting | NodeStatus::Skipped => {}
         }
-        self.set_phase(RunPhase::Cancelled);
-        self.publish_complete();
     }
 
     /// Ends the run once every node is settled: final run state, then `execution_complete`.
@@ -332,35 +526,171 @@ impl Coordinator {
         if self.phase.is_terminal() || !self.scheduler.is_finished() {
             return;
         }
-        let phase = if self.scheduler.any_failed() { RunPhase::Failed } else { RunPhase::Completed };
+        let phase = match self.phase {
+            RunPhase::Cancelling => RunPhase::Cancelled,
+            RunPhase::Running | RunPhase::Paused if self.scheduler.any_failed() => RunPhase::Failed,
+            RunPhase::Running | RunPhase::Paused | RunPhase::Cancelled | RunPhase::Completed | RunPhase::Failed => {
+                RunPhase::Completed
+            }
+        };
         self.set_phase(phase);
-        self.publish_complete();
+        self.timers.abort_all();
+        self.room.publish(ServerEventBody::ExecutionComplete { results: std::mem::take(&mut self.outputs) });
     }
+
+    // ---- budget -----------------------------------------------------------------------------
+
+    fn spend(&mut self, amount: f64) {
+        if amount == 0.0 {
+            return;
+        }
+        self.spent += amount;
+        self.publish_cost();
+        self.check_budget();
+    }
+
+    /// When spend has reached the budget: a budget gate that every unstarted node waits for.
+    fn check_budget(&mut self) {
+        let Some(budget) = self.budget else { return };
+        if self.spent < budget || self.open_budget_gate.is_some() || self.phase.is_terminal() {
+            return;
+        }
+        if self.phase == RunPhase::Cancelling {
+            return;
+        }
+        let unstarted: Vec<usize> = (0..self.scheduler.len())
+            .filter(|&n| matches!(self.scheduler.slot(n), Some(Slot::Blocked | Slot::Ready)))
+            .collect();
+        if unstarted.is_empty() {
+            return;
+        }
+        let mut number = 1;
+        while self.index.contains_key(&format!("budget_{number}")) {
+            number += 1;
+        }
+        let step = self.budget_step;
+        let gate = NodeSpec {
+            id: format!("budget_{number}"),
+            label: Some("Budget reached".into()),
+            needs: Vec::new(),
+            timeout: None,
+            retries: 0,
+            work: NodeWork::Gate {
+                title: "Budget reached: continue?".into(),
+                prompt: format!(
+                    "Spent ${:.2} of the ${budget:.2} budget. Approving adds ${step:.2} (new budget ${:.2}); \
+                     rejecting cancels the run.",
+                    self.spent,
+                    budget + step
+                ),
+                options: vec![Decision::Approve, Decision::Reject],
+                on_timeout: None,
+            },
+        };
+        let gate = self.insert_node(gate, &[]);
+        self.runs[gate].budget_gate = true;
+        self.open_budget_gate = Some(gate);
+        for node in unstarted {
+            self.link(gate, node);
+        }
+        self.start_ready_nodes();
+    }
+
+    // ---- mutation ---------------------------------------------------------------------------
+
+    /// Adds a node reported by a running node, after `after` (and its own `needs`).
+    fn add_node(&mut self, file: NodeFile, after: Vec<String>) -> Result<(), String> {
+        if self.phase.is_terminal() || self.phase == RunPhase::Cancelling {
+            return Err("the run is ending".into());
+        }
+        if !is_valid_id(&file.id) {
+            return Err(format!("{:?} is not a valid node id", file.id));
+        }
+        if self.index.contains_key(&file.id) {
+            return Err(format!("a node {:?} already exists", file.id));
+        }
+        let mut spec = file.to_spec().map_err(|e| e.to_string())?;
+        let mut needs = after;
+        for need in std::mem::take(&mut spec.needs) {
+            if !needs.contains(&need) {
+                needs.push(need);
+            }
+        }
+        let need_indices = needs
+            .iter()
+            .map(|need| self.index.get(need).copied().ok_or_else(|| format!("{need:?} is not a node of this run")))
+            .collect::<Result<Vec<usize>, String>>()?;
+        spec.needs = needs;
+        self.insert_node(spec, &need_indices);
+        Ok(())
+    }
+
+    /// Adds the edge `from → to`, if `to` has not started and no cycle follows.
+    fn add_edge(&mut self, from: &str, to: &str) -> Result<(), String> {
+        let find = |id: &str| self.index.get(id).copied().ok_or_else(|| format!("{id:?} is not a node of this run"));
+        let (from_node, to_node) = (find(from)?, find(to)?);
+        if from_node == to_node {
+            return Err(format!("an edge from {from:?} to itself"));
+        }
+        if !matches!(self.scheduler.slot(to_node), Some(Slot::Blocked | Slot::Ready)) {
+            return Err(format!("{to:?} has already started or finished"));
+        }
+        if self.nodes[to_node].needs.iter().any(|need| need == from) {
+            return Err(format!("the edge {from:?} → {to:?} already exists"));
+        }
+        if self.scheduler.reaches(to_node, from_node) {
+            return Err(format!("the edge {from:?} → {to:?} would close a cycle"));
+        }
+        self.link(from_node, to_node);
+        Ok(())
+    }
+
+    /// Appends a node to the run and announces it; answers its index.
+    fn insert_node(&mut self, spec: NodeSpec, needs: &[usize]) -> usize {
+        let node = self.scheduler.add_node(needs, !spec.is_gate());
+        let mutation = DagMutation::AddNode { node: spec.graph_node(), after: spec.needs.clone() };
+        self.index.insert(spec.id.clone(), node);
+        self.nodes.push(spec);
+        self.runs.push(NodeRun::default());
+        self.room.publish(ServerEventBody::DagMutated { mutation });
+        node
+    }
+
+    /// Adds and announces the edge `from → to` (already checked).
+    fn link(&mut self, from: usize, to: usize) {
+        self.scheduler.add_edge(from, to);
+        let (from_id, to_id) = (self.nodes[from].id.clone(), self.nodes[to].id.clone());
+        self.nodes[to].needs.push(from_id.clone());
+        self.room.publish(ServerEventBody::DagMutated { mutation: DagMutation::AddEdge { from: from_id, to: to_id } });
+    }
+
+    // ---- publishing -------------------------------------------------------------------------
 
     fn set_phase(&mut self, phase: RunPhase) {
         self.phase = phase;
         self.room.publish(ServerEventBody::RunStateChanged { state: phase });
     }
 
-    fn publish_complete(&mut self) {
-        self.room.publish(ServerEventBody::ExecutionComplete { results: std::mem::take(&mut self.outputs) });
+    fn publish_node(&self, node: usize, status: NodeStatus, output: Option<Value>, metrics: Option<NodeMetrics>) {
+        let node_id = self.nodes[node].id.clone();
+        self.room.publish(ServerEventBody::NodeState { node_id, status, output, metrics });
     }
 
-    fn publish_status(&self, node: usize, status: NodeStatus) {
-        self.room.publish(ServerEventBody::NodeState {
-            node_id: self.spec.nodes[node].id.clone(),
-            status,
-            output: None,
-            metrics: None,
-        });
+    /// A figure changed while the node runs: same status, new metrics.
+    fn publish_progress(&self, node: usize, metrics: NodeMetrics) {
+        if self.scheduler.slot(node) == Some(Slot::Started) {
+            self.publish_node(node, NodeStatus::Running, None, Some(metrics));
+        }
+    }
+
+    fn publish_error(&self, node: usize, message: String) {
+        let node_id = Some(self.nodes[node].id.clone());
+        self.room.publish(ServerEventBody::Error { node_id, message });
     }
 
     fn publish_cost(&self) {
-        let budget = self.spec.budget;
-        self.room.publish(ServerEventBody::CostUpdate { spent: self.spent, budget, remaining: budget - self.spent });
-    }
-
-    fn index_of(&self, id: &str) -> Option<usize> {
-        self.index.get(id).copied()
+        let budget = self.budget.unwrap_or(0.0);
+        let remaining = if self.budget.is_some() { budget - self.spent } else { 0.0 };
+        self.room.publish(ServerEventBody::CostUpdate { spent: self.spent, budget, remaining });
     }
 }

@@ -170,6 +170,96 @@ impl Scheduler {
         cancelled
     }
 
+    /// Adds a node that needs `needs` (existing indices); answers its index. It is ready at once
+    /// if every need has completed.
+    pub fn add_node(&mut self, needs: &[usize], takes_capacity: bool) -> usize {
+        let node = self.entries.len();
+        let open_needs =
+            needs.iter().filter(|&&n| self.entries.get(n).is_some_and(|e| e.slot != Slot::Completed)).count();
+        for &need in needs {
+            if let Some(entry) = self.entries.get_mut(need) {
+                entry.dependents.push(node);
+            }
+        }
+        let slot = if open_needs == 0 { Slot::Ready } else { Slot::Blocked };
+        self.entries.push(Entry { slot, open_needs, dependents: Vec::new(), takes_capacity });
+        if slot == Slot::Ready {
+            self.ready.insert(node);
+        }
+        self.unfinished += 1;
+        node
+    }
+
+    /// Adds the edge `from → to`. `to` must not have started (the caller checks, see
+    /// [`Scheduler::slot`]); if `from` has not completed, `to` waits for it.
+    pub fn add_edge(&mut self, from: usize, to: usize) {
+        let from_done = self.entries[from].slot == Slot::Completed;
+        self.entries[from].dependents.push(to);
+        if !from_done {
+            let entry = &mut self.entries[to];
+            entry.open_needs += 1;
+            if entry.slot == Slot::Ready {
+                entry.slot = Slot::Blocked;
+                self.ready.remove(&to);
+            }
+        }
+    }
+
+    /// Runs the completed nodes `upstream` again before the started node `gate` (which needs
+    /// them) is started again: `gate` goes back to waiting for them. Nodes that are blocked on an
+    /// upstream node wait for its new run too. Returns false (and changes nothing) unless every
+    /// upstream node has completed and `gate` has started.
+    pub fn rerun_before(&mut self, upstream: &[usize], gate: usize) -> bool {
+        let valid = self.entries.get(gate).is_some_and(|e| e.slot == Slot::Started)
+            && upstream.iter().all(|&u| self.entries.get(u).is_some_and(|e| e.slot == Slot::Completed));
+        if !valid {
+            return false;
+        }
+        let gate_entry = &mut self.entries[gate];
+        gate_entry.slot = Slot::Blocked;
+        gate_entry.open_needs = upstream.len();
+        if gate_entry.takes_capacity {
+            self.busy -= 1;
+        }
+        for &u in upstream {
+            self.entries[u].slot = Slot::Ready;
+            self.ready.insert(u);
+            self.unfinished += 1;
+            for dependent in self.entries[u].dependents.clone() {
+                if dependent != gate && self.entries[dependent].slot == Slot::Blocked {
+                    self.entries[dependent].open_needs += 1;
+                }
+            }
+        }
+        true
+    }
+
+    /// True if `to` can be reached from `from` along edges (used to refuse edges that would
+    /// close a cycle).
+    pub fn reaches(&self, from: usize, to: usize) -> bool {
+        let mut seen = vec![false; self.entries.len()];
+        let mut stack = vec![from];
+        while let Some(node) = stack.pop() {
+            if node == to {
+                return true;
+            }
+            if std::mem::replace(&mut seen[node], true) {
+                continue;
+            }
+            stack.extend(self.entries[node].dependents.iter().copied());
+        }
+        false
+    }
+
+    /// Number of nodes, including added ones.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// Started nodes, in index order.
     pub fn started(&self) -> Vec<usize> {
         self.entries.iter().enumerate().filter(|(_, e)| e.slot == Slot::Started).map(|(i, _)| i).collect()
@@ -283,6 +373,57 @@ mod tests {
         s.cancel_started(0);
         assert!(s.is_finished());
         assert!(s.take_startable().is_empty());
+    }
+
+    #[test]
+    fn nodes_and_edges_added_at_run_time_are_scheduled() {
+        // 0 → 1; add 2 after 0 (completed) and 3 after 1 (not yet), then edge 2 → 3.
+        let mut s = scheduler(&[(&[], true), (&[0], true)], 4);
+        assert_eq!(s.take_startable(), [0]);
+        s.complete(0);
+        assert_eq!(s.take_startable(), [1]);
+        let two = s.add_node(&[0], true);
+        let three = s.add_node(&[1], true);
+        assert_eq!(s.slot(two), Some(Slot::Ready), "its need already completed");
+        assert_eq!(s.slot(three), Some(Slot::Blocked));
+        s.add_edge(two, three);
+        assert!(s.reaches(0, three));
+        assert!(!s.reaches(three, 0));
+        assert_eq!(s.take_startable(), [two]);
+        s.complete(1);
+        assert!(s.take_startable().is_empty(), "3 still waits for 2");
+        s.complete(two);
+        assert_eq!(s.take_startable(), [three]);
+        s.complete(three);
+        assert!(s.is_finished());
+    }
+
+    #[test]
+    fn an_edge_from_an_unfinished_node_blocks_a_ready_one() {
+        let mut s = scheduler(&[(&[], true), (&[], true)], 1);
+        assert_eq!(s.take_startable(), [0]);
+        s.add_edge(0, 1);
+        assert_eq!(s.slot(1), Some(Slot::Blocked));
+        s.complete(0);
+        assert_eq!(s.take_startable(), [1]);
+    }
+
+    #[test]
+    fn rerun_sends_work_back_before_the_gate() {
+        // 0 → gate(1, no capacity); 0 → 2; 3 → 2 (so 2 is blocked on 3 when 0 re-runs).
+        let mut s = scheduler(&[(&[], true), (&[0], false), (&[0, 3], true), (&[], true)], 1);
+        assert_eq!(s.take_startable(), [0]);
+        s.complete(0);
+        assert_eq!(s.take_startable(), [1, 3], "gate takes no capacity");
+        assert!(!s.rerun_before(&[3], 1), "3 has not completed");
+        assert!(s.rerun_before(&[0], 1));
+        assert_eq!(s.slot(1), Some(Slot::Blocked));
+        assert!(s.take_startable().is_empty(), "0 waits for the capacity 3 holds");
+        s.complete(3);
+        assert_eq!(s.take_startable(), [0]);
+        assert_eq!(s.slot(2), Some(Slot::Blocked), "2 waits for 0's new run");
+        s.complete(0);
+        assert_eq!(s.take_startable(), [1, 2], "the gate waits again, 2 runs");
     }
 
     #[test]

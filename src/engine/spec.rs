@@ -1,23 +1,145 @@
-//! What a DAG is before it runs: its nodes, their dependencies and kinds, its budget; and the
-//! checks a spec must pass before anything starts.
+//! What a DAG is before it runs: the spec file format (TOML, or the same structure as JSON),
+//! its JSON Schema, and the checks a spec must pass before anything starts.
+//!
+//! A spec is read in two steps. [`SpecFile`] / [`NodeFile`] are the file as written, every field
+//! of every kind optional and unknown fields refused; [`DagSpec::parse`] then checks each node
+//! against its kind and the graph as a whole, and produces the typed [`DagSpec`]. Every error
+//! names the node and the field at fault.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::protocol::{Decision, GraphNode, NodeKind};
 
-/// A DAG to run.
+/// Parallelism when a spec does not say.
+pub const DEFAULT_MAX_PARALLEL: usize = 4;
+/// Retries a node may ask for at most.
+pub const MAX_RETRIES: u32 = 20;
+
+/// A DAG spec as written in a file: TOML, or JSON with the same structure.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SpecFile {
+    /// Name of the DAG, shown in the dashboard.
+    pub name: String,
+    /// Money the run may spend (e.g. USD). When spend reaches it, no new node starts and a budget
+    /// gate asks whether to go on. Absent or 0: no budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<f64>,
+    /// How much approving a budget gate adds to the budget. Default: the budget again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_step: Option<f64>,
+    /// How many nodes may run at once (gates do not count). Default: 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<usize>,
+    /// The nodes, in any order.
+    pub nodes: Vec<NodeFile>,
+}
+
+/// One node as written. Which fields apply depends on `kind`; a field of another kind is an error.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    /// Unique within the DAG: letters, digits, `-` and `_`.
+    pub id: String,
+    /// Shown in the dashboard; the id when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Ids of the nodes that must complete before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// What the node does.
+    pub kind: KindName,
+    /// Longest a run of the node may take (`"500ms"`, `"30s"`, `"1h"`). For a gate: how long it
+    /// waits for a decision before `on_timeout` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// How many times a failed command or simulate node is tried again (with backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Environment variables for a command node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// `command`: the shell command (`sh -c`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// `simulate`: how long the node takes (`"2s"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    /// `simulate`: what a run of the node costs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+    /// `simulate`: tokens read, for modelled LLM calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_in: Option<u64>,
+    /// `simulate`: tokens written, for modelled LLM calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_out: Option<u64>,
+    /// `simulate`: probability (0 to 1) that a run fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_rate: Option<f64>,
+    /// `simulate`: the node's output (any JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    /// `gate`: the question on the gate card.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// `gate`: what the person should check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// `gate`: the decisions offered. Default: approve and reject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<Vec<Decision>>,
+    /// `gate`: the decision taken when `timeout` passes without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<TimeoutDecision>,
+}
+
+/// The kinds of node a spec may use.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum KindName {
+    Command,
+    #[default]
+    Simulate,
+    Gate,
+}
+
+/// What a gate decides on its own when nobody decided in time.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutDecision {
+    Approve,
+    Reject,
+}
+
+impl From<TimeoutDecision> for Decision {
+    fn from(decision: TimeoutDecision) -> Self {
+        match decision {
+            TimeoutDecision::Approve => Decision::Approve,
+            TimeoutDecision::Reject => Decision::Reject,
+        }
+    }
+}
+
+/// A validated DAG, ready to run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DagSpec {
     pub name: String,
-    /// Money the run may spend; spend is reported against it.
-    pub budget: f64,
+    /// Money the run may spend; `None`: no budget.
+    pub budget: Option<f64>,
+    /// What an approved budget gate adds.
+    pub budget_step: f64,
     /// How many slot-taking nodes may run at once (gates take no slot).
     pub max_parallel: usize,
     pub nodes: Vec<NodeSpec>,
 }
 
-/// One node of a [`DagSpec`].
+/// One validated node.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeSpec {
     pub id: String,
@@ -25,21 +147,35 @@ pub struct NodeSpec {
     pub label: Option<String>,
     /// Ids of the nodes that must complete before this one starts.
     pub needs: Vec<String>,
+    /// Longest one attempt may take; for a gate, how long it waits.
+    pub timeout: Option<Duration>,
+    /// Further attempts after a failure.
+    pub retries: u32,
     pub work: NodeWork,
 }
 
 /// What a node does when it runs.
 #[derive(Clone, Debug, PartialEq)]
 pub enum NodeWork {
-    /// Takes `duration` and costs `cost`; stands in for real work in demos and tests.
-    Simulate { duration: Duration, cost: f64 },
-    /// Waits until a person decides.
-    Gate { title: String, prompt: String, options: Vec<Decision> },
+    /// Runs `sh -c run` with `env` added to a scrubbed environment.
+    Command { run: String, env: BTreeMap<String, String> },
+    /// Takes `duration`, costs `cost`, fails with probability `fail_rate`; stands in for real work.
+    Simulate {
+        duration: Duration,
+        cost: f64,
+        tokens_in: Option<u64>,
+        tokens_out: Option<u64>,
+        fail_rate: f64,
+        output: Option<Value>,
+    },
+    /// Waits until a person decides, or `timeout` passes and `on_timeout` applies.
+    Gate { title: String, prompt: String, options: Vec<Decision>, on_timeout: Option<Decision> },
 }
 
 impl NodeSpec {
     pub fn kind(&self) -> NodeKind {
         match self.work {
+            NodeWork::Command { .. } => NodeKind::Command,
             NodeWork::Simulate { .. } => NodeKind::Simulate,
             NodeWork::Gate { .. } => NodeKind::Gate,
         }
@@ -53,105 +189,296 @@ impl NodeSpec {
             kind: self.kind(),
         }
     }
+
+    pub fn is_gate(&self) -> bool {
+        matches!(self.work, NodeWork::Gate { .. })
+    }
 }
 
-/// Why a spec cannot run. Each names the node and field at fault.
+/// Why a spec cannot run. The message names the node and field at fault.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SpecError {
+    /// The text is not valid TOML / JSON, or a field has the wrong type or is unknown.
+    #[error("{0}")]
+    Syntax(String),
     #[error("the DAG has no nodes")]
     Empty,
-    #[error("max_parallel must be at least 1")]
-    NoParallelism,
-    #[error("budget must be a finite number of at least 0, not {0}")]
-    BadBudget(f64),
-    #[error("node #{index}: id must be non-empty letters, digits, '-' or '_', not {id:?}")]
+    #[error("field \"{field}\": {problem}")]
+    BadRunField { field: &'static str, problem: String },
+    #[error("node #{index}: id must be 1 to 128 letters, digits, '-' or '_', not {id:?}")]
     BadId { index: usize, id: String },
     #[error("node {0:?}: id is used by more than one node")]
     DuplicateId(String),
-    #[error("node {node:?}: needs {missing:?}, which is not a node of this DAG")]
+    #[error("node {node:?}: field \"needs\": {missing:?} is not a node of this DAG")]
     UnknownNeed { node: String, missing: String },
-    #[error("node {0:?}: needs itself")]
+    #[error("node {0:?}: field \"needs\": a node cannot need itself")]
     SelfNeed(String),
     #[error("the DAG has a cycle: {}", .0.join(" → "))]
     Cycle(Vec<String>),
-    #[error("node {0:?}: a gate must offer at least one option")]
-    GateWithoutOptions(String),
-    #[error("node {node:?}: cost must be a finite number of at least 0, not {cost}")]
-    BadCost { node: String, cost: f64 },
+    #[error("node {node:?}: field {field:?}: {problem}")]
+    BadField { node: String, field: &'static str, problem: String },
+    #[error("node {node:?}: field {field:?} does not apply to kind {kind:?}")]
+    FieldNotForKind { node: String, field: &'static str, kind: &'static str },
+    #[error("node {node:?}: kind {kind:?} needs field {field:?}")]
+    MissingField { node: String, field: &'static str, kind: &'static str },
 }
 
-impl DagSpec {
-    /// Checks everything that must hold before the run starts.
-    pub fn validate(&self) -> Result<(), SpecError> {
-        if self.nodes.is_empty() {
-            return Err(SpecError::Empty);
-        }
-        if self.max_parallel == 0 {
-            return Err(SpecError::NoParallelism);
-        }
-        if !self.budget.is_finite() || self.budget < 0.0 {
-            return Err(SpecError::BadBudget(self.budget));
-        }
-        let mut ids = HashSet::new();
-        for (index, node) in self.nodes.iter().enumerate() {
-            if !is_valid_id(&node.id) {
-                return Err(SpecError::BadId { index, id: node.id.clone() });
-            }
-            if !ids.insert(node.id.as_str()) {
-                return Err(SpecError::DuplicateId(node.id.clone()));
-            }
-            match &node.work {
-                NodeWork::Simulate { cost, .. } if !cost.is_finite() || *cost < 0.0 => {
-                    return Err(SpecError::BadCost { node: node.id.clone(), cost: *cost });
-                }
-                NodeWork::Gate { options, .. } if options.is_empty() => {
-                    return Err(SpecError::GateWithoutOptions(node.id.clone()));
-                }
-                NodeWork::Simulate { .. } | NodeWork::Gate { .. } => {}
-            }
-        }
-        for node in &self.nodes {
-            for need in &node.needs {
-                if need == &node.id {
-                    return Err(SpecError::SelfNeed(node.id.clone()));
-                }
-                if !ids.contains(need.as_str()) {
-                    return Err(SpecError::UnknownNeed { node: node.id.clone(), missing: need.clone() });
-                }
-            }
-        }
-        match find_cycle(self) {
-            Some(cycle) => Err(SpecError::Cycle(cycle)),
-            None => Ok(()),
+/// The formats a spec can be written in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpecFormat {
+    Toml,
+    Json,
+}
+
+impl SpecFormat {
+    /// The format a file name suggests: `.json` is JSON, anything else TOML.
+    pub fn from_path(path: &std::path::Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("json") => SpecFormat::Json,
+            Some(_) | None => SpecFormat::Toml,
         }
     }
 }
 
-fn is_valid_id(id: &str) -> bool {
+impl DagSpec {
+    /// Reads and validates a spec.
+    pub fn parse(text: &str, format: SpecFormat) -> Result<Self, SpecError> {
+        let value: Value = match format {
+            SpecFormat::Toml => toml::from_str(text).map_err(|e| SpecError::Syntax(format!("not valid TOML: {e}")))?,
+            SpecFormat::Json => {
+                serde_json::from_str(text).map_err(|e| SpecError::Syntax(format!("not valid JSON: {e}")))?
+            }
+        };
+        Self::from_value(value)
+    }
+
+    /// Validates a spec given as a JSON value (the structure of [`SpecFile`]). Nodes are read one
+    /// by one so an error can name the node it is in.
+    pub fn from_value(value: Value) -> Result<Self, SpecError> {
+        let Value::Object(mut top) = value else {
+            return Err(SpecError::Syntax("a spec is a table (TOML) or an object (JSON)".into()));
+        };
+        let nodes = match top.remove("nodes") {
+            Some(Value::Array(nodes)) => nodes,
+            Some(_) => return Err(SpecError::Syntax("field \"nodes\" must be a list of nodes".into())),
+            None => return Err(SpecError::Syntax("missing field \"nodes\"".into())),
+        };
+        top.insert("nodes".into(), Value::Array(Vec::new()));
+        let mut file: SpecFile =
+            serde_json::from_value(Value::Object(top)).map_err(|e| SpecError::Syntax(e.to_string()))?;
+        for (index, node) in nodes.into_iter().enumerate() {
+            let name = node
+                .get("id")
+                .and_then(Value::as_str)
+                .map_or_else(|| format!("#{}", index + 1), |id| format!("{id:?}"));
+            let node: NodeFile =
+                serde_json::from_value(node).map_err(|e| SpecError::Syntax(format!("node {name}: {e}")))?;
+            file.nodes.push(node);
+        }
+        file.validate()
+    }
+}
+
+impl SpecFile {
+    /// Checks every node against its kind and the graph as a whole.
+    pub fn validate(&self) -> Result<DagSpec, SpecError> {
+        if self.nodes.is_empty() {
+            return Err(SpecError::Empty);
+        }
+        let budget = match self.budget {
+            Some(b) if !b.is_finite() || b < 0.0 => {
+                return Err(SpecError::BadRunField { field: "budget", problem: format!("must be 0 or more, not {b}") });
+            }
+            Some(b) if b > 0.0 => Some(b),
+            Some(_) | None => None,
+        };
+        let budget_step = match self.budget_step {
+            Some(step) if !step.is_finite() || step <= 0.0 => {
+                return Err(SpecError::BadRunField {
+                    field: "budget_step",
+                    problem: format!("must be more than 0, not {step}"),
+                });
+            }
+            Some(step) => step,
+            None => budget.unwrap_or(0.0),
+        };
+        let max_parallel = match self.max_parallel {
+            Some(0) => {
+                return Err(SpecError::BadRunField { field: "max_parallel", problem: "must be at least 1".into() });
+            }
+            Some(n) => n,
+            None => DEFAULT_MAX_PARALLEL,
+        };
+        let mut ids = HashSet::new();
+        let mut nodes = Vec::with_capacity(self.nodes.len());
+        for (index, node) in self.nodes.iter().enumerate() {
+            if !is_valid_id(&node.id) {
+                return Err(SpecError::BadId { index: index + 1, id: node.id.clone() });
+            }
+            if !ids.insert(node.id.as_str()) {
+                return Err(SpecError::DuplicateId(node.id.clone()));
+            }
+            nodes.push(node.to_spec()?);
+        }
+        check_graph(&nodes)?;
+        Ok(DagSpec { name: self.name.clone(), budget, budget_step, max_parallel, nodes })
+    }
+}
+
+impl NodeFile {
+    /// Checks this node against its kind (not against the graph).
+    pub fn to_spec(&self) -> Result<NodeSpec, SpecError> {
+        let id = &self.id;
+        let bad = |field: &'static str, problem: String| SpecError::BadField { node: id.clone(), field, problem };
+        let kind = match self.kind {
+            KindName::Command => "command",
+            KindName::Simulate => "simulate",
+            KindName::Gate => "gate",
+        };
+        let allowed: &[&str] = match self.kind {
+            KindName::Command => &["timeout", "retries", "env", "run"],
+            KindName::Simulate => {
+                &["timeout", "retries", "duration", "cost", "tokens_in", "tokens_out", "fail_rate", "output"]
+            }
+            KindName::Gate => &["timeout", "title", "prompt", "options", "on_timeout"],
+        };
+        for field in self.present_kind_fields() {
+            if !allowed.contains(&field) {
+                return Err(SpecError::FieldNotForKind { node: id.clone(), field, kind });
+            }
+        }
+        let missing = |field: &'static str| SpecError::MissingField { node: id.clone(), field, kind };
+        let timeout = self.timeout.as_deref().map(|t| parse_duration(t).map_err(|p| bad("timeout", p))).transpose()?;
+        let retries = self.retries.unwrap_or(0);
+        if retries > MAX_RETRIES {
+            return Err(bad("retries", format!("at most {MAX_RETRIES}, not {retries}")));
+        }
+        let work = match self.kind {
+            KindName::Command => {
+                let run = self.run.clone().filter(|r| !r.trim().is_empty()).ok_or_else(|| missing("run"))?;
+                let env = self.env.clone().unwrap_or_default();
+                if let Some(name) = env.keys().find(|k| !is_valid_env_name(k)) {
+                    return Err(bad("env", format!("{name:?} is not a valid variable name")));
+                }
+                NodeWork::Command { run, env }
+            }
+            KindName::Simulate => {
+                let duration = match self.duration.as_deref() {
+                    Some(d) => parse_duration(d).map_err(|p| bad("duration", p))?,
+                    None => Duration::ZERO,
+                };
+                let cost = self.cost.unwrap_or(0.0);
+                if !cost.is_finite() || cost < 0.0 {
+                    return Err(bad("cost", format!("must be 0 or more, not {cost}")));
+                }
+                let fail_rate = self.fail_rate.unwrap_or(0.0);
+                if !(0.0..=1.0).contains(&fail_rate) {
+                    return Err(bad("fail_rate", format!("must be between 0 and 1, not {fail_rate}")));
+                }
+                NodeWork::Simulate {
+                    duration,
+                    cost,
+                    tokens_in: self.tokens_in,
+                    tokens_out: self.tokens_out,
+                    fail_rate,
+                    output: self.output.clone(),
+                }
+            }
+            KindName::Gate => {
+                let options = self.options.clone().unwrap_or_else(|| vec![Decision::Approve, Decision::Reject]);
+                if options.is_empty() {
+                    return Err(bad("options", "a gate must offer at least one decision".into()));
+                }
+                if self.on_timeout.is_some() && timeout.is_none() {
+                    return Err(bad("on_timeout", "needs a \"timeout\" to apply after".into()));
+                }
+                NodeWork::Gate {
+                    title: self.title.clone().unwrap_or_else(|| format!("Continue after {id}?")),
+                    prompt: self.prompt.clone().unwrap_or_default(),
+                    options,
+                    on_timeout: self.on_timeout.map(Decision::from),
+                }
+            }
+        };
+        Ok(NodeSpec { id: id.clone(), label: self.label.clone(), needs: self.needs.clone(), timeout, retries, work })
+    }
+
+    /// Names of the kind-specific fields this node sets.
+    fn present_kind_fields(&self) -> Vec<&'static str> {
+        let fields: [(&'static str, bool); 14] = [
+            ("timeout", self.timeout.is_some()),
+            ("retries", self.retries.is_some()),
+            ("env", self.env.is_some()),
+            ("run", self.run.is_some()),
+            ("duration", self.duration.is_some()),
+            ("cost", self.cost.is_some()),
+            ("tokens_in", self.tokens_in.is_some()),
+            ("tokens_out", self.tokens_out.is_some()),
+            ("fail_rate", self.fail_rate.is_some()),
+            ("output", self.output.is_some()),
+            ("title", self.title.is_some()),
+            ("prompt", self.prompt.is_some()),
+            ("options", self.options.is_some()),
+            ("on_timeout", self.on_timeout.is_some()),
+        ];
+        fields.into_iter().filter(|(_, present)| *present).map(|(name, _)| name).collect()
+    }
+}
+
+/// Parses `"500ms"`, `"2s"`, `"1h 30m"` and the like.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration like \"500ms\", \"2s\" or \"1h\" ({e})"))
+}
+
+pub(crate) fn is_valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-/// A cycle as the ids along it, first id repeated at the end; `None` if the graph is acyclic.
-/// Needs must already refer to existing nodes.
-fn find_cycle(spec: &DagSpec) -> Option<Vec<String>> {
+fn is_valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Needs refer to nodes of the DAG, no node needs itself, and there is no cycle.
+pub fn check_graph(nodes: &[NodeSpec]) -> Result<(), SpecError> {
+    let index: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
+    let mut needs = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let mut node_needs = Vec::with_capacity(node.needs.len());
+        for need in &node.needs {
+            if need == &node.id {
+                return Err(SpecError::SelfNeed(node.id.clone()));
+            }
+            let Some(&i) = index.get(need.as_str()) else {
+                return Err(SpecError::UnknownNeed { node: node.id.clone(), missing: need.clone() });
+            };
+            node_needs.push(i);
+        }
+        needs.push(node_needs);
+    }
+    match find_cycle(&needs) {
+        Some(cycle) => Err(SpecError::Cycle(cycle.into_iter().map(|i| nodes[i].id.clone()).collect())),
+        None => Ok(()),
+    }
+}
+
+/// A cycle as node indices along the edges (`need → node`), first repeated at the end; `None` if
+/// the graph is acyclic. `needs[i]` are the indices node `i` depends on.
+pub fn find_cycle(needs: &[Vec<usize>]) -> Option<Vec<usize>> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         Unvisited,
         OnPath,
         Done,
     }
-    let index: HashMap<&str, usize> = spec.nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
-    let needs: Vec<Vec<usize>> = spec
-        .nodes
-        .iter()
-        .map(|n| n.needs.iter().filter_map(|need| index.get(need.as_str()).copied()).collect())
-        .collect();
-    let mut marks = vec![Mark::Unvisited; spec.nodes.len()];
-    for root in 0..spec.nodes.len() {
+    let mut marks = vec![Mark::Unvisited; needs.len()];
+    for root in 0..needs.len() {
         if marks[root] != Mark::Unvisited {
             continue;
         }
-        // Iterative depth-first search: (node, next need to look at).
+        // Iterative depth-first search along needs: (node, next need to look at).
         let mut path: Vec<(usize, usize)> = vec![(root, 0)];
         marks[root] = Mark::OnPath;
         while let Some(&mut (node, ref mut next)) = path.last_mut() {
@@ -164,10 +491,9 @@ fn find_cycle(spec: &DagSpec) -> Option<Vec<String>> {
                     }
                     Mark::OnPath => {
                         let start = path.iter().position(|&(n, _)| n == need).unwrap_or(0);
-                        // The path runs against the edges (node → its need); report it in edge order.
-                        let mut cycle: Vec<String> =
-                            path[start..].iter().rev().map(|&(n, _)| spec.nodes[n].id.clone()).collect();
-                        cycle.insert(0, spec.nodes[need].id.clone());
+                        // The path runs against the edges; report it in edge order.
+                        let mut cycle: Vec<usize> = path[start..].iter().rev().map(|&(n, _)| n).collect();
+                        cycle.insert(0, need);
                         return Some(cycle);
                     }
                     Mark::Done => {}
@@ -181,47 +507,12 @@ fn find_cycle(spec: &DagSpec) -> Option<Vec<String>> {
     None
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sim(id: &str, needs: &[&str]) -> NodeSpec {
-        NodeSpec {
-            id: id.into(),
-            label: None,
-            needs: needs.iter().map(|s| s.to_string()).collect(),
-            work: NodeWork::Simulate { duration: Duration::ZERO, cost: 0.0 },
-        }
-    }
-
-    fn spec(nodes: Vec<NodeSpec>) -> DagSpec {
-        DagSpec { name: "t".into(), budget: 1.0, max_parallel: 2, nodes }
-    }
-
-    #[test]
-    fn validation_table() {
-        let cases: Vec<(DagSpec, Result<(), SpecError>)> = vec![
-            (spec(vec![sim("a", &[]), sim("b", &["a"])]), Ok(())),
-            (spec(vec![]), Err(SpecError::Empty)),
-            (spec(vec![sim("a", &[]), sim("a", &[])]), Err(SpecError::DuplicateId("a".into()))),
-            (spec(vec![sim("a", &["zz"])]), Err(SpecError::UnknownNeed { node: "a".into(), missing: "zz".into() })),
-            (spec(vec![sim("a", &["a"])]), Err(SpecError::SelfNeed("a".into()))),
-            (spec(vec![sim("bad id", &[])]), Err(SpecError::BadId { index: 0, id: "bad id".into() })),
-            (
-                spec(vec![sim("a", &["c"]), sim("b", &["a"]), sim("c", &["b"]), sim("d", &[])]),
-                Err(SpecError::Cycle(vec!["a".into(), "b".into(), "c".into(), "a".into()])),
-            ),
-            (DagSpec { max_parallel: 0, ..spec(vec![sim("a", &[])]) }, Err(SpecError::NoParallelism)),
-            (DagSpec { budget: -1.0, ..spec(vec![sim("a", &[])]) }, Err(SpecError::BadBudget(-1.0))),
-        ];
-        for (spec, expected) in cases {
-            assert_eq!(spec.validate(), expected, "{spec:?}");
-        }
-    }
-
-    #[test]
-    fn cycle_message_names_the_cycle() {
-        let err = spec(vec![sim("x", &["y"]), sim("y", &["x"])]).validate().unwrap_err();
-        assert_eq!(err.to_string(), "the DAG has a cycle: x → y → x");
-    }
+/// The JSON Schema of [`SpecFile`], as published in `schema/dag-spec.schema.json`.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(SpecFile);
+    // A schema of plain structs always serializes.
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,13 +1,15 @@
 //! REST endpoints: start a run, list runs, read one run's state, health.
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AppError, AppState};
-use crate::engine::examples;
+use crate::engine::{DagSpec, SpecFormat, examples};
 use crate::protocol::{RunState, RunSummary};
 
 #[derive(Deserialize)]
@@ -16,19 +18,56 @@ pub struct StartQuery {
     example: Option<String>,
 }
 
-/// `POST /api/dags?example=NAME`: starts a run, answers `{"dag_id": ...}` with 201.
+/// `POST /api/dags`: starts a run and answers `{"dag_id": ...}` with 201. The spec is the body
+/// (`Content-Type: application/toml` or `application/json`), or `?example=NAME` names a bundled
+/// one. An invalid spec is a 400 whose message names the node and field; nothing starts.
 pub async fn start_run(
     State(state): State<AppState>,
     Query(query): Query<StartQuery>,
+    headers: HeaderMap,
+    body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
-    let known = examples::NAMES.join(", ");
-    let name = query
-        .example
-        .ok_or_else(|| AppError::BadRequest(format!("say which example to start: ?example=NAME (one of: {known})")))?;
-    let spec = examples::by_name(&name)
-        .ok_or_else(|| AppError::BadRequest(format!("no example called {name:?} (there is: {known})")))?;
-    let dag_id = state.runs.start(spec).map_err(|e| AppError::Internal(format!("bundled example {name}: {e}")))?;
+    let spec = match (query.example, body.is_empty()) {
+        (Some(name), true) => {
+            let known: Vec<&str> = examples::names().collect();
+            examples::by_name(&name)
+                .ok_or_else(|| {
+                    AppError::BadRequest(format!("no example called {name:?} (there is: {})", known.join(", ")))
+                })?
+                .map_err(|e| AppError::Internal(format!("bundled example {name}: {e}")))?
+        }
+        (Some(_), false) => {
+            return Err(AppError::BadRequest("send either a spec in the body or ?example=NAME, not both".into()));
+        }
+        (None, true) => {
+            let known: Vec<&str> = examples::names().collect();
+            return Err(AppError::BadRequest(format!(
+                "send a spec (Content-Type: application/toml or application/json), or ?example=NAME (one of: {})",
+                known.join(", ")
+            )));
+        }
+        (None, false) => {
+            let format = spec_format(&headers)?;
+            let text =
+                std::str::from_utf8(&body).map_err(|_| AppError::BadRequest("the spec is not UTF-8 text".into()))?;
+            DagSpec::parse(text, format).map_err(|e| AppError::BadRequest(e.to_string()))?
+        }
+    };
+    let dag_id = state.runs.start(spec).map_err(|e| AppError::BadRequest(e.to_string()))?;
     Ok((StatusCode::CREATED, Json(json!({ "dag_id": dag_id }))))
+}
+
+/// The spec format a request's `Content-Type` names.
+fn spec_format(headers: &HeaderMap) -> Result<SpecFormat, AppError> {
+    let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    match essence.as_str() {
+        "application/toml" | "text/toml" | "text/x-toml" | "application/x-toml" => Ok(SpecFormat::Toml),
+        "application/json" | "text/json" => Ok(SpecFormat::Json),
+        _ => Err(AppError::UnsupportedMediaType(format!(
+            "Content-Type {content_type:?} is not a spec format: use application/toml or application/json"
+        ))),
+    }
 }
 
 /// `GET /api/dags`: every run, newest first.

@@ -1,0 +1,192 @@
+//! The task that runs one node's attempts (simulate or command) with retries and backoff, and
+//! the typed messages it sends back to the run's coordinator.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::command::{self, CommandAttempt, Report};
+use super::spec::NodeWork;
+use crate::protocol::LogStream;
+
+/// What a node task tells the coordinator. `node` is the node's index in the run.
+#[derive(Debug)]
+pub enum NodeMsg {
+    /// Attempt `attempt` (from 1) started.
+    AttemptStarted {
+        node: usize,
+        attempt: u32,
+    },
+    Log {
+        node: usize,
+        stream: LogStream,
+        line: String,
+    },
+    /// What one report line (or a simulated attempt) says.
+    Reports {
+        node: usize,
+        reports: Vec<Report>,
+    },
+    /// A report line that could not be read; it is otherwise ignored.
+    BadReport {
+        node: usize,
+        line: usize,
+        problem: String,
+    },
+    /// An attempt failed and another follows after a backoff.
+    AttemptFailed {
+        node: usize,
+        attempt: u32,
+        message: String,
+    },
+    /// The node is done, one way or another.
+    Finished {
+        node: usize,
+        outcome: Outcome,
+    },
+    /// A gate's timeout passed; `round` tells which wait of the gate it was for.
+    GateTimedOut {
+        node: usize,
+        round: u32,
+    },
+}
+
+/// How a node ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Completed; `output` is what the node produced (reports may have set more).
+    Completed {
+        output: Option<Value>,
+    },
+    Failed {
+        message: String,
+    },
+    Cancelled,
+}
+
+/// Why one attempt did not complete.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptError {
+    Failed(String),
+    Cancelled,
+}
+
+/// Everything a node task needs; built by the coordinator when the node starts.
+pub struct NodeJob {
+    pub node: usize,
+    pub id: String,
+    pub work: NodeWork,
+    pub timeout: Option<Duration>,
+    pub retries: u32,
+    /// Outputs of the node's upstream nodes, by id.
+    pub inputs: Map<String, Value>,
+    /// Feedback from a gate that sent work back to this node.
+    pub feedback: Option<String>,
+    /// The run's working directory.
+    pub workdir: PathBuf,
+    pub cancel_grace: Duration,
+}
+
+/// Delay before retry number `retry` (1 for the first): 250 ms, 500 ms, 1 s, ... capped at 10 s.
+pub fn retry_backoff(retry: u32) -> Duration {
+    Duration::from_millis(250u64.saturating_mul(1u64 << retry.saturating_sub(1).min(6))).min(Duration::from_secs(10))
+}
+
+/// Runs the node's attempts until one completes, the retries are used up, or `cancel` fires.
+/// Always ends with exactly one [`NodeMsg::Finished`] (unless the coordinator is gone).
+pub async fn run(job: NodeJob, events: mpsc::Sender<NodeMsg>, cancel: CancellationToken) {
+    let outcome = attempts(&job, &events, &cancel).await;
+    let _ = events.send(NodeMsg::Finished { node: job.node, outcome }).await;
+}
+
+async fn attempts(job: &NodeJob, events: &mpsc::Sender<NodeMsg>, cancel: &CancellationToken) -> Outcome {
+    let mut attempt = 1;
+    loop {
+        if events.send(NodeMsg::AttemptStarted { node: job.node, attempt }).await.is_err() {
+            return Outcome::Cancelled;
+        }
+        let result = match &job.work {
+            NodeWork::Simulate { .. } => simulate(job, events, cancel).await,
+            NodeWork::Command { run, env } => {
+                let attempt = CommandAttempt {
+                    node: job.node,
+                    node_id: &job.id,
+                    attempt,
+                    run,
+                    env,
+                    workdir: &job.workdir,
+                    inputs: &job.inputs,
+                    feedback: job.feedback.as_deref(),
+                    timeout: job.timeout,
+                    cancel_grace: job.cancel_grace,
+                };
+                command::run(attempt, events, cancel).await.map(|()| None)
+            }
+            NodeWork::Gate { .. } => Err(AttemptError::Failed("a gate is not run as a task".into())),
+        };
+        match result {
+            Ok(output) => return Outcome::Completed { output },
+            Err(AttemptError::Cancelled) => return Outcome::Cancelled,
+            Err(AttemptError::Failed(message)) if attempt > job.retries => return Outcome::Failed { message },
+            Err(AttemptError::Failed(message)) => {
+                let _ = events.send(NodeMsg::AttemptFailed { node: job.node, attempt, message }).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(retry_backoff(attempt)) => {}
+                    _ = cancel.cancelled() => return Outcome::Cancelled,
+                }
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// One simulated attempt: waits, spends, maybe fails, and produces the spec's output.
+async fn simulate(
+    job: &NodeJob,
+    events: &mpsc::Sender<NodeMsg>,
+    cancel: &CancellationToken,
+) -> Result<Option<Value>, AttemptError> {
+    let NodeWork::Simulate { duration, cost, tokens_in, tokens_out, fail_rate, output } = &job.work else {
+        return Err(AttemptError::Failed("not a simulate node".into()));
+    };
+    let (wait, timed_out) = match job.timeout {
+        Some(timeout) if timeout < *duration => (timeout, true),
+        Some(_) | None => (*duration, false),
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => {}
+        _ = cancel.cancelled() => return Err(AttemptError::Cancelled),
+    }
+    // A simulated call costs what it costs even when it fails, like a real one.
+    let mut reports = vec![Report::Cost(*cost)];
+    if tokens_in.is_some() || tokens_out.is_some() {
+        reports.push(Report::Tokens { tokens_in: tokens_in.unwrap_or(0), tokens_out: tokens_out.unwrap_or(0) });
+    }
+    let _ = events.send(NodeMsg::Reports { node: job.node, reports }).await;
+    if timed_out {
+        let limit = humantime::format_duration(wait);
+        return Err(AttemptError::Failed(format!("timed out after {limit}")));
+    }
+    if *fail_rate > 0.0 && rand::random::<f64>() < *fail_rate {
+        return Err(AttemptError::Failed("simulated failure (fail_rate)".into()));
+    }
+    let mut output = output.clone().unwrap_or_else(|| json!({ "summary": format!("{} finished", job.id) }));
+    if let (Some(feedback), Value::Object(fields)) = (&job.feedback, &mut output) {
+        fields.insert("feedback".into(), Value::String(feedback.clone()));
+    }
+    Ok(Some(output))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_backoff_doubles_and_caps() {
+        let delays: Vec<u64> = (1..=9).map(|r| retry_backoff(r).as_millis() as u64).collect();
+        assert_eq!(delays, [250, 500, 1000, 2000, 4000, 8000, 10000, 10000, 10000]);
+    }
+}
