@@ -376,8 +376,8 @@ impl Coordinator {
                 self.check_budget();
             }
             Decision::Reject if budget_gate => {
+                // Not a failure of the work: the run stops, so everything left is cancelled.
                 self.open_budget_gate = None;
-                self.settle(node, NodeStatus::Failed, Some(output));
                 self.cancel_run();
                 return Ok(());
             }

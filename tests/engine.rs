@@ -1,0 +1,529 @@
+//! The engine end to end, without HTTP: a run is started in a registry and its room's event
+//! stream is read back. Timers run under `tokio::time::pause()` where only time is involved;
+//! command nodes run real `sh -c` processes.
+
+#![cfg(feature = "ssr")]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use dagstream::engine::{DagSpec, EngineConfig, Rejected, SpecFormat};
+use dagstream::hub::RoomLimits;
+use dagstream::protocol::{
+    ClientEvent, DagMutation, Decision, NodeKind, NodeStatus, RunPhase, RunState, ServerEvent, ServerEventBody,
+};
+use dagstream::runs::{RunEntry, Runs};
+use tokio::sync::broadcast;
+
+/// A started run and everything it has published so far.
+struct Probe {
+    run: RunEntry,
+    live: broadcast::Receiver<dagstream::hub::Frame>,
+    events: Vec<ServerEvent>,
+    /// How long to wait for one expected event (long under paused time, where it costs nothing).
+    patience: Duration,
+    work_root: PathBuf,
+    dag_id: String,
+}
+
+fn work_root(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dagstream-engine-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+impl Probe {
+    fn start(name: &str, spec_toml: &str) -> Self {
+        let spec = DagSpec::parse(spec_toml, SpecFormat::Toml).expect("test spec is valid");
+        let work_root = work_root(name);
+        let mut config = EngineConfig::new(&work_root);
+        config.cancel_grace = Duration::from_millis(500);
+        // Leaked on purpose: the registry outlives the test's runtime only as long as the test.
+        let runs: &'static Runs =
+            Box::leak(Box::new(Runs::new(RoomLimits { log_window: 100_000, subscriber_queue: 100_000 }, config)));
+        let dag_id = runs.start(spec).expect("starts");
+        let run = runs.get(&dag_id).expect("registered");
+        let subscription = run.room.subscribe(Some(0));
+        let mut probe = Probe {
+            patience: Duration::from_secs(20),
+            run,
+            live: subscription.live,
+            events: Vec::new(),
+            work_root,
+            dag_id,
+        };
+        for frame in subscription.backlog {
+            probe.take(&frame);
+        }
+        probe
+    }
+
+    fn take(&mut self, frame: &dagstream::hub::Frame) {
+        let event: ServerEvent = serde_json::from_str(frame.text.as_str()).expect("valid event");
+        assert_eq!(event.seq, self.events.len() as u64 + 1, "contiguous seq");
+        self.events.push(event);
+    }
+
+    /// Reads events until `stop` holds for one of them (checking those already read first).
+    async fn until(&mut self, what: &str, stop: impl Fn(&ServerEvent) -> bool) -> ServerEvent {
+        if let Some(found) = self.events.iter().find(|e| stop(e)) {
+            return found.clone();
+        }
+        loop {
+            let frame = tokio::time::timeout(self.patience, self.live.recv())
+                .await
+                .unwrap_or_else(|_| panic!("waited too long for {what}; events so far: {:#?}", self.events))
+                .expect("the room is open");
+            self.take(&frame);
+            let event = self.events.last().expect("just pushed").clone();
+            if stop(&event) {
+                return event;
+            }
+        }
+    }
+
+    async fn until_complete(&mut self) -> RunState {
+        self.until("execution_complete", |e| matches!(e.body, ServerEventBody::ExecutionComplete { .. })).await;
+        self.run.room.snapshot()
+    }
+
+    async fn until_waiting(&mut self, gate: &str) {
+        self.until(
+            &format!("gate {gate} waiting"),
+            |e| matches!(&e.body, ServerEventBody::HumanGateWaiting { node_id, .. } if node_id == gate),
+        )
+        .await;
+    }
+
+    async fn command(&self, event: ClientEvent) -> Result<(), Rejected> {
+        self.run.handle.command(event, "tester").await
+    }
+
+    async fn decide(&self, gate: &str, decision: Decision, feedback: Option<&str>) -> Result<(), Rejected> {
+        self.command(ClientEvent::HumanDecision {
+            node_id: gate.into(),
+            decision,
+            feedback: feedback.map(str::to_owned),
+        })
+        .await
+    }
+
+    fn errors_of(&self, node: &str) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match &e.body {
+                ServerEventBody::Error { node_id: Some(id), message } if id == node => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn logs_of(&self, node: &str) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match &e.body {
+                ServerEventBody::NodeLog { node_id, line, .. } if node_id == node => Some(line.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn workdir(&self) -> PathBuf {
+        self.work_root.join(&self.dag_id)
+    }
+}
+
+/// True if no live process has this pid (a zombie awaiting its reaper counts as gone).
+fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+async fn read_pid(path: PathBuf) -> i32 {
+    for _ in 0..200 {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(pid) = text.trim().parse() {
+                return pid;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{} never appeared", path.display());
+}
+
+// ---- timers (paused time) ----------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_gate_timeout_applies_its_on_timeout_decision() {
+    let mut probe = Probe::start(
+        "gate-timeout",
+        r#"
+        name = "t"
+        [[nodes]]
+        id = "review"
+        kind = "gate"
+        timeout = "1h"
+        on_timeout = "reject"
+        [[nodes]]
+        id = "after"
+        kind = "simulate"
+        needs = ["review"]
+        "#,
+    );
+    probe.patience = Duration::from_secs(2 * 3600);
+    let state = probe.until_complete().await;
+    assert_eq!(state.state, RunPhase::Failed);
+    assert_eq!(state.decisions.len(), 1);
+    assert_eq!(state.decisions[0].decided_by, "timeout");
+    assert_eq!(state.decisions[0].decision, Decision::Reject);
+    assert_eq!(state.nodes["after"].status, NodeStatus::Skipped);
+    let waiting = probe.events.iter().find_map(|e| match &e.body {
+        ServerEventBody::HumanGateWaiting { presentation, .. } => Some(presentation.clone()),
+        _ => None,
+    });
+    assert!(waiting.and_then(|p| p.timeout_at).is_some(), "the card says when the gate times out");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_decision_before_the_timeout_wins_and_the_timer_does_nothing() {
+    let mut probe = Probe::start(
+        "gate-before-timeout",
+        r#"
+        name = "t"
+        [[nodes]]
+        id = "review"
+        kind = "gate"
+        timeout = "10m"
+        on_timeout = "reject"
+        "#,
+    );
+    probe.until_waiting("review").await;
+    probe.decide("review", Decision::Approve, None).await.expect("waiting gate takes a decision");
+    let state = probe.until_complete().await;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(state.state, RunPhase::Completed);
+    assert_eq!(probe.run.room.snapshot().decisions.len(), 1, "the timer did not decide again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeouts_and_retries_with_attempts_in_the_metrics() {
+    let mut probe = Probe::start(
+        "retries",
+        r#"
+        name = "t"
+        [[nodes]]
+        id = "slow"
+        kind = "simulate"
+        duration = "10s"
+        cost = 0.1
+        timeout = "1s"
+        retries = 2
+        [[nodes]]
+        id = "independent"
+        kind = "simulate"
+        duration = "5s"
+        "#,
+    );
+    let state = probe.until_complete().await;
+    assert_eq!(state.state, RunPhase::Failed);
+    assert_eq!(state.nodes["slow"].status, NodeStatus::Failed);
+    assert_eq!(state.nodes["slow"].metrics.attempt, Some(3));
+    assert_eq!(state.nodes["independent"].status, NodeStatus::Completed, "independent branches go on");
+    let errors = probe.errors_of("slow");
+    assert!(errors[0].contains("attempt 1 of 3 failed: timed out after 1s"), "{errors:?}");
+    assert!(errors[1].contains("attempt 2 of 3"), "{errors:?}");
+    assert!(errors[2].contains("timed out"), "{errors:?}");
+    assert!((state.cost.spent - 0.3).abs() < 1e-9, "each attempt costs: {}", state.cost.spent);
+    assert!(state.results.expect("results").contains_key("independent"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn modify_runs_the_upstream_again_with_the_feedback_then_the_gate_waits_again() {
+    let mut probe = Probe::start(
+        "modify",
+        r#"
+        name = "t"
+        [[nodes]]
+        id = "draft"
+        kind = "simulate"
+        duration = "1s"
+        cost = 0.2
+        output = { text = "first draft" }
+        [[nodes]]
+        id = "review"
+        kind = "gate"
+        needs = ["draft"]
+        options = ["approve", "reject", "modify"]
+        [[nodes]]
+        id = "publish"
+        kind = "simulate"
+        needs = ["review"]
+        "#,
+    );
+    probe.until_waiting("review").await;
+    assert_eq!(probe.decide("review", Decision::Modify, None).await, Err(Rejected::ModifyWithoutFeedback));
+    assert_eq!(probe.decide("review", Decision::Modify, Some("  ")).await, Err(Rejected::ModifyWithoutFeedback));
+    probe.decide("review", Decision::Modify, Some("shorter, please")).await.expect("modify with feedback");
+    let before = probe.events.len();
+    probe
+        .until("the gate waits again", |e| {
+            matches!(&e.body, ServerEventBody::HumanGateWaiting { node_id, .. } if node_id == "review")
+                && e.seq as usize > before
+        })
+        .await;
+    let state = probe.run.room.snapshot();
+    assert_eq!(state.nodes["review"].metrics.attempt, Some(2), "the gate's second wait is visible");
+    assert_eq!(
+        state.nodes["draft"].output.as_ref().and_then(|o| o.get("feedback")).and_then(|f| f.as_str()),
+        Some("shorter, please")
+    );
+    assert_eq!(state.nodes["publish"].status, NodeStatus::Pending);
+    assert!((state.cost.spent - 0.4).abs() < 1e-9, "the draft ran twice");
+    let context = state.nodes["review"].gate.as_ref().and_then(|g| g.context.clone()).expect("context");
+    assert_eq!(context["draft"]["feedback"], "shorter, please", "the card shows the new upstream output");
+
+    probe.decide("review", Decision::Approve, None).await.expect("approve");
+    let state = probe.until_complete().await;
+    assert_eq!(state.state, RunPhase::Completed);
+    let decisions: Vec<Decision> = state.decisions.iter().map(|d| d.decision).collect();
+    assert_eq!(decisions, [Decision::Modify, Decision::Approve]);
+    assert_eq!(state.decisions[0].feedback.as_deref(), Some("shorter, please"));
+}
+
+const BUDGETED: &str = r#"
+    name = "t"
+    budget = 1.0
+    budget_step = 1.5
+    max_parallel = 1
+    [[nodes]]
+    id = "a"
+    kind = "simulate"
+    duration = "1s"
+    cost = 0.6
+    [[nodes]]
+    id = "b"
+    kind = "simulate"
+    needs = ["a"]
+    duration = "1s"
+    cost = 0.6
+    [[nodes]]
+    id = "c"
+    kind = "simulate"
+    needs = ["b"]
+    duration = "1s"
+    cost = 0.3
+    [[nodes]]
+    id = "d"
+    kind = "simulate"
+    duration = "1s"
+    needs = ["a"]
+"#;
+
+#[tokio::test(start_paused = true)]
+async fn spend_reaching_the_budget_adds_a_budget_gate_and_approve_raises_it() {
+    let mut probe = Probe::start("budget-approve", BUDGETED);
+    probe.until_waiting("budget_1").await;
+    let added = probe.events.iter().find_map(|e| match &e.body {
+        ServerEventBody::DagMutated { mutation: DagMutation::AddNode { node, .. } } => Some(node.clone()),
+        _ => None,
+    });
+    assert_eq!(added.map(|n| (n.id, n.kind)), Some(("budget_1".to_string(), NodeKind::Gate)));
+    let state = probe.run.room.snapshot();
+    assert!(state.cost.spent >= 1.0);
+    assert_eq!(state.nodes["c"].status, NodeStatus::Pending, "nothing starts past the budget");
+    assert!(state.nodes["c"].needs.contains(&"budget_1".to_string()), "unstarted nodes wait for the gate");
+    let gate = state.nodes["budget_1"].gate.clone().expect("gate card");
+    assert!(gate.prompt.contains("$1.50"), "the card says what approving adds: {}", gate.prompt);
+    assert_eq!(gate.options, [Decision::Approve, Decision::Reject]);
+
+    probe.decide("budget_1", Decision::Approve, None).await.expect("approve");
+    let state = probe.until_complete().await;
+    assert_eq!(state.state, RunPhase::Completed);
+    assert_eq!(state.cost.budget, 2.5);
+    assert!(state.nodes.values().all(|n| n.status == NodeStatus::Completed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn rejecting_the_budget_gate_cancels_the_run() {
+    let mut probe = Probe::start("budget-reject", BUDGETED);
+    probe.until_waiting("budget_1").await;
+    probe.decide("budget_1", Decision::Reject, None).await.expect("reject");
+    let state = probe.until_complete().await;
+    assert_eq!(state.state, RunPhase::Cancelled);
+    assert_eq!(state.nodes["c"].status, NodeStatus::Cancelled);
+    let completes = probe.events.iter().filter(|e| matches!(e.body, ServerEventBody::ExecutionComplete { .. })).count();
+    assert_eq!(completes, 1);
+}
+
+// ---- real processes ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn command_output_reports_inputs_and_exit_codes() {
+    let mut probe = Probe::start(
+        "commands",
+        r#"
+        name = "t"
+        [[nodes]]
+        id = "first"
+        kind = "simulate"
+        output = { greeting = "hello" }
+        [[nodes]]
+        id = "worker"
+        kind = "command"
+        needs = ["first"]
+        env = { SPECIAL = "from-the-spec" }
+        run = '''
+        echo "out $SPECIAL"
+        echo "err line" >&2
+        grep -q hello "$DAGSTREAM_INPUTS" && echo "saw input"
+        test -z "$CARGO_MANIFEST_DIR" && echo "env scrubbed"
+        echo '{"cost": 0.25}' >> "$DAGSTREAM_REPORT"
+        echo '{"tokens_in": 10, "tokens_out": 3}' >> "$DAGSTREAM_REPORT"
+        echo 'not json' >> "$DAGSTREAM_REPORT"
+        echo '{"output": {"answer": 42}}' >> "$DAGSTREAM_REPORT"
+        '''
+        [[nodes]]
+        id = "broken"
+        kind = "command"
+        run = "echo about to fail; exit 3"
+        [[nodes]]
+        id = "after_broken"
+        kind = "simulate"
+        needs = ["broken"]
+        "#,
+    );
+    assert!(std::env::var("CARGO_MANIFEST_DIR").is_ok(), "the server side has the variable the node must not see");
+    let state = probe.until_complete().await;
+    let worker = &state.nodes["worker"];
+    assert_eq!(worker.status, NodeStatus::Completed);
+    let logs = probe.logs_of("worker");
+    for expected in ["out from-the-spec", "err line", "saw input", "env scrubbed"] {
+        assert!(logs.iter().any(|l| l == expected), "missing {expected:?} in {logs:?}");
+    }
+    assert_eq!(worker.metrics.cost, Some(0.25));
+    assert_eq!((worker.metrics.tokens_in, worker.metrics.tokens_out), (Some(10), Some(3)));
+    assert_eq!(worker.output, Some(serde_json::json!({"answer": 42})));
+    let worker_errors = probe.errors_of("worker");
+    assert!(worker_errors.iter().any(|e| e.contains("report line 3") && e.contains("ignored")), "{worker_errors:?}");
+
+    assert_eq!(state.nodes["broken"].status, NodeStatus::Failed);
+    assert!(probe.errors_of("broken").iter().any(|e| e == "exit status 3"), "{:?}", probe.errors_of("broken"));
+    assert_eq!(state.nodes["after_broken"].status, NodeStatus::Skipped);
+    assert_eq!(state.state, RunPhase::Failed);
+    assert_eq!(state.results.expect("results")["worker"], serde_json::json!({"answer": 42}));
+}
+
+#[tokio::test]
+async fn a_timeout_kills_the_whole_process_group() {
+    let mut probe = Probe::start(
+        "timeout-kill",
+        r#"
+        name = "t"
+        [[nodes]]
+        id = "hang"
+        kind = "command"
+        timeout = "400ms"
+        run = "sleep 30 & echo $! > bg.pid; sleep 30"
+        "#,
+    );
+    let background = read_pid(probe.workdir().join("bg.pid")).await;
+    let state = probe.until_complete().await;
+    assert_eq!(state.nodes["hang"].status, NodeStatus::Failed);
+    assert!(
+        probe.errors_of("hang").iter().any(|e| e.contains("timed out after 400ms")),
+        "{:?}",
+        probe.errors_of("hang")
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(process_gone(background), "the background child {background} was killed with its group");
+}
+
+#[tokio::test]
+async fn cancel_terminates_the_process_group_and_every_pending_node() {
+    let mut probe = Probe::start(
+        "cancel-kill",
+        r#"
+        name = "t"
+        [[nodes]]
+        id = "long"
+        kind = "command"
+        run = "sleep 30 & echo $! > bg.pid; echo $$ > sh.pid; wait"
+        [[nodes]]
+        id = "later"
+        kind = "simulate"
+        needs = ["long"]
+        "#,
+    );
+    let background = read_pid(probe.workdir().join("bg.pid")).await;
+    let shell = read_pid(probe.workdir().join("sh.pid")).await;
+    probe.command(ClientEvent::CancelExecution).await.expect("cancel");
+    let state = probe.until_complete().await;
+    assert_eq!(state.state, RunPhase::Cancelled);
+    assert_eq!(state.nodes["long"].status, NodeStatus::Cancelled);
+    assert_eq!(state.nodes["later"].status, NodeStatus::Cancelled);
+    let phases: Vec<RunPhase> = probe
+        .events
+        .iter()
+        .filter_map(|e| match e.body {
+            ServerEventBody::RunStateChanged { state } => Some(state),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(phases, [RunPhase::Running, RunPhase::Cancelling, RunPhase::Cancelled]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(process_gone(shell), "the shell {shell} is gone");
+    assert!(process_gone(background), "its background child {background} is gone");
+}
+
+#[tokio::test]
+async fn a_running_node_adds_nodes_and_edges_and_invalid_mutations_change_nothing() {
+    let mut probe = Probe::start(
+        "mutation",
+        r#"
+        name = "t"
+        [[nodes]]
+        id = "plan"
+        kind = "command"
+        run = '''
+        for i in 1 2 3; do
+          echo "{\"add_node\": {\"id\": \"work_$i\", \"kind\": \"simulate\", \"cost\": 0.1}, \"after\": [\"plan\"]}" >> "$DAGSTREAM_REPORT"
+        done
+        echo '{"add_edge": {"from": "work_1", "to": "merge"}}' >> "$DAGSTREAM_REPORT"
+        echo '{"add_edge": {"from": "work_2", "to": "merge"}}' >> "$DAGSTREAM_REPORT"
+        echo '{"add_node": {"id": "ghost_child", "kind": "simulate"}, "after": ["ghost"]}' >> "$DAGSTREAM_REPORT"
+        echo '{"add_node": {"id": "plan", "kind": "simulate"}}' >> "$DAGSTREAM_REPORT"
+        echo '{"add_edge": {"from": "merge", "to": "work_1"}}' >> "$DAGSTREAM_REPORT"
+        echo '{"add_edge": {"from": "work_3", "to": "plan"}}' >> "$DAGSTREAM_REPORT"
+        echo '{"add_node": {"id": "bad", "kind": "simulate", "run": "ls"}}' >> "$DAGSTREAM_REPORT"
+        '''
+        [[nodes]]
+        id = "merge"
+        kind = "simulate"
+        needs = ["plan"]
+        "#,
+    );
+    let state = probe.until_complete().await;
+    assert_eq!(state.state, RunPhase::Completed, "{:#?}", probe.errors_of("plan"));
+    for id in ["work_1", "work_2", "work_3"] {
+        assert_eq!(state.nodes[id].status, NodeStatus::Completed, "{id}");
+        assert_eq!(state.nodes[id].needs, vec!["plan".to_string()]);
+    }
+    let mut merge_needs = state.nodes["merge"].needs.clone();
+    merge_needs.sort();
+    assert_eq!(merge_needs, ["plan", "work_1", "work_2"]);
+    assert!(!state.nodes.contains_key("ghost_child") && !state.nodes.contains_key("bad"));
+    let refusals: Vec<String> =
+        probe.errors_of("plan").into_iter().filter(|e| e.starts_with("mutation refused")).collect();
+    assert_eq!(refusals.len(), 5, "{refusals:#?}");
+    assert!(refusals.iter().any(|e| e.contains("\"ghost\"")));
+    assert!(refusals.iter().any(|e| e.contains("already exists")));
+    assert!(refusals.iter().any(|e| e.contains("cycle")));
+    assert!(refusals.iter().any(|e| e.contains("already started")));
+    assert!(refusals.iter().any(|e| e.contains("\"run\"")));
+    // merge ran only after the work nodes it was wired to.
+    let finished_at = |id: &str| state.nodes[id].metrics.finished_at.clone().expect("finished");
+    assert!(finished_at("merge") >= finished_at("work_1") && finished_at("merge") >= finished_at("work_2"));
+    assert!((state.cost.spent - 0.3).abs() < 1e-9);
+}
