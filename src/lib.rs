@@ -9,6 +9,7 @@
 //! - [`protocol`] (both): `ServerEvent` / `ClientEvent`, payload types, and `RunState::apply`,
 //!   the one reducer that folds events into the state of a run.
 //! - [`app`] (both): the Leptos pages, the client store and the `use_dag_stream` hook.
+//! - [`examples`] (both): the bundled example specs, by name.
 //! - `engine` (ssr): specs, the pure scheduler, the coordinator task of each run, examples.
 //! - `hub` (ssr): one room per run: sequenced log, folded state, fan-out to subscribers.
 //! - `runs` (ssr): the registry of runs.
@@ -18,6 +19,7 @@
 #![recursion_limit = "256"]
 
 pub mod app;
+pub mod examples;
 pub mod protocol;
 
 #[cfg(feature = "ssr")]

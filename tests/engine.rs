@@ -527,3 +527,64 @@ async fn a_running_node_adds_nodes_and_edges_and_invalid_mutations_change_nothin
     assert!(finished_at("merge") >= finished_at("work_1") && finished_at("merge") >= finished_at("work_2"));
     assert!((state.cost.spent - 0.3).abs() < 1e-9);
 }
+
+/// Approves every gate that waits until the run completes; answers the final state.
+async fn approve_everything(probe: &mut Probe) -> RunState {
+    let mut decided = 0;
+    loop {
+        let event = probe
+            .until("a gate or the end", |e| {
+                matches!(e.body, ServerEventBody::HumanGateWaiting { .. } | ServerEventBody::ExecutionComplete { .. })
+                    && e.seq as usize > decided
+            })
+            .await;
+        decided = event.seq as usize;
+        match event.body {
+            ServerEventBody::HumanGateWaiting { node_id, .. } => {
+                probe.decide(&node_id, Decision::Approve, None).await.expect("a waiting gate takes approve");
+            }
+            _ => return probe.run.room.snapshot(),
+        }
+    }
+}
+
+fn example(name: &str) -> &'static str {
+    dagstream::engine::examples::EXAMPLES.iter().find(|(n, _)| *n == name).expect("bundled").1
+}
+
+#[tokio::test]
+async fn the_ci_pipeline_example_passes_its_flaky_step_on_retry() {
+    let mut probe = Probe::start("example-ci", example("ci-pipeline"));
+    let state = approve_everything(&mut probe).await;
+    assert_eq!(state.state, RunPhase::Completed, "{:#?}", state.errors);
+    assert_eq!(state.nodes["integration_tests"].metrics.attempt, Some(2), "failed once, passed on retry");
+    assert!(probe.errors_of("integration_tests")[0].contains("attempt 1 of 3 failed: exit status 1"));
+    assert!(probe.logs_of("unit_tests").iter().any(|l| l == "5 passed"));
+    assert_eq!(state.nodes["build"].output.as_ref().map(|o| o["artifact"].clone()), Some("dist/app".into()));
+}
+
+#[tokio::test]
+async fn the_planner_example_fans_out_at_run_time() {
+    let mut probe = Probe::start("example-planner", example("planner"));
+    let state = approve_everything(&mut probe).await;
+    assert_eq!(state.state, RunPhase::Completed, "{:#?}", state.errors);
+    let workers: Vec<&String> = state.nodes.keys().filter(|id| id.starts_with("work_")).collect();
+    assert_eq!(workers.len(), 5);
+    assert_eq!(state.nodes["merge"].needs.len(), 6, "plan and the five workers");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_agent_pipeline_example_hits_its_budget_gate() {
+    let mut probe = Probe::start("example-agent", example("agent-pipeline"));
+    probe.patience = Duration::from_secs(3600);
+    let state = approve_everything(&mut probe).await;
+    assert!(state.nodes.contains_key("budget_1"), "the budget gate appeared");
+    assert!(state.cost.budget > 1.0, "approving raised the budget");
+    // research_competitors fails at random (fail_rate) and retries; all three attempts failing
+    // is possible, and then the run fails honestly.
+    match state.nodes["research_competitors"].status {
+        NodeStatus::Completed => assert_eq!(state.state, RunPhase::Completed),
+        NodeStatus::Failed => assert_eq!(state.state, RunPhase::Failed),
+        other => panic!("unexpected {other:?}"),
+    }
+}

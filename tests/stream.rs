@@ -378,7 +378,21 @@ async fn unknown_run_is_refused_with_404_before_the_upgrade() {
 }
 
 async fn request(router: axum::Router, method: &str, uri: &str) -> (StatusCode, serde_json::Value) {
-    let request = Request::builder().method(method).uri(uri).body(Body::empty()).expect("request");
+    request_with(router, method, uri, None, "").await
+}
+
+async fn request_with(
+    router: axum::Router,
+    method: &str,
+    uri: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> (StatusCode, serde_json::Value) {
+    let mut builder = Request::builder().method(method).uri(uri);
+    if let Some(content_type) = content_type {
+        builder = builder.header("content-type", content_type);
+    }
+    let request = builder.body(Body::from(body.to_owned())).expect("request");
     let response = router.oneshot(request).await.expect("router answers");
     let status = response.status();
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
@@ -411,6 +425,22 @@ async fn rest_starts_lists_and_reads_runs() {
         assert!(body["error"].as_str().is_some_and(|m| !m.is_empty()), "{uri} explains itself");
     }
     assert_eq!(server.state.runs.list().len(), 1, "bad requests started nothing");
+
+    // A spec in the body, as TOML or as JSON.
+    let toml_spec = "name = \"posted\"\n[[nodes]]\nid = \"only\"\nkind = \"simulate\"\n";
+    let (status, body) = request_with(router.clone(), "POST", "/api/dags", Some("application/toml"), toml_spec).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let json_spec = r#"{"name": "posted-json", "nodes": [{"id": "only", "kind": "simulate"}]}"#;
+    let (status, _) = request_with(router.clone(), "POST", "/api/dags", Some("application/json"), json_spec).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let invalid = "name = \"bad\"\n[[nodes]]\nid = \"a\"\nkind = \"simulate\"\nneeds = [\"ghost\"]\n";
+    let (status, body) = request_with(router.clone(), "POST", "/api/dags", Some("application/toml"), invalid).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let message = body["error"].as_str().expect("a message");
+    assert!(message.contains("\"a\"") && message.contains("needs") && message.contains("ghost"), "{message}");
+    let (status, _) = request_with(router.clone(), "POST", "/api/dags", Some("text/plain"), toml_spec).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(server.state.runs.list().len(), 3, "only the two valid specs started");
     let (status, _) = request(router.clone(), "GET", "/api/dags/nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = request(router.clone(), "GET", "/healthz").await;

@@ -124,7 +124,7 @@ fn CostTicker(store: RunStore) -> impl IntoView {
     let cost = store.cost;
     let level = move || {
         let c = cost.get();
-        let used = if c.budget > 0.0 { c.spent / c.budget } else { 1.0 };
+        let used = if c.budget > 0.0 { c.spent / c.budget } else { 0.0 };
         if used >= 1.0 {
             "over"
         } else if used >= 0.8 {
@@ -139,18 +139,21 @@ fn CostTicker(store: RunStore) -> impl IntoView {
             <span class="value mono" data-testid="cost">
                 {move || {
                     let c = cost.get();
-                    format!("${:.2} / ${:.2}", c.spent, c.budget)
+                    if c.budget > 0.0 { format!("${:.2} / ${:.2}", c.spent, c.budget) } else { format!("${:.2}", c.spent) }
                 }}
             </span>
             <span class="muted small mono" data-testid="remaining">
-                {move || format!("${:.2} remaining", cost.get().remaining)}
+                {move || {
+                    let c = cost.get();
+                    if c.budget > 0.0 { format!("${:.2} remaining", c.remaining) } else { "no budget".to_owned() }
+                }}
             </span>
             <div class=move || format!("bar spend-{}", level())>
                 <div
                     class="fill"
                     style:width=move || {
                         let c = cost.get();
-                        let used = if c.budget > 0.0 { (c.spent / c.budget).min(1.0) } else { 1.0 };
+                        let used = if c.budget > 0.0 { (c.spent / c.budget).min(1.0) } else { 0.0 };
                         format!("{:.1}%", 100.0 * used)
                     }
                 ></div>
@@ -242,27 +245,29 @@ fn GateCards(store: RunStore, stream: DagStream) -> impl IntoView {
 #[component]
 fn GateCardView(card: GateCard, stream: DagStream) -> impl IntoView {
     let GateCard { node_id, label, presentation } = card;
+    let feedback = RwSignal::new(String::new());
+    let offers_modify = presentation.options.contains(&Decision::Modify);
     let buttons = presentation
         .options
         .iter()
         .map(|&decision| {
             let node_id = node_id.clone();
-            let class = match decision {
-                Decision::Approve => "primary",
-                Decision::Reject => "danger",
-                Decision::Modify => "",
+            let (class, text) = match decision {
+                Decision::Approve => ("primary", "Approve"),
+                Decision::Reject => ("danger", "Reject"),
+                Decision::Modify => ("", "Send back with feedback"),
             };
-            let text = match decision {
-                Decision::Approve => "Approve",
-                Decision::Reject => "Reject",
-                Decision::Modify => "Modify",
-            };
+            // Modify means "redo it like this": it is only sent with feedback.
+            let disabled = move || decision == Decision::Modify && feedback.with(|f| f.trim().is_empty());
             view! {
                 <button
                     class=class
                     data-testid=decision.as_str()
+                    disabled=disabled
                     on:click=move |_| {
-                        stream.send(&ClientEvent::HumanDecision { node_id: node_id.clone(), decision, feedback: None })
+                        let text = feedback.get_untracked();
+                        let feedback = (!text.trim().is_empty()).then_some(text);
+                        stream.send(&ClientEvent::HumanDecision { node_id: node_id.clone(), decision, feedback })
                     }
                 >
                     {text}
@@ -281,6 +286,18 @@ fn GateCardView(card: GateCard, stream: DagStream) -> impl IntoView {
             {presentation
                 .cost_so_far
                 .map(|spent| view! { <p class="muted small mono">{format!("Spent so far: ${spent:.2}")}</p> })}
+            {offers_modify
+                .then(|| {
+                    view! {
+                        <textarea
+                            class="feedback"
+                            data-testid="feedback"
+                            placeholder="Feedback (needed to send the work back)"
+                            prop:value=move || feedback.get()
+                            on:input=move |ev| feedback.set(event_target_value(&ev))
+                        ></textarea>
+                    }
+                })}
             <div class="gate-actions">{buttons}</div>
         </article>
     }

@@ -15,12 +15,24 @@ pub fn RunsPage() -> impl IntoView {
         <section class="page runs">
             <div class="page-head">
                 <h1>"Runs"</h1>
-                <ActionForm action=start attr:class="start-form">
-                    <input type="hidden" name="name" value="demo"/>
-                    <button type="submit" class="primary" data-testid="start-demo">
-                        "Start demo run"
-                    </button>
-                </ActionForm>
+                <div class="start-buttons">
+                    {crate::examples::names()
+                        .map(|name| {
+                            view! {
+                                <ActionForm action=start attr:class="start-form">
+                                    <input type="hidden" name="name" value=name/>
+                                    <button
+                                        type="submit"
+                                        class=if name == "demo" { "primary" } else { "" }
+                                        data-testid=format!("start-{name}")
+                                    >
+                                        {format!("Start {name} run")}
+                                    </button>
+                                </ActionForm>
+                            }
+                        })
+                        .collect_view()}
+                </div>
             </div>
             {move || {
                 start

@@ -1,15 +1,8 @@
-//! The example DAGs bundled with the server (`examples/*.toml`), startable by name from the
-//! dashboard or with `POST /api/dags?example=NAME`.
+//! Parsing of the bundled examples ([`crate::examples`]), startable by name from the dashboard or
+//! with `POST /api/dags?example=NAME`.
 
 use super::spec::{DagSpec, SpecError, SpecFormat};
-
-/// Name and TOML text of every bundled example, in the order the dashboard offers them.
-pub const EXAMPLES: &[(&str, &str)] = &[("demo", include_str!("../../examples/demo.toml"))];
-
-/// Names of the bundled examples.
-pub fn names() -> impl Iterator<Item = &'static str> {
-    EXAMPLES.iter().map(|(name, _)| *name)
-}
+pub use crate::examples::{EXAMPLES, names};
 
 /// The bundled example called `name`: `None` if there is none, else its parsed spec.
 pub fn by_name(name: &str) -> Option<Result<DagSpec, SpecError>> {
