@@ -35,6 +35,31 @@ enum Command {
     },
     /// Print the JSON Schema of spec files.
     Schema,
+    /// Benchmarks, run on demand.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Zero-duration simulate nodes through the engine with no subscriber: total and per node.
+    Engine {
+        /// Nodes per DAG.
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        /// Edges of the random DAG.
+        #[arg(long, default_value_t = 50_000)]
+        edges: usize,
+        /// max_parallel of the runs.
+        #[arg(long, default_value_t = 64)]
+        max_parallel: usize,
+        /// Shapes to run (all when omitted).
+        #[arg(long, value_enum)]
+        shape: Vec<crate::bench::Shape>,
+        /// Seed of the random DAG.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
 }
 
 #[derive(Args)]
@@ -63,6 +88,12 @@ pub async fn main() -> ExitCode {
         Some(Command::Schema) => {
             print!("{}", crate::engine::spec::json_schema());
             Ok(())
+        }
+        Some(Command::Bench(BenchCommand::Engine { nodes, edges, max_parallel, shape, seed })) => {
+            use crate::bench::{EngineBench, Shape};
+            let shapes = if shape.is_empty() { vec![Shape::Wide, Shape::Chain, Shape::Random] } else { shape };
+            let settings = EngineBench { nodes, edges, max_parallel, shapes, seed };
+            crate::bench::engine(&settings).await.map(|results| print!("{}", crate::bench::report(&results)))
         }
     };
     match result {

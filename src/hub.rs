@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::protocol::{RunState, RunSummary, Seq, ServerEvent, ServerEventBody};
 
@@ -43,6 +43,9 @@ pub struct Room {
     inner: Mutex<RoomInner>,
     /// Sender half of the live stream; `subscribe` hands out receivers.
     live: broadcast::Sender<Frame>,
+    /// Becomes true once `execution_complete` was published, for callers that wait for the end
+    /// without following the stream.
+    complete: watch::Sender<bool>,
 }
 
 struct RoomInner {
@@ -67,9 +70,11 @@ pub struct Subscription {
 impl Room {
     pub fn new(state: RunState, limits: RoomLimits) -> Self {
         let (live, _) = broadcast::channel(limits.subscriber_queue.max(1));
+        let complete = watch::Sender::new(state.results.is_some());
         Room {
             inner: Mutex::new(RoomInner { state, log: VecDeque::new(), log_window: limits.log_window.max(1) }),
             live,
+            complete,
         }
     }
 
@@ -83,9 +88,21 @@ impl Room {
             inner.log.pop_front();
         }
         inner.log.push_back(frame.clone());
+        let completes = matches!(event.body, ServerEventBody::ExecutionComplete { .. });
         // No receivers is not an error: nobody is watching right now.
         let _ = self.live.send(frame);
+        drop(inner);
+        if completes {
+            self.complete.send_replace(true);
+        }
         event.seq
+    }
+
+    /// Waits until the run has sent `execution_complete`.
+    pub async fn completed(&self) {
+        let mut complete = self.complete.subscribe();
+        // The sender lives as long as the room, so this only ends when the run completes.
+        let _ = complete.wait_for(|done| *done).await;
     }
 
     /// Starts a subscription. Without `since`, or when the log no longer holds every event after

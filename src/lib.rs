@@ -14,7 +14,8 @@
 //! - `hub` (ssr): one room per run: sequenced log, folded state, fan-out to subscribers.
 //! - `runs` (ssr): the registry of runs.
 //! - `server` (ssr): the axum router, REST, the WebSocket stream.
-//! - `cli` (ssr): `dagstream serve`.
+//! - `cli` (ssr): `dagstream serve | run | validate | schema | bench`.
+//! - `bench` (ssr): on-demand benchmarks (`dagstream bench engine`).
 
 #![recursion_limit = "256"]
 
@@ -22,6 +23,8 @@ pub mod app;
 pub mod examples;
 pub mod protocol;
 
+#[cfg(feature = "ssr")]
+pub mod bench;
 #[cfg(feature = "ssr")]
 pub mod cli;
 #[cfg(feature = "ssr")]

@@ -156,16 +156,26 @@ async fn simulate(
         Some(timeout) if timeout < *duration => (timeout, true),
         Some(_) | None => (*duration, false),
     };
-    tokio::select! {
-        _ = tokio::time::sleep(wait) => {}
-        _ = cancel.cancelled() => return Err(AttemptError::Cancelled),
+    // A zero wait must not go through the timer wheel, which rounds it up to a millisecond.
+    if !wait.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = cancel.cancelled() => return Err(AttemptError::Cancelled),
+        }
+    } else if cancel.is_cancelled() {
+        return Err(AttemptError::Cancelled);
     }
     // A simulated call costs what it costs even when it fails, like a real one.
-    let mut reports = vec![Report::Cost(*cost)];
+    let mut reports = Vec::new();
+    if *cost > 0.0 {
+        reports.push(Report::Cost(*cost));
+    }
     if tokens_in.is_some() || tokens_out.is_some() {
         reports.push(Report::Tokens { tokens_in: tokens_in.unwrap_or(0), tokens_out: tokens_out.unwrap_or(0) });
     }
-    let _ = events.send(NodeMsg::Reports { node: job.node, reports }).await;
+    if !reports.is_empty() {
+        let _ = events.send(NodeMsg::Reports { node: job.node, reports }).await;
+    }
     if timed_out {
         let limit = humantime::format_duration(wait);
         return Err(AttemptError::Failed(format!("timed out after {limit}")));

@@ -434,8 +434,13 @@ impl Coordinator {
         for need in &spec.needs {
             self.room.publish(ServerEventBody::EdgeActive { from: need.clone(), to: spec.id.clone() });
         }
-        let inputs: Map<String, Value> =
-            spec.needs.iter().filter_map(|need| self.outputs.get(need).map(|o| (need.clone(), o.clone()))).collect();
+        // Simulated work reads no inputs; commands and gate cards do.
+        let inputs: Map<String, Value> = match spec.work {
+            NodeWork::Simulate { .. } => Map::new(),
+            NodeWork::Command { .. } | NodeWork::Gate { .. } => {
+                spec.needs.iter().filter_map(|need| self.outputs.get(need).map(|o| (need.clone(), o.clone()))).collect()
+            }
+        };
         match &spec.work {
             NodeWork::Gate { title, prompt, options, .. } => {
                 let run = &mut self.runs[node];
@@ -629,18 +634,9 @@ impl Coordinator {
     fn add_edge(&mut self, from: &str, to: &str) -> Result<(), String> {
         let find = |id: &str| self.index.get(id).copied().ok_or_else(|| format!("{id:?} is not a node of this run"));
         let (from_node, to_node) = (find(from)?, find(to)?);
-        if from_node == to_node {
-            return Err(format!("an edge from {from:?} to itself"));
-        }
-        if !matches!(self.scheduler.slot(to_node), Some(Slot::Blocked | Slot::Ready)) {
-            return Err(format!("{to:?} has already started or finished"));
-        }
-        if self.nodes[to_node].needs.iter().any(|need| need == from) {
-            return Err(format!("the edge {from:?} → {to:?} already exists"));
-        }
-        if self.scheduler.reaches(to_node, from_node) {
-            return Err(format!("the edge {from:?} → {to:?} would close a cycle"));
-        }
+        self.scheduler
+            .check_edge(from_node, to_node)
+            .map_err(|refusal| format!("edge {from:?} → {to:?}: {refusal}"))?;
         self.link(from_node, to_node);
         Ok(())
     }

@@ -31,6 +31,21 @@ impl Slot {
     }
 }
 
+/// Why an edge cannot be added at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EdgeRefusal {
+    #[error("no such node")]
+    UnknownNode,
+    #[error("an edge from a node to itself")]
+    SelfEdge,
+    #[error("its target has already started or finished")]
+    TargetStarted,
+    #[error("the edge already exists")]
+    Duplicate,
+    #[error("it would close a cycle")]
+    Cycle,
+}
+
 #[derive(Clone, Debug)]
 struct Entry {
     slot: Slot,
@@ -46,8 +61,10 @@ struct Entry {
 #[derive(Clone, Debug)]
 pub struct Scheduler {
     entries: Vec<Entry>,
-    /// Ready nodes, lowest index first, so runs are deterministic and follow spec order.
+    /// Ready nodes that take capacity, lowest index first, so runs follow spec order.
     ready: BTreeSet<usize>,
+    /// Ready nodes that take no capacity (gates): they start whenever they are ready.
+    ready_free: BTreeSet<usize>,
     max_parallel: usize,
     /// Started nodes that take capacity.
     busy: usize,
@@ -76,33 +93,55 @@ impl Scheduler {
                 }
             }
         }
-        let ready = entries.iter().enumerate().filter(|(_, e)| e.slot == Slot::Ready).map(|(i, _)| i).collect();
         let unfinished = entries.len();
-        Scheduler { entries, ready, max_parallel: max_parallel.max(1), busy: 0, unfinished }
+        let mut scheduler = Scheduler {
+            entries,
+            ready: BTreeSet::new(),
+            ready_free: BTreeSet::new(),
+            max_parallel: max_parallel.max(1),
+            busy: 0,
+            unfinished,
+        };
+        for node in 0..scheduler.entries.len() {
+            if scheduler.entries[node].slot == Slot::Ready {
+                scheduler.mark_ready(node);
+            }
+        }
+        scheduler
     }
 
     pub fn slot(&self, node: usize) -> Option<Slot> {
         self.entries.get(node).map(|e| e.slot)
     }
 
-    /// Ready nodes that may start now, in index order, marked started. Nodes that take no
-    /// capacity always start; the others only while fewer than `max_parallel` run.
+    /// Ready nodes that may start now, marked started: every ready node that takes no capacity,
+    /// then the lowest-indexed others while fewer than `max_parallel` run.
     pub fn take_startable(&mut self) -> Vec<usize> {
-        let mut started = Vec::new();
-        let candidates: Vec<usize> = self.ready.iter().copied().collect();
-        for node in candidates {
-            let entry = &mut self.entries[node];
-            if entry.takes_capacity {
-                if self.busy >= self.max_parallel {
-                    continue;
-                }
-                self.busy += 1;
-            }
-            entry.slot = Slot::Started;
-            self.ready.remove(&node);
+        let mut started: Vec<usize> = std::mem::take(&mut self.ready_free).into_iter().collect();
+        while self.busy < self.max_parallel {
+            let Some(node) = self.ready.pop_first() else { break };
+            self.busy += 1;
             started.push(node);
         }
+        for &node in &started {
+            self.entries[node].slot = Slot::Started;
+        }
+        started.sort_unstable();
         started
+    }
+
+    fn mark_ready(&mut self, node: usize) {
+        self.entries[node].slot = Slot::Ready;
+        if self.entries[node].takes_capacity {
+            self.ready.insert(node);
+        } else {
+            self.ready_free.insert(node);
+        }
+    }
+
+    fn unmark_ready(&mut self, node: usize) {
+        self.ready.remove(&node);
+        self.ready_free.remove(&node);
     }
 
     /// A started node completed: its dependents whose needs are now all complete become ready.
@@ -116,8 +155,7 @@ impl Scheduler {
             let entry = &mut self.entries[dependent];
             entry.open_needs = entry.open_needs.saturating_sub(1);
             if entry.open_needs == 0 && entry.slot == Slot::Blocked {
-                entry.slot = Slot::Ready;
-                self.ready.insert(dependent);
+                self.mark_ready(dependent);
                 unblocked.push(dependent);
             }
         }
@@ -138,7 +176,7 @@ impl Scheduler {
             match entry.slot {
                 Slot::Blocked | Slot::Ready => {
                     entry.slot = Slot::Skipped;
-                    self.ready.remove(&next);
+                    self.unmark_ready(next);
                     self.unfinished -= 1;
                     skipped.push(next);
                     stack.extend(self.entries[next].dependents.iter().rev());
@@ -167,6 +205,7 @@ impl Scheduler {
             }
         }
         self.ready.clear();
+        self.ready_free.clear();
         cancelled
     }
 
@@ -181,10 +220,9 @@ impl Scheduler {
                 entry.dependents.push(node);
             }
         }
-        let slot = if open_needs == 0 { Slot::Ready } else { Slot::Blocked };
-        self.entries.push(Entry { slot, open_needs, dependents: Vec::new(), takes_capacity });
-        if slot == Slot::Ready {
-            self.ready.insert(node);
+        self.entries.push(Entry { slot: Slot::Blocked, open_needs, dependents: Vec::new(), takes_capacity });
+        if open_needs == 0 {
+            self.mark_ready(node);
         }
         self.unfinished += 1;
         node
@@ -200,7 +238,7 @@ impl Scheduler {
             entry.open_needs += 1;
             if entry.slot == Slot::Ready {
                 entry.slot = Slot::Blocked;
-                self.ready.remove(&to);
+                self.unmark_ready(to);
             }
         }
     }
@@ -222,8 +260,7 @@ impl Scheduler {
             self.busy -= 1;
         }
         for &u in upstream {
-            self.entries[u].slot = Slot::Ready;
-            self.ready.insert(u);
+            self.mark_ready(u);
             self.unfinished += 1;
             for dependent in self.entries[u].dependents.clone() {
                 if dependent != gate && self.entries[dependent].slot == Slot::Blocked {
@@ -232,6 +269,26 @@ impl Scheduler {
             }
         }
         true
+    }
+
+    /// Whether the edge `from → to` may be added while the run goes on.
+    pub fn check_edge(&self, from: usize, to: usize) -> Result<(), EdgeRefusal> {
+        if from >= self.entries.len() || to >= self.entries.len() {
+            return Err(EdgeRefusal::UnknownNode);
+        }
+        if from == to {
+            return Err(EdgeRefusal::SelfEdge);
+        }
+        if !matches!(self.entries[to].slot, Slot::Blocked | Slot::Ready) {
+            return Err(EdgeRefusal::TargetStarted);
+        }
+        if self.entries[from].dependents.contains(&to) {
+            return Err(EdgeRefusal::Duplicate);
+        }
+        if self.reaches(to, from) {
+            return Err(EdgeRefusal::Cycle);
+        }
+        Ok(())
     }
 
     /// True if `to` can be reached from `from` along edges (used to refuse edges that would
@@ -396,6 +453,25 @@ mod tests {
         assert_eq!(s.take_startable(), [three]);
         s.complete(three);
         assert!(s.is_finished());
+    }
+
+    #[test]
+    fn run_time_edges_are_checked() {
+        // 0 → 1 → 2, 3 alone; 0 started.
+        let mut s = scheduler(&[(&[], true), (&[0], true), (&[1], true), (&[], true)], 1);
+        assert_eq!(s.take_startable(), [0]);
+        let cases = [
+            ((3, 2), Ok(())),
+            ((1, 3), Ok(())),
+            ((2, 2), Err(EdgeRefusal::SelfEdge)),
+            ((3, 0), Err(EdgeRefusal::TargetStarted)),
+            ((0, 1), Err(EdgeRefusal::Duplicate)),
+            ((2, 1), Err(EdgeRefusal::Cycle)),
+            ((9, 1), Err(EdgeRefusal::UnknownNode)),
+        ];
+        for ((from, to), expected) in cases {
+            assert_eq!(s.check_edge(from, to), expected, "{from} → {to}");
+        }
     }
 
     #[test]

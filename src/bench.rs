@@ -1,0 +1,137 @@
+//! `dagstream bench engine`: how fast the engine gets through large DAGs of zero-duration
+//! simulated nodes, with no subscriber attached. On demand only, never a timed test.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::engine::{DagSpec, EngineConfig, NodeSpec, NodeWork};
+use crate::hub::RoomLimits;
+use crate::runs::Runs;
+
+/// The shapes the engine benchmark runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    /// Every node independent: one wide layer.
+    Wide,
+    /// Each node needs the one before.
+    Chain,
+    /// Random acyclic edges (each from an earlier node to a later one).
+    Random,
+}
+
+/// Settings of one benchmark run.
+#[derive(Clone, Debug)]
+pub struct EngineBench {
+    pub nodes: usize,
+    /// Edges of the random shape.
+    pub edges: usize,
+    pub max_parallel: usize,
+    pub shapes: Vec<Shape>,
+    /// Seed of the random shape, so runs are comparable.
+    pub seed: u64,
+}
+
+/// What one shape took.
+#[derive(Clone, Debug)]
+pub struct ShapeResult {
+    pub shape: Shape,
+    pub nodes: usize,
+    pub edges: usize,
+    pub events: u64,
+    pub elapsed: Duration,
+}
+
+/// A DAG of `nodes` zero-duration, zero-cost simulate nodes in `shape`.
+pub fn dag(shape: Shape, nodes: usize, edges: usize, seed: u64) -> DagSpec {
+    let id = |i: usize| format!("n{i}");
+    let mut needs: Vec<Vec<String>> = vec![Vec::new(); nodes];
+    match shape {
+        Shape::Wide => {}
+        Shape::Chain => {
+            for (i, node_needs) in needs.iter_mut().enumerate().skip(1) {
+                node_needs.push(id(i - 1));
+            }
+        }
+        Shape::Random => {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut chosen = std::collections::HashSet::with_capacity(edges);
+            let possible = nodes.saturating_mul(nodes.saturating_sub(1)) / 2;
+            while chosen.len() < edges.min(possible) {
+                let a = rng.random_range(0..nodes);
+                let b = rng.random_range(0..nodes);
+                let (from, to) = (a.min(b), a.max(b));
+                if from != to && chosen.insert((from, to)) {
+                    needs[to].push(id(from));
+                }
+            }
+        }
+    }
+    let nodes = needs
+        .into_iter()
+        .enumerate()
+        .map(|(i, needs)| NodeSpec {
+            id: id(i),
+            label: None,
+            needs,
+            timeout: None,
+            retries: 0,
+            work: NodeWork::Simulate {
+                duration: Duration::ZERO,
+                cost: 0.0,
+                tokens_in: None,
+                tokens_out: None,
+                fail_rate: 0.0,
+                output: None,
+            },
+        })
+        .collect();
+    DagSpec { name: format!("bench-{shape:?}").to_lowercase(), budget: None, budget_step: 0.0, max_parallel: 0, nodes }
+}
+
+/// Runs every shape once (after a small warm-up run) and answers the timings.
+pub async fn engine(settings: &EngineBench) -> Result<Vec<ShapeResult>, String> {
+    let work_root = std::env::temp_dir().join(format!("dagstream-bench-{}", std::process::id()));
+    let runs = Arc::new(Runs::new(RoomLimits::default(), EngineConfig::new(&work_root)));
+    let mut results = Vec::new();
+    let warm_up = dag(Shape::Wide, 100, 0, settings.seed);
+    run_to_end(&runs, DagSpec { max_parallel: settings.max_parallel, ..warm_up }).await?;
+    for &shape in &settings.shapes {
+        let mut spec = dag(shape, settings.nodes, settings.edges, settings.seed);
+        spec.max_parallel = settings.max_parallel;
+        let edges = spec.nodes.iter().map(|n| n.needs.len()).sum();
+        let (elapsed, events) = run_to_end(&runs, spec).await?;
+        results.push(ShapeResult { shape, nodes: settings.nodes, edges, events, elapsed });
+    }
+    let _ = std::fs::remove_dir_all(work_root);
+    Ok(results)
+}
+
+/// Starts the run and waits for `execution_complete`; answers the time and the event count.
+async fn run_to_end(runs: &Runs, spec: DagSpec) -> Result<(Duration, u64), String> {
+    let started = Instant::now();
+    let dag_id = runs.start(spec).map_err(|e| e.to_string())?;
+    let run = runs.get(&dag_id).ok_or("the run vanished")?;
+    run.room.completed().await;
+    Ok((started.elapsed(), run.room.seq()))
+}
+
+/// The report printed by the command.
+pub fn report(results: &[ShapeResult]) -> String {
+    let mut out = String::from("shape   nodes   edges   events   total       per node\n");
+    for r in results {
+        let per_node = r.elapsed.as_secs_f64() * 1e6 / r.nodes.max(1) as f64;
+        out.push_str(&format!(
+            "{:<7} {:>6} {:>7} {:>8}   {:>8.1} ms  {:>6.2} µs\n",
+            format!("{:?}", r.shape).to_lowercase(),
+            r.nodes,
+            r.edges,
+            r.events,
+            r.elapsed.as_secs_f64() * 1e3,
+            per_node
+        ));
+    }
+    out
+}
