@@ -33,6 +33,19 @@ enum Command {
         /// The spec file.
         spec: PathBuf,
     },
+    /// Run a spec headless with a live terminal view. Gates are asked on the terminal (answer
+    /// approve, reject, or modify <feedback>). Exit status 0 completed, 1 failed, 130 cancelled,
+    /// 2 invalid spec.
+    Run {
+        /// The spec file.
+        spec: PathBuf,
+        /// Approve every gate as soon as it waits.
+        #[arg(long)]
+        approve_all: bool,
+        /// Directory for run working directories.
+        #[arg(long, default_value = "./data")]
+        data: PathBuf,
+    },
     /// Print the JSON Schema of spec files.
     Schema,
     /// Benchmarks, run on demand.
@@ -78,13 +91,30 @@ struct ServeArgs {
 /// Runs the command line; the process exits with the code this returns.
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The server logs what it does; the other commands only what went wrong.
+    let default_filter = match cli.command {
+        Some(Command::Serve(_)) | None => "info,tower_http=warn",
+        Some(Command::Validate { .. } | Command::Run { .. } | Command::Schema | Command::Bench(_)) => "warn",
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn")))
+        .with_writer(std::io::stderr)
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)))
         .init();
     let result = match cli.command {
         Some(Command::Serve(args)) => serve(args).await,
         None => serve(ServeArgs::parse_defaults()).await,
         Some(Command::Validate { spec }) => return validate(&spec),
+        Some(Command::Run { spec, approve_all, data }) => {
+            let spec = match load_spec(&spec) {
+                Ok(spec) => spec,
+                Err(message) => {
+                    eprintln!("{message}");
+                    return ExitCode::from(EXIT_INVALID_SPEC);
+                }
+            };
+            let options = crate::terminal::RunOptions { approve_all, work_root: data.join("runs") };
+            return crate::terminal::run(spec, options).await;
+        }
         Some(Command::Schema) => {
             print!("{}", crate::engine::spec::json_schema());
             Ok(())
@@ -159,7 +189,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let listener =
         tokio::net::TcpListener::bind(args.addr).await.map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
     let local = listener.local_addr().map_err(|e| format!("cannot read the listening address: {e}"))?;
-    tracing::info!(site = %site_root.display(), data = %args.data.display(), "dashboard on http://{local}");
+    tracing::info!(site = %site_root.display(), data = %args.data.display(), "serving");
+    println!("dagstream: dashboard on http://{local}");
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
             wait_for_signal().await;

@@ -16,6 +16,7 @@
 //! - `server` (ssr): the axum router, REST, the WebSocket stream.
 //! - `cli` (ssr): `dagstream serve | run | validate | schema | bench`.
 //! - `bench` (ssr): on-demand benchmarks (`dagstream bench engine`).
+//! - `terminal` (ssr): `dagstream run`, one run with a live terminal view.
 
 #![recursion_limit = "256"]
 
@@ -35,6 +36,8 @@ pub mod hub;
 pub mod runs;
 #[cfg(feature = "ssr")]
 pub mod server;
+#[cfg(feature = "ssr")]
+pub mod terminal;
 
 /// Entry point of the WebAssembly build: hydrates the server-rendered page.
 #[cfg(feature = "hydrate")]

@@ -134,3 +134,109 @@ fn serve_without_a_built_site_says_what_is_missing() {
     assert!(stderr.contains("pkg/dagstream.js"), "{stderr}");
     assert!(stderr.contains("--site-root"), "{stderr}");
 }
+
+fn spec_file(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = temp_dir(name);
+    let path = dir.join("spec.toml");
+    std::fs::write(&path, text).expect("write spec");
+    path
+}
+
+fn dagstream(args: &[&str], spec: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dagstream"));
+    command.args(args).arg(spec).arg("--data").arg(spec.with_file_name("data"));
+    command
+}
+
+const GATED: &str = r#"
+name = "cli"
+[[nodes]]
+id = "work"
+kind = "simulate"
+duration = "50ms"
+cost = 0.1
+[[nodes]]
+id = "review"
+kind = "gate"
+needs = ["work"]
+[[nodes]]
+id = "after"
+kind = "simulate"
+needs = ["review"]
+"#;
+
+#[test]
+fn validate_exits_0_for_a_valid_spec_and_2_with_the_reason_for_an_invalid_one() {
+    let valid = spec_file("validate-ok", GATED);
+    let output = Command::new(env!("CARGO_BIN_EXE_dagstream")).arg("validate").arg(&valid).output().expect("runs");
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("ok (3 nodes"));
+
+    let invalid = spec_file("validate-bad", &GATED.replace("needs = [\"work\"]", "needs = [\"wrok\"]"));
+    let output = Command::new(env!("CARGO_BIN_EXE_dagstream")).arg("validate").arg(&invalid).output().expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("\"review\"") && stderr.contains("\"wrok\""), "{stderr}");
+}
+
+#[test]
+fn run_with_approve_all_completes_with_exit_0() {
+    let spec = spec_file("run-ok", GATED);
+    let output = dagstream(&["run", "--approve-all"], &spec).output().expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("run completed: 3 of 3 nodes done"), "{stdout}");
+}
+
+#[test]
+fn run_asks_gates_on_stdin_and_a_rejection_exits_1() {
+    let spec = spec_file("run-reject", GATED);
+    let mut child = dagstream(&["run"], &spec)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("readable");
+        let asked = line.contains("? gate review");
+        seen.push(line);
+        if asked {
+            writeln!(stdin, "maybe").expect("answer");
+            writeln!(stdin, "reject not this time").expect("answer");
+            break;
+        }
+    }
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().expect("exits");
+    assert_eq!(status.code(), Some(1), "{seen:?}\n{rest:?}");
+    let all = rest.join("\n");
+    assert!(all.contains("answer approve, reject, or modify"), "a bad answer is explained: {all}");
+    assert!(all.contains("run failed"), "{all}");
+}
+
+#[test]
+fn run_of_a_failing_command_exits_1_and_ctrl_c_exits_130() {
+    let failing =
+        spec_file("run-fail", "name = \"f\"\n[[nodes]]\nid = \"boom\"\nkind = \"command\"\nrun = \"exit 4\"\n");
+    let output = dagstream(&["run"], &failing).output().expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("exit status 4"));
+
+    let long = spec_file(
+        "run-cancel",
+        "name = \"l\"\n[[nodes]]\nid = \"long\"\nkind = \"command\"\nrun = \"echo started; sleep 30\"\n",
+    );
+    let mut child = dagstream(&["run"], &long).stdout(Stdio::piped()).spawn().expect("runs");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    assert!(lines.any(|l| l.is_ok_and(|l| l.contains("long | started"))), "the command ran");
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().expect("kill");
+    std::thread::spawn(move || for _ in lines {});
+    let status = child.wait().expect("exits");
+    assert_eq!(status.code(), Some(130));
+}
