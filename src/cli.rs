@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use leptos::prelude::LeptosOptions;
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 use tracing_subscriber::EnvFilter;
 
 use crate::engine::{DagSpec, EngineConfig, SpecFormat};
@@ -180,11 +181,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .site_addr(args.addr)
         .build();
     let (shutdown_tx, shutdown) = watch::channel(false);
+    let streams = TaskTracker::new();
     let state = AppState {
         runs: Arc::new(Runs::new(RoomLimits::default(), EngineConfig::new(args.data.join("runs")))),
         leptos_options,
         shutdown,
         stream: StreamConfig::default(),
+        streams: streams.clone(),
     };
     let listener =
         tokio::net::TcpListener::bind(args.addr).await.map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
@@ -199,8 +202,17 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             let _ = shutdown_tx.send(true);
         })
         .await
-        .map_err(|e| format!("server failed: {e}"))
+        .map_err(|e| format!("server failed: {e}"))?;
+    // Let every stream finish sending its close frame (bounded, should a peer stall).
+    streams.close();
+    if tokio::time::timeout(STREAM_CLOSE_GRACE, streams.wait()).await.is_err() {
+        tracing::warn!("some streams did not close in time");
+    }
+    Ok(())
 }
+
+/// How long shutdown waits for open streams to close.
+const STREAM_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where the built site is: the flag or `LEPTOS_SITE_ROOT`, else `target/site` under the
 /// working directory, else `site` next to the binary's directory (`target/release/../site`).

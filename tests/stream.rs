@@ -45,6 +45,7 @@ impl TestServer {
             leptos_options: LeptosOptions::builder().output_name("dagstream").build(),
             shutdown,
             stream: StreamConfig::default(),
+            streams: tokio_util::task::TaskTracker::new(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().expect("local addr");

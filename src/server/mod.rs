@@ -13,6 +13,7 @@ use axum::routing::get;
 use leptos::prelude::LeptosOptions;
 use leptos_axum::{LeptosRoutes, generate_route_list};
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 use tower_http::compression::CompressionLayer;
 use tower_http::trace::TraceLayer;
 
@@ -34,6 +35,9 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Ping interval and the like for stream connections.
     pub stream: StreamConfig,
+    /// Open stream connections. Upgraded sockets outlive axum's own connection tracking, so
+    /// shutdown waits on this to let every stream send its close frame.
+    pub streams: TaskTracker,
 }
 
 impl FromRef<AppState> for LeptosOptions {

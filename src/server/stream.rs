@@ -63,9 +63,10 @@ pub async fn handler(
     let upgrade = upgrade.map_err(|e| AppError::BadRequest(e.body_text()))?;
     let config = state.stream;
     let shutdown = state.shutdown.clone();
+    let streams = state.streams.clone();
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| serve(socket, run, query.since, config, shutdown))
+        .on_upgrade(move |socket| streams.track_future(serve(socket, run, query.since, config, shutdown)))
         .into_response())
 }
 
