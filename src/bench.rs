@@ -112,7 +112,7 @@ pub async fn engine(settings: &EngineBench) -> Result<Vec<ShapeResult>, String> 
 /// Starts the run and waits for `execution_complete`; answers the time and the event count.
 async fn run_to_end(runs: &Runs, spec: DagSpec) -> Result<(Duration, u64), String> {
     let started = Instant::now();
-    let dag_id = runs.start(spec).map_err(|e| e.to_string())?;
+    let dag_id = runs.start(spec).await.map_err(|e| e.to_string())?;
     let run = runs.get(&dag_id).ok_or("the run vanished")?;
     run.room.completed().await;
     Ok((started.elapsed(), run.room.seq()))

@@ -15,6 +15,7 @@ use crate::engine::{DagSpec, EngineConfig, SpecFormat};
 use crate::hub::RoomLimits;
 use crate::runs::Runs;
 use crate::server::{AppState, StreamConfig, app};
+use crate::store::SqliteStore;
 
 #[derive(Parser)]
 #[command(name = "dagstream", version, about = "A DAG execution engine with a live control room in the browser")]
@@ -136,6 +137,9 @@ pub async fn main() -> ExitCode {
     }
 }
 
+/// The database file under `--data`.
+pub const DATABASE_FILE: &str = "dagstream.db";
+
 /// Exit status of `validate` for a spec that cannot run (or cannot be read).
 const EXIT_INVALID_SPEC: u8 = 2;
 
@@ -180,10 +184,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .site_pkg_dir("pkg")
         .site_addr(args.addr)
         .build();
+    let database = args.data.join(DATABASE_FILE);
+    let store = SqliteStore::open(&database).await.map_err(|e| e.to_string())?;
+    let engine = EngineConfig::new(args.data.join("runs"));
+    let runs = Runs::open(RoomLimits::default(), engine, Arc::new(store)).await.map_err(|e| e.to_string())?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let streams = TaskTracker::new();
     let state = AppState {
-        runs: Arc::new(Runs::new(RoomLimits::default(), EngineConfig::new(args.data.join("runs")))),
+        runs: Arc::new(runs),
         leptos_options,
         shutdown,
         stream: StreamConfig::default(),

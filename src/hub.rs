@@ -1,20 +1,26 @@
 //! One room per run: the sequenced event log, the run's folded state, and fan-out to subscribers.
 //!
-//! [`Room::publish`] is the only way an event enters a run: it assigns the next `seq`, folds the
-//! event into the room's [`RunState`] with the shared reducer, serializes it once, appends the
-//! frame to the log window and hands the same frame to every subscriber. Subscribing takes the
-//! same lock, so a new subscriber's snapshot or replay and its live stream meet without a gap or
-//! a duplicate. The live stream is a bounded broadcast ring: a subscriber that falls more than
-//! its capacity behind is told it lagged (the server then closes it with 4008 and the client
-//! resyncs), so a slow reader never slows the run or the other readers.
+//! [`Room::publish`] is the only way an event enters a run: it assigns the next `seq` and
+//! serializes the event once. With a store, the event then goes to the writer, which commits it
+//! (in batches) and only then hands it back to [`Room::commit`]; without one it is committed at
+//! once. Committing folds the event into the room's [`RunState`] with the shared reducer,
+//! appends the frame to the log window and hands the same frame to every subscriber, so nobody
+//! ever sees an event that is not stored. Subscribing takes the same lock as committing, so a new
+//! subscriber's snapshot or replay and its live stream meet without a gap or a duplicate. The
+//! live stream is a bounded broadcast ring: a subscriber that falls more than its capacity behind
+//! is told it lagged (the server then closes it with 4008 and the client resyncs), so a slow
+//! reader never slows the run or the other readers.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
 
-use crate::protocol::{RunState, RunSummary, Seq, ServerEvent, ServerEventBody};
+use crate::protocol::{Applied, RunPhase, RunState, RunSummary, Seq, ServerEvent, ServerEventBody};
+use crate::store::{Pending, StoreError, StoredEvent, Writer};
 
 /// One serialized event, shared by every subscriber (cloning it does not copy the text).
 #[derive(Clone, Debug)]
@@ -40,6 +46,15 @@ impl Default for RoomLimits {
 
 /// The live state and event log of one run.
 pub struct Room {
+    dag_id: Arc<str>,
+    /// This room, for the writer to hand committed events back to.
+    me: Weak<Room>,
+    /// Where published events go before they are committed; `None`: committed at once.
+    writer: Option<Writer>,
+    /// Set once storing failed: later events are shown but not stored, and the run stops.
+    storage_failed: AtomicBool,
+    /// Cancelled when the run must stop at once (storage failed); its coordinator watches it.
+    pub halt: CancellationToken,
     inner: Mutex<RoomInner>,
     /// Sender half of the live stream; `subscribe` hands out receivers.
     live: broadcast::Sender<Frame>,
@@ -49,7 +64,9 @@ pub struct Room {
 }
 
 struct RoomInner {
-    /// Every event so far folded in; source of snapshots.
+    /// `seq` of the last event published (committed or not).
+    published: Seq,
+    /// Every committed event folded in; source of snapshots.
     state: RunState,
     /// The newest events, oldest first, for `since` replay.
     log: VecDeque<Frame>,
@@ -65,63 +82,108 @@ pub struct Subscription {
     pub live: broadcast::Receiver<Frame>,
     /// `seq` of the last frame of the backlog (the client's position once it is sent).
     pub position: Seq,
+    /// Events `from ..= to` that must be read from the store and sent before the backlog,
+    /// because they left the in-memory window.
+    pub from_store: Option<(Seq, Seq)>,
 }
 
 impl Room {
-    pub fn new(state: RunState, limits: RoomLimits) -> Self {
+    /// A room whose run has had the events folded into `state`. With a `writer`, events are
+    /// committed once stored.
+    /// `recent` are the newest committed frames (after a restart), for `since` replay.
+    pub fn new(state: RunState, limits: RoomLimits, writer: Option<Writer>, recent: Vec<Frame>) -> Arc<Self> {
         let (live, _) = broadcast::channel(limits.subscriber_queue.max(1));
         let complete = watch::Sender::new(state.results.is_some());
-        Room {
-            inner: Mutex::new(RoomInner { state, log: VecDeque::new(), log_window: limits.log_window.max(1) }),
+        Arc::new_cyclic(|me| Room {
+            dag_id: state.dag_id.as_str().into(),
+            me: me.clone(),
+            writer,
+            storage_failed: AtomicBool::new(false),
+            halt: CancellationToken::new(),
+            inner: Mutex::new(RoomInner {
+                published: state.seq,
+                state,
+                log: recent.into_iter().collect(),
+                log_window: limits.log_window.max(1),
+            }),
             live,
             complete,
-        }
+        })
     }
 
-    /// Appends an event to the run: next `seq`, fold, serialize once, log, fan out.
+    /// Appends an event to the run: next `seq`, serialize once, then store and commit.
     pub fn publish(&self, body: ServerEventBody) -> Seq {
         let mut inner = self.lock();
-        let event = ServerEvent { seq: inner.state.seq + 1, body };
-        inner.state.apply(&event);
-        let frame = Frame { seq: event.seq, text: encode(&event).into() };
-        if inner.log.len() == inner.log_window {
-            inner.log.pop_front();
+        inner.published += 1;
+        let event = ServerEvent { seq: inner.published, body };
+        let text = encode(&event);
+        let frame = Frame { seq: event.seq, text: Utf8Bytes::from(text.clone()) };
+        let seq = event.seq;
+        match &self.writer {
+            Some(writer) => {
+                let stored = StoredEvent::new(Arc::clone(&self.dag_id), &event, text.into());
+                let pending = Pending { room: self.me.clone(), event, frame, stored };
+                // Handed over under the lock, so the writer sees this room's events in order.
+                if let Err(pending) = writer.submit(pending) {
+                    drop(inner);
+                    self.commit(pending.event, pending.frame);
+                    self.fail_storage(&StoreError("the storage writer has stopped".into()));
+                }
+            }
+            None => inner.commit(event, frame, &self.live, &self.complete),
         }
-        inner.log.push_back(frame.clone());
-        let completes = matches!(event.body, ServerEventBody::ExecutionComplete { .. });
-        // No receivers is not an error: nobody is watching right now.
-        let _ = self.live.send(frame);
-        drop(inner);
-        if completes {
-            self.complete.send_replace(true);
-        }
-        event.seq
+        seq
     }
 
-    /// Waits until the run has sent `execution_complete`.
-    pub async fn completed(&self) {
-        let mut complete = self.complete.subscribe();
-        // The sender lives as long as the room, so this only ends when the run completes.
-        let _ = complete.wait_for(|done| *done).await;
+    /// Folds, logs and broadcasts an event (the writer calls this once it is stored).
+    pub fn commit(&self, event: ServerEvent, frame: Frame) {
+        self.lock().commit(event, frame, &self.live, &self.complete);
     }
 
-    /// Starts a subscription. Without `since`, or when the log no longer holds every event after
-    /// it (or `since` is in the future), the backlog is a snapshot; otherwise it is exactly the
-    /// events after `since`.
+    /// True once storing this run's events failed.
+    pub fn storage_failed(&self) -> bool {
+        self.storage_failed.load(Ordering::Acquire)
+    }
+
+    /// Stops the run because its events cannot be stored: says so to every viewer (these last
+    /// events are not stored either) and halts the coordinator. Only the first call acts.
+    pub fn fail_storage(&self, error: &StoreError) {
+        if self.storage_failed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.halt.cancel();
+        self.publish(ServerEventBody::Error {
+            node_id: None,
+            message: format!("storage failed, run stopped: {error}"),
+        });
+        self.publish(ServerEventBody::RunStateChanged { state: RunPhase::Failed });
+        self.publish(ServerEventBody::ExecutionComplete { results: Default::default() });
+    }
+
+    /// Starts a subscription. Without `since`, or when `since` is in the future, the backlog is
+    /// a snapshot; otherwise it is exactly the events after `since`, from the window and (with
+    /// a store, for older ones) from [`Subscription::from_store`].
     pub fn subscribe(&self, since: Option<Seq>) -> Subscription {
         let inner = self.lock();
         let live = self.live.subscribe();
         let position = inner.state.seq;
-        let backlog = match since {
-            Some(since) if inner.can_replay_after(since) => {
-                inner.log.iter().filter(|frame| frame.seq > since).cloned().collect()
+        let replay = |since: Seq| inner.log.iter().filter(move |frame| frame.seq > since).cloned().collect();
+        let (backlog, from_store) = match since {
+            Some(since) if inner.can_replay_after(since) => (replay(since), None),
+            Some(since) if since < position && self.writer.is_some() && !self.storage_failed() => {
+                let oldest = inner.log.front().map_or(position + 1, |frame| frame.seq);
+                (replay(oldest - 1), Some((since + 1, oldest - 1)))
             }
-            Some(_) | None => vec![inner.snapshot_frame()],
+            Some(_) | None => (vec![inner.snapshot_frame()], None),
         };
-        Subscription { backlog, live, position }
+        Subscription { backlog, live, position, from_store }
     }
 
-    /// The run's state as of its last event.
+    pub fn dag_id(&self) -> &str {
+        &self.dag_id
+    }
+
+    /// The run's state as of its last committed event.
     pub fn snapshot(&self) -> RunState {
         self.lock().state.clone()
     }
@@ -130,9 +192,14 @@ impl Room {
         self.lock().state.summary()
     }
 
-    /// `seq` of the newest event.
+    /// `seq` of the newest committed event.
     pub fn seq(&self) -> Seq {
         self.lock().state.seq
+    }
+
+    /// The newest committed events (at most the log window), for a timeline.
+    pub fn recent_events(&self, after: Seq) -> Vec<Frame> {
+        self.lock().log.iter().filter(|frame| frame.seq > after).cloned().collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, RoomInner> {
@@ -140,9 +207,38 @@ impl Room {
         // still usable, so recover the guard rather than poisoning every later caller.
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Waits until the run has sent `execution_complete`.
+    pub async fn completed(&self) {
+        let mut complete = self.complete.subscribe();
+        // The sender lives as long as the room, so this only ends when the run completes.
+        let _ = complete.wait_for(|done| *done).await;
+    }
 }
 
 impl RoomInner {
+    fn commit(
+        &mut self,
+        event: ServerEvent,
+        frame: Frame,
+        live: &broadcast::Sender<Frame>,
+        complete: &watch::Sender<bool>,
+    ) {
+        if self.state.apply(&event) != Applied::Folded {
+            tracing::error!(seq = event.seq, state_seq = self.state.seq, "event committed out of order; dropped");
+            return;
+        }
+        if self.log.len() == self.log_window {
+            self.log.pop_front();
+        }
+        self.log.push_back(frame.clone());
+        // No receivers is not an error: nobody is watching right now.
+        let _ = live.send(frame);
+        if matches!(event.body, ServerEventBody::ExecutionComplete { .. }) {
+            complete.send_replace(true);
+        }
+    }
+
     fn can_replay_after(&self, since: Seq) -> bool {
         let newest = self.state.seq;
         if since > newest {
@@ -176,9 +272,9 @@ mod tests {
     use super::*;
     use crate::protocol::{GraphNode, NodeKind, NodeStatus};
 
-    fn room(limits: RoomLimits) -> Room {
+    fn room(limits: RoomLimits) -> Arc<Room> {
         let node = GraphNode { id: "a".into(), label: "A".into(), kind: NodeKind::Simulate };
-        Room::new(RunState::new("r", "t", "now", 1.0, [(node, vec![])]), limits)
+        Room::new(RunState::new("r", "t", "now", 1.0, [(node, vec![])]), limits, None, Vec::new())
     }
 
     fn status(status: NodeStatus) -> ServerEventBody {

@@ -12,7 +12,8 @@
 //! - [`examples`] (both): the bundled example specs, by name.
 //! - `engine` (ssr): specs, the pure scheduler, the coordinator task of each run, examples.
 //! - `hub` (ssr): one room per run: sequenced log, folded state, fan-out to subscribers.
-//! - `runs` (ssr): the registry of runs.
+//! - `runs` (ssr): the registry of runs; loads and resumes them from the store at start.
+//! - `store` (ssr): the `Store` trait, the embedded SQLite store, the group-commit writer.
 //! - `server` (ssr): the axum router, REST, the WebSocket stream.
 //! - `cli` (ssr): `dagstream serve | run | validate | schema | bench`.
 //! - `bench` (ssr): on-demand benchmarks (`dagstream bench engine`).
@@ -36,6 +37,8 @@ pub mod hub;
 pub mod runs;
 #[cfg(feature = "ssr")]
 pub mod server;
+#[cfg(feature = "ssr")]
+pub mod store;
 #[cfg(feature = "ssr")]
 pub mod terminal;
 

@@ -1,17 +1,29 @@
-//! Every run this server knows: start one from a spec, find one by id, list them.
+//! Every run this server knows: start one from a spec, find one by id, list them; with a store,
+//! every run is recorded, and at start-up every stored run is loaded again and resumed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::engine::{self, DagSpec, EngineConfig, RunHandle, SpecError};
-use crate::hub::{Room, RoomLimits};
-use crate::protocol::{RunState, RunSummary};
+use crate::hub::{Frame, Room, RoomLimits};
+use crate::protocol::{Applied, RunPhase, RunState, RunSummary, ServerEvent, ServerEventBody};
+use crate::store::{RunRecord, Store, StoreError, Writer};
 
 /// One run: its room (state, log, subscribers) and the way in to its coordinator.
 #[derive(Clone)]
 pub struct RunEntry {
     pub room: Arc<Room>,
-    pub handle: RunHandle,
+    /// `None` once the run has ended (no coordinator is left to take commands).
+    pub handle: Option<RunHandle>,
+}
+
+/// Why a run could not be started.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The registry of runs. Cheap to share behind an `Arc`.
@@ -22,24 +34,51 @@ pub struct Runs {
     limits: RoomLimits,
     /// Where runs execute.
     engine: EngineConfig,
+    /// Where runs and events are stored, with the writer that commits them; `None`: memory only.
+    storage: Option<(Arc<dyn Store>, Writer)>,
 }
 
 impl Runs {
+    /// A registry that keeps everything in memory.
     pub fn new(limits: RoomLimits, engine: EngineConfig) -> Self {
-        Runs { by_id: RwLock::new(HashMap::new()), limits, engine }
+        Runs { by_id: RwLock::new(HashMap::new()), limits, engine, storage: None }
     }
 
-    /// Starts `spec` (checking its graph once more); answers the new run's `dag_id`. Must be
-    /// called within a tokio runtime.
-    pub fn start(&self, spec: DagSpec) -> Result<String, SpecError> {
+    /// A registry backed by `store`: loads every stored run, resumes the ones that were still
+    /// going, and stores everything from now on. Must be called within a tokio runtime.
+    pub async fn open(limits: RoomLimits, engine: EngineConfig, store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let writer = Writer::spawn(Arc::clone(&store));
+        let runs = Runs { by_id: RwLock::new(HashMap::new()), limits, engine, storage: Some((store, writer)) };
+        runs.load().await?;
+        Ok(runs)
+    }
+
+    /// The store, if there is one.
+    pub fn store(&self) -> Option<&Arc<dyn Store>> {
+        self.storage.as_ref().map(|(store, _)| store)
+    }
+
+    /// Starts `spec` (checking its graph once more); answers the new run's `dag_id`. With a
+    /// store, the run is recorded before it starts. Must be called within a tokio runtime.
+    pub async fn start(&self, spec: DagSpec) -> Result<String, StartError> {
         engine::spec::check_graph(&spec.nodes)?;
         let dag_id = new_run_id();
-        let nodes = spec.nodes.iter().map(|node| (node.graph_node(), node.needs.clone()));
-        let budget = spec.budget.unwrap_or(0.0);
-        let state = RunState::new(dag_id.clone(), spec.name.clone(), engine::now_rfc3339(), budget, nodes);
-        let room = Arc::new(Room::new(state, self.limits));
+        let started_at = engine::now_rfc3339();
+        if let Some((store, _)) = &self.storage {
+            let spec_json = serde_json::to_string(&spec.to_file()).map_err(|e| StoreError(e.to_string()))?;
+            let record = RunRecord {
+                dag_id: dag_id.clone(),
+                name: spec.name.clone(),
+                spec: spec_json,
+                state: RunPhase::Running.as_str().to_owned(),
+                started_at: started_at.clone(),
+                finished_at: None,
+            };
+            store.create_run(record).await?;
+        }
+        let room = self.new_room(initial_state(&dag_id, &spec, &started_at), Vec::new());
         let handle = engine::run::spawn(&dag_id, spec, Arc::clone(&room), &self.engine);
-        self.write().insert(dag_id.clone(), RunEntry { room, handle });
+        self.write().insert(dag_id.clone(), RunEntry { room, handle: Some(handle) });
         Ok(dag_id)
     }
 
@@ -55,6 +94,76 @@ impl Runs {
         summaries
     }
 
+    /// Loads every stored run: finished ones as they ended, unfinished ones resumed.
+    async fn load(&self) -> Result<(), StoreError> {
+        let Some((store, _)) = &self.storage else { return Ok(()) };
+        for record in store.runs().await? {
+            let texts = store.events(&record.dag_id, 0, u64::MAX).await?;
+            let entry = self.restore(record, texts);
+            let dag_id = entry.room.dag_id().to_owned();
+            self.write().insert(dag_id, entry);
+        }
+        Ok(())
+    }
+
+    /// Rebuilds one run from its record and stored events; resumes it if it had not ended.
+    /// A run that cannot be resumed is marked failed with the reason.
+    fn restore(&self, record: RunRecord, texts: Vec<String>) -> RunEntry {
+        let spec = serde_json::from_str(&record.spec)
+            .map_err(|e| e.to_string())
+            .and_then(|value| DagSpec::from_value(value).map_err(|e| e.to_string()));
+        let mut state = match &spec {
+            Ok(spec) => initial_state(&record.dag_id, spec, &record.started_at),
+            Err(_) => RunState::new(&record.dag_id, &record.name, &record.started_at, 0.0, []),
+        };
+        let mut log = Vec::with_capacity(texts.len());
+        let mut frames = Vec::new();
+        let mut broken = None;
+        for text in texts {
+            match serde_json::from_str::<ServerEvent>(&text) {
+                Ok(event) if state.apply(&event) == Applied::Folded => {
+                    frames.push(Frame { seq: event.seq, text: text.into() });
+                    log.push(event);
+                }
+                Ok(event) => broken = Some(format!("event {} does not follow event {}", event.seq, state.seq)),
+                Err(error) => broken = Some(format!("event after {} cannot be read: {error}", state.seq)),
+            }
+            if broken.is_some() {
+                break;
+            }
+        }
+        let keep = frames.len().saturating_sub(self.limits.log_window);
+        let room = self.new_room(state.clone(), frames.split_off(keep));
+        if state.results.is_some() {
+            return RunEntry { room, handle: None };
+        }
+        let resumed = match (spec, broken) {
+            (Err(problem), _) => Err(format!("its spec cannot be read: {problem}")),
+            (Ok(_), Some(problem)) => Err(format!("its log is damaged: {problem}")),
+            (Ok(spec), None) => {
+                engine::run::resume(&record.dag_id, spec, &log, &state, Arc::clone(&room), &self.engine)
+            }
+        };
+        match resumed {
+            Ok(handle) => RunEntry { room, handle: Some(handle) },
+            Err(problem) => {
+                tracing::error!(dag_id = %record.dag_id, %problem, "run cannot be resumed");
+                room.publish(ServerEventBody::Error {
+                    node_id: None,
+                    message: format!("run cannot be resumed: {problem}"),
+                });
+                room.publish(ServerEventBody::RunStateChanged { state: RunPhase::Failed });
+                room.publish(ServerEventBody::ExecutionComplete { results: Default::default() });
+                RunEntry { room, handle: None }
+            }
+        }
+    }
+
+    fn new_room(&self, state: RunState, recent: Vec<Frame>) -> Arc<Room> {
+        let writer = self.storage.as_ref().map(|(_, writer)| writer.clone());
+        Room::new(state, self.limits, writer, recent)
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, RunEntry>> {
         // Writers only insert whole entries, so a poisoned map is still consistent.
         self.by_id.read().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -63,6 +172,12 @@ impl Runs {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, RunEntry>> {
         self.by_id.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// A run's state before its first event: every node of the spec pending.
+fn initial_state(dag_id: &str, spec: &DagSpec, started_at: &str) -> RunState {
+    let nodes = spec.nodes.iter().map(|node| (node.graph_node(), node.needs.clone()));
+    RunState::new(dag_id, spec.name.clone(), started_at, spec.budget.unwrap_or(0.0), nodes)
 }
 
 /// A short, URL-safe, random run id.

@@ -41,7 +41,7 @@ pub async fn run(spec: DagSpec, options: RunOptions) -> ExitCode {
         RoomLimits { log_window: 1024, subscriber_queue: 1 << 16 },
         EngineConfig::new(&options.work_root),
     ));
-    let dag_id = match runs.start(spec) {
+    let dag_id = match runs.start(spec).await {
         Ok(dag_id) => dag_id,
         Err(error) => {
             eprintln!("dagstream: {error}");
@@ -105,7 +105,7 @@ pub async fn run(spec: DagSpec, options: RunOptions) -> ExitCode {
             _ = tokio::signal::ctrl_c(), if !interrupted => {
                 interrupted = true;
                 view.say("cancelling (Ctrl-C again to stop waiting)…");
-                if let Err(refused) = run.handle.command(ClientEvent::CancelExecution, ACTOR).await {
+                if let Some(Err(refused)) = command(&run, ClientEvent::CancelExecution).await {
                     view.say(&format!("cancel refused: {refused}"));
                 }
             }
@@ -129,9 +129,14 @@ fn fold(state: &mut RunState, view: &mut View, frame: &Frame) {
 
 async fn decide(run: &RunEntry, view: &mut View, gate: &str, decision: Decision, feedback: Option<String>) {
     let event = ClientEvent::HumanDecision { node_id: gate.to_owned(), decision, feedback };
-    if let Err(refused) = run.handle.command(event, ACTOR).await {
+    if let Some(Err(refused)) = command(run, event).await {
         view.say(&format!("gate {gate}: {refused}"));
     }
+}
+
+/// Sends a command to the run's coordinator; `None` if the run has no coordinator any more.
+async fn command(run: &RunEntry, event: ClientEvent) -> Option<Result<(), crate::engine::Rejected>> {
+    Some(run.handle.as_ref()?.command(event, ACTOR).await)
 }
 
 /// `approve`, `reject`, or `modify <feedback>` (first letters are enough).

@@ -33,7 +33,7 @@ fn work_root(name: &str) -> PathBuf {
 }
 
 impl Probe {
-    fn start(name: &str, spec_toml: &str) -> Self {
+    async fn start(name: &str, spec_toml: &str) -> Self {
         let spec = DagSpec::parse(spec_toml, SpecFormat::Toml).expect("test spec is valid");
         let work_root = work_root(name);
         let mut config = EngineConfig::new(&work_root);
@@ -41,7 +41,7 @@ impl Probe {
         // Leaked on purpose: the registry outlives the test's runtime only as long as the test.
         let runs: &'static Runs =
             Box::leak(Box::new(Runs::new(RoomLimits { log_window: 100_000, subscriber_queue: 100_000 }, config)));
-        let dag_id = runs.start(spec).expect("starts");
+        let dag_id = runs.start(spec).await.expect("starts");
         let run = runs.get(&dag_id).expect("registered");
         let subscription = run.room.subscribe(Some(0));
         let mut probe = Probe {
@@ -96,7 +96,7 @@ impl Probe {
     }
 
     async fn command(&self, event: ClientEvent) -> Result<(), Rejected> {
-        self.run.handle.command(event, "tester").await
+        self.run.handle.as_ref().expect("the run is going").command(event, "tester").await
     }
 
     async fn decide(&self, gate: &str, decision: Decision, feedback: Option<&str>) -> Result<(), Rejected> {
@@ -171,7 +171,8 @@ async fn a_gate_timeout_applies_its_on_timeout_decision() {
         kind = "simulate"
         needs = ["review"]
         "#,
-    );
+    )
+    .await;
     probe.patience = Duration::from_secs(2 * 3600);
     let state = probe.until_complete().await;
     assert_eq!(state.state, RunPhase::Failed);
@@ -198,7 +199,8 @@ async fn a_decision_before_the_timeout_wins_and_the_timer_does_nothing() {
         timeout = "10m"
         on_timeout = "reject"
         "#,
-    );
+    )
+    .await;
     probe.until_waiting("review").await;
     probe.decide("review", Decision::Approve, None).await.expect("waiting gate takes a decision");
     let state = probe.until_complete().await;
@@ -225,7 +227,8 @@ async fn timeouts_and_retries_with_attempts_in_the_metrics() {
         kind = "simulate"
         duration = "5s"
         "#,
-    );
+    )
+    .await;
     let state = probe.until_complete().await;
     assert_eq!(state.state, RunPhase::Failed);
     assert_eq!(state.nodes["slow"].status, NodeStatus::Failed);
@@ -261,7 +264,8 @@ async fn modify_runs_the_upstream_again_with_the_feedback_then_the_gate_waits_ag
         kind = "simulate"
         needs = ["review"]
         "#,
-    );
+    )
+    .await;
     probe.until_waiting("review").await;
     assert_eq!(probe.decide("review", Decision::Modify, None).await, Err(Rejected::ModifyWithoutFeedback));
     assert_eq!(probe.decide("review", Decision::Modify, Some("  ")).await, Err(Rejected::ModifyWithoutFeedback));
@@ -323,7 +327,7 @@ const BUDGETED: &str = r#"
 
 #[tokio::test(start_paused = true)]
 async fn spend_reaching_the_budget_adds_a_budget_gate_and_approve_raises_it() {
-    let mut probe = Probe::start("budget-approve", BUDGETED);
+    let mut probe = Probe::start("budget-approve", BUDGETED).await;
     probe.until_waiting("budget_1").await;
     let added = probe.events.iter().find_map(|e| match &e.body {
         ServerEventBody::DagMutated { mutation: DagMutation::AddNode { node, .. } } => Some(node.clone()),
@@ -347,7 +351,7 @@ async fn spend_reaching_the_budget_adds_a_budget_gate_and_approve_raises_it() {
 
 #[tokio::test(start_paused = true)]
 async fn rejecting_the_budget_gate_cancels_the_run() {
-    let mut probe = Probe::start("budget-reject", BUDGETED);
+    let mut probe = Probe::start("budget-reject", BUDGETED).await;
     probe.until_waiting("budget_1").await;
     probe.decide("budget_1", Decision::Reject, None).await.expect("reject");
     let state = probe.until_complete().await;
@@ -393,7 +397,8 @@ async fn command_output_reports_inputs_and_exit_codes() {
         kind = "simulate"
         needs = ["broken"]
         "#,
-    );
+    )
+    .await;
     assert!(std::env::var("CARGO_MANIFEST_DIR").is_ok(), "the server side has the variable the node must not see");
     let state = probe.until_complete().await;
     let worker = &state.nodes["worker"];
@@ -427,7 +432,8 @@ async fn a_timeout_kills_the_whole_process_group() {
         timeout = "400ms"
         run = "sleep 30 & echo $! > bg.pid; sleep 30"
         "#,
-    );
+    )
+    .await;
     let background = read_pid(probe.workdir().join("bg.pid")).await;
     let state = probe.until_complete().await;
     assert_eq!(state.nodes["hang"].status, NodeStatus::Failed);
@@ -455,7 +461,8 @@ async fn cancel_terminates_the_process_group_and_every_pending_node() {
         kind = "simulate"
         needs = ["long"]
         "#,
-    );
+    )
+    .await;
     let background = read_pid(probe.workdir().join("bg.pid")).await;
     let shell = read_pid(probe.workdir().join("sh.pid")).await;
     probe.command(ClientEvent::CancelExecution).await.expect("cancel");
@@ -503,7 +510,7 @@ async fn a_running_node_adds_nodes_and_edges_and_invalid_mutations_change_nothin
         kind = "simulate"
         needs = ["plan"]
         "#,
-    );
+    ).await;
     let state = probe.until_complete().await;
     assert_eq!(state.state, RunPhase::Completed, "{:#?}", probe.errors_of("plan"));
     for id in ["work_1", "work_2", "work_3"] {
@@ -554,7 +561,7 @@ fn example(name: &str) -> &'static str {
 
 #[tokio::test]
 async fn the_ci_pipeline_example_passes_its_flaky_step_on_retry() {
-    let mut probe = Probe::start("example-ci", example("ci-pipeline"));
+    let mut probe = Probe::start("example-ci", example("ci-pipeline")).await;
     let state = approve_everything(&mut probe).await;
     assert_eq!(state.state, RunPhase::Completed, "{:#?}", state.errors);
     assert_eq!(state.nodes["integration_tests"].metrics.attempt, Some(2), "failed once, passed on retry");
@@ -565,7 +572,7 @@ async fn the_ci_pipeline_example_passes_its_flaky_step_on_retry() {
 
 #[tokio::test]
 async fn the_planner_example_fans_out_at_run_time() {
-    let mut probe = Probe::start("example-planner", example("planner"));
+    let mut probe = Probe::start("example-planner", example("planner")).await;
     let state = approve_everything(&mut probe).await;
     assert_eq!(state.state, RunPhase::Completed, "{:#?}", state.errors);
     let workers: Vec<&String> = state.nodes.keys().filter(|id| id.starts_with("work_")).collect();
@@ -575,7 +582,7 @@ async fn the_planner_example_fans_out_at_run_time() {
 
 #[tokio::test(start_paused = true)]
 async fn the_agent_pipeline_example_hits_its_budget_gate() {
-    let mut probe = Probe::start("example-agent", example("agent-pipeline"));
+    let mut probe = Probe::start("example-agent", example("agent-pipeline")).await;
     probe.patience = Duration::from_secs(3600);
     let state = approve_everything(&mut probe).await;
     assert!(state.nodes.contains_key("budget_1"), "the budget gate appeared");

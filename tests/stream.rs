@@ -54,8 +54,8 @@ impl TestServer {
         TestServer { addr, state, _shutdown: shutdown_tx }
     }
 
-    fn start_run(&self, spec: DagSpec) -> String {
-        self.state.runs.start(spec).expect("test spec is valid")
+    async fn start_run(&self, spec: DagSpec) -> String {
+        self.state.runs.start(spec).await.expect("test spec is valid")
     }
 
     fn server_state(&self, dag_id: &str) -> RunState {
@@ -167,7 +167,7 @@ async fn expect_snapshot(socket: &mut Socket) -> RunState {
 #[tokio::test]
 async fn snapshot_first_then_contiguous_events_and_approve_completes_the_run() {
     let server = TestServer::start().await;
-    let dag_id = server.start_run(gated_spec());
+    let dag_id = server.start_run(gated_spec()).await;
     let mut socket = server.connect(&dag_id, None).await;
     let mut client = expect_snapshot(&mut socket).await;
 
@@ -197,7 +197,7 @@ async fn snapshot_first_then_contiguous_events_and_approve_completes_the_run() {
 #[tokio::test]
 async fn since_replays_exactly_the_missed_events_without_a_snapshot() {
     let server = TestServer::start().await;
-    let dag_id = server.start_run(gated_spec());
+    let dag_id = server.start_run(gated_spec()).await;
     // since=0: the whole log from seq 1, as long as the server holds it.
     let mut full = server.connect(&dag_id, Some(0)).await;
     let log = events_until(&mut full, 0, is_gate_waiting).await;
@@ -224,7 +224,7 @@ async fn since_replays_exactly_the_missed_events_without_a_snapshot() {
 #[tokio::test]
 async fn bad_client_messages_get_a_private_error_and_the_connection_stays_open() {
     let server = TestServer::start().await;
-    let dag_id = server.start_run(gated_spec());
+    let dag_id = server.start_run(gated_spec()).await;
     let mut socket = server.connect(&dag_id, None).await;
     let mut watcher = server.connect(&dag_id, None).await;
     let start = expect_snapshot(&mut socket).await.seq;
@@ -264,7 +264,7 @@ async fn bad_client_messages_get_a_private_error_and_the_connection_stays_open()
 #[tokio::test]
 async fn reject_skips_downstream_and_fails_the_run() {
     let server = TestServer::start().await;
-    let dag_id = server.start_run(gated_spec());
+    let dag_id = server.start_run(gated_spec()).await;
     let mut socket = server.connect(&dag_id, None).await;
     let mut client = expect_snapshot(&mut socket).await;
     for event in events_until(&mut socket, client.seq, is_gate_waiting).await {
@@ -300,8 +300,9 @@ async fn reject_skips_downstream_and_fails_the_run() {
 #[tokio::test]
 async fn pause_starts_nothing_new_and_resume_goes_on() {
     let server = TestServer::start().await;
-    let dag_id = server.start_run(spec(
-        r#"
+    let dag_id = server
+        .start_run(spec(
+            r#"
         name = "chain"
         max_parallel = 1
         [[nodes]]
@@ -314,7 +315,8 @@ async fn pause_starts_nothing_new_and_resume_goes_on() {
         needs = ["first"]
         duration = "10ms"
         "#,
-    ));
+        ))
+        .await;
     let mut socket = server.connect(&dag_id, None).await;
     let snapshot = expect_snapshot(&mut socket).await;
     send(&mut socket, &ClientEvent::PauseExecution).await;
@@ -352,7 +354,7 @@ async fn pause_starts_nothing_new_and_resume_goes_on() {
 #[tokio::test]
 async fn cancel_stops_every_node_and_completes_once() {
     let server = TestServer::start().await;
-    let dag_id = server.start_run(gated_spec());
+    let dag_id = server.start_run(gated_spec()).await;
     let mut socket = server.connect(&dag_id, None).await;
     let mut client = expect_snapshot(&mut socket).await;
     send(&mut socket, &ClientEvent::CancelExecution).await;
@@ -453,7 +455,7 @@ async fn rest_starts_lists_and_reads_runs() {
 #[tokio::test]
 async fn the_run_page_is_rendered_on_the_server_with_node_names_and_statuses() {
     let server = TestServer::start().await;
-    let dag_id = server.start_run(gated_spec());
+    let dag_id = server.start_run(gated_spec()).await;
     let router = app(server.state.clone());
     let request = Request::builder().uri(format!("/dags/{dag_id}")).body(Body::empty()).expect("request");
     let response = router.oneshot(request).await.expect("router answers");

@@ -72,7 +72,7 @@ pub async fn start_example(name: String) -> Result<String, ServerFnError> {
     let spec = crate::engine::examples::by_name(&name)
         .ok_or_else(|| ServerFnError::new(format!("no example called {name:?}")))?
         .map_err(|e| ServerFnError::new(format!("example {name}: {e}")))?;
-    let dag_id = server_state()?.runs.start(spec).map_err(|e| ServerFnError::new(e.to_string()))?;
+    let dag_id = server_state()?.runs.start(spec).await.map_err(|e| ServerFnError::new(e.to_string()))?;
     leptos_axum::redirect(&format!("/dags/{dag_id}"));
     Ok(dag_id)
 }

@@ -81,6 +81,8 @@ pub struct NodeJob {
     pub work: NodeWork,
     pub timeout: Option<Duration>,
     pub retries: u32,
+    /// Number of the first attempt (above 1 when a restarted server runs the node again).
+    pub first_attempt: u32,
     /// Outputs of the node's upstream nodes, by id.
     pub inputs: Map<String, Value>,
     /// Feedback from a gate that sent work back to this node.
@@ -103,7 +105,8 @@ pub async fn run(job: NodeJob, events: mpsc::Sender<NodeMsg>, cancel: Cancellati
 }
 
 async fn attempts(job: &NodeJob, events: &mpsc::Sender<NodeMsg>, cancel: &CancellationToken) -> Outcome {
-    let mut attempt = 1;
+    let mut attempt = job.first_attempt.max(1);
+    let last_attempt = attempt + job.retries;
     loop {
         if events.send(NodeMsg::AttemptStarted { node: job.node, attempt }).await.is_err() {
             return Outcome::Cancelled;
@@ -130,8 +133,9 @@ async fn attempts(job: &NodeJob, events: &mpsc::Sender<NodeMsg>, cancel: &Cancel
         match result {
             Ok(output) => return Outcome::Completed { output },
             Err(AttemptError::Cancelled) => return Outcome::Cancelled,
-            Err(AttemptError::Failed(message)) if attempt > job.retries => return Outcome::Failed { message },
+            Err(AttemptError::Failed(message)) if attempt >= last_attempt => return Outcome::Failed { message },
             Err(AttemptError::Failed(message)) => {
+                let message = format!("attempt {attempt} of {last_attempt} failed: {message}; retrying");
                 let _ = events.send(NodeMsg::AttemptFailed { node: job.node, attempt, message }).await;
                 tokio::select! {
                     _ = tokio::time::sleep(retry_backoff(attempt)) => {}

@@ -19,7 +19,8 @@ use super::schedule::{Scheduler, Slot};
 use super::spec::{DagSpec, NodeFile, NodeSpec, NodeWork, is_valid_id};
 use crate::hub::Room;
 use crate::protocol::{
-    ClientEvent, DagMutation, Decision, GatePresentation, NodeMetrics, NodeStatus, RunPhase, ServerEventBody,
+    ClientEvent, DagMutation, Decision, GatePresentation, NodeMetrics, NodeStatus, RunPhase, RunState, ServerEvent,
+    ServerEventBody,
 };
 
 /// How many client commands may wait for the coordinator before senders wait too.
@@ -58,6 +59,8 @@ pub enum Rejected {
     UnknownNode(String),
     #[error("gate {0:?} is not waiting for a decision")]
     GateNotWaiting(String),
+    #[error("gate {node:?} was already decided by {by} ({}) at {at}", .decision.as_str())]
+    AlreadyDecided { node: String, by: String, decision: Decision, at: String },
     #[error("gate {node:?} does not offer {}", .decision.as_str())]
     NotOffered { node: String, decision: Decision },
     #[error("modify needs feedback: say what should change")]
@@ -97,8 +100,29 @@ impl RunHandle {
 pub fn spawn(dag_id: &str, spec: DagSpec, room: Arc<Room>, config: &EngineConfig) -> RunHandle {
     let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
     let coordinator = Coordinator::new(dag_id, spec, room, config);
-    tokio::spawn(coordinator.drive(inbox));
+    tokio::spawn(coordinator.drive(inbox, false));
     RunHandle { commands }
+}
+
+/// Starts the coordinator of a run that was interrupted (a server restart), from its spec and
+/// its stored log: completed nodes stay completed, nodes that were running run again (attempt
+/// + 1), waiting gates keep waiting (with what is left of their timeout), spend is what it was.
+/// `state` is the log folded with the reducer. Fails (changing nothing) if the log cannot be
+/// matched to the spec.
+pub fn resume(
+    dag_id: &str,
+    spec: DagSpec,
+    log: &[ServerEvent],
+    state: &RunState,
+    room: Arc<Room>,
+    config: &EngineConfig,
+) -> Result<RunHandle, String> {
+    let mut coordinator = Coordinator::new(dag_id, spec, room, config);
+    coordinator.replay_graph_changes(log)?;
+    coordinator.restore(state);
+    let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
+    tokio::spawn(coordinator.drive(inbox, true));
+    Ok(RunHandle { commands })
 }
 
 /// Run-time bookkeeping of one node.
@@ -117,6 +141,8 @@ struct NodeRun {
     feedback: Option<String>,
     /// True for gates the engine added when spend reached the budget.
     budget_gate: bool,
+    /// The last decision on this gate: who, what, when (to tell a late second decider).
+    last_decision: Option<(String, Decision, String)>,
 }
 
 struct Coordinator {
@@ -180,9 +206,15 @@ impl Coordinator {
         }
     }
 
-    async fn drive(mut self, mut inbox: mpsc::Receiver<Command>) {
-        self.room.publish(ServerEventBody::RunStateChanged { state: RunPhase::Running });
-        self.publish_cost();
+    async fn drive(mut self, mut inbox: mpsc::Receiver<Command>, resumed: bool) {
+        if !resumed {
+            self.room.publish(ServerEventBody::RunStateChanged { state: RunPhase::Running });
+            self.publish_cost();
+        } else if self.phase == RunPhase::Cancelling {
+            // Interrupted while cancelling: finish the cancel.
+            self.phase = RunPhase::Running;
+            self.cancel_run();
+        }
         self.start_ready_nodes();
         self.finish_if_done();
         loop {
@@ -197,11 +229,115 @@ impl Coordinator {
                     None => break,
                 },
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                // Storage failed: the room has said so; stop without publishing anything more.
+                _ = self.room.halt.cancelled() => break,
             }
             self.finish_if_done();
         }
         self.cancel.cancel();
         self.timers.abort_all();
+    }
+
+    // ---- resuming ---------------------------------------------------------------------------
+
+    /// Re-applies the nodes and edges added while the run went on, without announcing them.
+    fn replay_graph_changes(&mut self, log: &[ServerEvent]) -> Result<(), String> {
+        for event in log {
+            let ServerEventBody::DagMutated { mutation } = &event.body else { continue };
+            match mutation {
+                DagMutation::AddNode { node, after, spec, budget_gate } => {
+                    if self.index.contains_key(&node.id) {
+                        continue;
+                    }
+                    let file: NodeFile = spec
+                        .clone()
+                        .ok_or_else(|| format!("node {:?} was added without its spec", node.id))
+                        .and_then(|v| serde_json::from_value(v).map_err(|e| format!("node {:?}: {e}", node.id)))?;
+                    let mut added = file.to_spec().map_err(|e| e.to_string())?;
+                    let needs = after
+                        .iter()
+                        .map(|need| self.index.get(need).copied().ok_or_else(|| format!("unknown node {need:?}")))
+                        .collect::<Result<Vec<usize>, String>>()?;
+                    added.needs = after.clone();
+                    self.add_to_graph(added, &needs, *budget_gate);
+                }
+                DagMutation::AddEdge { from, to } => {
+                    let find = |id: &str| self.index.get(id).copied().ok_or_else(|| format!("unknown node {id:?}"));
+                    let (from_node, to_node) = (find(from)?, find(to)?);
+                    self.scheduler.add_edge(from_node, to_node);
+                    self.nodes[to_node].needs.push(from.clone());
+                }
+                // The engine never removes or relabels nodes.
+                DagMutation::RemoveNode { .. } | DagMutation::UpdateNode { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes over what the folded log says: statuses, attempts, figures, outputs, decisions,
+    /// spend, budget, phase; re-arms the timeouts of waiting gates.
+    fn restore(&mut self, state: &RunState) {
+        let mut settled = vec![None; self.nodes.len()];
+        for (node, spec) in self.nodes.iter().enumerate() {
+            let Some(view) = state.nodes.get(&spec.id) else { continue };
+            let run = &mut self.runs[node];
+            run.attempt = view.metrics.attempt.unwrap_or(0);
+            run.cost = view.metrics.cost.unwrap_or(0.0);
+            run.tokens_in = view.metrics.tokens_in.unwrap_or(0);
+            run.tokens_out = view.metrics.tokens_out.unwrap_or(0);
+            settled[node] = match view.status {
+                NodeStatus::Completed => {
+                    if let Some(output) = &view.output {
+                        self.outputs.insert(spec.id.clone(), output.clone());
+                    }
+                    Some(Slot::Completed)
+                }
+                NodeStatus::Failed => Some(Slot::Failed),
+                NodeStatus::Skipped => Some(Slot::Skipped),
+                NodeStatus::Cancelled => Some(Slot::Cancelled),
+                NodeStatus::Waiting => Some(Slot::Started),
+                NodeStatus::Pending | NodeStatus::Running => None,
+            };
+        }
+        for decision in &state.decisions {
+            let Some(&gate) = self.index.get(&decision.node_id) else { continue };
+            let record = (decision.decided_by.clone(), decision.decision, decision.decided_at.clone());
+            self.runs[gate].last_decision = Some(record);
+            if decision.decision == Decision::Modify {
+                for need in self.nodes[gate].needs.clone() {
+                    if let Some(&upstream) = self.index.get(&need) {
+                        self.runs[upstream].feedback.clone_from(&decision.feedback);
+                    }
+                }
+            }
+        }
+        self.scheduler.restore(&settled);
+        self.spent = state.cost.spent;
+        self.budget = (state.cost.budget > 0.0).then_some(state.cost.budget);
+        self.phase = state.state;
+        for (node, slot) in settled.iter().enumerate() {
+            if *slot != Some(Slot::Started) {
+                continue;
+            }
+            if self.runs[node].budget_gate {
+                self.open_budget_gate = Some(node);
+            }
+            let timeout_at = state.nodes.get(&self.nodes[node].id).and_then(|v| v.gate.as_ref()?.timeout_at.clone());
+            if let Some(at) = timeout_at.and_then(|at| humantime::parse_rfc3339(&at).ok()) {
+                let left = at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO);
+                self.runs[node].started = Some(Instant::now());
+                self.arm_gate_timer(node, left);
+            }
+        }
+    }
+
+    fn arm_gate_timer(&mut self, node: usize, after: Duration) {
+        let round = self.runs[node].attempt;
+        let to_self = self.to_self.clone();
+        self.timers.spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = to_self.send(NodeMsg::GateTimedOut { node, round }).await;
+        });
     }
 
     // ---- node messages ----------------------------------------------------------------------
@@ -228,8 +364,8 @@ impl Coordinator {
                 self.publish_error(node, format!("report line {line} ignored: {problem}"));
             }
             NodeMsg::AttemptFailed { node, attempt, message } => {
-                let retries = self.nodes[node].retries;
-                self.publish_error(node, format!("attempt {attempt} of {} failed: {message}; retrying", retries + 1));
+                self.runs[node].attempt = attempt;
+                self.publish_error(node, message);
             }
             NodeMsg::Finished { node, outcome } => {
                 if self.scheduler.slot(node) != Some(Slot::Started) {
@@ -337,7 +473,15 @@ impl Coordinator {
             return Err(Rejected::GateNotWaiting(node_id.to_owned()));
         };
         if self.scheduler.slot(node) != Some(Slot::Started) {
-            return Err(Rejected::GateNotWaiting(node_id.to_owned()));
+            return Err(match &self.runs[node].last_decision {
+                Some((by, decision, at)) => Rejected::AlreadyDecided {
+                    node: node_id.to_owned(),
+                    by: by.clone(),
+                    decision: *decision,
+                    at: at.clone(),
+                },
+                None => Rejected::GateNotWaiting(node_id.to_owned()),
+            });
         }
         if !any_option && !options.contains(&decision) {
             return Err(Rejected::NotOffered { node: node_id.to_owned(), decision });
@@ -353,12 +497,14 @@ impl Coordinator {
                 return Err(Rejected::NothingToRedo(node_id.to_owned()));
             }
         }
+        let decided_at = now_rfc3339();
+        self.runs[node].last_decision = Some((actor.to_owned(), decision, decided_at.clone()));
         self.room.publish(ServerEventBody::GateResolved {
             node_id: node_id.to_owned(),
             decision,
             feedback: feedback.clone(),
             decided_by: actor.to_owned(),
-            decided_at: now_rfc3339(),
+            decided_at,
         });
         let mut output = json!({ "decision": decision.as_str(), "decided_by": actor });
         if let Some(feedback) = &feedback {
@@ -468,11 +614,7 @@ impl Coordinator {
                 let node_id = spec.id.clone();
                 self.room.publish(ServerEventBody::HumanGateWaiting { node_id, presentation });
                 if let Some(timeout) = timeout {
-                    let to_self = self.to_self.clone();
-                    self.timers.spawn(async move {
-                        tokio::time::sleep(timeout).await;
-                        let _ = to_self.send(NodeMsg::GateTimedOut { node, round }).await;
-                    });
+                    self.arm_gate_timer(node, timeout);
                 }
             }
             NodeWork::Simulate { .. } | NodeWork::Command { .. } => {
@@ -483,6 +625,7 @@ impl Coordinator {
                     work: spec.work.clone(),
                     timeout: spec.timeout,
                     retries: spec.retries,
+                    first_attempt: run.attempt + 1,
                     inputs,
                     feedback: run.feedback.clone(),
                     workdir: self.workdir.clone(),
@@ -592,8 +735,7 @@ impl Coordinator {
                 on_timeout: None,
             },
         };
-        let gate = self.insert_node(gate, &[]);
-        self.runs[gate].budget_gate = true;
+        let gate = self.insert_node(gate, &[], true);
         self.open_budget_gate = Some(gate);
         for node in unstarted {
             self.link(gate, node);
@@ -626,7 +768,7 @@ impl Coordinator {
             .map(|need| self.index.get(need).copied().ok_or_else(|| format!("{need:?} is not a node of this run")))
             .collect::<Result<Vec<usize>, String>>()?;
         spec.needs = needs;
-        self.insert_node(spec, &need_indices);
+        self.insert_node(spec, &need_indices, false);
         Ok(())
     }
 
@@ -641,14 +783,26 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Appends a node to the run and announces it; answers its index.
-    fn insert_node(&mut self, spec: NodeSpec, needs: &[usize]) -> usize {
+    /// Appends a node to the run and announces it (with its spec, so a restart can run it);
+    /// answers its index.
+    fn insert_node(&mut self, spec: NodeSpec, needs: &[usize], budget_gate: bool) -> usize {
+        let mutation = DagMutation::AddNode {
+            node: spec.graph_node(),
+            after: spec.needs.clone(),
+            spec: serde_json::to_value(spec.to_file()).ok(),
+            budget_gate,
+        };
+        let node = self.add_to_graph(spec, needs, budget_gate);
+        self.room.publish(ServerEventBody::DagMutated { mutation });
+        node
+    }
+
+    /// Appends a node to the graph and the schedule, without announcing it.
+    fn add_to_graph(&mut self, spec: NodeSpec, needs: &[usize], budget_gate: bool) -> usize {
         let node = self.scheduler.add_node(needs, !spec.is_gate());
-        let mutation = DagMutation::AddNode { node: spec.graph_node(), after: spec.needs.clone() };
         self.index.insert(spec.id.clone(), node);
         self.nodes.push(spec);
-        self.runs.push(NodeRun::default());
-        self.room.publish(ServerEventBody::DagMutated { mutation });
+        self.runs.push(NodeRun { budget_gate, ..NodeRun::default() });
         node
     }
 

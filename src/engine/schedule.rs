@@ -317,6 +317,46 @@ impl Scheduler {
         self.entries.is_empty()
     }
 
+    /// Puts a run back where its log left it (after a restart). `settled[i]` is the slot node `i`
+    /// had reached (terminal, or `Started` for a gate that waits); `None` for nodes that had not
+    /// started or were running: those are ready again once their needs are complete.
+    pub fn restore(&mut self, settled: &[Option<Slot>]) {
+        self.ready.clear();
+        self.ready_free.clear();
+        self.busy = 0;
+        self.unfinished = self.entries.len();
+        for entry in &mut self.entries {
+            entry.slot = Slot::Blocked;
+            entry.open_needs = 0;
+        }
+        for node in 0..self.entries.len() {
+            for dependent in self.entries[node].dependents.clone() {
+                self.entries[dependent].open_needs += 1;
+            }
+        }
+        for (node, slot) in settled.iter().enumerate().take(self.entries.len()) {
+            let Some(slot) = *slot else { continue };
+            self.entries[node].slot = slot;
+            if slot.is_terminal() {
+                self.unfinished -= 1;
+            }
+            if slot == Slot::Started && self.entries[node].takes_capacity {
+                self.busy += 1;
+            }
+            if slot == Slot::Completed {
+                for dependent in self.entries[node].dependents.clone() {
+                    self.entries[dependent].open_needs -= 1;
+                }
+            }
+        }
+        for node in 0..self.entries.len() {
+            let entry = &self.entries[node];
+            if entry.slot == Slot::Blocked && entry.open_needs == 0 {
+                self.mark_ready(node);
+            }
+        }
+    }
+
     /// Started nodes, in index order.
     pub fn started(&self) -> Vec<usize> {
         self.entries.iter().enumerate().filter(|(_, e)| e.slot == Slot::Started).map(|(i, _)| i).collect()
@@ -452,6 +492,23 @@ mod tests {
         s.complete(two);
         assert_eq!(s.take_startable(), [three]);
         s.complete(three);
+        assert!(s.is_finished());
+    }
+
+    #[test]
+    fn restore_puts_a_run_back_where_its_log_left_it() {
+        // 0 → 1 → 3, 0 → gate 2 → 4; 0 completed, 1 was running, gate 2 waits.
+        let mut s = scheduler(&[(&[], true), (&[0], true), (&[0], false), (&[1], true), (&[2], true)], 2);
+        s.restore(&[Some(Slot::Completed), None, Some(Slot::Started), None, None]);
+        assert_eq!(s.take_startable(), [1], "the interrupted node runs again");
+        assert_eq!(s.slot(2), Some(Slot::Started), "the gate still waits");
+        assert_eq!(s.slot(3), Some(Slot::Blocked));
+        s.complete(1);
+        assert_eq!(s.take_startable(), [3]);
+        s.complete(3);
+        s.complete(2);
+        assert_eq!(s.take_startable(), [4]);
+        s.complete(4);
         assert!(s.is_finished());
     }
 

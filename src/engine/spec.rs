@@ -172,7 +172,61 @@ pub enum NodeWork {
     Gate { title: String, prompt: String, options: Vec<Decision>, on_timeout: Option<Decision> },
 }
 
+impl DagSpec {
+    /// The spec as a file would say it (for storing a run and reading it back).
+    pub fn to_file(&self) -> SpecFile {
+        SpecFile {
+            name: self.name.clone(),
+            budget: self.budget,
+            budget_step: Some(self.budget_step).filter(|step| *step > 0.0),
+            max_parallel: Some(self.max_parallel),
+            nodes: self.nodes.iter().map(NodeSpec::to_file).collect(),
+        }
+    }
+}
+
 impl NodeSpec {
+    /// The node as a file would say it.
+    pub fn to_file(&self) -> NodeFile {
+        let duration = |d: Duration| humantime::format_duration(d).to_string();
+        let mut file = NodeFile {
+            id: self.id.clone(),
+            label: self.label.clone(),
+            needs: self.needs.clone(),
+            timeout: self.timeout.map(duration),
+            ..NodeFile::default()
+        };
+        match &self.work {
+            NodeWork::Command { run, env } => {
+                file.kind = KindName::Command;
+                file.run = Some(run.clone());
+                file.env = (!env.is_empty()).then(|| env.clone());
+                file.retries = Some(self.retries).filter(|r| *r > 0);
+            }
+            NodeWork::Simulate { duration: d, cost, tokens_in, tokens_out, fail_rate, output } => {
+                file.kind = KindName::Simulate;
+                file.duration = Some(duration(*d));
+                file.cost = Some(*cost);
+                file.tokens_in = *tokens_in;
+                file.tokens_out = *tokens_out;
+                file.fail_rate = Some(*fail_rate).filter(|r| *r > 0.0);
+                file.output = output.clone();
+                file.retries = Some(self.retries).filter(|r| *r > 0);
+            }
+            NodeWork::Gate { title, prompt, options, on_timeout } => {
+                file.kind = KindName::Gate;
+                file.title = Some(title.clone());
+                file.prompt = Some(prompt.clone());
+                file.options = Some(options.clone());
+                file.on_timeout = on_timeout.map(|d| match d {
+                    Decision::Approve => TimeoutDecision::Approve,
+                    Decision::Reject | Decision::Modify => TimeoutDecision::Reject,
+                });
+            }
+        }
+        file
+    }
+
     pub fn kind(&self) -> NodeKind {
         match self.work {
             NodeWork::Command { .. } => NodeKind::Command,

@@ -118,6 +118,12 @@ pub enum DagMutation {
     AddNode {
         node: GraphNode,
         after: Vec<String>,
+        /// Extension: the node as a spec would say it, so a restarted server can run it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spec: Option<Value>,
+        /// Extension: true for the gate the engine adds when spend reaches the budget.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        budget_gate: bool,
     },
     AddEdge {
         from: String,

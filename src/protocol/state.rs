@@ -227,7 +227,7 @@ impl RunState {
 
     fn mutate(&mut self, mutation: &DagMutation) {
         match mutation {
-            DagMutation::AddNode { node, after } => {
+            DagMutation::AddNode { node, after, .. } => {
                 if !self.nodes.contains_key(&node.id) {
                     self.nodes.insert(node.id.clone(), NodeView::pending(node.clone(), after.clone()));
                 }

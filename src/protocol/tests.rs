@@ -11,6 +11,7 @@ const SERVER_LITERALS: &[&str] = &[
     r#"{"type":"node_state","seq":7,"node_id":"draft","status":"pending"}"#,
     r#"{"type":"edge_active","seq":8,"from":"research","to":"draft"}"#,
     r#"{"type":"dag_mutated","seq":9,"mutation":{"op":"add_node","node":{"id":"extra","label":"Extra","kind":"simulate"},"after":["draft"]}}"#,
+    r#"{"type":"dag_mutated","seq":9,"mutation":{"op":"add_node","node":{"id":"budget_1","label":"Budget reached","kind":"gate"},"after":[],"spec":{"id":"budget_1","kind":"gate"},"budget_gate":true}}"#,
     r#"{"type":"dag_mutated","seq":9,"mutation":{"op":"add_edge","from":"a","to":"b"}}"#,
     r#"{"type":"dag_mutated","seq":9,"mutation":{"op":"remove_node","node_id":"a"}}"#,
     r#"{"type":"dag_mutated","seq":9,"mutation":{"op":"update_node","node_id":"a","label":"A"}}"#,
@@ -279,6 +280,8 @@ fn reducer_table() {
                     mutation: DagMutation::AddNode {
                         node: graph_node("x", NodeKind::Simulate),
                         after: vec!["b".into()],
+                        spec: None,
+                        budget_gate: false,
                     },
                 },
                 ServerEventBody::DagMutated { mutation: DagMutation::AddEdge { from: "x".into(), to: "c".into() } },

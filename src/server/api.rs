@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::{AppError, AppState};
 use crate::engine::{DagSpec, SpecFormat, examples};
 use crate::protocol::{RunState, RunSummary};
+use crate::runs::StartError;
 
 #[derive(Deserialize)]
 pub struct StartQuery {
@@ -53,7 +54,10 @@ pub async fn start_run(
             DagSpec::parse(text, format).map_err(|e| AppError::BadRequest(e.to_string()))?
         }
     };
-    let dag_id = state.runs.start(spec).map_err(|e| AppError::BadRequest(e.to_string()))?;
+    let dag_id = state.runs.start(spec).await.map_err(|e| match e {
+        StartError::Spec(e) => AppError::BadRequest(e.to_string()),
+        StartError::Store(e) => AppError::Internal(e.to_string()),
+    })?;
     Ok((StatusCode::CREATED, Json(json!({ "dag_id": dag_id }))))
 }
 

@@ -22,6 +22,7 @@ use super::{AppError, AppState};
 use crate::hub::{Frame, Subscription, encode};
 use crate::protocol::{CLOSE_CODE_TOO_SLOW, ClientEvent, Seq, ServerEvent, ServerEventBody};
 use crate::runs::RunEntry;
+use crate::store::Store;
 
 /// Largest client message accepted; client events are a few hundred bytes.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
@@ -64,9 +65,10 @@ pub async fn handler(
     let config = state.stream;
     let shutdown = state.shutdown.clone();
     let streams = state.streams.clone();
+    let store = state.runs.store().cloned();
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| streams.track_future(serve(socket, run, query.since, config, shutdown)))
+        .on_upgrade(move |socket| streams.track_future(serve(socket, run, query.since, store, config, shutdown)))
         .into_response())
 }
 
@@ -74,14 +76,17 @@ async fn serve(
     socket: WebSocket,
     run: RunEntry,
     since: Option<Seq>,
+    store: Option<Arc<dyn Store>>,
     config: StreamConfig,
     shutdown: watch::Receiver<bool>,
 ) {
     let subscription = run.room.subscribe(since);
+    let dag_id = run.room.dag_id().to_owned();
     let (sink, stream) = socket.split();
     let (replies, reply_queue) = mpsc::channel(REPLY_QUEUE);
     let heard = Arc::new(AtomicBool::new(true));
-    let mut send = tokio::spawn(send_loop(sink, subscription, reply_queue, config, shutdown, Arc::clone(&heard)));
+    let send_side = send_loop(sink, subscription, store, dag_id, reply_queue, config, shutdown, Arc::clone(&heard));
+    let mut send = tokio::spawn(send_side);
     let mut receive = tokio::spawn(receive_loop(stream, run, replies, heard));
     tokio::select! {
         _ = &mut send => receive.abort(),
@@ -97,16 +102,31 @@ enum Ending {
     Close(u16, &'static str),
 }
 
+#[allow(clippy::too_many_arguments)] // each is one concern of the connection; a struct would only rename them
 async fn send_loop(
     mut sink: SplitSink<WebSocket, Message>,
     subscription: Subscription,
+    store: Option<Arc<dyn Store>>,
+    dag_id: String,
     mut replies: mpsc::Receiver<ServerEventBody>,
     config: StreamConfig,
     mut shutdown: watch::Receiver<bool>,
     heard: Arc<AtomicBool>,
 ) {
-    let Subscription { backlog, mut live, mut position } = subscription;
+    let Subscription { backlog, mut live, mut position, from_store } = subscription;
     let ending = async {
+        if let Some((from, to)) = from_store {
+            // Older than the in-memory window: read them from the store first.
+            let Some(store) = &store else { return Ending::Close(1011, "the log is not available") };
+            let Ok(texts) = store.events(&dag_id, from - 1, to).await else {
+                return Ending::Close(1011, "the log cannot be read now: reconnect");
+            };
+            for text in texts {
+                if sink.feed(Message::Text(text.into())).await.is_err() {
+                    return Ending::Gone;
+                }
+            }
+        }
         for frame in backlog {
             position = frame.seq;
             if sink.feed(Message::Text(frame.text)).await.is_err() {
@@ -187,7 +207,12 @@ async fn receive_loop(
         heard.store(true, Ordering::Relaxed);
         let complaint = match message {
             Message::Text(text) => match serde_json::from_str::<ClientEvent>(text.as_str()) {
-                Ok(event) => run.handle.command(event, ANONYMOUS).await.err().map(|rejected| rejected.to_string()),
+                Ok(event) => match &run.handle {
+                    Some(handle) => handle.command(event, ANONYMOUS).await.err().map(|rejected| rejected.to_string()),
+                    None => {
+                        Some(format!("the run is {}: it takes no more commands", run.room.summary().state.as_str()))
+                    }
+                },
                 Err(error) => Some(format!("could not read your message: {error}")),
             },
             Message::Binary(_) => Some("binary messages are not accepted: send JSON text".to_owned()),

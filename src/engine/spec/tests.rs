@@ -171,3 +171,10 @@ fn the_published_json_schema_is_current() {
     let schema: Value = serde_json::from_str(published).expect("the schema is JSON");
     assert!(schema["properties"]["nodes"].is_object());
 }
+
+#[test]
+fn a_spec_survives_the_round_trip_through_its_file_form() {
+    let spec = DagSpec::parse(EXAMPLE, SpecFormat::Toml).expect("valid");
+    let stored = serde_json::to_value(spec.to_file()).expect("serializes");
+    assert_eq!(DagSpec::from_value(stored), Ok(spec));
+}
