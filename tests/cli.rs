@@ -3,91 +3,27 @@
 
 #![cfg(all(feature = "ssr", unix))]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Served, dag_id_of, http_get, http_post, stub_site, temp_dir};
 use futures::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-/// A `dagstream serve` child process on a free port, killed if the test ends early.
-struct Served {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("dagstream-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-/// Starts the binary on port 0 and reads the address it announces.
-fn serve(site_root: &std::path::Path, data: &std::path::Path) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dagstream"))
-        .args(["serve", "--addr", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .arg("--site-root")
-        .arg(site_root)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the binary starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines.next().expect("the server announces its address").expect("readable output");
-        if let Some(rest) = line.split("dashboard on http://").nth(1) {
-            break rest.split_whitespace().next().expect("an address").to_owned();
-        }
-    };
-    // Keep draining the output so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Served { child, addr }
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    response
-}
-
-fn http_post(addr: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    write!(stream, "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        .expect("write");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    response
-}
-
 #[tokio::test]
 async fn serve_answers_and_sigterm_closes_streams_and_exits_cleanly() {
-    let site = temp_dir("site");
-    std::fs::create_dir_all(site.join("pkg")).expect("pkg dir");
-    std::fs::write(site.join("pkg/dagstream.js"), "// built site stand-in").expect("site file");
+    let site = stub_site("site");
     let data = temp_dir("data").join("nested");
-    let mut served = serve(&site, &data);
+    let mut served = Served::start(&site, &data);
     assert!(data.is_dir(), "the data directory is created");
 
     assert!(http_get(&served.addr, "/healthz").starts_with("HTTP/1.1 200"));
     assert!(http_get(&served.addr, "/pkg/dagstream.js").contains("built site stand-in"), "serves the site");
-    let started = http_post(&served.addr, "/api/dags?example=demo");
-    let dag_id = started.split("\"dag_id\":\"").nth(1).and_then(|s| s.split('"').next()).expect("a dag_id").to_owned();
+    let dag_id = dag_id_of(&http_post(&served.addr, "/api/dags?example=demo"));
 
     let url = format!("ws://{}/api/dags/{dag_id}/stream", served.addr);
     let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("stream connects");

@@ -5,12 +5,13 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AppError, AppState};
 use crate::engine::{DagSpec, SpecFormat, examples};
-use crate::protocol::{RunState, RunSummary};
+use crate::protocol::{GateDecisionRecord, RunState, RunSummary, Seq};
 use crate::runs::StartError;
 
 #[derive(Deserialize)]
@@ -83,6 +84,47 @@ pub async fn list_runs(State(state): State<AppState>) -> Json<Vec<RunSummary>> {
 pub async fn get_run(State(state): State<AppState>, Path(dag_id): Path<String>) -> Result<Json<RunState>, AppError> {
     let run = state.runs.get(&dag_id).ok_or_else(|| AppError::NotFound(format!("no run {dag_id:?}")))?;
     Ok(Json(run.room.snapshot()))
+}
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    /// Events with `seq` above this; 0 for the whole log.
+    #[serde(default)]
+    after: Seq,
+    /// At most this many (default and cap [`MAX_EVENTS_PER_PAGE`]).
+    limit: Option<usize>,
+}
+
+/// Events per page of `GET /api/dags/{dag_id}/events`.
+pub const MAX_EVENTS_PER_PAGE: usize = 1000;
+
+/// `GET /api/dags/{dag_id}/events?after=K&limit=N`: the run's event log, oldest first, as the
+/// stream sent it; from the store when there is one.
+pub async fn events(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+    Query(query): Query<EventsQuery>,
+) -> Result<Response, AppError> {
+    let run = state.runs.get(&dag_id).ok_or_else(|| AppError::NotFound(format!("no run {dag_id:?}")))?;
+    let limit = query.limit.unwrap_or(MAX_EVENTS_PER_PAGE).clamp(1, MAX_EVENTS_PER_PAGE);
+    let up_to = run.room.seq().min(query.after.saturating_add(limit as Seq));
+    let texts: Vec<String> = match state.runs.store() {
+        Some(store) => {
+            store.events(&dag_id, query.after, up_to).await.map_err(|e| AppError::Internal(e.to_string()))?
+        }
+        None => run.room.recent_events(query.after).into_iter().take(limit).map(|f| f.text.to_string()).collect(),
+    };
+    let body = format!("[{}]", texts.join(","));
+    Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// `GET /api/dags/{dag_id}/decisions`: every gate decision of the run, oldest first.
+pub async fn decisions(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+) -> Result<Json<Vec<GateDecisionRecord>>, AppError> {
+    let run = state.runs.get(&dag_id).ok_or_else(|| AppError::NotFound(format!("no run {dag_id:?}")))?;
+    Ok(Json(run.room.snapshot().decisions))
 }
 
 /// `GET /healthz`.

@@ -54,6 +54,8 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(api::health))
         .route("/api/dags", get(api::list_runs).post(api::start_run))
         .route("/api/dags/{dag_id}", get(api::get_run))
+        .route("/api/dags/{dag_id}/events", get(api::events))
+        .route("/api/dags/{dag_id}/decisions", get(api::decisions))
         .route("/api/dags/{dag_id}/stream", get(stream::handler))
         .leptos_routes(&state, routes, move || shell(options.clone()))
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))

@@ -1,0 +1,120 @@
+//! Helpers for tests that run the real `dagstream` binary: temp dirs, a served child process,
+//! raw HTTP on loopback.
+
+#![allow(dead_code)] // each test file uses its own share of these
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A fresh, empty directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dagstream-it-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// A directory that passes for a built site (the server only checks `pkg/dagstream.js`).
+pub fn stub_site(name: &str) -> PathBuf {
+    let site = temp_dir(name);
+    std::fs::create_dir_all(site.join("pkg")).expect("pkg dir");
+    std::fs::write(site.join("pkg/dagstream.js"), "// built site stand-in").expect("site file");
+    site
+}
+
+/// A `dagstream serve` child process on a free port, killed if the test ends early.
+pub struct Served {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    /// Starts the binary on port 0 and reads the address it announces.
+    pub fn start(site_root: &Path, data: &Path) -> Served {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dagstream"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .arg("--site-root")
+            .arg(site_root)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the binary starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines.next().expect("the server announces its address").expect("readable output");
+            if let Some(rest) = line.split("dashboard on http://").nth(1) {
+                break rest.split_whitespace().next().expect("an address").to_owned();
+            }
+        };
+        // Keep draining the output so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Served { child, addr }
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill_hard(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw HTTP/1.1 request; answers the whole response (head and body).
+pub fn http(addr: &str, method: &str, path: &str, content_type: Option<&str>, body: &str) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let content_type = content_type.map(|t| format!("Content-Type: {t}\r\n")).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    response
+}
+
+pub fn http_get(addr: &str, path: &str) -> String {
+    http(addr, "GET", path, None, "")
+}
+
+pub fn http_post(addr: &str, path: &str) -> String {
+    http(addr, "POST", path, None, "")
+}
+
+/// The JSON body of a response (chunked bodies are joined).
+pub fn json_body(response: &str) -> serde_json::Value {
+    let (head, body) = response.split_once("\r\n\r\n").expect("a body");
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut joined = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if size == 0 {
+                break;
+            }
+            joined.push_str(&after[..size]);
+            rest = &after[size + 2..];
+        }
+        joined
+    } else {
+        body.to_owned()
+    };
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// The `dag_id` of a `POST /api/dags` response.
+pub fn dag_id_of(response: &str) -> String {
+    json_body(response)["dag_id"].as_str().unwrap_or_else(|| panic!("no dag_id in {response}")).to_owned()
+}
