@@ -14,6 +14,7 @@ use dagstream::hub::RoomLimits;
 use dagstream::protocol::{ClientEvent, Decision, NodeStatus, RunPhase, RunState, Seq, ServerEvent, ServerEventBody};
 use dagstream::runs::Runs;
 use dagstream::server::{AppState, StreamConfig, app};
+use dagstream::store::SqliteStore;
 use futures::{SinkExt, StreamExt};
 use leptos::prelude::LeptosOptions;
 use tokio::net::TcpStream;
@@ -36,15 +37,27 @@ struct TestServer {
 
 impl TestServer {
     async fn start() -> Self {
+        let runs = Runs::new(RoomLimits::default(), EngineConfig::new(std::env::temp_dir().join("dagstream-tests")));
+        Self::start_with(runs, StreamConfig::default()).await
+    }
+
+    /// A server over a SQLite store in a fresh directory, with these room limits.
+    async fn start_stored(name: &str, limits: RoomLimits, stream: StreamConfig) -> Self {
+        let dir = std::env::temp_dir().join(format!("dagstream-stream-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let store = SqliteStore::open(&dir.join("test.db")).await.expect("store opens");
+        let runs = Runs::open(limits, EngineConfig::new(dir.join("runs")), Arc::new(store)).await.expect("runs");
+        Self::start_with(runs, stream).await
+    }
+
+    async fn start_with(runs: Runs, stream: StreamConfig) -> Self {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let state = AppState {
-            runs: Arc::new(Runs::new(
-                RoomLimits::default(),
-                EngineConfig::new(std::env::temp_dir().join("dagstream-tests")),
-            )),
+            runs: Arc::new(runs),
             leptos_options: LeptosOptions::builder().output_name("dagstream").build(),
             shutdown,
-            stream: StreamConfig::default(),
+            stream,
             streams: tokio_util::task::TaskTracker::new(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
@@ -465,4 +478,180 @@ async fn the_run_page_is_rendered_on_the_server_with_node_names_and_statuses() {
     assert!(html.contains("Review"), "node labels are in the HTML");
     assert!(html.contains(r#"data-testid="node-a""#));
     assert!(html.contains("data-status="), "statuses are in the HTML");
+}
+
+/// `n` zero-cost simulate nodes, each after one or two random earlier ones.
+fn wide_random_spec(n: usize, duration: &str, seed: u64) -> DagSpec {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut text = String::from("name = \"many\"\nmax_parallel = 4\n");
+    for i in 0..n {
+        text.push_str(&format!("[[nodes]]\nid = \"n{i}\"\nkind = \"simulate\"\nduration = \"{duration}\"\n"));
+        if i > 0 {
+            let a = rng.random_range(0..i);
+            let b = rng.random_range(0..i);
+            let needs: Vec<String> =
+                if a == b { vec![format!("\"n{a}\"")] } else { vec![format!("\"n{a}\""), format!("\"n{b}\"")] };
+            text.push_str(&format!("needs = [{}]\n", needs.join(", ")));
+        }
+    }
+    spec(&text)
+}
+
+#[tokio::test]
+async fn a_hundred_forced_disconnects_never_lose_or_repeat_an_event() {
+    use rand::{Rng, SeedableRng};
+    // A small window, so most reconnects replay from the database.
+    let limits = RoomLimits { log_window: 16, subscriber_queue: 1024 };
+    let server = TestServer::start_stored("disconnects", limits, StreamConfig::default()).await;
+    let dag_id = server.start_run(wide_random_spec(160, "3ms", 11)).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let mut client: Option<RunState> = None;
+    let mut disconnects = 0;
+    loop {
+        let mut socket = server.connect(&dag_id, client.as_ref().map(|c| c.seq)).await;
+        if client.is_none() {
+            client = Some(expect_snapshot(&mut socket).await);
+        }
+        let state = client.as_mut().expect("have a state");
+        let take = rng.random_range(1..=5);
+        let mut complete = false;
+        for _ in 0..take {
+            let event = next_event(&mut socket).await;
+            assert_eq!(event.seq, state.seq + 1, "after {disconnects} disconnects: gap or duplicate at {event:?}");
+            assert_eq!(state.apply(&event), dagstream::protocol::Applied::Folded);
+            if matches!(event.body, ServerEventBody::ExecutionComplete { .. }) {
+                complete = true;
+                break;
+            }
+        }
+        drop(socket);
+        if complete {
+            break;
+        }
+        disconnects += 1;
+    }
+    assert!(disconnects >= 100, "only {disconnects} disconnects; make the run longer");
+    let client = client.expect("state");
+    assert_eq!(client, server.server_state(&dag_id), "after {disconnects} disconnects the client equals the server");
+}
+
+#[tokio::test]
+async fn two_decisions_on_one_gate_at_the_same_moment_apply_exactly_once() {
+    let server = TestServer::start().await;
+    let dag_id = server.start_run(gated_spec()).await;
+    let mut first = server.connect(&dag_id, None).await;
+    let mut second = server.connect(&dag_id, None).await;
+    let start = expect_snapshot(&mut first).await.seq;
+    expect_snapshot(&mut second).await;
+    let waiting = events_until(&mut first, start, is_gate_waiting).await;
+    let position = waiting.last().expect("events").seq;
+    events_until(&mut second, start, |e| e.seq == position).await;
+
+    let approve = ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Approve, feedback: None };
+    let reject = ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Reject, feedback: None };
+    tokio::join!(send(&mut first, &approve), send(&mut second, &reject));
+
+    let resolved_in = |events: &[ServerEvent]| {
+        events.iter().filter(|e| matches!(e.body, ServerEventBody::GateResolved { .. })).count()
+    };
+    let mut seen = [Vec::new(), Vec::new()];
+    for (socket, seen) in [&mut first, &mut second].into_iter().zip(seen.iter_mut()) {
+        // Read until the run has ended (either decision ends it: approve completes, reject fails).
+        loop {
+            let event = next_event(socket).await;
+            let done = is_complete(&event);
+            seen.push(event);
+            if done {
+                break;
+            }
+        }
+    }
+    assert_eq!(resolved_in(&seen[0]), 1, "every viewer gets gate_resolved once");
+    assert_eq!(resolved_in(&seen[1]), 1);
+    let state = server.server_state(&dag_id);
+    assert_eq!(state.decisions.len(), 1, "exactly one decision is applied and recorded");
+    let refusals: Vec<String> = seen
+        .iter()
+        .flatten()
+        .filter_map(|e| match &e.body {
+            ServerEventBody::Error { node_id: None, message } => Some(message.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refusals.len(), 1, "the other sender is told: {refusals:?}");
+    assert!(refusals[0].contains("already decided by anonymous"), "{}", refusals[0]);
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_reads_is_dropped_with_4008_while_another_keeps_up() {
+    let limits = RoomLimits { log_window: 64, subscriber_queue: 32 };
+    let runs = Runs::new(limits, EngineConfig::new(std::env::temp_dir().join("dagstream-tests-slow")));
+    let server = TestServer::start_with(runs, StreamConfig::default()).await;
+    let mut text = String::from("name = \"flood\"\n");
+    for i in 0..20_000 {
+        text.push_str(&format!("[[nodes]]\nid = \"n{i}\"\nkind = \"simulate\"\n"));
+        if i > 0 {
+            text.push_str(&format!("needs = [\"n{}\"]\n", i - 1));
+        }
+    }
+    let spec = spec(&text);
+    // The slow client reads nothing, with a small receive buffer so the server's writes back up.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let stream = socket.connect(server.addr).await.expect("connect");
+    let dag_id = server.start_run(spec).await;
+    let url = format!("ws://{}/api/dags/{dag_id}/stream", server.addr);
+    let (mut slow, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await.expect("slow ws");
+    let mut fast = server.connect(&dag_id, None).await;
+    let start = expect_snapshot(&mut fast).await.seq;
+    let fast_events = events_until(&mut fast, start, is_complete).await;
+    assert!(fast_events.len() > 50_000, "the reader that keeps up gets everything");
+
+    let mut last_seq = 0;
+    let code = loop {
+        let message = tokio::time::timeout(PATIENCE, slow.next()).await.expect("in time").expect("open").expect("ok");
+        match message {
+            Message::Text(text) => {
+                let event: ServerEvent = serde_json::from_str(text.as_str()).expect("event");
+                last_seq = event.seq;
+            }
+            Message::Close(frame) => break frame.map(|f| u16::from(f.code)),
+            _ => {}
+        }
+    };
+    assert_eq!(code, Some(dagstream::protocol::CLOSE_CODE_TOO_SLOW));
+    assert!(last_seq < server.server_state(&dag_id).seq, "it was dropped before the end, not slowed down for");
+}
+
+#[tokio::test]
+async fn an_idle_connection_that_stops_answering_is_closed_within_two_ping_intervals() {
+    let interval = Duration::from_millis(200);
+    let runs = Runs::new(RoomLimits::default(), EngineConfig::new(std::env::temp_dir().join("dagstream-tests-ping")));
+    let server = TestServer::start_with(runs, StreamConfig { ping_interval: interval }).await;
+    let dag_id = server.start_run(gated_spec()).await;
+    // Both wait at the gate: no events, only pings.
+    let mut answering = server.connect(&dag_id, None).await;
+    let mut silent = server.connect(&dag_id, None).await;
+    let start = expect_snapshot(&mut answering).await.seq;
+    events_until(&mut answering, start, is_gate_waiting).await;
+
+    // The silent client does not read (so it answers no ping) for five intervals.
+    let watch_answering = async {
+        let deadline = tokio::time::Instant::now() + interval * 5;
+        while let Ok(message) = tokio::time::timeout_at(deadline, answering.next()).await {
+            if let Some(Ok(Message::Close(frame))) = message {
+                panic!("a client that answers pings must stay open, got {frame:?}");
+            }
+        }
+    };
+    watch_answering.await;
+    let closed = loop {
+        match tokio::time::timeout(PATIENCE, silent.next()).await.expect("in time") {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => break None,
+        }
+    };
+    assert_eq!(closed, Some(1001), "closed for not answering");
 }
