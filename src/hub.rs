@@ -325,6 +325,101 @@ mod tests {
         matches!(parse(frame).body, ServerEventBody::Snapshot { .. })
     }
 
+    mod property {
+        //! For random event sequences and random disconnect points, a client that folds
+        //! snapshot + replay + live events with the shared reducer ends equal to the server.
+
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::protocol::{Cost, LogStream, NodeMetrics};
+
+        fn body(choice: u8, node: u8, value: u16) -> ServerEventBody {
+            let node_id = format!("n{}", node % 4);
+            match choice % 5 {
+                0 => ServerEventBody::NodeState {
+                    node_id,
+                    status: [NodeStatus::Running, NodeStatus::Completed, NodeStatus::Failed][value as usize % 3],
+                    output: None,
+                    metrics: Some(NodeMetrics { attempt: Some(u32::from(value % 3) + 1), ..NodeMetrics::default() }),
+                },
+                1 => {
+                    let Cost { budget, .. } = Cost { spent: 0.0, budget: 10.0, remaining: 10.0 };
+                    let spent = f64::from(value) / 100.0;
+                    ServerEventBody::CostUpdate { spent, budget, remaining: budget - spent }
+                }
+                2 => ServerEventBody::NodeLog { node_id, stream: LogStream::Stdout, line: format!("line {value}") },
+                3 => ServerEventBody::EdgeActive { from: format!("n{}", value % 4), to: node_id },
+                _ => ServerEventBody::Error { node_id: Some(node_id), message: format!("e{value}") },
+            }
+        }
+
+        fn nodes() -> Vec<(GraphNode, Vec<String>)> {
+            (0..4)
+                .map(|i| (GraphNode { id: format!("n{i}"), label: format!("N{i}"), kind: NodeKind::Simulate }, vec![]))
+                .collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+            #[test]
+            fn snapshot_replay_and_live_fold_to_the_servers_state(
+                events in prop::collection::vec((any::<u8>(), any::<u8>(), any::<u16>()), 1..200),
+                // Where the client drops its connection (event index) and how much it reads.
+                cuts in prop::collection::vec(0usize..200, 0..12),
+                window in 1usize..40,
+                queue in 1usize..40,
+            ) {
+                let room = Room::new(RunState::new("r", "t", "now", 10.0, nodes()), RoomLimits { log_window: window, subscriber_queue: queue }, None, Vec::new());
+                let mut client: Option<RunState> = None;
+                let mut subscription = room.subscribe(None);
+                let mut cuts = cuts;
+                cuts.sort_unstable();
+                let mut next_cut = cuts.into_iter().peekable();
+                for (index, (choice, node, value)) in events.into_iter().enumerate() {
+                    room.publish(body(choice, node, value));
+                    if next_cut.peek() == Some(&index) {
+                        while next_cut.peek() == Some(&index) { next_cut.next(); }
+                        // Take in what arrived, as far as the live queue kept it, then reconnect.
+                        let state = client.get_or_insert_with(|| RunState::new("r", "t", "now", 10.0, nodes()));
+                        for frame in subscription.backlog.drain(..) {
+                            let event: ServerEvent = serde_json::from_str(frame.text.as_str()).expect("valid");
+                            state.apply(&event);
+                        }
+                        while let Ok(frame) = subscription.live.try_recv() {
+                            let event: ServerEvent = serde_json::from_str(frame.text.as_str()).expect("valid");
+                            prop_assert_ne!(state.apply(&event), Applied::Gap { expected: state.seq + 1 });
+                        }
+                        subscription = room.subscribe(Some(state.seq));
+                    }
+                }
+                let state = client.get_or_insert_with(|| RunState::new("r", "t", "now", 10.0, nodes()));
+                for frame in subscription.backlog.drain(..) {
+                    let event: ServerEvent = serde_json::from_str(frame.text.as_str()).expect("valid");
+                    state.apply(&event);
+                }
+                loop {
+                    match subscription.live.try_recv() {
+                        Ok(frame) => {
+                            let event: ServerEvent = serde_json::from_str(frame.text.as_str()).expect("valid");
+                            state.apply(&event);
+                        }
+                        // Lagged: the server would close with 4008 and the client resync.
+                        Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                            subscription = room.subscribe(Some(state.seq));
+                            for frame in subscription.backlog.drain(..) {
+                                let event: ServerEvent = serde_json::from_str(frame.text.as_str()).expect("valid");
+                                state.apply(&event);
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+                prop_assert_eq!(&*state, &room.snapshot());
+            }
+        }
+    }
+
     #[test]
     fn a_subscriber_that_falls_behind_is_told_it_lagged() {
         let room = room(RoomLimits { log_window: 16, subscriber_queue: 2 });
