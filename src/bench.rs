@@ -10,6 +10,7 @@ use rand::{Rng, SeedableRng};
 use crate::engine::{DagSpec, EngineConfig, NodeSpec, NodeWork};
 use crate::hub::RoomLimits;
 use crate::runs::Runs;
+use crate::store::SqliteStore;
 
 /// The shapes the engine benchmark runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -32,6 +33,10 @@ pub struct EngineBench {
     pub shapes: Vec<Shape>,
     /// Seed of the random shape, so runs are comparable.
     pub seed: u64,
+    /// Persist every event in a SQLite store (in a temporary directory).
+    pub store: bool,
+    /// Attach one subscriber that takes every event.
+    pub subscriber: bool,
 }
 
 /// What one shape took.
@@ -94,28 +99,126 @@ pub fn dag(shape: Shape, nodes: usize, edges: usize, seed: u64) -> DagSpec {
 /// Runs every shape once (after a small warm-up run) and answers the timings.
 pub async fn engine(settings: &EngineBench) -> Result<Vec<ShapeResult>, String> {
     let work_root = std::env::temp_dir().join(format!("dagstream-bench-{}", std::process::id()));
-    let runs = Arc::new(Runs::new(RoomLimits::default(), EngineConfig::new(&work_root)));
+    let _ = std::fs::remove_dir_all(&work_root);
+    std::fs::create_dir_all(&work_root).map_err(|e| e.to_string())?;
+    let engine = EngineConfig::new(work_root.join("runs"));
+    let runs = if settings.store {
+        let store = SqliteStore::open(&work_root.join("bench.db")).await.map_err(|e| e.to_string())?;
+        Arc::new(Runs::open(RoomLimits::default(), engine, Arc::new(store)).await.map_err(|e| e.to_string())?)
+    } else {
+        Arc::new(Runs::new(RoomLimits::default(), engine))
+    };
+    let subscriber = settings.subscriber;
     let mut results = Vec::new();
     let warm_up = dag(Shape::Wide, 100, 0, settings.seed);
-    run_to_end(&runs, DagSpec { max_parallel: settings.max_parallel, ..warm_up }).await?;
+    run_to_end(&runs, DagSpec { max_parallel: settings.max_parallel, ..warm_up }, subscriber).await?;
     for &shape in &settings.shapes {
         let mut spec = dag(shape, settings.nodes, settings.edges, settings.seed);
         spec.max_parallel = settings.max_parallel;
         let edges = spec.nodes.iter().map(|n| n.needs.len()).sum();
-        let (elapsed, events) = run_to_end(&runs, spec).await?;
+        let (elapsed, events) = run_to_end(&runs, spec, subscriber).await?;
         results.push(ShapeResult { shape, nodes: settings.nodes, edges, events, elapsed });
     }
     let _ = std::fs::remove_dir_all(work_root);
     Ok(results)
 }
 
-/// Starts the run and waits for `execution_complete`; answers the time and the event count.
-async fn run_to_end(runs: &Runs, spec: DagSpec) -> Result<(Duration, u64), String> {
+/// Starts the run and waits for `execution_complete` (and, with a subscriber, for it to have
+/// received every event); answers the time and the event count.
+async fn run_to_end(runs: &Runs, spec: DagSpec, subscriber: bool) -> Result<(Duration, u64), String> {
     let started = Instant::now();
     let dag_id = runs.start(spec).await.map_err(|e| e.to_string())?;
     let run = runs.get(&dag_id).ok_or("the run vanished")?;
+    let reader = subscriber.then(|| {
+        let mut live = run.room.subscribe(None).live;
+        let room = Arc::clone(&run.room);
+        tokio::spawn(async move {
+            let mut received = 0u64;
+            loop {
+                match live.recv().await {
+                    Ok(frame) => {
+                        received += 1;
+                        if frame.text.as_str().contains("\"type\":\"execution_complete\"") {
+                            return Ok(received);
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        return Err(format!("the subscriber lagged by {n} events (seq {})", room.seq()));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(received),
+                }
+            }
+        })
+    });
     run.room.completed().await;
+    if let Some(reader) = reader {
+        reader.await.map_err(|e| e.to_string())??;
+    }
     Ok((started.elapsed(), run.room.seq()))
+}
+
+/// Settings of the store benchmark.
+#[derive(Clone, Debug)]
+pub struct StoreBench {
+    /// Events to persist.
+    pub events: usize,
+}
+
+/// Events persisted per second through the group-commit writer into a SQLite file: publishes
+/// `events` log lines into one run and waits until the last is stored and committed.
+pub async fn store(settings: &StoreBench) -> Result<String, String> {
+    let work_root = std::env::temp_dir().join(format!("dagstream-bench-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work_root);
+    std::fs::create_dir_all(&work_root).map_err(|e| e.to_string())?;
+    let store = SqliteStore::open(&work_root.join("bench.db")).await.map_err(|e| e.to_string())?;
+    let runs = Runs::open(RoomLimits::default(), EngineConfig::new(work_root.join("runs")), Arc::new(store))
+        .await
+        .map_err(|e| e.to_string())?;
+    // A run that waits at a gate forever: its room takes the benchmark's events.
+    let spec = DagSpec {
+        name: "bench-store".into(),
+        budget: None,
+        budget_step: 0.0,
+        max_parallel: 1,
+        nodes: vec![NodeSpec {
+            id: "hold".into(),
+            label: None,
+            needs: Vec::new(),
+            timeout: None,
+            retries: 0,
+            work: NodeWork::Gate {
+                title: "hold".into(),
+                prompt: String::new(),
+                options: vec![crate::protocol::Decision::Approve],
+                on_timeout: None,
+            },
+        }],
+    };
+    let dag_id = runs.start(spec).await.map_err(|e| e.to_string())?;
+    let room = runs.get(&dag_id).ok_or("the run vanished")?.room;
+    while room.seq() < 3 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let started = Instant::now();
+    for i in 0..settings.events {
+        room.publish(crate::protocol::ServerEventBody::NodeLog {
+            node_id: "hold".into(),
+            stream: crate::protocol::LogStream::Stdout,
+            line: format!("benchmark line {i} with a little text in it, as a command would print"),
+        });
+    }
+    room.publish(crate::protocol::ServerEventBody::ExecutionComplete { results: Default::default() });
+    room.completed().await;
+    let elapsed = started.elapsed();
+    let _ = std::fs::remove_dir_all(work_root);
+    let per_second = settings.events as f64 / elapsed.as_secs_f64();
+    Ok(format!(
+        "persisted {} events in {:.1} ms: {:.0} events/s ({:.2} µs each, group commit)\n",
+        settings.events,
+        elapsed.as_secs_f64() * 1e3,
+        per_second,
+        elapsed.as_secs_f64() * 1e6 / settings.events.max(1) as f64
+    ))
 }
 
 /// The report printed by the command.

@@ -74,6 +74,18 @@ enum BenchCommand {
         /// Seed of the random DAG.
         #[arg(long, default_value_t = 7)]
         seed: u64,
+        /// Persist every event in a SQLite store (group commit), as `serve` does.
+        #[arg(long)]
+        store: bool,
+        /// Attach one subscriber that receives every event.
+        #[arg(long)]
+        subscriber: bool,
+    },
+    /// Events persisted per second through the group-commit writer into SQLite.
+    Store {
+        /// Events to persist.
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
     },
 }
 
@@ -121,10 +133,13 @@ pub async fn main() -> ExitCode {
             print!("{}", crate::engine::spec::json_schema());
             Ok(())
         }
-        Some(Command::Bench(BenchCommand::Engine { nodes, edges, max_parallel, shape, seed })) => {
+        Some(Command::Bench(BenchCommand::Store { events })) => {
+            crate::bench::store(&crate::bench::StoreBench { events }).await.map(|report| print!("{report}"))
+        }
+        Some(Command::Bench(BenchCommand::Engine { nodes, edges, max_parallel, shape, seed, store, subscriber })) => {
             use crate::bench::{EngineBench, Shape};
             let shapes = if shape.is_empty() { vec![Shape::Wide, Shape::Chain, Shape::Random] } else { shape };
-            let settings = EngineBench { nodes, edges, max_parallel, shapes, seed };
+            let settings = EngineBench { nodes, edges, max_parallel, shapes, seed, store, subscriber };
             crate::bench::engine(&settings).await.map(|results| print!("{}", crate::bench::report(&results)))
         }
     };

@@ -40,7 +40,9 @@ pub struct RoomLimits {
 
 impl Default for RoomLimits {
     fn default() -> Self {
-        RoomLimits { log_window: 4096, subscriber_queue: 1024 }
+        // The queue holds a few of the writer's largest batches, so a committed batch never
+        // overflows a subscriber that keeps up.
+        RoomLimits { log_window: 4096, subscriber_queue: 4096 }
     }
 }
 

@@ -159,14 +159,15 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let fail = |e| StoreError::from_sqlx("cannot store events", e);
             let mut tx = self.pool.begin().await.map_err(fail)?;
+            // Many rows per statement: one round trip to SQLite per chunk, not per event.
+            for chunk in events.chunks(ROWS_PER_INSERT) {
+                let mut insert = sqlx::QueryBuilder::new("INSERT INTO events (dag_id, seq, body) ");
+                insert.push_values(chunk, |mut row, event| {
+                    row.push_bind(&*event.dag_id).push_bind(event.seq as i64).push_bind(&*event.json);
+                });
+                insert.build().execute(&mut *tx).await.map_err(fail)?;
+            }
             for event in &events {
-                sqlx::query("INSERT INTO events (dag_id, seq, body) VALUES (?, ?, ?)")
-                    .bind(&*event.dag_id)
-                    .bind(event.seq as i64)
-                    .bind(&*event.json)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(fail)?;
                 if let Some(decision) = &event.decision {
                     sqlx::query(
                         "INSERT INTO decisions (dag_id, seq, node_id, decision, feedback, decided_by, decided_at) \
@@ -261,8 +262,11 @@ impl Store for SqliteStore {
     }
 }
 
-/// Largest batch committed at once.
-const MAX_BATCH: usize = 4096;
+/// Largest batch committed at once. Committed events reach subscribers all at once, so this
+/// stays well below a subscriber's queue (`RoomLimits::subscriber_queue`).
+const MAX_BATCH: usize = 1024;
+/// Rows per `INSERT` statement (3 bound values each, far below SQLite's variable limit).
+const ROWS_PER_INSERT: usize = 256;
 
 /// An event waiting for its commit, and the room that folds and broadcasts it after.
 pub struct Pending {

@@ -1,5 +1,5 @@
 import { expect, test } from '@playwright/test';
-import { openRun } from './helpers';
+import { openRun, startDemo } from './helpers';
 
 const MODIFY_SPEC = `
 name = "modify-e2e"
@@ -62,4 +62,23 @@ test('an invalid spec is refused with a message naming the node and field', asyn
   const body = await response.json();
   expect(body.error).toContain('"a"');
   expect(body.error).toContain('duration');
+});
+
+test('decisions show live on every open page, and the timeline keeps the history', async ({ page, request, context }) => {
+  const dagId = await startDemo(request);
+  const second = await context.newPage();
+  await openRun(page, dagId);
+  await openRun(second, dagId);
+  await expect(second.getByTestId('decisions')).toContainText('No gate has been decided yet.');
+  await page.getByTestId('gate-review').getByTestId('approve').click();
+  await expect(second.getByTestId('decision')).toContainText('review by anonymous');
+  await expect(second.getByTestId('gate-review')).toBeHidden();
+  await expect(page.getByTestId('run-state')).toHaveText('completed');
+
+  // A fresh load of the finished run shows its whole story from the log.
+  await page.reload();
+  await expect(page.getByTestId('timeline')).toContainText('anonymous: approve review');
+  await expect(page.getByTestId('timeline')).toContainText('run completed');
+  await expect(page.getByTestId('decision')).toHaveCount(1);
+  await second.close();
 });

@@ -1,4 +1,4 @@
-import { expect, test } from '@playwright/test';
+import { expect, test, type APIRequestContext } from '@playwright/test';
 import { openRun, pageStatuses, serverStatuses, startDemo } from './helpers';
 
 const DEMO_LABELS = [
@@ -11,6 +11,21 @@ const DEMO_LABELS = [
   'Assemble article',
   'Publish',
 ];
+
+const CHAIN = `
+name = "chain-e2e"
+max_parallel = 1
+${[1, 2, 3, 4, 5, 6]
+  .map((i) => `[[nodes]]\nid = "step${i}"\nkind = "simulate"\nduration = "1200ms"\n${i > 1 ? `needs = ["step${i - 1}"]\n` : ''}`)
+  .join('\n')}
+`;
+
+/** Starts the six-step chain (1.2 s a step, one at a time) over REST; answers its dag_id. */
+async function startChain(request: APIRequestContext): Promise<string> {
+  const started = await request.post('/api/dags', { headers: { 'content-type': 'application/toml' }, data: CHAIN });
+  expect(started.status()).toBe(201);
+  return (await started.json()).dag_id;
+}
 
 test('the run page is rendered on the server: node names and statuses without any JS', async ({ request, browser }) => {
   const dagId = await startDemo(request);
@@ -38,15 +53,15 @@ test('the run list starts a demo run and links to it', async ({ page }) => {
 });
 
 test('statuses change live, without a reload', async ({ page, request }) => {
-  const dagId = await startDemo(request);
+  const dagId = await startChain(request);
   await openRun(page, dagId);
   await page.evaluate(() => ((window as any).__sameDocument = true));
-  const outline = page.getByTestId('node-outline');
-  await expect(outline).toHaveAttribute('data-status', 'running');
-  await expect(outline).toHaveAttribute('data-status', 'completed');
-  await expect(page.getByTestId('node-review')).toHaveAttribute('data-status', 'waiting');
+  const step4 = page.getByTestId('node-step4');
+  await expect(step4).toHaveAttribute('data-status', 'pending');
+  await expect(step4).toHaveAttribute('data-status', 'running');
+  await expect(step4).toHaveAttribute('data-status', 'completed');
+  await expect(page.getByTestId('progress')).toHaveText(/^[4-6] \/ 6 done$/);
   expect(await page.evaluate(() => (window as any).__sameDocument)).toBe(true);
-  await expect(page.getByTestId('cost')).not.toHaveText('$0.00 / $2.00');
 });
 
 test('approving the gate completes the run and the page shows it', async ({ page, request }) => {
@@ -72,7 +87,7 @@ test('rejecting the gate skips the rest and fails the run', async ({ page, reque
 });
 
 test('pause stops progress and resume continues', async ({ page, request }) => {
-  const dagId = await startDemo(request);
+  const dagId = await startChain(request);
   await openRun(page, dagId);
   await page.getByTestId('pause').click();
   await expect(page.getByTestId('run-state')).toHaveText('paused');
@@ -117,7 +132,7 @@ test('a refused command is shown to the user who sent it', async ({ page, reques
   holding = false;
   for (const message of held.splice(0)) toPage!(message);
 
-  await expect(second.getByTestId('notice')).toContainText('not waiting');
+  await expect(second.getByTestId('notice')).toContainText('already decided by anonymous (approve)');
   await expect(second.getByTestId('gate-review')).toBeHidden();
   await expect(page.getByTestId('notice')).toHaveCount(0);
 

@@ -1,6 +1,7 @@
 //! The Leptos app, rendered on the server and hydrated in the browser: the run list (`/`), the
 //! run view (`/dags/{dag_id}`), the client store and the stream hook.
 
+mod history;
 mod run_page;
 mod runs_page;
 pub mod store;
@@ -9,7 +10,7 @@ pub mod stream;
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
 use leptos_router::components::{A, Route, Router, Routes};
-use leptos_router::path;
+use leptos_router::{SsrMode, path};
 
 use crate::protocol::{RunState, RunSummary};
 
@@ -46,8 +47,10 @@ pub fn App() -> impl IntoView {
             </header>
             <main>
                 <Routes fallback=|| view! { <p class="empty">"Page not found."</p> }>
-                    <Route path=path!("/") view=runs_page::RunsPage/>
-                    <Route path=path!("/dags/:dag_id") view=run_page::RunPage/>
+                    // In order: the HTML is complete (no fallback to swap by script), so the page
+                    // reads right before, and without, any JS.
+                    <Route path=path!("/") view=runs_page::RunsPage ssr=SsrMode::InOrder/>
+                    <Route path=path!("/dags/:dag_id") view=run_page::RunPage ssr=SsrMode::InOrder/>
                 </Routes>
             </main>
         </Router>

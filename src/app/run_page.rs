@@ -5,6 +5,7 @@ use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
 
 use super::get_run;
+use super::history::{Decisions, Timeline};
 use super::store::{GateCard, NodeSignal, RunStore};
 use super::stream::{Connection, DagStream, use_dag_stream};
 use crate::protocol::{ClientEvent, Decision, NodeStatus, RunPhase, RunState};
@@ -33,6 +34,7 @@ pub fn RunPage() -> impl IntoView {
 #[component]
 fn RunView(initial: RunState) -> impl IntoView {
     let dag_id = initial.dag_id.clone();
+    let initial_seq = initial.seq;
     let store = RunStore::new(initial);
     let stream = use_dag_stream(dag_id.clone(), store);
     let stale = move || stream.connection.get() != Connection::Live;
@@ -54,6 +56,10 @@ fn RunView(initial: RunState) -> impl IntoView {
             <Notices store stream/>
             <GateCards store stream/>
             <NodeList store/>
+            <div class="history">
+                <Decisions store/>
+                <Timeline store up_to=initial_seq/>
+            </div>
         </section>
     }
 }

@@ -4,7 +4,7 @@
 //! construction; then only the signals the event touched are set. A `node_state` for one node
 //! re-renders that node's row, the progress line and (for gates) the gate cards, nothing else.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use leptos::prelude::*;
 
@@ -50,6 +50,8 @@ pub struct RunStore {
     pub last_run_error: RwSignal<Option<String>>,
     pub name: StoredValue<String>,
     pub dag_id: StoredValue<String>,
+    /// Events applied since the page loaded, newest last (at most the timeline's length).
+    pub timeline: RwSignal<VecDeque<ServerEvent>>,
 }
 
 impl RunStore {
@@ -68,6 +70,7 @@ impl RunStore {
             last_run_error: RwSignal::new(None),
             name: StoredValue::new(initial.name.clone()),
             dag_id: StoredValue::new(initial.dag_id.clone()),
+            timeline: RwSignal::new(VecDeque::new()),
         };
         store.rebuild_nodes();
         store.refresh_gates();
@@ -109,6 +112,14 @@ impl RunStore {
             ServerEventBody::RunStateChanged { state } => self.phase.set(*state),
         }
         self.seq.set(self.state.with_value(|s| s.seq));
+        if !matches!(event.body, ServerEventBody::Snapshot { .. }) {
+            self.timeline.update(|timeline| {
+                if timeline.len() == super::history::TIMELINE_LENGTH {
+                    timeline.pop_front();
+                }
+                timeline.push_back(event.clone());
+            });
+        }
         applied
     }
 

@@ -1,0 +1,138 @@
+//! A run's history on its page: the decisions taken on its gates and the timeline of its events
+//! (the stored log up to the page's snapshot, then live events as they arrive).
+
+use leptos::prelude::*;
+
+use super::store::RunStore;
+use crate::protocol::{DagMutation, Seq, ServerEvent, ServerEventBody};
+
+/// Events shown at most in the timeline (the newest).
+pub const TIMELINE_LENGTH: usize = 300;
+
+/// The newest events of a run up to `up_to`, oldest first (at most [`TIMELINE_LENGTH`]).
+#[server]
+pub async fn run_events(dag_id: String, up_to: Seq) -> Result<Vec<ServerEvent>, ServerFnError> {
+    let state =
+        use_context::<crate::server::AppState>().ok_or_else(|| ServerFnError::new("server state is missing"))?;
+    let run = state.runs.get(&dag_id).ok_or_else(|| ServerFnError::new(format!("no run {dag_id:?}")))?;
+    let after = up_to.saturating_sub(TIMELINE_LENGTH as Seq);
+    let texts: Vec<String> = match state.runs.store() {
+        Some(store) => store.events(&dag_id, after, up_to).await.map_err(|e| ServerFnError::new(e.to_string()))?,
+        None => {
+            run.room.recent_events(after).into_iter().filter(|f| f.seq <= up_to).map(|f| f.text.to_string()).collect()
+        }
+    };
+    Ok(texts.iter().filter_map(|text| serde_json::from_str(text).ok()).collect())
+}
+
+/// One line of the timeline.
+pub fn describe(body: &ServerEventBody) -> (&'static str, String) {
+    match body {
+        ServerEventBody::NodeState { node_id, status, metrics, .. } => {
+            let attempt = metrics.as_ref().and_then(|m| m.attempt).filter(|a| *a > 1);
+            let attempt = attempt.map(|a| format!(" (attempt {a})")).unwrap_or_default();
+            ("node", format!("{node_id} {}{attempt}", status.as_str()))
+        }
+        ServerEventBody::EdgeActive { from, to } => ("edge", format!("{from} → {to}")),
+        ServerEventBody::DagMutated { mutation } => (
+            "graph",
+            match mutation {
+                DagMutation::AddNode { node, after, .. } if after.is_empty() => format!("added {}", node.id),
+                DagMutation::AddNode { node, after, .. } => format!("added {} after {}", node.id, after.join(", ")),
+                DagMutation::AddEdge { from, to } => format!("added edge {from} → {to}"),
+                DagMutation::RemoveNode { node_id } => format!("removed {node_id}"),
+                DagMutation::UpdateNode { node_id, .. } => format!("updated {node_id}"),
+            },
+        ),
+        ServerEventBody::CostUpdate { spent, budget, .. } if *budget > 0.0 => {
+            ("spend", format!("${spent:.2} of ${budget:.2}"))
+        }
+        ServerEventBody::CostUpdate { spent, .. } => ("spend", format!("${spent:.2}")),
+        ServerEventBody::ExecutionComplete { results } => {
+            ("done", format!("execution complete ({} results)", results.len()))
+        }
+        ServerEventBody::HumanGateWaiting { node_id, presentation } => {
+            ("gate", format!("{node_id} waits: {}", presentation.title))
+        }
+        ServerEventBody::Error { node_id: Some(node_id), message } => ("error", format!("{node_id}: {message}")),
+        ServerEventBody::Error { node_id: None, message } => ("error", message.clone()),
+        ServerEventBody::Snapshot { .. } => ("snapshot", "snapshot".to_owned()),
+        ServerEventBody::RunStateChanged { state } => ("run", format!("run {}", state.as_str())),
+        ServerEventBody::GateResolved { node_id, decision, decided_by, .. } => {
+            ("decision", format!("{decided_by}: {} {node_id}", decision.as_str()))
+        }
+        ServerEventBody::NodeLog { node_id, line, .. } => ("log", format!("{node_id} | {line}")),
+    }
+}
+
+#[component]
+pub fn Decisions(store: RunStore) -> impl IntoView {
+    view! {
+        <section class="panel" data-testid="decisions">
+            <h3>"Decisions"</h3>
+            <Show
+                when=move || store.decisions.with(|d| !d.is_empty())
+                fallback=|| view! { <p class="muted small">"No gate has been decided yet."</p> }
+            >
+                <ol class="decision-list">
+                    {move || {
+                        store
+                            .decisions
+                            .get()
+                            .into_iter()
+                            .map(|d| {
+                                view! {
+                                    <li data-testid="decision">
+                                        <span class=format!("badge decision-{}", d.decision.as_str())>
+                                            {d.decision.as_str()}
+                                        </span>
+                                        " " <strong>{d.node_id.clone()}</strong> " by " {d.decided_by.clone()}
+                                        <span class="muted small mono">" " {short_time(&d.decided_at)}</span>
+                                        {d.feedback.clone().map(|f| view! { <q class="feedback-quote">{f}</q> })}
+                                    </li>
+                                }
+                            })
+                            .collect_view()
+                    }}
+                </ol>
+            </Show>
+        </section>
+    }
+}
+
+#[component]
+pub fn Timeline(store: RunStore, up_to: Seq) -> impl IntoView {
+    let dag_id = store.dag_id.get_value();
+    let stored = Resource::new(move || (dag_id.clone(), up_to), |(dag_id, up_to)| run_events(dag_id, up_to));
+    let line = |event: &ServerEvent| {
+        let (kind, text) = describe(&event.body);
+        view! {
+            <li class=format!("event kind-{kind}")>
+                <span class="mono muted">{event.seq}</span>
+                <span class="kind">{kind}</span>
+                <span class="text">{text}</span>
+            </li>
+        }
+    };
+    view! {
+        <section class="panel" data-testid="timeline">
+            <h3>"Timeline"</h3>
+            <ol class="timeline">
+                <Suspense fallback=|| view! { <li class="muted">"Loading the log…"</li> }>
+                    {move || Suspend::new(async move {
+                        match stored.await {
+                            Ok(events) => events.iter().map(line).collect_view().into_any(),
+                            Err(error) => view! { <li class="muted">"Log unavailable: " {error.to_string()}</li> }.into_any(),
+                        }
+                    })}
+                </Suspense>
+                {move || store.timeline.with(|events| events.iter().filter(|e| e.seq > up_to).map(line).collect_view())}
+            </ol>
+        </section>
+    }
+}
+
+/// `2026-11-26T10:00:00.123Z` → `10:00:00`.
+fn short_time(rfc3339: &str) -> String {
+    rfc3339.get(11..19).unwrap_or(rfc3339).to_owned()
+}
