@@ -595,3 +595,112 @@ async fn the_agent_pipeline_example_hits_its_budget_gate() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+// ---- storage failures ----------------------------------------------------------------------------
+
+mod failing_storage {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use dagstream::store::{DecisionRow, RunRecord, Store, StoreError, StoredEvent};
+    use futures::future::BoxFuture;
+
+    use super::*;
+
+    /// A store that keeps runs in memory and fails every append after the first `ok_batches`.
+    pub struct FlakyStore {
+        pub ok_batches: usize,
+        pub batches: AtomicUsize,
+        pub runs: Mutex<Vec<RunRecord>>,
+        pub stored: Mutex<Vec<StoredEvent>>,
+    }
+
+    impl Store for FlakyStore {
+        fn create_run(&self, run: RunRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+            self.runs.lock().expect("lock").push(run);
+            Box::pin(async { Ok(()) })
+        }
+        fn append(&self, events: Vec<StoredEvent>) -> BoxFuture<'_, Result<(), StoreError>> {
+            let batch = self.batches.fetch_add(1, Ordering::SeqCst);
+            let result = if batch < self.ok_batches {
+                self.stored.lock().expect("lock").extend(events);
+                Ok(())
+            } else {
+                Err(StoreError("disk full".into()))
+            };
+            Box::pin(async move { result })
+        }
+        fn runs(&self) -> BoxFuture<'_, Result<Vec<RunRecord>, StoreError>> {
+            let runs = self.runs.lock().expect("lock").clone();
+            Box::pin(async move { Ok(runs) })
+        }
+        fn events(&self, _: &str, _: u64, _: u64) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn decisions(&self, _: &str) -> BoxFuture<'_, Result<Vec<DecisionRow>, StoreError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_storage_failure_stops_the_run_with_a_clear_error() {
+        let store = Arc::new(FlakyStore {
+            ok_batches: 1,
+            batches: AtomicUsize::new(0),
+            runs: Mutex::new(Vec::new()),
+            stored: Mutex::new(Vec::new()),
+        });
+        let runs = Runs::open(RoomLimits::default(), EngineConfig::new(work_root("flaky")), store.clone())
+            .await
+            .expect("opens");
+        let spec = DagSpec::parse(
+            "name = \"t\"\n[[nodes]]\nid = \"a\"\nkind = \"simulate\"\nduration = \"200ms\"\n[[nodes]]\nid = \"b\"\nkind = \"simulate\"\nneeds = [\"a\"]\nduration = \"200ms\"\n",
+            SpecFormat::Toml,
+        )
+        .expect("valid");
+        let dag_id = runs.start(spec).await.expect("starts");
+        let run = runs.get(&dag_id).expect("run");
+        tokio::time::timeout(Duration::from_secs(10), run.room.completed()).await.expect("the run ends");
+        let state = run.room.snapshot();
+        assert_eq!(state.state, RunPhase::Failed);
+        assert!(
+            state.errors.iter().any(|e| e.message.contains("storage failed") && e.message.contains("disk full")),
+            "{:?}",
+            state.errors
+        );
+        assert_ne!(state.nodes["b"].status, NodeStatus::Completed, "the run stopped");
+        // The stored log is a gap-free prefix: 1, 2, ... with nothing after the failure.
+        let stored: Vec<u64> = store.stored.lock().expect("lock").iter().map(|e| e.seq).collect();
+        assert!(!stored.is_empty());
+        assert_eq!(stored, (1..=stored.len() as u64).collect::<Vec<_>>());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(run.room.seq(), state.seq, "nothing happens after the stop");
+    }
+
+    #[tokio::test]
+    async fn a_run_whose_spec_cannot_be_read_is_marked_failed_with_the_reason() {
+        let record = RunRecord {
+            dag_id: "broken".into(),
+            name: "broken".into(),
+            spec: "{\"name\": \"broken\", \"nodes\": [{\"id\": \"a\", \"kind\": \"teleport\"}]}".into(),
+            state: "running".into(),
+            started_at: "2026-11-26T10:00:00.000Z".into(),
+            finished_at: None,
+        };
+        let store = Arc::new(FlakyStore {
+            ok_batches: usize::MAX,
+            batches: AtomicUsize::new(0),
+            runs: Mutex::new(vec![record]),
+            stored: Mutex::new(Vec::new()),
+        });
+        let runs = Runs::open(RoomLimits::default(), EngineConfig::new(work_root("unresumable")), store)
+            .await
+            .expect("opens anyway");
+        let run = runs.get("broken").expect("listed");
+        tokio::time::timeout(Duration::from_secs(5), run.room.completed()).await.expect("ended");
+        let state = run.room.snapshot();
+        assert_eq!(state.state, RunPhase::Failed);
+        assert!(state.errors[0].message.contains("cannot be resumed") && state.errors[0].message.contains("teleport"));
+        assert!(run.handle.is_none());
+    }
+}
