@@ -1,7 +1,10 @@
 //! The Leptos app, rendered on the server and hydrated in the browser: the run list (`/`), the
 //! run view (`/dags/{dag_id}`), the client store and the stream hook.
 
+mod graph;
 mod history;
+pub mod layout;
+mod node_panel;
 mod run_page;
 mod runs_page;
 pub mod store;

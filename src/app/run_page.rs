@@ -5,7 +5,9 @@ use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
 
 use super::get_run;
+use super::graph::Graph;
 use super::history::{Decisions, Timeline};
+use super::node_panel::NodePanel;
 use super::store::{GateCard, NodeSignal, RunStore};
 use super::stream::{Connection, DagStream, use_dag_stream};
 use crate::protocol::{ClientEvent, Decision, NodeStatus, RunPhase, RunState};
@@ -37,6 +39,8 @@ fn RunView(initial: RunState) -> impl IntoView {
     let initial_seq = initial.seq;
     let store = RunStore::new(initial);
     let stream = use_dag_stream(dag_id.clone(), store);
+    // The node whose panel is open.
+    let selected = RwSignal::new(None::<String>);
     let stale = move || stream.connection.get() != Connection::Live;
     view! {
         <section class="page run" class:stale=stale data-testid="run-view">
@@ -55,7 +59,11 @@ fn RunView(initial: RunState) -> impl IntoView {
             </div>
             <Notices store stream/>
             <GateCards store stream/>
-            <NodeList store/>
+            <div class="graph-row" class:with-panel=move || selected.with(Option::is_some)>
+                <Graph store selected/>
+                <NodePanel store selected/>
+            </div>
+            <NodeList store selected/>
             <div class="history">
                 <Decisions store/>
                 <Timeline store up_to=initial_seq/>
@@ -310,25 +318,27 @@ fn GateCardView(card: GateCard, stream: DagStream) -> impl IntoView {
 }
 
 #[component]
-fn NodeList(store: RunStore) -> impl IntoView {
+fn NodeList(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoView {
     view! {
         <ol class="nodes" data-testid="nodes">
             <For each=move || store.nodes.get() key=|node| node.id.clone() let:node>
-                <NodeRow node/>
+                <NodeRow node selected/>
             </For>
         </ol>
     }
 }
 
 #[component]
-fn NodeRow(node: NodeSignal) -> impl IntoView {
+fn NodeRow(node: NodeSignal, selected: RwSignal<Option<String>>) -> impl IntoView {
     let view = node.view;
     let status = move || view.with(|v| v.status);
+    let id = node.id.clone();
     view! {
         <li
             class=move || format!("node status-{}", status().as_str())
             data-testid=format!("node-{}", node.id)
             data-status=move || status().as_str()
+            on:click=move |_| selected.set(Some(id.clone()))
         >
             <span class="dot"></span>
             <span class="node-label">{move || view.with(|v| v.label.clone())}</span>

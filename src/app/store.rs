@@ -123,6 +123,11 @@ impl RunStore {
         applied
     }
 
+    /// The signal of one node, if the run has it.
+    pub fn node(&self, node_id: &str) -> Option<RwSignal<NodeView>> {
+        self.by_id.with_value(|by_id| by_id.get(node_id).copied())
+    }
+
     /// The reducer's state as it is now.
     pub fn snapshot(&self) -> RunState {
         self.state.get_value()

@@ -39,8 +39,11 @@ pub struct EngineConfig {
 }
 
 impl EngineConfig {
+    /// `work_root` is made absolute: commands run inside it and get paths under it.
     pub fn new(work_root: impl Into<PathBuf>) -> Self {
-        EngineConfig { work_root: work_root.into(), cancel_grace: Duration::from_secs(5) }
+        let work_root = work_root.into();
+        let work_root = std::path::absolute(&work_root).unwrap_or(work_root);
+        EngineConfig { work_root, cancel_grace: Duration::from_secs(5) }
     }
 }
 

@@ -1,0 +1,204 @@
+//! The run's DAG as SVG: layered layout, node colour by status (running nodes pulse), edges
+//! that light up on `edge_active`, new nodes that fade in while the others keep their places;
+//! pan (drag), zoom (wheel, buttons) and fit-to-screen. Each node reads its own signal, so one
+//! node's change redraws that node and its incoming edges only.
+
+use leptos::prelude::*;
+
+use super::layout::{self, Layout, NODE_HEIGHT, NODE_WIDTH};
+use super::store::{NodeSignal, RunStore};
+use crate::protocol::NodeKind;
+
+/// Pan and zoom of the drawing: screen = drawing × scale + (x, y).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct View {
+    pub x: f64,
+    pub y: f64,
+    pub scale: f64,
+}
+
+const MIN_SCALE: f64 = 0.05;
+const MAX_SCALE: f64 = 3.0;
+/// Margin around the drawing when fitting it to the screen, in screen pixels.
+const FIT_MARGIN: f64 = 24.0;
+
+impl View {
+    /// Zooms by `factor` keeping the drawing point under (`cx`, `cy`) where it is.
+    pub fn zoom_at(self, factor: f64, cx: f64, cy: f64) -> View {
+        let scale = (self.scale * factor).clamp(MIN_SCALE, MAX_SCALE);
+        let ratio = scale / self.scale;
+        View { x: cx - (cx - self.x) * ratio, y: cy - (cy - self.y) * ratio, scale }
+    }
+
+    /// The view that shows all of a `width` × `height` drawing in a `screen_w` × `screen_h` box.
+    pub fn fit(width: f64, height: f64, screen_w: f64, screen_h: f64) -> View {
+        let usable_w = (screen_w - 2.0 * FIT_MARGIN).max(1.0);
+        let usable_h = (screen_h - 2.0 * FIT_MARGIN).max(1.0);
+        let scale = (usable_w / width.max(1.0)).min(usable_h / height.max(1.0)).clamp(MIN_SCALE, 1.25);
+        View { x: (screen_w - width * scale) / 2.0, y: (screen_h - height * scale) / 2.0, scale }
+    }
+}
+
+#[component]
+pub fn Graph(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoView {
+    let previous: StoredValue<Option<Layout>> = StoredValue::new(None);
+    let laid = Memo::new(move |_| {
+        let nodes: Vec<(String, Vec<String>)> = store
+            .nodes
+            .with(|nodes| nodes.iter().map(|n| (n.id.clone(), n.view.with_untracked(|v| v.needs.clone()))).collect());
+        let next = previous.with_value(|p| layout::layout(&nodes, p.as_ref()));
+        previous.set_value(Some(next.clone()));
+        next
+    });
+    let view = RwSignal::new(View { x: FIT_MARGIN, y: FIT_MARGIN, scale: 1.0 });
+    let svg = NodeRef::<leptos::svg::Svg>::new();
+    let fit = move || {
+        if let Some(svg) = svg.get_untracked() {
+            let (width, height) = (f64::from(svg.client_width()), f64::from(svg.client_height()));
+            laid.with_untracked(|l| view.set(View::fit(l.width, l.height, width, height)));
+        }
+    };
+    // Fit once the page is live in the browser (the server cannot know the screen).
+    Effect::new(move |_| fit());
+    // Dragging: where the pointer went down, and the view then. `moved` tells a drag from a click.
+    let drag: StoredValue<Option<(f64, f64, View)>> = StoredValue::new(None);
+    let moved = StoredValue::new(false);
+
+    view! {
+        <section class="graph" data-testid="graph">
+            <div class="graph-tools">
+                <button title="Zoom in" data-testid="zoom-in" on:click=move |_| view.update(|v| *v = v.zoom_at(1.25, 200.0, 150.0))>"+"</button>
+                <button title="Zoom out" data-testid="zoom-out" on:click=move |_| view.update(|v| *v = v.zoom_at(0.8, 200.0, 150.0))>"−"</button>
+                <button title="Fit to screen" data-testid="fit" on:click=move |_| fit()>"Fit"</button>
+            </div>
+            <svg
+                node_ref=svg
+                class="graph-svg"
+                data-testid="graph-svg"
+                data-scale=move || format!("{:.3}", view.get().scale)
+                data-pan=move || { let v = view.get(); format!("{:.0},{:.0}", v.x, v.y) }
+                on:wheel=move |ev: leptos::ev::WheelEvent| {
+                    ev.prevent_default();
+                    let factor = if ev.delta_y() < 0.0 { 1.15 } else { 1.0 / 1.15 };
+                    let (cx, cy) = (f64::from(ev.offset_x()), f64::from(ev.offset_y()));
+                    view.update(|v| *v = v.zoom_at(factor, cx, cy));
+                }
+                on:pointerdown=move |ev: leptos::ev::PointerEvent| {
+                    drag.set_value(Some((f64::from(ev.client_x()), f64::from(ev.client_y()), view.get_untracked())));
+                    moved.set_value(false);
+                }
+                on:pointermove=move |ev: leptos::ev::PointerEvent| {
+                    if let Some((x0, y0, start)) = drag.get_value() {
+                        let (dx, dy) = (f64::from(ev.client_x()) - x0, f64::from(ev.client_y()) - y0);
+                        if dx.abs() + dy.abs() > 3.0 {
+                            moved.set_value(true);
+                        }
+                        view.set(View { x: start.x + dx, y: start.y + dy, ..start });
+                    }
+                }
+                on:pointerup=move |_| drag.set_value(None)
+                on:pointerleave=move |_| drag.set_value(None)
+            >
+                <g style:transform=move || {
+                    let v = view.get();
+                    format!("translate({:.1}px, {:.1}px) scale({:.4})", v.x, v.y, v.scale)
+                }>
+                    <g class="edges">
+                        <For each=move || store.nodes.get() key=|node| node.id.clone() let:node>
+                            <NodeEdges node laid/>
+                        </For>
+                    </g>
+                    <g class="gnodes">
+                        <For each=move || store.nodes.get() key=|node| node.id.clone() let:node>
+                            <GraphNode node laid selected moved/>
+                        </For>
+                    </g>
+                </g>
+            </svg>
+        </section>
+    }
+}
+
+#[component]
+fn NodeEdges(node: NodeSignal, laid: Memo<Layout>) -> impl IntoView {
+    let id = node.id.clone();
+    let needs = node.view.with_untracked(|v| v.needs.clone());
+    needs
+        .into_iter()
+        .map(|need| {
+            let (to, from) = (id.clone(), need.clone());
+            let active = move || node.view.with(|v| v.active_inputs.contains(&need));
+            view! {
+                <path
+                    class=move || if active() { "edge active" } else { "edge" }
+                    d=move || laid.with(|l| l.edge_path(&from, &to).unwrap_or_default())
+                ></path>
+            }
+        })
+        .collect_view()
+}
+
+#[component]
+fn GraphNode(
+    node: NodeSignal,
+    laid: Memo<Layout>,
+    selected: RwSignal<Option<String>>,
+    moved: StoredValue<bool>,
+) -> impl IntoView {
+    let NodeSignal { id, view } = node;
+    let position = {
+        let id = id.clone();
+        move || laid.with(|l| l.positions.get(&id).copied().unwrap_or_default())
+    };
+    let status = move || view.with(|v| v.status.as_str());
+    let is_selected = {
+        let id = id.clone();
+        move || selected.with(|s| s.as_deref() == Some(id.as_str()))
+    };
+    let kind = view.with_untracked(|v| v.kind);
+    let label = move || {
+        let label = view.with(|v| v.label.clone());
+        if label.chars().count() > 22 { format!("{}…", label.chars().take(21).collect::<String>()) } else { label }
+    };
+    let click_id = id.clone();
+    view! {
+        <g
+            class=move || format!("gnode status-{}{}", status(), if is_selected() { " selected" } else { "" })
+            class:gate=kind == NodeKind::Gate
+            data-testid=format!("gnode-{id}")
+            data-status=status
+            style:transform=move || { let (x, y) = position(); format!("translate({x:.1}px, {y:.1}px)") }
+            on:click=move |_| {
+                if !moved.get_value() {
+                    selected.set(Some(click_id.clone()));
+                }
+            }
+        >
+            <rect width=NODE_WIDTH height=NODE_HEIGHT rx="8"></rect>
+            <circle class="status-dot" cx="14" cy=NODE_HEIGHT / 2.0 r="5"></circle>
+            <text x="26" y="19" class="glabel">{label}</text>
+            <text x="26" y="34" class="gstatus">{status}</text>
+        </g>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::View;
+
+    #[test]
+    fn zoom_keeps_the_point_under_the_cursor() {
+        let view = View { x: 10.0, y: 20.0, scale: 1.0 };
+        let zoomed = view.zoom_at(2.0, 110.0, 120.0);
+        // The drawing point under (110, 120) was (100, 100); it still is.
+        assert_eq!(((110.0 - zoomed.x) / zoomed.scale, (120.0 - zoomed.y) / zoomed.scale), (100.0, 100.0));
+        assert_eq!(view.zoom_at(1000.0, 0.0, 0.0).scale, 3.0, "zoom is bounded");
+    }
+
+    #[test]
+    fn fit_shows_the_whole_drawing_centred() {
+        let fitted = View::fit(2000.0, 500.0, 1000.0, 600.0);
+        assert!(fitted.scale * 2000.0 <= 1000.0);
+        assert!((fitted.x * 2.0 + 2000.0 * fitted.scale - 1000.0).abs() < 1e-9, "centred");
+    }
+}
