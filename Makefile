@@ -18,7 +18,7 @@ run: build
 ## Run every test: Rust unit and integration tests, then Playwright in Chromium
 test: setup-test
 	cargo test --features ssr
-	cargo leptos end-to-end
+	DAGSTREAM_BIN=$(TARGET_DIR)/debug/dagstream cargo leptos end-to-end
 
 build: setup
 	cargo leptos build --release
@@ -33,7 +33,7 @@ unit:
 	cargo test --features ssr
 
 e2e: setup-test
-	cargo leptos end-to-end
+	DAGSTREAM_BIN=$(TARGET_DIR)/debug/dagstream cargo leptos end-to-end
 
 ## Type-check both targets as the release build sees them
 check:

@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{broadcast, watch};
@@ -57,6 +57,8 @@ pub struct Room {
     storage_failed: AtomicBool,
     /// Cancelled when the run must stop at once (storage failed); its coordinator watches it.
     pub halt: CancellationToken,
+    /// Told this run's id whenever a committed event changes its line in the run list.
+    feed: OnceLock<broadcast::Sender<Arc<str>>>,
     inner: Mutex<RoomInner>,
     /// Sender half of the live stream; `subscribe` hands out receivers.
     live: broadcast::Sender<Frame>,
@@ -102,6 +104,7 @@ impl Room {
             writer,
             storage_failed: AtomicBool::new(false),
             halt: CancellationToken::new(),
+            feed: OnceLock::new(),
             inner: Mutex::new(RoomInner {
                 published: state.seq,
                 state,
@@ -132,14 +135,38 @@ impl Room {
                     self.fail_storage(&StoreError("the storage writer has stopped".into()));
                 }
             }
-            None => inner.commit(event, frame, &self.live, &self.complete),
+            None => {
+                let changes_summary = changes_summary(&event.body);
+                inner.commit(event, frame, &self.live, &self.complete);
+                drop(inner);
+                if changes_summary {
+                    self.announce();
+                }
+            }
         }
         seq
     }
 
     /// Folds, logs and broadcasts an event (the writer calls this once it is stored).
     pub fn commit(&self, event: ServerEvent, frame: Frame) {
+        let changes_summary = changes_summary(&event.body);
         self.lock().commit(event, frame, &self.live, &self.complete);
+        if changes_summary {
+            self.announce();
+        }
+    }
+
+    /// Where to announce changes of this run's line in the run list (set once).
+    pub fn set_feed(&self, feed: broadcast::Sender<Arc<str>>) {
+        let _ = self.feed.set(feed);
+    }
+
+    /// Tells the run list feed that this run's line changed.
+    pub fn announce(&self) {
+        if let Some(feed) = self.feed.get() {
+            // Nobody listening is fine.
+            let _ = feed.send(Arc::clone(&self.dag_id));
+        }
     }
 
     /// True once storing this run's events failed.
@@ -215,6 +242,23 @@ impl Room {
         let mut complete = self.complete.subscribe();
         // The sender lives as long as the room, so this only ends when the run completes.
         let _ = complete.wait_for(|done| *done).await;
+    }
+}
+
+/// True for events that change a run's line in the run list.
+fn changes_summary(body: &ServerEventBody) -> bool {
+    match body {
+        ServerEventBody::NodeState { status, .. } => status.is_terminal(),
+        ServerEventBody::RunStateChanged { .. }
+        | ServerEventBody::CostUpdate { .. }
+        | ServerEventBody::HumanGateWaiting { .. }
+        | ServerEventBody::GateResolved { .. }
+        | ServerEventBody::DagMutated { .. }
+        | ServerEventBody::ExecutionComplete { .. } => true,
+        ServerEventBody::EdgeActive { .. }
+        | ServerEventBody::Error { .. }
+        | ServerEventBody::Snapshot { .. }
+        | ServerEventBody::NodeLog { .. } => false,
     }
 }
 

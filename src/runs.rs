@@ -4,10 +4,15 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use tokio::sync::broadcast;
+
 use crate::engine::{self, DagSpec, EngineConfig, RunHandle, SpecError};
 use crate::hub::{Frame, Room, RoomLimits};
 use crate::protocol::{Applied, RunPhase, RunState, RunSummary, ServerEvent, ServerEventBody};
 use crate::store::{RunRecord, Store, StoreError, Writer};
+
+/// Changes the run list feed holds for a slow reader before it must reload the whole list.
+const FEED_QUEUE: usize = 1024;
 
 /// One run: its room (state, log, subscribers) and the way in to its coordinator.
 #[derive(Clone)]
@@ -36,19 +41,27 @@ pub struct Runs {
     engine: EngineConfig,
     /// Where runs and events are stored, with the writer that commits them; `None`: memory only.
     storage: Option<(Arc<dyn Store>, Writer)>,
+    /// The id of every run whose line in the run list changed (new runs included).
+    feed: broadcast::Sender<Arc<str>>,
 }
 
 impl Runs {
     /// A registry that keeps everything in memory.
     pub fn new(limits: RoomLimits, engine: EngineConfig) -> Self {
-        Runs { by_id: RwLock::new(HashMap::new()), limits, engine, storage: None }
+        Runs { by_id: RwLock::new(HashMap::new()), limits, engine, storage: None, feed: broadcast::channel(FEED_QUEUE).0 }
     }
 
     /// A registry backed by `store`: loads every stored run, resumes the ones that were still
     /// going, and stores everything from now on. Must be called within a tokio runtime.
     pub async fn open(limits: RoomLimits, engine: EngineConfig, store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let writer = Writer::spawn(Arc::clone(&store));
-        let runs = Runs { by_id: RwLock::new(HashMap::new()), limits, engine, storage: Some((store, writer)) };
+        let runs = Runs {
+            by_id: RwLock::new(HashMap::new()),
+            limits,
+            engine,
+            storage: Some((store, writer)),
+            feed: broadcast::channel(FEED_QUEUE).0,
+        };
         runs.load().await?;
         Ok(runs)
     }
@@ -78,7 +91,8 @@ impl Runs {
         }
         let room = self.new_room(initial_state(&dag_id, &spec, &started_at), Vec::new());
         let handle = engine::run::spawn(&dag_id, spec, Arc::clone(&room), &self.engine);
-        self.write().insert(dag_id.clone(), RunEntry { room, handle: Some(handle) });
+        self.write().insert(dag_id.clone(), RunEntry { room: Arc::clone(&room), handle: Some(handle) });
+        room.announce();
         Ok(dag_id)
     }
 
@@ -161,7 +175,14 @@ impl Runs {
 
     fn new_room(&self, state: RunState, recent: Vec<Frame>) -> Arc<Room> {
         let writer = self.storage.as_ref().map(|(_, writer)| writer.clone());
-        Room::new(state, self.limits, writer, recent)
+        let room = Room::new(state, self.limits, writer, recent);
+        room.set_feed(self.feed.clone());
+        room
+    }
+
+    /// Ids of runs whose line in the run list changes, from now on.
+    pub fn changes(&self) -> broadcast::Receiver<Arc<str>> {
+        self.feed.subscribe()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, RunEntry>> {

@@ -1,11 +1,14 @@
 //! The Leptos app, rendered on the server and hydrated in the browser: the run list (`/`), the
 //! run view (`/dags/{dag_id}`), the client store and the stream hook.
 
+pub mod clock;
 mod graph;
 mod history;
 pub mod layout;
 mod node_panel;
 mod run_page;
+pub mod runs_feed;
+pub mod spend;
 mod runs_page;
 pub mod store;
 pub mod stream;

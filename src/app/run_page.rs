@@ -8,9 +8,11 @@ use super::get_run;
 use super::graph::Graph;
 use super::history::{Decisions, Timeline};
 use super::node_panel::NodePanel;
+use super::clock::{format_elapsed, parse_ms, use_now};
+use super::spend::{SpendPanel, budget_level};
 use super::store::{GateCard, NodeSignal, RunStore};
 use super::stream::{Connection, DagStream, use_dag_stream};
-use crate::protocol::{ClientEvent, Decision, NodeStatus, RunPhase, RunState};
+use crate::protocol::{ClientEvent, Decision, GateDecisionRecord, NodeStatus, RunPhase, RunState};
 
 #[component]
 pub fn RunPage() -> impl IntoView {
@@ -65,9 +67,10 @@ fn RunView(initial: RunState) -> impl IntoView {
             </div>
             <NodeList store selected/>
             <div class="history">
+                <SpendPanel store/>
                 <Decisions store/>
-                <Timeline store up_to=initial_seq/>
             </div>
+            <Timeline store up_to=initial_seq/>
         </section>
     }
 }
@@ -78,6 +81,7 @@ fn ConnectionIndicator(connection: Signal<Connection>) -> impl IntoView {
         Connection::Connecting => "connecting",
         Connection::Live => "live",
         Connection::Reconnecting { .. } => "reconnecting",
+        Connection::Offline => "offline",
     };
     let text = move || match connection.get() {
         Connection::Connecting => "Connecting…".to_owned(),
@@ -86,6 +90,7 @@ fn ConnectionIndicator(connection: Signal<Connection>) -> impl IntoView {
         Connection::Reconnecting { attempt, in_secs } => {
             format!("Reconnecting in {in_secs} s (attempt {attempt})")
         }
+        Connection::Offline => "Offline: the data shown may be stale".to_owned(),
     };
     view! {
         <span class=move || format!("connection {}", state()) data-testid="connection" data-state=state>
@@ -109,6 +114,21 @@ fn RunStateBadge(store: RunStore) -> impl IntoView {
 #[component]
 fn ProgressLine(store: RunStore) -> impl IntoView {
     let progress = store.progress;
+    let now = use_now();
+    let started = parse_ms(&store.snapshot().started_at);
+    // Elapsed: until now while the run goes on, until its last activity once it ended.
+    let elapsed = move || {
+        let end = if store.phase.get().is_terminal() {
+            store.seq.track();
+            store.snapshot().last_activity().as_deref().and_then(parse_ms)
+        } else {
+            Some(now.get())
+        };
+        match (started, end) {
+            (Some(start), Some(end)) => format!("{} elapsed", format_elapsed(end - start)),
+            _ => String::new(),
+        }
+    };
     let percent = move || {
         let p = progress.get();
         if p.total == 0 { 0.0 } else { 100.0 * p.done as f64 / p.total as f64 }
@@ -128,6 +148,7 @@ fn ProgressLine(store: RunStore) -> impl IntoView {
                     format!("{} running · {} waiting · {} failed", p.running, p.waiting, p.failed)
                 }}
             </span>
+            <span class="muted small" data-testid="elapsed">{elapsed}</span>
             <div class="bar"><div class="fill" style:width=move || format!("{:.1}%", percent())></div></div>
         </div>
     }
@@ -136,17 +157,7 @@ fn ProgressLine(store: RunStore) -> impl IntoView {
 #[component]
 fn CostTicker(store: RunStore) -> impl IntoView {
     let cost = store.cost;
-    let level = move || {
-        let c = cost.get();
-        let used = if c.budget > 0.0 { c.spent / c.budget } else { 0.0 };
-        if used >= 1.0 {
-            "over"
-        } else if used >= 0.8 {
-            "near"
-        } else {
-            "ok"
-        }
-    };
+    let level = move || budget_level(cost.get());
     view! {
         <div class="stat">
             <span class="label">"Spend"</span>
@@ -180,8 +191,17 @@ fn CostTicker(store: RunStore) -> impl IntoView {
 fn Controls(store: RunStore, stream: DagStream) -> impl IntoView {
     let phase = store.phase;
     let send = move |event: ClientEvent| stream.send(&event);
+    // Cancel asks first: it stops every running command.
+    let confirming = RwSignal::new(false);
     view! {
         <div class="controls">
+            <Show when=move || confirming.get()>
+                <div class="confirm" data-testid="cancel-confirm">
+                    <span>"Cancel the run? Running commands are stopped."</span>
+                    <button class="danger" data-testid="confirm-cancel" on:click=move |_| { confirming.set(false); send(ClientEvent::CancelExecution) }>"Yes, cancel"</button>
+                    <button data-testid="keep-running" on:click=move |_| confirming.set(false)>"Keep running"</button>
+                </div>
+            </Show>
             <button
                 data-testid="pause"
                 disabled=move || phase.get() != RunPhase::Running
@@ -200,7 +220,7 @@ fn Controls(store: RunStore, stream: DagStream) -> impl IntoView {
                 class="danger"
                 data-testid="cancel"
                 disabled=move || !matches!(phase.get(), RunPhase::Running | RunPhase::Paused)
-                on:click=move |_| send(ClientEvent::CancelExecution)
+                on:click=move |_| confirming.set(true)
             >
                 "Cancel"
             </button>
@@ -247,12 +267,72 @@ fn Notices(store: RunStore, stream: DagStream) -> impl IntoView {
 
 #[component]
 fn GateCards(store: RunStore, stream: DagStream) -> impl IntoView {
+    // Keyboard: A approves, R rejects the first waiting gate; M goes to its feedback box.
+    #[cfg(feature = "hydrate")]
+    {
+        let handle = window_event_listener(leptos::ev::keydown, move |ev| {
+            let typing = ev
+                .target()
+                .and_then(|t| wasm_bindgen::JsCast::dyn_into::<web_sys::Element>(t).ok())
+                .is_some_and(|el| matches!(el.tag_name().as_str(), "TEXTAREA" | "INPUT" | "SELECT"));
+            if typing || ev.ctrl_key() || ev.meta_key() || ev.alt_key() {
+                return;
+            }
+            let Some(card) = store.gates.with_untracked(|g| g.first().cloned()) else { return };
+            let decision = match ev.key().as_str() {
+                "a" | "A" => Decision::Approve,
+                "r" | "R" => Decision::Reject,
+                "m" | "M" => {
+                    if let Some(el) = document().query_selector(&format!("[data-testid=gate-{}] textarea", card.node_id)).ok().flatten() {
+                        if let Ok(el) = wasm_bindgen::JsCast::dyn_into::<web_sys::HtmlElement>(el) {
+                            let _ = el.focus();
+                            ev.prevent_default();
+                        }
+                    }
+                    return;
+                }
+                _ => return,
+            };
+            if card.presentation.options.contains(&decision) {
+                stream.send(&ClientEvent::HumanDecision { node_id: card.node_id, decision, feedback: None });
+            }
+        });
+        on_cleanup(move || handle.remove());
+    }
+    // The newest decision per gate that no longer waits: who decided what, on every dashboard.
+    let resolved = move || {
+        let waiting: Vec<String> = store.gates.with(|g| g.iter().map(|c| c.node_id.clone()).collect());
+        let mut latest: Vec<GateDecisionRecord> = Vec::new();
+        for decision in store.decisions.get().into_iter().rev() {
+            if !waiting.contains(&decision.node_id) && !latest.iter().any(|d| d.node_id == decision.node_id) {
+                latest.push(decision);
+            }
+        }
+        latest.truncate(3);
+        latest
+    };
     view! {
         <div class="gates">
             <For each=move || store.gates.get() key=|card| card.node_id.clone() let:card>
                 <GateCardView card stream/>
             </For>
+            <For each=resolved key=|d| (d.node_id.clone(), d.seq) let:decision>
+                <div class=format!("gate-resolved decision-{}", decision.decision.as_str()) data-testid=format!("resolved-{}", decision.node_id)>
+                    <strong>{decision.node_id.clone()}</strong>
+                    {format!(" {} by {}", past_tense(decision.decision), decision.decided_by)}
+                    <span class="muted small mono">{format!(" at {}", decision.decided_at.get(11..19).unwrap_or(""))}</span>
+                    {decision.feedback.clone().map(|f| view! { <q class="feedback-quote">{f}</q> })}
+                </div>
+            </For>
         </div>
+    }
+}
+
+fn past_tense(decision: Decision) -> &'static str {
+    match decision {
+        Decision::Approve => "approved",
+        Decision::Reject => "rejected",
+        Decision::Modify => "sent back",
     }
 }
 
@@ -298,6 +378,22 @@ fn GateCardView(card: GateCard, stream: DagStream) -> impl IntoView {
             <h2>{presentation.title.clone()}</h2>
             <p>{presentation.prompt.clone()}</p>
             {presentation
+                .context
+                .as_ref()
+                .map(|context| {
+                    let pretty = serde_json::to_string_pretty(context).unwrap_or_default();
+                    view! {
+                        <details class="gate-context" data-testid="gate-context">
+                            <summary>"Context"</summary>
+                            <pre class="output">{pretty}</pre>
+                        </details>
+                    }
+                })}
+            {presentation
+                .timeout_at
+                .clone()
+                .map(|at| view! { <p class="muted small">{format!("Decides itself at {}", at.get(11..19).unwrap_or(&at))}</p> })}
+            {presentation
                 .cost_so_far
                 .map(|spent| view! { <p class="muted small mono">{format!("Spent so far: ${spent:.2}")}</p> })}
             {offers_modify
@@ -313,6 +409,7 @@ fn GateCardView(card: GateCard, stream: DagStream) -> impl IntoView {
                     }
                 })}
             <div class="gate-actions">{buttons}</div>
+            <p class="muted small shortcuts">"Keys: A approve · R reject · M feedback"</p>
         </article>
     }
 }

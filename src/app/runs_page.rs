@@ -1,54 +1,45 @@
-//! The run list (`/`): every run with its state, progress and spend, and a way to start one.
+//! The run list (`/`): every run with its state, start, duration, progress, spend and waiting
+//! gates, live from the run list feed; and the ways to start one: a bundled example, or a spec
+//! pasted or uploaded (refused inline, with the reason, when it is not valid).
 
 use leptos::form::ActionForm;
 use leptos::prelude::*;
 use leptos_router::components::A;
 
+use super::clock::{format_elapsed, parse_ms, use_now};
+use super::runs_feed::use_runs_feed;
 use super::{StartExample, list_runs};
-use crate::protocol::RunSummary;
+use crate::protocol::{RunPhase, RunSummary};
+
+/// Starts a run from spec text (`format`: `toml` or `json`) and sends the browser to it. An
+/// invalid spec is an error naming the node and field; nothing starts.
+#[server]
+pub async fn start_spec(text: String, format: String) -> Result<String, ServerFnError> {
+    use crate::engine::{DagSpec, SpecFormat};
+    let format = match format.as_str() {
+        "json" => SpecFormat::Json,
+        _ => SpecFormat::Toml,
+    };
+    let spec = DagSpec::parse(&text, format).map_err(|e| ServerFnError::new(e.to_string()))?;
+    let state = use_context::<crate::server::AppState>().ok_or_else(|| ServerFnError::new("server state is missing"))?;
+    let dag_id = state.runs.start(spec).await.map_err(|e| ServerFnError::new(e.to_string()))?;
+    leptos_axum::redirect(&format!("/dags/{dag_id}"));
+    Ok(dag_id)
+}
 
 #[component]
 pub fn RunsPage() -> impl IntoView {
-    let start = ServerAction::<StartExample>::new();
-    let runs = Resource::new(move || start.version().get(), |_| list_runs());
+    let runs = Resource::new(|| (), |_| list_runs());
     view! {
         <section class="page runs">
             <div class="page-head">
                 <h1>"Runs"</h1>
-                <div class="start-buttons">
-                    {crate::examples::names()
-                        .map(|name| {
-                            view! {
-                                <ActionForm action=start attr:class="start-form">
-                                    <input type="hidden" name="name" value=name/>
-                                    <button
-                                        type="submit"
-                                        class=if name == "demo" { "primary" } else { "" }
-                                        data-testid=format!("start-{name}")
-                                    >
-                                        {format!("Start {name} run")}
-                                    </button>
-                                </ActionForm>
-                            }
-                        })
-                        .collect_view()}
-                </div>
             </div>
-            {move || {
-                start
-                    .value()
-                    .get()
-                    .and_then(Result::err)
-                    .map(|error| view! { <p class="notice error">{error.to_string()}</p> })
-            }}
+            <StartPanel/>
             <Suspense fallback=|| view! { <p class="empty">"Loading runs…"</p> }>
                 {move || Suspend::new(async move {
                     match runs.await {
-                        Ok(list) if list.is_empty() => {
-                            view! { <p class="empty">"No runs yet. Start the demo to see one live."</p> }
-                                .into_any()
-                        }
-                        Ok(list) => view! { <RunTable runs=list/> }.into_any(),
+                        Ok(list) => view! { <RunTable initial=list/> }.into_any(),
                         Err(error) => {
                             view! { <p class="notice error">"Could not load runs: " {error.to_string()}</p> }
                                 .into_any()
@@ -61,56 +52,168 @@ pub fn RunsPage() -> impl IntoView {
 }
 
 #[component]
-fn RunTable(runs: Vec<RunSummary>) -> impl IntoView {
+fn StartPanel() -> impl IntoView {
+    let start = ServerAction::<StartExample>::new();
+    let start_spec = ServerAction::<StartSpec>::new();
+    let text = RwSignal::new(String::new());
+    let format = RwSignal::new("toml".to_owned());
     view! {
-        <table class="run-table">
-            <thead>
-                <tr>
-                    <th>"Run"</th>
-                    <th>"State"</th>
-                    <th>"Started"</th>
-                    <th>"Progress"</th>
-                    <th>"Spend"</th>
-                    <th>"Gates"</th>
-                </tr>
-            </thead>
-            <tbody>
-                {runs
-                    .into_iter()
-                    .map(|run| {
-                        let href = format!("/dags/{}", run.dag_id);
+        <div class="start panel">
+            <div class="start-buttons">
+                {crate::examples::names()
+                    .map(|name| {
                         view! {
-                            <tr data-testid="run-row" data-dag-id=run.dag_id.clone()>
-                                <td>
-                                    <A href=href>{run.name.clone()}</A>
-                                    <span class="muted mono">" " {run.dag_id.clone()}</span>
-                                </td>
-                                <td>
-                                    <span class=format!("badge phase-{}", run.state.as_str())>
-                                        {run.state.as_str()}
-                                    </span>
-                                </td>
-                                <td class="muted">{short_time(&run.started_at)}</td>
-                                <td>{format!("{} / {}", run.nodes_done, run.nodes_total)}</td>
-                                <td class="mono">
-                                    {format!("${:.2} / ${:.2}", run.cost.spent, run.cost.budget)}
-                                </td>
-                                <td>
-                                    {(run.gates_waiting > 0)
-                                        .then(|| {
-                                            view! {
-                                                <span class="badge phase-paused">
-                                                    {format!("{} waiting", run.gates_waiting)}
-                                                </span>
-                                            }
-                                        })}
-                                </td>
-                            </tr>
+                            <ActionForm action=start attr:class="start-form">
+                                <input type="hidden" name="name" value=name/>
+                                <button
+                                    type="submit"
+                                    class=if name == "demo" { "primary" } else { "" }
+                                    data-testid=format!("start-{name}")
+                                >
+                                    {format!("Start {name} run")}
+                                </button>
+                            </ActionForm>
                         }
                     })
                     .collect_view()}
-            </tbody>
-        </table>
+            </div>
+            {move || {
+                start.value().get().and_then(Result::err).map(|error| view! { <p class="notice error">{error.to_string()}</p> })
+            }}
+            <div class="spec-form">
+                <h3>"Or run your own spec"</h3>
+                <ActionForm action=start_spec attr:class="spec">
+                    <textarea
+                        name="text"
+                        data-testid="spec-text"
+                        rows="6"
+                        spellcheck="false"
+                        placeholder="name = \"my-dag\"\n\n[[nodes]]\nid = \"hello\"\nkind = \"command\"\nrun = \"echo hello\""
+                        prop:value=move || text.get()
+                        on:input=move |ev| text.set(event_target_value(&ev))
+                    ></textarea>
+                    <div class="spec-actions">
+                        <select name="format" data-testid="spec-format" on:change=move |ev| format.set(event_target_value(&ev))>
+                            <option value="toml" selected=move || format.get() == "toml">"TOML"</option>
+                            <option value="json" selected=move || format.get() == "json">"JSON"</option>
+                        </select>
+                        <label class="upload">
+                            "Upload a file… "
+                            <input type="file" accept=".toml,.json,text/plain,application/json" data-testid="spec-file" on:change=move |ev| read_file(ev, text, format)/>
+                        </label>
+                        <button type="submit" class="primary" data-testid="start-spec">"Validate and start"</button>
+                    </div>
+                    {move || {
+                        start_spec
+                            .value()
+                            .get()
+                            .and_then(Result::err)
+                            .map(|error| {
+                                let message = error.to_string();
+                                let message = message.strip_prefix("error running server function: ").unwrap_or(&message).to_owned();
+                                view! { <p class="notice error" data-testid="spec-error">{message}</p> }
+                            })
+                    }}
+                </ActionForm>
+            </div>
+        </div>
+    }
+}
+
+/// Puts an uploaded file's text in the spec box and picks the format by its name.
+fn read_file(ev: leptos::ev::Event, text: RwSignal<String>, format: RwSignal<String>) {
+    #[cfg(feature = "hydrate")]
+    {
+        use wasm_bindgen::JsCast;
+        let Some(input) = ev.target().and_then(|t| t.dyn_into::<web_sys::HtmlInputElement>().ok()) else { return };
+        let Some(file) = input.files().and_then(|files| files.get(0)) else { return };
+        if file.name().to_ascii_lowercase().ends_with(".json") {
+            format.set("json".into());
+        } else {
+            format.set("toml".into());
+        }
+        leptos::task::spawn_local(async move {
+            if let Ok(content) = wasm_bindgen_futures::JsFuture::from(file.text()).await {
+                text.set(content.as_string().unwrap_or_default());
+            }
+        });
+    }
+    #[cfg(not(feature = "hydrate"))]
+    let _ = (ev, text, format);
+}
+
+#[component]
+fn RunTable(initial: Vec<RunSummary>) -> impl IntoView {
+    let runs = use_runs_feed(initial);
+    let now = use_now();
+    view! {
+        <Show
+            when=move || runs.with(|r| !r.is_empty())
+            fallback=|| view! { <p class="empty">"No runs yet. Start the demo to see one live."</p> }
+        >
+            <table class="run-table" data-testid="run-table">
+                <thead>
+                    <tr>
+                        <th>"Run"</th>
+                        <th>"State"</th>
+                        <th>"Started"</th>
+                        <th>"Duration"</th>
+                        <th>"Progress"</th>
+                        <th>"Spend"</th>
+                        <th>"Gates"</th>
+                    </tr>
+                </thead>
+                <tbody>
+                    <For each=move || runs.get() key=|run| (run.dag_id.clone(), run.state, run.nodes_done, run.gates_waiting, run.cost.spent.to_bits(), run.nodes_total) let:run>
+                        <RunRow run now/>
+                    </For>
+                </tbody>
+            </table>
+        </Show>
+    }
+}
+
+#[component]
+fn RunRow(run: RunSummary, now: ReadSignal<f64>) -> impl IntoView {
+    let href = format!("/dags/{}", run.dag_id);
+    let started = parse_ms(&run.started_at);
+    let ended = run.ended_at.as_deref().and_then(parse_ms);
+    let running = !run.state.is_terminal();
+    let duration = move || match (started, ended, running) {
+        (Some(start), _, true) => format_elapsed(now.get() - start),
+        (Some(start), Some(end), false) => format_elapsed(end - start),
+        (Some(_), None, false) | (None, _, _) => "–".to_owned(),
+    };
+    let spend = if run.cost.budget > 0.0 {
+        format!("${:.2} / ${:.2}", run.cost.spent, run.cost.budget)
+    } else {
+        format!("${:.2}", run.cost.spent)
+    };
+    view! {
+        <tr data-testid="run-row" data-dag-id=run.dag_id.clone() data-state=run.state.as_str()>
+            <td>
+                <A href=href>{run.name.clone()}</A>
+                <span class="muted mono">" " {run.dag_id.clone()}</span>
+            </td>
+            <td>
+                <span class=format!("badge phase-{}", run.state.as_str())>{run.state.as_str()}</span>
+            </td>
+            <td class="muted">{short_time(&run.started_at)}</td>
+            <td class="mono">{duration}</td>
+            <td>{format!("{} / {}", run.nodes_done, run.nodes_total)}</td>
+            <td class="mono">{spend}</td>
+            <td>
+                {(run.gates_waiting > 0)
+                    .then(|| {
+                        view! {
+                            <span class="badge phase-paused" data-testid="gates-waiting">
+                                {format!("{} waiting", run.gates_waiting)}
+                            </span>
+                        }
+                    })}
+                {(run.state == RunPhase::Paused).then(|| view! { <span class="muted small">" paused"</span> })}
+            </td>
+        </tr>
     }
 }
 

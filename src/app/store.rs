@@ -52,6 +52,8 @@ pub struct RunStore {
     pub dag_id: StoredValue<String>,
     /// Events applied since the page loaded, newest last (at most the timeline's length).
     pub timeline: RwSignal<VecDeque<ServerEvent>>,
+    /// Spend after each `cost_update` seen (by `seq`), for the sparkline.
+    pub spend_series: RwSignal<Vec<(Seq, f64)>>,
 }
 
 impl RunStore {
@@ -71,6 +73,7 @@ impl RunStore {
             name: StoredValue::new(initial.name.clone()),
             dag_id: StoredValue::new(initial.dag_id.clone()),
             timeline: RwSignal::new(VecDeque::new()),
+            spend_series: RwSignal::new(vec![(initial.seq, initial.cost.spent)]),
         };
         store.rebuild_nodes();
         store.refresh_gates();
@@ -102,7 +105,10 @@ impl RunStore {
                 self.rebuild_nodes();
                 self.refresh_all_scalars();
             }
-            ServerEventBody::CostUpdate { .. } => self.state.with_value(|s| self.cost.set(s.cost)),
+            ServerEventBody::CostUpdate { spent, .. } => {
+                self.state.with_value(|s| self.cost.set(s.cost));
+                self.spend_series.update(|series| series.push((event.seq, *spent)));
+            }
             ServerEventBody::ExecutionComplete { .. } => self.finished.set(true),
             ServerEventBody::Error { node_id, message } => {
                 if node_id.is_none() {

@@ -25,6 +25,8 @@ pub enum Connection {
     Live,
     /// Closed; the next attempt (`attempt`, counting from 1) starts in `in_secs` seconds.
     Reconnecting { attempt: u32, in_secs: u32 },
+    /// The browser says it has no network; it reconnects as soon as the network is back.
+    Offline,
 }
 
 /// Sends one text frame on the open socket; `Err` says why it could not.
@@ -183,6 +185,33 @@ mod browser {
             }
         })));
         connect(&link);
+        let offline = {
+            let weak = SendWrapper::new(Rc::downgrade(&link));
+            window_event_listener(leptos::ev::offline, move |_| {
+                if let Some(link) = weak.upgrade() {
+                    link.connection.set(Connection::Offline);
+                }
+            })
+        };
+        let online = {
+            let weak = SendWrapper::new(Rc::downgrade(&link));
+            window_event_listener(leptos::ev::online, move |_| {
+                // Back online: try at once instead of waiting out the backoff.
+                if let Some(link) = weak.upgrade() {
+                    if let Some(timer) = link.retry.borrow_mut().take() {
+                        timer.clear();
+                    }
+                    if link.connection.get_untracked() != Connection::Live {
+                        link.attempt.set(0);
+                        connect(&link);
+                    }
+                }
+            })
+        };
+        on_cleanup(move || {
+            offline.remove();
+            online.remove();
+        });
         let guard = SendWrapper::new(link);
         on_cleanup(move || {
             let link = guard.take();
@@ -269,7 +298,12 @@ mod browser {
         let delay_ms =
             if link.resync_now.replace(false) { 0 } else { backoff_delay_ms(attempt, js_sys::Math::random()) };
         link.attempt.set(attempt + 1);
-        link.connection.set(Connection::Reconnecting { attempt: attempt + 1, in_secs: delay_ms.div_ceil(1000) });
+        let online = window().navigator().on_line();
+        link.connection.set(if online {
+            Connection::Reconnecting { attempt: attempt + 1, in_secs: delay_ms.div_ceil(1000) }
+        } else {
+            Connection::Offline
+        });
         let weak: Weak<Link> = Rc::downgrade(link);
         let timer = set_timeout_with_handle(
             move || {

@@ -317,6 +317,15 @@ pub enum ClientEvent {
 /// Close code the server uses for a subscriber that fell too far behind; reconnect and resync.
 pub const CLOSE_CODE_TOO_SLOW: u16 = 4008;
 
+/// A message of the run list feed (`GET /api/runs/stream`, WebSocket): the whole list when a
+/// client connects (or fell behind), then each run whose line changed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RunsFeedEvent {
+    Runs { runs: Vec<RunSummary> },
+    Run { run: RunSummary },
+}
+
 /// One line of the run list (`GET /api/dags`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct RunSummary {
@@ -325,6 +334,9 @@ pub struct RunSummary {
     pub state: RunPhase,
     /// RFC 3339.
     pub started_at: String,
+    /// RFC 3339: when the run ended (its last node finished or gate was decided).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
     pub nodes_done: usize,
     pub nodes_total: usize,
     pub gates_waiting: usize,

@@ -276,6 +276,13 @@ impl RunState {
         self.nodes.values().filter_map(|node| node.gate.as_ref().map(|gate| (node, gate)))
     }
 
+    /// The latest moment the log records: a node finishing or a gate being decided.
+    pub fn last_activity(&self) -> Option<String> {
+        let finished = self.nodes.values().filter_map(|n| n.metrics.finished_at.as_ref());
+        let decided = self.decisions.iter().map(|d| &d.decided_at);
+        finished.chain(decided).max().cloned()
+    }
+
     /// The line of this run in the run list.
     pub fn summary(&self) -> RunSummary {
         let progress = self.progress();
@@ -284,6 +291,7 @@ impl RunState {
             name: self.name.clone(),
             state: self.state,
             started_at: self.started_at.clone(),
+            ended_at: self.state.is_terminal().then(|| self.last_activity()).flatten(),
             nodes_done: progress.done,
             nodes_total: progress.total,
             gates_waiting: self.waiting_gates().count(),

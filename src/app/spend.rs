@@ -1,0 +1,129 @@
+//! The spend panel: spent / budget / remaining with a bar that turns amber at 80 % and red at
+//! 100 %, spend over the run as a sparkline, and which nodes ate the budget.
+
+use leptos::prelude::*;
+
+use super::store::RunStore;
+use crate::protocol::Cost;
+
+/// How full the budget is: `ok`, `near` (80 % and more) or `over` (100 % and more).
+pub fn budget_level(cost: Cost) -> &'static str {
+    if cost.budget <= 0.0 {
+        return "ok";
+    }
+    let used = cost.spent / cost.budget;
+    if used >= 1.0 {
+        "over"
+    } else if used >= 0.8 {
+        "near"
+    } else {
+        "ok"
+    }
+}
+
+/// The points of a sparkline through `values` in a `width` × `height` box (SVG `points`).
+pub fn sparkline_points(values: &[(u64, f64)], width: f64, height: f64) -> String {
+    let (Some(first), Some(last)) = (values.first(), values.last()) else { return String::new() };
+    let span = (last.0.saturating_sub(first.0)).max(1) as f64;
+    let top = values.iter().map(|(_, v)| *v).fold(0.0, f64::max).max(f64::EPSILON);
+    values
+        .iter()
+        .map(|(x, v)| {
+            let px = (x.saturating_sub(first.0)) as f64 / span * width;
+            let py = height - v / top * height;
+            format!("{px:.1},{py:.1}")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[component]
+pub fn SpendPanel(store: RunStore) -> impl IntoView {
+    let cost = store.cost;
+    let per_node = Memo::new(move |_| {
+        let mut nodes: Vec<(String, f64)> = store.nodes.with(|nodes| {
+            nodes
+                .iter()
+                .filter_map(|n| n.view.with(|v| v.metrics.cost.filter(|c| *c > 0.0).map(|c| (v.label.clone(), c))))
+                .collect()
+        });
+        nodes.sort_by(|a, b| b.1.total_cmp(&a.1));
+        nodes.truncate(8);
+        nodes
+    });
+    view! {
+        <section class="panel spend" data-testid="spend-panel">
+            <h3>"Spend"</h3>
+            <div class="spend-figures mono">
+                <span data-testid="spend-spent">{move || format!("${:.2} spent", cost.get().spent)}</span>
+                <span>
+                    {move || {
+                        let c = cost.get();
+                        if c.budget > 0.0 { format!("of ${:.2} budget", c.budget) } else { "no budget".to_owned() }
+                    }}
+                </span>
+                <span class="muted">
+                    {move || {
+                        let c = cost.get();
+                        if c.budget > 0.0 { format!("${:.2} remaining", c.remaining) } else { String::new() }
+                    }}
+                </span>
+            </div>
+            <div class=move || format!("bar big spend-{}", budget_level(cost.get())) data-testid="spend-bar" data-level=move || budget_level(cost.get())>
+                <div
+                    class="fill"
+                    style:width=move || {
+                        let c = cost.get();
+                        let used = if c.budget > 0.0 { (c.spent / c.budget).min(1.0) } else { 0.0 };
+                        format!("{:.1}%", 100.0 * used)
+                    }
+                ></div>
+            </div>
+            <svg class="sparkline" viewBox="0 0 300 48" preserveAspectRatio="none" data-testid="sparkline">
+                <polyline points=move || store.spend_series.with(|s| sparkline_points(s, 300.0, 44.0))></polyline>
+            </svg>
+            <h4>"Cost per node"</h4>
+            <ol class="per-node" data-testid="cost-per-node">
+                {move || {
+                    let nodes = per_node.get();
+                    let top = nodes.first().map(|(_, c)| *c).unwrap_or(1.0);
+                    if nodes.is_empty() {
+                        return view! { <li class="muted small">"Nothing spent yet."</li> }.into_any();
+                    }
+                    nodes
+                        .into_iter()
+                        .map(|(label, c)| {
+                            view! {
+                                <li>
+                                    <span class="per-node-label">{label}</span>
+                                    <span class="per-node-bar"><span style:width=format!("{:.0}%", 100.0 * c / top)></span></span>
+                                    <span class="mono small">{format!("${c:.2}")}</span>
+                                </li>
+                            }
+                        })
+                        .collect_view()
+                        .into_any()
+                }}
+            </ol>
+        </section>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bar_turns_amber_at_80_and_red_at_100_percent() {
+        let at = |spent: f64| budget_level(Cost { spent, budget: 10.0, remaining: 10.0 - spent });
+        assert_eq!((at(7.9), at(8.0), at(9.99), at(10.0), at(12.0)), ("ok", "near", "near", "over", "over"));
+        assert_eq!(budget_level(Cost { spent: 5.0, budget: 0.0, remaining: 0.0 }), "ok", "no budget, no alarm");
+    }
+
+    #[test]
+    fn the_sparkline_spans_its_box() {
+        let points = sparkline_points(&[(10, 0.0), (20, 1.0), (30, 2.0)], 300.0, 40.0);
+        assert_eq!(points, "0.0,40.0 150.0,20.0 300.0,0.0");
+        assert_eq!(sparkline_points(&[], 300.0, 40.0), "");
+    }
+}
