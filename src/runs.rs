@@ -48,7 +48,13 @@ pub struct Runs {
 impl Runs {
     /// A registry that keeps everything in memory.
     pub fn new(limits: RoomLimits, engine: EngineConfig) -> Self {
-        Runs { by_id: RwLock::new(HashMap::new()), limits, engine, storage: None, feed: broadcast::channel(FEED_QUEUE).0 }
+        Runs {
+            by_id: RwLock::new(HashMap::new()),
+            limits,
+            engine,
+            storage: None,
+            feed: broadcast::channel(FEED_QUEUE).0,
+        }
     }
 
     /// A registry backed by `store`: loads every stored run, resumes the ones that were still

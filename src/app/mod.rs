@@ -8,8 +8,8 @@ pub mod layout;
 mod node_panel;
 mod run_page;
 pub mod runs_feed;
-pub mod spend;
 mod runs_page;
+pub mod spend;
 pub mod store;
 pub mod stream;
 

@@ -4,11 +4,11 @@
 use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
 
+use super::clock::{format_elapsed, parse_ms, use_now};
 use super::get_run;
 use super::graph::Graph;
 use super::history::{Decisions, Timeline};
 use super::node_panel::NodePanel;
-use super::clock::{format_elapsed, parse_ms, use_now};
 use super::spend::{SpendPanel, budget_level};
 use super::store::{GateCard, NodeSignal, RunStore};
 use super::stream::{Connection, DagStream, use_dag_stream};
@@ -283,7 +283,11 @@ fn GateCards(store: RunStore, stream: DagStream) -> impl IntoView {
                 "a" | "A" => Decision::Approve,
                 "r" | "R" => Decision::Reject,
                 "m" | "M" => {
-                    if let Some(el) = document().query_selector(&format!("[data-testid=gate-{}] textarea", card.node_id)).ok().flatten() {
+                    if let Some(el) = document()
+                        .query_selector(&format!("[data-testid=gate-{}] textarea", card.node_id))
+                        .ok()
+                        .flatten()
+                    {
                         if let Ok(el) = wasm_bindgen::JsCast::dyn_into::<web_sys::HtmlElement>(el) {
                             let _ = el.focus();
                             ev.prevent_default();

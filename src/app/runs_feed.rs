@@ -47,12 +47,15 @@ mod browser {
     struct Feed {
         runs: RwSignal<Vec<RunSummary>>,
         attempt: Cell<u32>,
-        socket: RefCell<Option<(WebSocket, Closure<dyn FnMut(MessageEvent)>, Closure<dyn FnMut(CloseEvent)>, Closure<dyn FnMut()>)>>,
+        socket: RefCell<
+            Option<(WebSocket, Closure<dyn FnMut(MessageEvent)>, Closure<dyn FnMut(CloseEvent)>, Closure<dyn FnMut()>)>,
+        >,
         disposed: Cell<bool>,
     }
 
     pub(super) fn start(runs: RwSignal<Vec<RunSummary>>) {
-        let feed = Rc::new(Feed { runs, attempt: Cell::new(0), socket: RefCell::new(None), disposed: Cell::new(false) });
+        let feed =
+            Rc::new(Feed { runs, attempt: Cell::new(0), socket: RefCell::new(None), disposed: Cell::new(false) });
         connect(&feed);
         let guard = SendWrapper::new(feed);
         on_cleanup(move || {

@@ -21,7 +21,8 @@ pub async fn start_spec(text: String, format: String) -> Result<String, ServerFn
         _ => SpecFormat::Toml,
     };
     let spec = DagSpec::parse(&text, format).map_err(|e| ServerFnError::new(e.to_string()))?;
-    let state = use_context::<crate::server::AppState>().ok_or_else(|| ServerFnError::new("server state is missing"))?;
+    let state =
+        use_context::<crate::server::AppState>().ok_or_else(|| ServerFnError::new("server state is missing"))?;
     let dag_id = state.runs.start(spec).await.map_err(|e| ServerFnError::new(e.to_string()))?;
     leptos_axum::redirect(&format!("/dags/{dag_id}"));
     Ok(dag_id)
