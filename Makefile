@@ -9,7 +9,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 ADDR ?= 127.0.0.1:3000
 DATA ?= ./data
 
-.PHONY: run test build setup setup-test unit e2e check fmt
+.PHONY: run test build setup setup-test unit e2e check fmt bench bench-dashboard
 
 ## Build the release site and serve the dashboard on http://$(ADDR)
 run: build
@@ -34,6 +34,16 @@ unit:
 
 e2e: setup-test
 	DAGSTREAM_BIN=$(TARGET_DIR)/debug/dagstream cargo leptos end-to-end
+
+## Benchmarks, on demand (figures, not pass/fail)
+bench: build
+	$(TARGET_DIR)/release/dagstream bench engine
+	$(TARGET_DIR)/release/dagstream bench engine --store --subscriber
+	$(TARGET_DIR)/release/dagstream bench store
+
+bench-dashboard: build setup-test
+	cd end2end && DAGSTREAM_BIN=$(TARGET_DIR)/release/dagstream node bench/dashboard.mjs
+	@W=target/site/pkg/dagstream.wasm; echo "wasm: $$(stat -c %s $$W) bytes raw, $$(gzip -9c $$W | wc -c) gzip, $$(brotli -c -q 11 $$W 2>/dev/null | wc -c) brotli"
 
 ## Type-check both targets as the release build sees them
 check:

@@ -126,7 +126,14 @@ pub fn Timeline(store: RunStore, up_to: Seq) -> impl IntoView {
                         }
                     })}
                 </Suspense>
-                {move || store.timeline.with(|events| events.iter().filter(|e| e.seq > up_to).map(line).collect_view())}
+                // Keyed: a new event adds one line instead of redrawing the list.
+                <For
+                    each=move || store.timeline.with(|events| events.iter().filter(|e| e.seq > up_to).cloned().collect::<Vec<_>>())
+                    key=|event| event.seq
+                    let:event
+                >
+                    {line(&event)}
+                </For>
             </ol>
         </section>
     }

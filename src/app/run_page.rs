@@ -418,14 +418,31 @@ fn GateCardView(card: GateCard, stream: DagStream) -> impl IntoView {
     }
 }
 
+/// Rows the node list shows before "show all" (the graph always shows every node).
+const NODE_LIST_ROWS: usize = 150;
+
 #[component]
 fn NodeList(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoView {
+    let show_all = RwSignal::new(false);
+    let total = move || store.nodes.with(Vec::len);
     view! {
         <ol class="nodes" data-testid="nodes">
-            <For each=move || store.nodes.get() key=|node| node.id.clone() let:node>
+            <For
+                each=move || {
+                    let limit = if show_all.get() { usize::MAX } else { NODE_LIST_ROWS };
+                    store.nodes.with(|nodes| nodes.iter().take(limit).cloned().collect::<Vec<_>>())
+                }
+                key=|node| node.id.clone()
+                let:node
+            >
                 <NodeRow node selected/>
             </For>
         </ol>
+        <Show when=move || { !show_all.get() && total() > NODE_LIST_ROWS }>
+            <button class="link show-all" on:click=move |_| show_all.set(true)>
+                {move || format!("Show all {} nodes", total())}
+            </button>
+        </Show>
     }
 }
 
