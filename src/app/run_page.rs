@@ -9,7 +9,7 @@ use super::get_run;
 use super::graph::Graph;
 use super::history::{Decisions, Timeline};
 use super::node_panel::NodePanel;
-use super::spend::{SpendPanel, budget_level};
+use super::spend::{SpendPanel, budget_level, budget_used_percent};
 use super::store::{GateCard, NodeSignal, RunStore};
 use super::stream::{Connection, DagStream, use_dag_stream};
 use crate::protocol::{ClientEvent, Decision, GateDecisionRecord, NodeStatus, RunPhase, RunState};
@@ -176,11 +176,7 @@ fn CostTicker(store: RunStore) -> impl IntoView {
             <div class=move || format!("bar spend-{}", level())>
                 <div
                     class="fill"
-                    style:width=move || {
-                        let c = cost.get();
-                        let used = if c.budget > 0.0 { (c.spent / c.budget).min(1.0) } else { 0.0 };
-                        format!("{:.1}%", 100.0 * used)
-                    }
+                    style:width=move || format!("{:.1}%", budget_used_percent(cost.get()))
                 ></div>
             </div>
         </div>

@@ -21,6 +21,11 @@ pub fn budget_level(cost: Cost) -> &'static str {
     }
 }
 
+/// How much of the budget is spent, in percent, at most 100 (0 without a budget).
+pub fn budget_used_percent(cost: Cost) -> f64 {
+    if cost.budget > 0.0 { (100.0 * cost.spent / cost.budget).min(100.0) } else { 0.0 }
+}
+
 /// The points of a sparkline through `values` in a `width` × `height` box (SVG `points`).
 pub fn sparkline_points(values: &[(u64, f64)], width: f64, height: f64) -> String {
     let (Some(first), Some(last)) = (values.first(), values.last()) else { return String::new() };
@@ -72,11 +77,7 @@ pub fn SpendPanel(store: RunStore) -> impl IntoView {
             <div class=move || format!("bar big spend-{}", budget_level(cost.get())) data-testid="spend-bar" data-level=move || budget_level(cost.get())>
                 <div
                     class="fill"
-                    style:width=move || {
-                        let c = cost.get();
-                        let used = if c.budget > 0.0 { (c.spent / c.budget).min(1.0) } else { 0.0 };
-                        format!("{:.1}%", 100.0 * used)
-                    }
+                    style:width=move || format!("{:.1}%", budget_used_percent(cost.get()))
                 ></div>
             </div>
             <svg class="sparkline" viewBox="0 0 300 48" preserveAspectRatio="none" data-testid="sparkline">
