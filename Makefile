@@ -20,8 +20,10 @@ test: setup-test
 	cargo test --features ssr
 	DAGSTREAM_BIN=$(TARGET_DIR)/debug/dagstream cargo leptos end-to-end
 
+# Release builds erase component types (smaller wasm); debug builds and `cargo test` keep them, so
+# lifetime errors that erasure would hide still show up there.
 build: setup
-	cargo leptos build --release
+	RUSTFLAGS="$(RUSTFLAGS) --cfg erase_components" cargo leptos build --release
 
 setup:
 	scripts/setup.sh build
