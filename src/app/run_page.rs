@@ -9,7 +9,7 @@ use super::get_run;
 use super::graph::Graph;
 use super::history::{Decisions, Timeline};
 use super::node_panel::NodePanel;
-use super::spend::{SpendPanel, budget_level, budget_used_percent};
+use super::spend::{SpendPanel, budget_level, budget_used_percent, remaining_text};
 use super::store::{GateCard, NodeSignal, RunStore};
 use super::stream::{Connection, DagStream, use_dag_stream};
 use crate::protocol::{ClientEvent, Decision, GateDecisionRecord, NodeStatus, RunPhase, RunState};
@@ -168,10 +168,7 @@ fn CostTicker(store: RunStore) -> impl IntoView {
                 }}
             </span>
             <span class="muted small mono" data-testid="remaining">
-                {move || {
-                    let c = cost.get();
-                    if c.budget > 0.0 { format!("${:.2} remaining", c.remaining) } else { "no budget".to_owned() }
-                }}
+                {move || remaining_text(cost.get())}
             </span>
             <div class=move || format!("bar spend-{}", level())>
                 <div

@@ -21,6 +21,15 @@ pub fn budget_level(cost: Cost) -> &'static str {
     }
 }
 
+/// `$1.75 remaining`, `$0.15 over budget`, or `no budget`.
+pub fn remaining_text(cost: Cost) -> String {
+    match cost.budget > 0.0 {
+        false => "no budget".to_owned(),
+        true if cost.remaining < 0.0 => format!("${:.2} over budget", -cost.remaining),
+        true => format!("${:.2} remaining", cost.remaining),
+    }
+}
+
 /// How much of the budget is spent, in percent, at most 100 (0 without a budget).
 pub fn budget_used_percent(cost: Cost) -> f64 {
     if cost.budget > 0.0 { (100.0 * cost.spent / cost.budget).min(100.0) } else { 0.0 }
@@ -67,11 +76,8 @@ pub fn SpendPanel(store: RunStore) -> impl IntoView {
                         if c.budget > 0.0 { format!("of ${:.2} budget", c.budget) } else { "no budget".to_owned() }
                     }}
                 </span>
-                <span class="muted">
-                    {move || {
-                        let c = cost.get();
-                        if c.budget > 0.0 { format!("${:.2} remaining", c.remaining) } else { String::new() }
-                    }}
+                <span class="muted" data-testid="spend-remaining">
+                    {move || { let c = cost.get(); if c.budget > 0.0 { remaining_text(c) } else { String::new() } }}
                 </span>
             </div>
             <div class=move || format!("bar big spend-{}", budget_level(cost.get())) data-testid="spend-bar" data-level=move || budget_level(cost.get())>
@@ -119,6 +125,13 @@ mod tests {
         let at = |spent: f64| budget_level(Cost { spent, budget: 10.0, remaining: 10.0 - spent });
         assert_eq!((at(7.9), at(8.0), at(9.99), at(10.0), at(12.0)), ("ok", "near", "near", "over", "over"));
         assert_eq!(budget_level(Cost { spent: 5.0, budget: 0.0, remaining: 0.0 }), "ok", "no budget, no alarm");
+    }
+
+    #[test]
+    fn remaining_reads_as_over_budget_once_spent() {
+        assert_eq!(remaining_text(Cost { spent: 0.25, budget: 2.0, remaining: 1.75 }), "$1.75 remaining");
+        assert_eq!(remaining_text(Cost { spent: 1.15, budget: 1.0, remaining: -0.15 }), "$0.15 over budget");
+        assert_eq!(remaining_text(Cost { spent: 1.0, budget: 0.0, remaining: 0.0 }), "no budget");
     }
 
     #[test]
