@@ -19,6 +19,8 @@ pub struct View {
 
 const MIN_SCALE: f64 = 0.05;
 const MAX_SCALE: f64 = 3.0;
+/// Nodes added to the drawing per animation frame.
+const DRAW_BATCH: usize = 120;
 /// Margin around the drawing when fitting it to the screen, in screen pixels.
 const FIT_MARGIN: f64 = 24.0;
 
@@ -51,6 +53,14 @@ pub fn Graph(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoVi
         next
     });
     let view = RwSignal::new(View { x: FIT_MARGIN, y: FIT_MARGIN, scale: 1.0 });
+    // How many nodes are drawn. The drawing is built in the browser after hydration, a batch per
+    // frame, so a large graph never blocks the page for long (the node list below is the
+    // server-rendered view of the same nodes).
+    let drawn = RwSignal::new(0usize);
+    let visible = move || {
+        let limit = drawn.get();
+        store.nodes.with(|nodes| nodes.iter().take(limit).cloned().collect::<Vec<_>>())
+    };
     let svg = NodeRef::<leptos::svg::Svg>::new();
     let fit = move || {
         if let Some(svg) = svg.get_untracked() {
@@ -58,8 +68,28 @@ pub fn Graph(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoVi
             laid.with_untracked(|l| view.set(View::fit(l.width, l.height, width, height)));
         }
     };
-    // Fit once the page is live in the browser (the server cannot know the screen).
-    Effect::new(move |_| fit());
+    // In the browser: draw in batches, then fit (the server cannot know the screen).
+    Effect::new(move |_| {
+        let total = store.nodes.with(Vec::len);
+        let now = drawn.get();
+        if now >= total {
+            // Nodes removed: draw no more than there are (setting an equal value would loop).
+            if now > total {
+                drawn.set(total);
+            }
+            return;
+        }
+        request_animation_frame(move || drawn.set((now + DRAW_BATCH).min(total)));
+    });
+    // Fit once, when the first full drawing is there; later the view is the user's.
+    let fitted = StoredValue::new(false);
+    Effect::new(move |_| {
+        let now = drawn.get();
+        if !fitted.get_value() && now > 0 && now == store.nodes.with_untracked(Vec::len) {
+            fitted.set_value(true);
+            fit();
+        }
+    });
     // Dragging: where the pointer went down, and the view then. `moved` tells a drag from a click.
     let drag: StoredValue<Option<(f64, f64, View)>> = StoredValue::new(None);
     let moved = StoredValue::new(false);
@@ -104,12 +134,12 @@ pub fn Graph(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoVi
                     format!("translate({:.1}px, {:.1}px) scale({:.4})", v.x, v.y, v.scale)
                 }>
                     <g class="edges">
-                        <For each=move || store.nodes.get() key=|node| node.id.clone() let:node>
+                        <For each=visible key=|node| node.id.clone() let:node>
                             <NodeEdges node laid/>
                         </For>
                     </g>
                     <g class="gnodes">
-                        <For each=move || store.nodes.get() key=|node| node.id.clone() let:node>
+                        <For each=visible key=|node| node.id.clone() let:node>
                             <GraphNode node laid selected moved/>
                         </For>
                     </g>
