@@ -10,8 +10,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
 use tokio::sync::mpsc;
 
 use crate::hub::{Frame, Room};
@@ -29,7 +29,7 @@ impl StoreError {
 }
 
 /// A run as stored.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
 pub struct RunRecord {
     pub dag_id: String,
     pub name: String,
@@ -55,7 +55,7 @@ pub struct StoredEvent {
 }
 
 /// A gate decision as stored.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
 pub struct DecisionRow {
     pub node_id: String,
     pub decision: String,
@@ -201,25 +201,12 @@ impl Store for SqliteStore {
 
     fn runs(&self) -> BoxFuture<'_, Result<Vec<RunRecord>, StoreError>> {
         Box::pin(async move {
-            let rows = sqlx::query(
+            sqlx::query_as(
                 "SELECT dag_id, name, spec, state, started_at, finished_at FROM runs ORDER BY started_at, dag_id",
             )
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| StoreError::from_sqlx("cannot list runs", e))?;
-            rows.into_iter()
-                .map(|row| {
-                    Ok(RunRecord {
-                        dag_id: row.try_get("dag_id")?,
-                        name: row.try_get("name")?,
-                        spec: row.try_get("spec")?,
-                        state: row.try_get("state")?,
-                        started_at: row.try_get("started_at")?,
-                        finished_at: row.try_get("finished_at")?,
-                    })
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()
-                .map_err(|e| StoreError::from_sqlx("cannot read a run", e))
+            .map_err(|e| StoreError::from_sqlx("cannot list runs", e))
         })
     }
 
@@ -239,25 +226,13 @@ impl Store for SqliteStore {
     fn decisions(&self, dag_id: &str) -> BoxFuture<'_, Result<Vec<DecisionRow>, StoreError>> {
         let dag_id = dag_id.to_owned();
         Box::pin(async move {
-            let rows = sqlx::query(
+            sqlx::query_as(
                 "SELECT node_id, decision, feedback, decided_by, decided_at FROM decisions WHERE dag_id = ? ORDER BY seq",
             )
             .bind(dag_id)
             .fetch_all(&self.pool)
             .await
-            .map_err(|e| StoreError::from_sqlx("cannot read decisions", e))?;
-            rows.into_iter()
-                .map(|row| {
-                    Ok(DecisionRow {
-                        node_id: row.try_get("node_id")?,
-                        decision: row.try_get("decision")?,
-                        feedback: row.try_get("feedback")?,
-                        decided_by: row.try_get("decided_by")?,
-                        decided_at: row.try_get("decided_at")?,
-                    })
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()
-                .map_err(|e| StoreError::from_sqlx("cannot read a decision", e))
+            .map_err(|e| StoreError::from_sqlx("cannot read decisions", e))
         })
     }
 }
