@@ -43,9 +43,12 @@ pub mod store;
 pub mod terminal;
 
 /// Entry point of the WebAssembly build: hydrates the server-rendered page.
+///
+/// Hydration runs in a task of its own (a zero timeout), not in the one that compiled and
+/// instantiated the module, so neither blocks the page for long.
 #[cfg(feature = "hydrate")]
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {
     console_error_panic_hook::set_once();
-    leptos::mount::hydrate_body(app::App);
+    leptos::prelude::set_timeout(|| leptos::mount::hydrate_body(app::App), std::time::Duration::ZERO);
 }

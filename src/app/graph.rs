@@ -19,8 +19,11 @@ pub struct View {
 
 const MIN_SCALE: f64 = 0.05;
 const MAX_SCALE: f64 = 3.0;
-/// Nodes added to the drawing per animation frame.
-const DRAW_BATCH: usize = 120;
+/// Nodes added to the drawing per animation frame: small enough that one frame's work (building
+/// the nodes, then style and layout) stays well under 50 ms on a slow laptop.
+const DRAW_BATCH: usize = 50;
+/// Above this many running nodes the graph stops pulsing and animating edges (see `.busy`).
+const BUSY_RUNNING: usize = 24;
 /// Margin around the drawing when fitting it to the screen, in screen pixels.
 const FIT_MARGIN: f64 = 24.0;
 
@@ -68,7 +71,10 @@ pub fn Graph(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoVi
             laid.with_untracked(|l| view.set(View::fit(l.width, l.height, width, height)));
         }
     };
-    // In the browser: draw in batches, then fit (the server cannot know the screen).
+    // Set once the first full drawing is there: nodes drawn after it come from mutations.
+    let first_drawing_done = StoredValue::new(false);
+    // In the browser: fit the view to the layout first (the server cannot know the screen), then
+    // draw in batches into that view; moving the view of a drawn graph re-lays out every node.
     Effect::new(move |_| {
         let total = store.nodes.with(Vec::len);
         let now = drawn.get();
@@ -77,18 +83,17 @@ pub fn Graph(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoVi
             if now > total {
                 drawn.set(total);
             }
+            if total > 0 {
+                first_drawing_done.set_value(true);
+            }
             return;
         }
-        request_animation_frame(move || drawn.set((now + DRAW_BATCH).min(total)));
-    });
-    // Fit once, when the first full drawing is there; later the view is the user's.
-    let fitted = StoredValue::new(false);
-    Effect::new(move |_| {
-        let now = drawn.get();
-        if !fitted.get_value() && now > 0 && now == store.nodes.with_untracked(Vec::len) {
-            fitted.set_value(true);
-            fit();
-        }
+        request_animation_frame(move || {
+            if now == 0 {
+                fit();
+            }
+            drawn.set((now + DRAW_BATCH).min(total))
+        });
     });
     // Dragging: where the pointer went down, and the view then. `moved` tells a drag from a click.
     let drag: StoredValue<Option<(f64, f64, View)>> = StoredValue::new(None);
@@ -104,6 +109,7 @@ pub fn Graph(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoVi
             <svg
                 node_ref=svg
                 class="graph-svg"
+                class:busy=move || { store.progress.with(|p| p.running) > BUSY_RUNNING }
                 data-testid="graph-svg"
                 data-scale=move || format!("{:.3}", view.get().scale)
                 data-pan=move || { let v = view.get(); format!("{:.0},{:.0}", v.x, v.y) }
@@ -140,7 +146,7 @@ pub fn Graph(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoVi
                     </g>
                     <g class="gnodes">
                         <For each=visible key=|node| node.id.clone() let:node>
-                            <GraphNode node laid selected moved/>
+                            <GraphNode node laid selected moved fresh=first_drawing_done.get_value()/>
                         </For>
                     </g>
                 </g>
@@ -174,6 +180,8 @@ fn GraphNode(
     laid: Memo<Layout>,
     selected: RwSignal<Option<String>>,
     moved: StoredValue<bool>,
+    /// Added after the first drawing (by a mutation): it fades in.
+    fresh: bool,
 ) -> impl IntoView {
     let NodeSignal { id, view } = node;
     let position = {
@@ -195,9 +203,10 @@ fn GraphNode(
         <g
             class=move || format!("gnode status-{}{}", status(), if is_selected() { " selected" } else { "" })
             class:gate=kind == NodeKind::Gate
+            class:fresh=fresh
             data-testid=format!("gnode-{id}")
             data-status=status
-            style:transform=move || { let (x, y) = position(); format!("translate({x:.1}px, {y:.1}px)") }
+            transform=move || { let (x, y) = position(); format!("translate({x:.1} {y:.1})") }
             on:click=move |_| {
                 if !moved.get_value() {
                     selected.set(Some(click_id.clone()));

@@ -6,16 +6,20 @@ use leptos::prelude::*;
 use super::store::RunStore;
 use crate::protocol::{DagMutation, Seq, ServerEvent, ServerEventBody};
 
-/// Events shown at most in the timeline (the newest).
+/// Live events the timeline keeps at most (the newest).
 pub const TIMELINE_LENGTH: usize = 300;
+/// Stored events the page loads with (the newest before its snapshot). Each is a hydrated row,
+/// so this stays small: a page must become interactive quickly even on a long run; the whole log
+/// is at `/api/dags/{dag_id}/events`.
+pub const TIMELINE_LOADED: usize = 50;
 
-/// The newest events of a run up to `up_to`, oldest first (at most [`TIMELINE_LENGTH`]).
+/// The newest events of a run up to `up_to`, oldest first (at most [`TIMELINE_LOADED`]).
 #[server]
 pub async fn run_events(dag_id: String, up_to: Seq) -> Result<Vec<ServerEvent>, ServerFnError> {
     let state =
         use_context::<crate::server::AppState>().ok_or_else(|| ServerFnError::new("server state is missing"))?;
     let run = state.runs.get(&dag_id).ok_or_else(|| ServerFnError::new(format!("no run {dag_id:?}")))?;
-    let after = up_to.saturating_sub(TIMELINE_LENGTH as Seq);
+    let after = up_to.saturating_sub(TIMELINE_LOADED as Seq);
     let texts: Vec<String> = match state.runs.store() {
         Some(store) => store.events(&dag_id, after, up_to).await.map_err(|e| ServerFnError::new(e.to_string()))?,
         None => {

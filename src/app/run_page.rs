@@ -39,6 +39,8 @@ pub fn RunPage() -> impl IntoView {
 fn RunView(initial: RunState) -> impl IntoView {
     let dag_id = initial.dag_id.clone();
     let initial_seq = initial.seq;
+    // A small run's node list comes with the page; a large one's is built after hydration.
+    let server_rendered_list = initial.nodes.len() <= NODE_LIST_ROWS;
     let store = RunStore::new(initial);
     let stream = use_dag_stream(dag_id.clone(), store);
     // The node whose panel is open.
@@ -65,14 +67,33 @@ fn RunView(initial: RunState) -> impl IntoView {
                 <Graph store selected/>
                 <NodePanel store selected/>
             </div>
-            <NodeList store selected/>
-            <div class="history">
-                <SpendPanel store/>
-                <Decisions store/>
-            </div>
-            <Timeline store up_to=initial_seq/>
+            {if server_rendered_list {
+                view! { <NodeList store selected/> }.into_any()
+            } else {
+                view! { <AfterFirstFrame><NodeList store selected/></AfterFirstFrame> }.into_any()
+            }}
+            <AfterFirstFrame>
+                <div class="history">
+                    <SpendPanel store/>
+                    <Decisions store/>
+                </div>
+                <Timeline store up_to=initial_seq/>
+            </AfterFirstFrame>
         </section>
     }
+}
+
+/// Renders its children in the browser after the first frame that follows hydration (the server
+/// sends nothing for them). The history panels, and a large run's node list, are built then, so
+/// hydrating a large run stays a short task; they sit below the fold on a laptop screen.
+#[component]
+fn AfterFirstFrame(children: ChildrenFn) -> impl IntoView {
+    let ready = RwSignal::new(false);
+    // After the next frame, in a task of its own (a timeout), not in that frame's callbacks.
+    Effect::new(move |_| {
+        request_animation_frame(move || set_timeout(move || ready.set(true), std::time::Duration::ZERO))
+    });
+    view! { <Show when=move || ready.get()>{children()}</Show> }
 }
 
 #[component]
@@ -412,7 +433,7 @@ fn GateCardView(card: GateCard, stream: DagStream) -> impl IntoView {
 }
 
 /// Rows the node list shows before "show all" (the graph always shows every node).
-const NODE_LIST_ROWS: usize = 150;
+const NODE_LIST_ROWS: usize = 50;
 
 #[component]
 fn NodeList(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoView {

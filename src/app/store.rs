@@ -58,8 +58,9 @@ pub struct RunStore {
 
 impl RunStore {
     pub fn new(initial: RunState) -> Self {
+        // Every field is read from `initial` before it moves into the store: a large run's state
+        // is not copied twice while the page hydrates.
         let store = RunStore {
-            state: StoredValue::new(initial.clone()),
             by_id: StoredValue::new(HashMap::new()),
             nodes: RwSignal::new(Vec::new()),
             phase: RwSignal::new(initial.state),
@@ -74,6 +75,7 @@ impl RunStore {
             dag_id: StoredValue::new(initial.dag_id.clone()),
             timeline: RwSignal::new(VecDeque::new()),
             spend_series: RwSignal::new(vec![(initial.seq, initial.cost.spent)]),
+            state: StoredValue::new(initial),
         };
         store.rebuild_nodes();
         store.refresh_gates();
