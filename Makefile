@@ -8,6 +8,8 @@ export PATH := $(CARGO_BIN):$(CURDIR)/end2end/node_modules/.bin:$(PATH)
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 ADDR ?= 127.0.0.1:3000
 DATA ?= ./data
+# The admin token of the servers the end-to-end suite starts (a test token, not a secret).
+E2E_TOKEN := e2e-admin-token-not-a-secret
 
 .PHONY: run test build setup setup-test unit e2e check fmt bench bench-dashboard
 
@@ -18,7 +20,7 @@ run: build
 ## Run every test: Rust unit and integration tests, then Playwright in Chromium
 test: setup-test
 	cargo test --features ssr
-	DAGSTREAM_BIN=$(TARGET_DIR)/debug/dagstream cargo leptos end-to-end
+	DAGSTREAM_TOKEN=$(E2E_TOKEN) DAGSTREAM_BIN=$(TARGET_DIR)/debug/dagstream cargo leptos end-to-end
 
 # Release builds erase component types (smaller wasm); debug builds and `cargo test` keep them, so
 # lifetime errors that erasure would hide still show up there.
@@ -35,7 +37,7 @@ unit:
 	cargo test --features ssr
 
 e2e: setup-test
-	DAGSTREAM_BIN=$(TARGET_DIR)/debug/dagstream cargo leptos end-to-end
+	DAGSTREAM_TOKEN=$(E2E_TOKEN) DAGSTREAM_BIN=$(TARGET_DIR)/debug/dagstream cargo leptos end-to-end
 
 ## Benchmarks, on demand (figures, not pass/fail)
 bench: build
@@ -44,7 +46,7 @@ bench: build
 	$(TARGET_DIR)/release/dagstream bench store
 
 bench-dashboard: build setup-test
-	cd end2end && DAGSTREAM_BIN=$(TARGET_DIR)/release/dagstream node bench/dashboard.mjs
+	cd end2end && DAGSTREAM_TOKEN=$(E2E_TOKEN) DAGSTREAM_BIN=$(TARGET_DIR)/release/dagstream node bench/dashboard.mjs
 	@W=target/site/pkg/dagstream.wasm; echo "wasm: $$(stat -c %s $$W) bytes raw, $$(gzip -9c $$W | wc -c) gzip, $$(brotli -c -q 11 $$W 2>/dev/null | wc -c) brotli"
 
 ## Type-check both targets as the release build sees them

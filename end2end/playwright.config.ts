@@ -4,6 +4,8 @@ import { defineConfig } from '@playwright/test';
 // Playwright's own browser download does not work here: we drive Debian's Chromium.
 export default defineConfig({
   testDir: './tests',
+  // Signs in once; every test starts signed in as the admin (see global-setup.ts).
+  globalSetup: require.resolve('./global-setup'),
   timeout: 90_000,
   expect: { timeout: 15_000 },
   fullyParallel: false,
@@ -12,6 +14,7 @@ export default defineConfig({
   reporter: [['list']],
   use: {
     baseURL: process.env.DAGSTREAM_URL ?? 'http://127.0.0.1:3000',
+    storageState: `${__dirname}/.auth/state.json`,
     launchOptions: {
       executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
       args: [

@@ -13,8 +13,10 @@ use tracing_subscriber::EnvFilter;
 
 use crate::engine::{DagSpec, EngineConfig, SpecFormat};
 use crate::hub::RoomLimits;
+use crate::protocol::Role;
 use crate::runs::Runs;
-use crate::server::{AppState, StreamConfig, app};
+use crate::server::auth::{UsersFile, new_secret};
+use crate::server::{AppState, Auth, AuthSettings, StreamConfig, app};
 use crate::store::SqliteStore;
 
 #[derive(Parser)]
@@ -50,9 +52,37 @@ enum Command {
     },
     /// Print the JSON Schema of spec files.
     Schema,
+    /// Manage the users of `serve --users FILE`.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Benchmarks, run on demand.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user with a new token. Prints the token once; the file keeps only its hash.
+    Add {
+        /// The user's name (shown as `decided_by` on their decisions).
+        name: String,
+        /// viewer (watch), approver (also decide gates, pause, resume, cancel) or admin (also
+        /// start runs and submit specs).
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// The users file; created if missing.
+        #[arg(long, default_value = "users.toml")]
+        users: PathBuf,
+    },
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    match text {
+        "viewer" => Ok(Role::Viewer),
+        "approver" => Ok(Role::Approver),
+        "admin" => Ok(Role::Admin),
+        other => Err(format!("{other:?} is not a role: use viewer, approver or admin")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -100,6 +130,25 @@ struct ServeArgs {
     /// The built site (wasm, JS, CSS). Default: `target/site` here, or next to the binary.
     #[arg(long, env = "LEPTOS_SITE_ROOT")]
     site_root: Option<PathBuf>,
+    /// Users who may sign in besides the admin (TOML; make them with `dagstream user add`).
+    #[arg(long)]
+    users: Option<PathBuf>,
+    /// Another origin whose pages may open WebSockets (exact, e.g. https://ops.example.com);
+    /// repeatable. The server's own origin is always allowed.
+    #[arg(long = "allow-origin")]
+    allow_origins: Vec<String>,
+    /// Refuse specs with command nodes.
+    #[arg(long)]
+    no_commands: bool,
+    /// How long a sign-in lasts.
+    #[arg(long, default_value = "12h", value_parser = humantime::parse_duration)]
+    session_ttl: std::time::Duration,
+    /// Client events one WebSocket connection may send per second.
+    #[arg(long, default_value_t = 20)]
+    client_event_rate: u32,
+    /// Open WebSocket connections per user.
+    #[arg(long, default_value_t = 64)]
+    max_connections_per_user: usize,
 }
 
 /// Runs the command line; the process exits with the code this returns.
@@ -108,7 +157,9 @@ pub async fn main() -> ExitCode {
     // The server logs what it does; the other commands only what went wrong.
     let default_filter = match cli.command {
         Some(Command::Serve(_)) | None => "info,tower_http=warn",
-        Some(Command::Validate { .. } | Command::Run { .. } | Command::Schema | Command::Bench(_)) => "warn",
+        Some(
+            Command::Validate { .. } | Command::Run { .. } | Command::Schema | Command::Bench(_) | Command::User(_),
+        ) => "warn",
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -133,6 +184,7 @@ pub async fn main() -> ExitCode {
             print!("{}", crate::engine::spec::json_schema());
             Ok(())
         }
+        Some(Command::User(UserCommand::Add { name, role, users })) => add_user(&users, &name, role),
         Some(Command::Bench(BenchCommand::Store { events })) => {
             crate::bench::store(&crate::bench::StoreBench { events }).await.map(|report| print!("{report}"))
         }
@@ -151,6 +203,18 @@ pub async fn main() -> ExitCode {
         }
     }
 }
+
+fn add_user(path: &Path, name: &str, role: Role) -> Result<(), String> {
+    let mut file = if path.exists() { UsersFile::load(path)? } else { UsersFile::default() };
+    let token = file.add(name, role)?;
+    file.save(path)?;
+    println!("added {name} ({}) to {}", role.as_str(), path.display());
+    println!("token (shown once, only its hash is kept): {token}");
+    Ok(())
+}
+
+/// The environment variable that sets the admin token of `serve`.
+pub const ADMIN_TOKEN_VARIABLE: &str = "DAGSTREAM_TOKEN";
 
 /// The database file under `--data`.
 pub const DATABASE_FILE: &str = "dagstream.db";
@@ -201,15 +265,35 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .build();
     let database = args.data.join(DATABASE_FILE);
     let store = SqliteStore::open(&database).await.map_err(|e| e.to_string())?;
-    let engine = EngineConfig::new(args.data.join("runs"));
-    let runs = Runs::open(RoomLimits::default(), engine, Arc::new(store)).await.map_err(|e| e.to_string())?;
+    let mut engine = EngineConfig::new(args.data.join("runs"));
+    engine.allow_commands = !args.no_commands;
+    let store: Arc<dyn crate::store::Store> = Arc::new(store);
+    let runs = Runs::open(RoomLimits::default(), engine, Arc::clone(&store)).await.map_err(|e| e.to_string())?;
+    let users = match &args.users {
+        Some(path) => UsersFile::load(path)?.users,
+        None => Vec::new(),
+    };
+    // The admin token comes from the environment only (a flag would show in `ps`); without it a
+    // new random one is made each start.
+    let given_token = std::env::var(ADMIN_TOKEN_VARIABLE).ok().filter(|t| !t.is_empty());
+    let token_given = given_token.is_some();
+    let admin_token = given_token.unwrap_or_else(new_secret);
+    let settings = AuthSettings {
+        admin_token: admin_token.clone(),
+        users,
+        allowed_origins: args.allow_origins.clone(),
+        session_ttl: args.session_ttl,
+        max_connections_per_user: args.max_connections_per_user,
+    };
+    let auth = Auth::new(settings, Some(store)).await?;
     let (shutdown_tx, shutdown) = watch::channel(false);
     let streams = TaskTracker::new();
     let state = AppState {
         runs: Arc::new(runs),
+        auth: Arc::new(auth),
         leptos_options,
         shutdown,
-        stream: StreamConfig::default(),
+        stream: StreamConfig { client_events_per_second: args.client_event_rate, ..StreamConfig::default() },
         streams: streams.clone(),
     };
     let listener =
@@ -217,15 +301,19 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let local = listener.local_addr().map_err(|e| format!("cannot read the listening address: {e}"))?;
     tracing::info!(site = %site_root.display(), data = %args.data.display(), "serving");
     println!("dagstream: dashboard on http://{local}");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            wait_for_signal().await;
-            tracing::info!("shutting down");
-            // Open streams watch this and close, so the graceful shutdown can finish.
-            let _ = shutdown_tx.send(true);
-        })
-        .await
-        .map_err(|e| format!("server failed: {e}"))?;
+    // The sign-in link goes to the terminal only, never to the log.
+    if token_given {
+        println!("dagstream: sign in at http://{local}/login with the token in DAGSTREAM_TOKEN");
+    } else {
+        println!("dagstream: sign in as admin: http://{local}/login?token={admin_token}");
+    }
+    crate::server::listen::serve(listener, app(state), async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        // Open streams watch this and close, so the graceful shutdown can finish.
+        let _ = shutdown_tx.send(true);
+    })
+    .await;
     // Let every stream finish sending its close frame (bounded, should a peer stall).
     streams.close();
     if tokio::time::timeout(STREAM_CLOSE_GRACE, streams.wait()).await.is_err() {

@@ -29,6 +29,9 @@ pub enum StartError {
     Spec(#[from] SpecError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A valid spec this server will not run.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The registry of runs. Cheap to share behind an `Arc`.
@@ -81,6 +84,14 @@ impl Runs {
     /// store, the run is recorded before it starts. Must be called within a tokio runtime.
     pub async fn start(&self, spec: DagSpec) -> Result<String, StartError> {
         engine::spec::check_graph(&spec.nodes)?;
+        if !self.engine.allow_commands
+            && let Some(node) = spec.nodes.iter().find(|n| matches!(n.work, engine::spec::NodeWork::Command { .. }))
+        {
+            return Err(StartError::Refused(format!(
+                "this server runs no commands (--no-commands): node {:?} is a command node",
+                node.id
+            )));
+        }
         let dag_id = new_run_id();
         let started_at = engine::now_rfc3339();
         if let Some((store, _)) = &self.storage {

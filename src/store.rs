@@ -99,6 +99,27 @@ pub trait Store: Send + Sync + 'static {
     fn events(&self, dag_id: &str, after: Seq, up_to: Seq) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
     /// Every decision of a run, oldest first.
     fn decisions(&self, dag_id: &str) -> BoxFuture<'_, Result<Vec<DecisionRow>, StoreError>>;
+    /// Keeps a login session. A store that does not keep sessions signs users out on restart.
+    fn save_session(&self, _session: SessionRow) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Forgets a login session (logout).
+    fn delete_session(&self, _id_hash: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Every kept session; expired ones are dropped by the caller.
+    fn sessions(&self) -> BoxFuture<'_, Result<Vec<SessionRow>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+/// A login session as stored: the hash of its id, never the id.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct SessionRow {
+    pub id_hash: String,
+    pub user_name: String,
+    /// Unix seconds.
+    pub expires_at: i64,
 }
 
 /// The embedded SQLite store.
@@ -137,6 +158,50 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn save_session(&self, session: SessionRow) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            // Expired sessions go when a new one comes: the table stays as small as the logins.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            sqlx::query("DELETE FROM sessions WHERE expires_at <= ?")
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| StoreError::from_sqlx("cannot expire sessions", e))?;
+            sqlx::query("INSERT INTO sessions (id_hash, user_name, expires_at) VALUES (?, ?, ?)")
+                .bind(&session.id_hash)
+                .bind(&session.user_name)
+                .bind(session.expires_at)
+                .execute(&self.pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| StoreError::from_sqlx("cannot store the session", e))
+        })
+    }
+
+    fn delete_session(&self, id_hash: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let id_hash = id_hash.to_owned();
+        Box::pin(async move {
+            sqlx::query("DELETE FROM sessions WHERE id_hash = ?")
+                .bind(id_hash)
+                .execute(&self.pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| StoreError::from_sqlx("cannot delete the session", e))
+        })
+    }
+
+    fn sessions(&self) -> BoxFuture<'_, Result<Vec<SessionRow>, StoreError>> {
+        Box::pin(async move {
+            sqlx::query_as::<_, SessionRow>("SELECT id_hash, user_name, expires_at FROM sessions")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| StoreError::from_sqlx("cannot read sessions", e))
+        })
+    }
+
     fn create_run(&self, run: RunRecord) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             sqlx::query(

@@ -26,7 +26,7 @@ async fn serve_answers_and_sigterm_closes_streams_and_exits_cleanly() {
     let dag_id = dag_id_of(&http_post(&served.addr, "/api/dags?example=demo"));
 
     let url = format!("ws://{}/api/dags/{dag_id}/stream", served.addr);
-    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("stream connects");
+    let (mut socket, _) = tokio_tungstenite::connect_async(common::ws_request(&url)).await.expect("stream connects");
     assert!(matches!(socket.next().await, Some(Ok(Message::Text(_)))), "snapshot first");
 
     let status = Command::new("kill").args(["-TERM", &served.child.id().to_string()]).status().expect("kill runs");

@@ -86,7 +86,7 @@ async fn sigkill_in_the_middle_of_a_run_then_restart_resumes_it_exactly() {
 
     // A dashboard follows the run until the gate waits and the command runs.
     let (mut socket, _) =
-        tokio_tungstenite::connect_async(format!("ws://{}/api/dags/{dag_id}/stream", served.addr)).await.expect("ws");
+        tokio_tungstenite::connect_async(common::ws_request(&format!("ws://{}/api/dags/{dag_id}/stream", served.addr))).await.expect("ws");
     let mut client = match next_event(&mut socket).await.body {
         ServerEventBody::Snapshot { run } => *run,
         other => panic!("snapshot first, got {other:?}"),
@@ -115,7 +115,7 @@ async fn sigkill_in_the_middle_of_a_run_then_restart_resumes_it_exactly() {
 
     // The dashboard reconnects with since: exactly the events after what it had, no gap.
     let url = format!("ws://{}/api/dags/{dag_id}/stream?since={}", served.addr, client.seq);
-    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("ws after restart");
+    let (mut socket, _) = tokio_tungstenite::connect_async(common::ws_request(&url)).await.expect("ws after restart");
     let slow_again = wait_for(&served.addr, &dag_id, "slow runs again", |s| {
         s.nodes["slow"].status.as_str() == "running" && s.nodes["slow"].metrics.attempt == Some(2)
     })

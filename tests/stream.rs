@@ -3,6 +3,8 @@
 
 #![cfg(feature = "ssr")]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +15,8 @@ use dagstream::engine::{DagSpec, EngineConfig, SpecFormat};
 use dagstream::hub::RoomLimits;
 use dagstream::protocol::{ClientEvent, Decision, NodeStatus, RunPhase, RunState, Seq, ServerEvent, ServerEventBody};
 use dagstream::runs::Runs;
-use dagstream::server::{AppState, StreamConfig, app};
+use common::{TOKEN, ws_request};
+use dagstream::server::{AppState, Auth, AuthSettings, StreamConfig, app};
 use dagstream::store::SqliteStore;
 use futures::{SinkExt, StreamExt};
 use leptos::prelude::LeptosOptions;
@@ -55,6 +58,7 @@ impl TestServer {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let state = AppState {
             runs: Arc::new(runs),
+            auth: Arc::new(Auth::new(AuthSettings::with_admin_token(TOKEN), None).await.expect("auth")),
             leptos_options: LeptosOptions::builder().output_name("dagstream").build(),
             shutdown,
             stream,
@@ -78,7 +82,7 @@ impl TestServer {
     async fn connect(&self, dag_id: &str, since: Option<Seq>) -> Socket {
         let query = since.map(|s| format!("?since={s}")).unwrap_or_default();
         let url = format!("ws://{}/api/dags/{dag_id}/stream{query}", self.addr);
-        connect_async(url).await.expect("websocket connects").0
+        connect_async(ws_request(&url)).await.expect("websocket connects").0
     }
 }
 
@@ -385,7 +389,7 @@ async fn cancel_stops_every_node_and_completes_once() {
 async fn unknown_run_is_refused_with_404_before_the_upgrade() {
     let server = TestServer::start().await;
     let url = format!("ws://{}/api/dags/no-such-run/stream", server.addr);
-    match connect_async(url).await {
+    match connect_async(ws_request(&url)).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), StatusCode::NOT_FOUND)
         }
@@ -404,7 +408,7 @@ async fn request_with(
     content_type: Option<&str>,
     body: &str,
 ) -> (StatusCode, serde_json::Value) {
-    let mut builder = Request::builder().method(method).uri(uri);
+    let mut builder = Request::builder().method(method).uri(uri).header("authorization", format!("Bearer {TOKEN}"));
     if let Some(content_type) = content_type {
         builder = builder.header("content-type", content_type);
     }
@@ -470,7 +474,11 @@ async fn the_run_page_is_rendered_on_the_server_with_node_names_and_statuses() {
     let server = TestServer::start().await;
     let dag_id = server.start_run(gated_spec()).await;
     let router = app(server.state.clone());
-    let request = Request::builder().uri(format!("/dags/{dag_id}")).body(Body::empty()).expect("request");
+    let request = Request::builder()
+        .uri(format!("/dags/{dag_id}"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .expect("request");
     let response = router.oneshot(request).await.expect("router answers");
     assert_eq!(response.status(), StatusCode::OK);
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 22).await.expect("body");
@@ -580,7 +588,7 @@ async fn two_decisions_on_one_gate_at_the_same_moment_apply_exactly_once() {
         })
         .collect();
     assert_eq!(refusals.len(), 1, "the other sender is told: {refusals:?}");
-    assert!(refusals[0].contains("already decided by anonymous"), "{}", refusals[0]);
+    assert!(refusals[0].contains("already decided by admin"), "{}", refusals[0]);
 }
 
 #[tokio::test]
@@ -602,7 +610,8 @@ async fn a_subscriber_that_never_reads_is_dropped_with_4008_while_another_keeps_
     let stream = socket.connect(server.addr).await.expect("connect");
     let dag_id = server.start_run(spec).await;
     let url = format!("ws://{}/api/dags/{dag_id}/stream", server.addr);
-    let (mut slow, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await.expect("slow ws");
+    let (mut slow, _) =
+        tokio_tungstenite::client_async(ws_request(&url), MaybeTlsStream::Plain(stream)).await.expect("slow ws");
     let mut fast = server.connect(&dag_id, None).await;
     let start = expect_snapshot(&mut fast).await.seq;
     let fast_events = events_until(&mut fast, start, is_complete).await;
@@ -628,7 +637,7 @@ async fn a_subscriber_that_never_reads_is_dropped_with_4008_while_another_keeps_
 async fn an_idle_connection_that_stops_answering_is_closed_within_two_ping_intervals() {
     let interval = Duration::from_millis(200);
     let runs = Runs::new(RoomLimits::default(), EngineConfig::new(std::env::temp_dir().join("dagstream-tests-ping")));
-    let server = TestServer::start_with(runs, StreamConfig { ping_interval: interval }).await;
+    let server = TestServer::start_with(runs, StreamConfig { ping_interval: interval, ..StreamConfig::default() }).await;
     let dag_id = server.start_run(gated_spec()).await;
     // Both wait at the gate: no events, only pings.
     let mut answering = server.connect(&dag_id, None).await;

@@ -12,6 +12,8 @@ const root = resolve(import.meta.dirname, '../..');
 const binary = process.env.DAGSTREAM_BIN ?? join(process.env.CARGO_TARGET_DIR ?? join(root, 'target'), 'release/dagstream');
 const port = 3099;
 const base = `http://127.0.0.1:${port}`;
+const token = process.env.DAGSTREAM_TOKEN ?? 'bench-admin-token-not-a-secret';
+const auth = { authorization: `Bearer ${token}` };
 const layers = 10;
 const perLayer = 100;
 
@@ -27,7 +29,10 @@ function spec() {
 }
 
 const data = mkdtempSync(join(tmpdir(), 'dagstream-bench-'));
-const server = spawn(binary, ['serve', '--addr', `127.0.0.1:${port}`, '--data', data, '--site-root', join(root, 'target/site')], { stdio: 'ignore' });
+const server = spawn(binary, ['serve', '--addr', `127.0.0.1:${port}`, '--data', data, '--site-root', join(root, 'target/site')], {
+  stdio: 'ignore',
+  env: { ...process.env, DAGSTREAM_TOKEN: token },
+});
 try {
   for (let i = 0; ; i++) {
     try { if ((await fetch(`${base}/healthz`)).ok) break; } catch {}
@@ -48,15 +53,16 @@ try {
       if (!window.__liveAt && el && el.getAttribute('data-state') === 'live') window.__liveAt = performance.now();
     }).observe(document, { subtree: true, attributes: true, childList: true });
   });
-  const started = await fetch(`${base}/api/dags`, { method: 'POST', headers: { 'content-type': 'application/toml' }, body: spec() });
+  const started = await fetch(`${base}/api/dags`, { method: 'POST', headers: { 'content-type': 'application/toml', ...auth }, body: spec() });
   const { dag_id: dagId } = await started.json();
+  await page.goto(`${base}/login?token=${token}`);
   await page.goto(`${base}/dags/${dagId}`);
   await page.waitForFunction(() => window.__liveAt !== null, null, { timeout: 60_000 });
-  const seqAtLive = (await (await fetch(`${base}/api/dags/${dagId}`)).json()).seq;
+  const seqAtLive = (await (await fetch(`${base}/api/dags/${dagId}`, { headers: auth })).json()).seq;
   const t0 = Date.now();
   await page.waitForFunction(() => document.querySelector('[data-testid=run-state]')?.textContent === 'completed', null, { timeout: 120_000 });
   const seconds = (Date.now() - t0) / 1000;
-  const final = await (await fetch(`${base}/api/dags/${dagId}`)).json();
+  const final = await (await fetch(`${base}/api/dags/${dagId}`, { headers: auth })).json();
   const result = await page.evaluate(() => {
     const nav = performance.getEntriesByType('navigation')[0];
     return { firstByteToInteractiveMs: window.__liveAt - nav.responseStart, longTasks: window.__longTasks, at: window.__longTaskAt, liveAt: window.__liveAt };

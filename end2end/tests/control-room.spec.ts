@@ -99,7 +99,7 @@ test('the spend bar turns amber, then the budget gate stops the run until approv
   await page.getByTestId('spend-panel').screenshot({ path: join(SCREENSHOTS, 'spend.png') });
   await gate.getByTestId('approve').click();
   await expect(page.getByTestId('run-state')).toHaveText('completed');
-  await expect(page.getByTestId('resolved-budget_1')).toContainText('approved by anonymous');
+  await expect(page.getByTestId('resolved-budget_1')).toContainText('approved by admin');
   await expect(bar).toHaveAttribute('data-level', 'ok');
 });
 
@@ -111,7 +111,7 @@ test('a waiting gate is decided from the keyboard, and the graph shows it waitin
   await expect(page.getByTestId('gate-context')).toBeVisible();
   await page.screenshot({ path: join(SCREENSHOTS, 'graph-with-gate.png'), fullPage: false });
   await page.keyboard.press('a');
-  await expect(page.getByTestId('resolved-review')).toContainText('approved by anonymous');
+  await expect(page.getByTestId('resolved-review')).toContainText('approved by admin');
   await expect(page.getByTestId('run-state')).toHaveText('completed');
 });
 
@@ -134,6 +134,8 @@ test('after the server restarts the page reconnects and matches the server again
   let server = startServer(data, port);
   try {
     await waitHealthy(page, base);
+    // Its own server has its own sessions: sign in there. The session outlives the restart.
+    await page.goto(`${base}/login?token=${process.env.DAGSTREAM_TOKEN}`);
     const started = await page.request.post(`${base}/api/dags?example=demo`);
     const { dag_id: dagId } = await started.json();
     await page.goto(`${base}/dags/${dagId}`);

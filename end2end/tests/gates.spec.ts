@@ -71,13 +71,13 @@ test('decisions show live on every open page, and the timeline keeps the history
   await openRun(second, dagId);
   await expect(second.getByTestId('decisions')).toContainText('No gate has been decided yet.');
   await page.getByTestId('gate-review').getByTestId('approve').click();
-  await expect(second.getByTestId('decision')).toContainText('review by anonymous');
+  await expect(second.getByTestId('decision')).toContainText('review by admin');
   await expect(second.getByTestId('gate-review')).toBeHidden();
   await expect(page.getByTestId('run-state')).toHaveText('completed');
 
   // A fresh load of the finished run shows its whole story from the log.
   await page.reload();
-  await expect(page.getByTestId('timeline')).toContainText('anonymous: approve review');
+  await expect(page.getByTestId('timeline')).toContainText('admin: approve review');
   await expect(page.getByTestId('timeline')).toContainText('run completed');
   await expect(page.getByTestId('decision')).toHaveCount(1);
   await second.close();

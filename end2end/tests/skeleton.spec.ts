@@ -132,7 +132,7 @@ test('a refused command is shown to the user who sent it', async ({ page, reques
   holding = false;
   for (const message of held.splice(0)) toPage!(message);
 
-  await expect(second.getByTestId('notice')).toContainText('already decided by anonymous (approve)');
+  await expect(second.getByTestId('notice')).toContainText('already decided by admin (approve)');
   await expect(second.getByTestId('gate-review')).toBeHidden();
   await expect(page.getByTestId('notice')).toHaveCount(0);
 

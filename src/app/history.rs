@@ -11,6 +11,7 @@ pub const TIMELINE_LENGTH: usize = 300;
 /// Stored events the page loads with (the newest before its snapshot). Each is a hydrated row,
 /// so this stays small: a page must become interactive quickly even on a long run; the whole log
 /// is at `/api/dags/{dag_id}/events`.
+#[cfg_attr(not(feature = "ssr"), allow(dead_code))]
 pub const TIMELINE_LOADED: usize = 50;
 
 /// The newest events of a run up to `up_to`, oldest first (at most [`TIMELINE_LOADED`]).

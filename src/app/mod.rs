@@ -50,6 +50,7 @@ pub fn App() -> impl IntoView {
             <header class="topbar">
                 <A href="/" attr:class="brand">"dagstream"</A>
                 <span class="tagline">"control room"</span>
+                <SignedInAs/>
             </header>
             <main>
                 <Routes fallback=|| view! { <p class="empty">"Page not found."</p> }>
@@ -60,6 +61,27 @@ pub fn App() -> impl IntoView {
                 </Routes>
             </main>
         </Router>
+    }
+}
+
+/// Who is signed in, with their role, and the sign-out button.
+#[component]
+fn SignedInAs() -> impl IntoView {
+    let user = Resource::new(|| (), |_| current_user());
+    view! {
+        <Suspense fallback=|| ()>
+            {move || Suspend::new(async move {
+                user.await.ok().flatten().map(|user| {
+                    view! {
+                        <form class="signed-in" method="post" action="/logout">
+                            <span data-testid="signed-in">{user.name}</span>
+                            <span class="badge role">{user.role.as_str()}</span>
+                            <button type="submit" class="link" data-testid="sign-out">"Sign out"</button>
+                        </form>
+                    }
+                })
+            })}
+        </Suspense>
     }
 }
 
@@ -75,9 +97,16 @@ pub async fn get_run(dag_id: String) -> Result<Option<RunState>, ServerFnError> 
     Ok(server_state()?.runs.get(&dag_id).map(|run| run.room.snapshot()))
 }
 
+/// Who is signed in (every page request is signed in; the login middleware sees to it).
+#[server]
+pub async fn current_user() -> Result<Option<crate::protocol::SignedIn>, ServerFnError> {
+    Ok(identity().map(|identity| identity.signed_in()))
+}
+
 /// Starts the bundled example `name` and sends the browser to its run view.
 #[server]
 pub async fn start_example(name: String) -> Result<String, ServerFnError> {
+    require(crate::protocol::Role::Admin, "start runs")?;
     let spec = crate::engine::examples::by_name(&name)
         .ok_or_else(|| ServerFnError::new(format!("no example called {name:?}")))?
         .map_err(|e| ServerFnError::new(format!("example {name}: {e}")))?;
@@ -89,4 +118,17 @@ pub async fn start_example(name: String) -> Result<String, ServerFnError> {
 #[cfg(feature = "ssr")]
 fn server_state() -> Result<crate::server::AppState, ServerFnError> {
     use_context::<crate::server::AppState>().ok_or_else(|| ServerFnError::new("server state is missing"))
+}
+
+/// The signed-in user of the request being served.
+#[cfg(feature = "ssr")]
+fn identity() -> Option<crate::server::Identity> {
+    use_context::<axum::http::request::Parts>().and_then(|parts| parts.extensions.get::<crate::server::Identity>().cloned())
+}
+
+/// `Err` unless the signed-in user has at least `role`.
+#[cfg(feature = "ssr")]
+pub fn require(role: crate::protocol::Role, to: &str) -> Result<(), ServerFnError> {
+    let identity = identity().ok_or_else(|| ServerFnError::new("sign in first"))?;
+    identity.require(role, to).map_err(ServerFnError::new)
 }

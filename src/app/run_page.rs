@@ -12,18 +12,21 @@ use super::node_panel::NodePanel;
 use super::spend::{SpendPanel, budget_level, budget_used_percent, remaining_text};
 use super::store::{GateCard, NodeSignal, RunStore};
 use super::stream::{Connection, DagStream, use_dag_stream};
-use crate::protocol::{ClientEvent, Decision, GateDecisionRecord, NodeStatus, RunPhase, RunState};
+use crate::protocol::{ClientEvent, Decision, GateDecisionRecord, NodeStatus, Role, RunPhase, RunState};
 
 #[component]
 pub fn RunPage() -> impl IntoView {
     let params = use_params_map();
     let dag_id = move || params.read().get("dag_id").unwrap_or_default();
-    let run = Resource::new(dag_id, get_run);
+    let run = Resource::new(dag_id, |dag_id| async move { (get_run(dag_id).await, super::current_user().await) });
     view! {
         <Suspense fallback=|| view! { <p class="empty">"Loading run…"</p> }>
             {move || Suspend::new(async move {
-                match run.await {
-                    Ok(Some(state)) => view! { <RunView initial=state/> }.into_any(),
+                let (run, user) = run.await;
+                // Approvers and admins steer; viewers watch.
+                let may_steer = user.ok().flatten().is_some_and(|u| u.role >= Role::Approver);
+                match run {
+                    Ok(Some(state)) => view! { <RunView initial=state may_steer/> }.into_any(),
                     Ok(None) => view! { <p class="notice error">"There is no such run."</p> }.into_any(),
                     Err(error) => {
                         view! { <p class="notice error">"Could not load the run: " {error.to_string()}</p> }
@@ -36,7 +39,7 @@ pub fn RunPage() -> impl IntoView {
 }
 
 #[component]
-fn RunView(initial: RunState) -> impl IntoView {
+fn RunView(initial: RunState, may_steer: bool) -> impl IntoView {
     let dag_id = initial.dag_id.clone();
     let initial_seq = initial.seq;
     // A small run's node list comes with the page; a large one's is built after hydration.
@@ -59,10 +62,10 @@ fn RunView(initial: RunState) -> impl IntoView {
                 <RunStateBadge store/>
                 <ProgressLine store/>
                 <CostTicker store/>
-                <Controls store stream/>
+                {may_steer.then(|| view! { <Controls store stream/> })}
             </div>
             <Notices store stream/>
-            <GateCards store stream/>
+            <GateCards store stream may_steer/>
             <div class="graph-row" class:with-panel=move || selected.with(Option::is_some)>
                 <Graph store selected/>
                 <NodePanel store selected/>
@@ -280,10 +283,10 @@ fn Notices(store: RunStore, stream: DagStream) -> impl IntoView {
 }
 
 #[component]
-fn GateCards(store: RunStore, stream: DagStream) -> impl IntoView {
+fn GateCards(store: RunStore, stream: DagStream, may_steer: bool) -> impl IntoView {
     // Keyboard: A approves, R rejects the first waiting gate; M goes to its feedback box.
     #[cfg(feature = "hydrate")]
-    {
+    if may_steer {
         let handle = window_event_listener(leptos::ev::keydown, move |ev| {
             let typing = ev
                 .target()
@@ -332,7 +335,7 @@ fn GateCards(store: RunStore, stream: DagStream) -> impl IntoView {
     view! {
         <div class="gates">
             <For each=move || store.gates.get() key=|card| card.node_id.clone() let:card>
-                <GateCardView card stream/>
+                <GateCardView card stream may_steer/>
             </For>
             <For each=resolved key=|d| (d.node_id.clone(), d.seq) let:decision>
                 <div class=format!("gate-resolved decision-{}", decision.decision.as_str()) data-testid=format!("resolved-{}", decision.node_id)>
@@ -355,7 +358,7 @@ fn past_tense(decision: Decision) -> &'static str {
 }
 
 #[component]
-fn GateCardView(card: GateCard, stream: DagStream) -> impl IntoView {
+fn GateCardView(card: GateCard, stream: DagStream, may_steer: bool) -> impl IntoView {
     let GateCard { node_id, label, presentation } = card;
     let feedback = RwSignal::new(String::new());
     let offers_modify = presentation.options.contains(&Decision::Modify);
@@ -414,7 +417,7 @@ fn GateCardView(card: GateCard, stream: DagStream) -> impl IntoView {
             {presentation
                 .cost_so_far
                 .map(|spent| view! { <p class="muted small mono">{format!("Spent so far: ${spent:.2}")}</p> })}
-            {offers_modify
+            {(offers_modify && may_steer)
                 .then(|| {
                     view! {
                         <textarea
@@ -426,8 +429,16 @@ fn GateCardView(card: GateCard, stream: DagStream) -> impl IntoView {
                         ></textarea>
                     }
                 })}
-            <div class="gate-actions">{buttons}</div>
-            <p class="muted small shortcuts">"Keys: A approve · R reject · M feedback"</p>
+            {if may_steer {
+                view! {
+                    <div class="gate-actions">{buttons}</div>
+                    <p class="muted small shortcuts">"Keys: A approve · R reject · M feedback"</p>
+                }
+                    .into_any()
+            } else {
+                view! { <p class="muted small" data-testid="watch-only">"You are watching: an approver decides this gate."</p> }
+                    .into_any()
+            }}
         </article>
     }
 }

@@ -20,6 +20,7 @@ pub async fn start_spec(text: String, format: String) -> Result<String, ServerFn
         "json" => SpecFormat::Json,
         _ => SpecFormat::Toml,
     };
+    super::require(crate::protocol::Role::Admin, "submit specs")?;
     let spec = DagSpec::parse(&text, format).map_err(|e| ServerFnError::new(e.to_string()))?;
     let state =
         use_context::<crate::server::AppState>().ok_or_else(|| ServerFnError::new("server state is missing"))?;
@@ -30,17 +31,19 @@ pub async fn start_spec(text: String, format: String) -> Result<String, ServerFn
 
 #[component]
 pub fn RunsPage() -> impl IntoView {
-    let runs = Resource::new(|| (), |_| list_runs());
+    let runs = Resource::new(|| (), |_| async { (list_runs().await, super::current_user().await) });
     view! {
         <section class="page runs">
             <div class="page-head">
                 <h1>"Runs"</h1>
             </div>
-            <StartPanel/>
             <Suspense fallback=|| view! { <p class="empty">"Loading runs…"</p> }>
                 {move || Suspend::new(async move {
-                    match runs.await {
-                        Ok(list) => view! { <RunTable initial=list/> }.into_any(),
+                    let (runs, user) = runs.await;
+                    // Only admins start runs: a spec may run commands.
+                    let may_start = user.ok().flatten().is_some_and(|u| u.role >= crate::protocol::Role::Admin);
+                    match runs {
+                        Ok(list) => view! { {may_start.then(|| view! { <StartPanel/> })} <RunTable initial=list/> }.into_any(),
                         Err(error) => {
                             view! { <p class="notice error">"Could not load runs: " {error.to_string()}</p> }
                                 .into_any()

@@ -36,6 +36,8 @@ pub struct EngineConfig {
     pub work_root: PathBuf,
     /// How long a cancelled command gets between SIGTERM and SIGKILL.
     pub cancel_grace: Duration,
+    /// False with `serve --no-commands`: specs with command nodes are refused.
+    pub allow_commands: bool,
 }
 
 impl EngineConfig {
@@ -43,7 +45,7 @@ impl EngineConfig {
     pub fn new(work_root: impl Into<PathBuf>) -> Self {
         let work_root = work_root.into();
         let work_root = std::path::absolute(&work_root).unwrap_or(work_root);
-        EngineConfig { work_root, cancel_grace: Duration::from_secs(5) }
+        EngineConfig { work_root, cancel_grace: Duration::from_secs(5), allow_commands: true }
     }
 }
 

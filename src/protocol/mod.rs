@@ -345,3 +345,42 @@ pub struct RunSummary {
 
 #[cfg(test)]
 mod tests;
+
+/// What a signed-in user may do; each role may do everything the ones before it may.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Watch runs.
+    Viewer,
+    /// Also decide gates, pause, resume and cancel runs.
+    Approver,
+    /// Also start runs and submit specs (which may run commands).
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// The role a client event needs.
+    pub fn needed_for(event: &ClientEvent) -> Role {
+        match event {
+            ClientEvent::HumanDecision { .. }
+            | ClientEvent::PauseExecution
+            | ClientEvent::ResumeExecution
+            | ClientEvent::CancelExecution => Role::Approver,
+        }
+    }
+}
+
+/// The signed-in user, as pages see it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SignedIn {
+    pub name: String,
+    pub role: Role,
+}

@@ -2,16 +2,16 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppError, AppState};
+use super::{AppError, AppState, Identity};
 use crate::engine::{DagSpec, SpecFormat, examples};
-use crate::protocol::{GateDecisionRecord, RunState, RunSummary, Seq};
+use crate::protocol::{GateDecisionRecord, Role, RunState, RunSummary, Seq, SignedIn};
 use crate::runs::StartError;
 
 #[derive(Deserialize)]
@@ -25,10 +25,12 @@ pub struct StartQuery {
 /// one. An invalid spec is a 400 whose message names the node and field; nothing starts.
 pub async fn start_run(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
     Query(query): Query<StartQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
+    identity.require(Role::Admin, "start runs").map_err(AppError::Forbidden)?;
     let spec = match (query.example, body.is_empty()) {
         (Some(name), true) => {
             let known: Vec<&str> = examples::names().collect();
@@ -57,6 +59,7 @@ pub async fn start_run(
     };
     let dag_id = state.runs.start(spec).await.map_err(|e| match e {
         StartError::Spec(e) => AppError::BadRequest(e.to_string()),
+        StartError::Refused(message) => AppError::Forbidden(message),
         StartError::Store(e) => AppError::Internal(e.to_string()),
     })?;
     Ok((StatusCode::CREATED, Json(json!({ "dag_id": dag_id }))))
@@ -125,6 +128,11 @@ pub async fn decisions(
 ) -> Result<Json<Vec<GateDecisionRecord>>, AppError> {
     let run = state.runs.get(&dag_id).ok_or_else(|| AppError::NotFound(format!("no run {dag_id:?}")))?;
     Ok(Json(run.room.snapshot().decisions))
+}
+
+/// `GET /api/me`: who the credentials belong to, and their role.
+pub async fn me(Extension(identity): Extension<Identity>) -> Json<SignedIn> {
+    Json(identity.signed_in())
 }
 
 /// `GET /healthz`.

@@ -2,22 +2,29 @@
 //! files, and the state every handler shares.
 
 mod api;
+pub mod auth;
 mod error;
+pub mod listen;
+mod login;
 mod runs_feed;
 mod stream;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::FromRef;
-use axum::routing::get;
+use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
 use leptos::prelude::LeptosOptions;
 use leptos_axum::{LeptosRoutes, generate_route_list};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tower_http::compression::CompressionLayer;
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+pub use auth::{Auth, AuthSettings, Identity};
 pub use error::AppError;
 pub use stream::StreamConfig;
 
@@ -29,6 +36,8 @@ use crate::runs::Runs;
 pub struct AppState {
     /// Every run of this server.
     pub runs: Arc<Runs>,
+    /// Who may sign in, their sessions and roles.
+    pub auth: Arc<Auth>,
     /// Where the built site (wasm, JS, CSS) is, and the app's name in it.
     pub leptos_options: LeptosOptions,
     /// Becomes `true` when the server shuts down, so open streams close instead of holding
@@ -47,12 +56,20 @@ impl FromRef<AppState> for LeptosOptions {
     }
 }
 
+/// Largest request body (a spec); bigger ones get 413.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// How long a request may take to be answered (a WebSocket is answered by its upgrade).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The whole application as a router; tests serve it on port 0.
 pub fn app(state: AppState) -> Router {
     let routes = generate_route_list(App);
     let options = state.leptos_options.clone();
     Router::new()
         .route("/healthz", get(api::health))
+        .route("/login", get(login::page).post(login::submit))
+        .route("/logout", post(login::logout))
+        .route("/api/me", get(api::me))
         .route("/api/dags", get(api::list_runs).post(api::start_run))
         .route("/api/dags/{dag_id}", get(api::get_run))
         .route("/api/dags/{dag_id}/events", get(api::events))
@@ -61,7 +78,27 @@ pub fn app(state: AppState) -> Router {
         .route("/api/runs/stream", get(runs_feed::handler))
         .leptos_routes(&state, routes, move || shell(options.clone()))
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), login::require_login))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .layer(CompressionLayer::new())
-        .layer(TraceLayer::new_for_http())
+        // Logs the method and path only: query strings (a login token) and headers (a bearer
+        // token, a session cookie) never reach the log.
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
+            tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
+        }))
         .with_state(state)
+}
+
+/// Lets a WebSocket upgrade through: the page must be of this site (or an allowed origin) and
+/// the user below their connection cap. The slot is held for as long as the socket is open.
+fn admit_socket(
+    state: &AppState,
+    identity: &Identity,
+    headers: &axum::http::HeaderMap,
+) -> Result<auth::ConnectionSlot, AppError> {
+    state.auth.check_origin(headers, identity).map_err(AppError::Forbidden)?;
+    state.auth.open_connection(&identity.name).ok_or_else(|| {
+        AppError::TooManyRequests(format!("{} has too many open connections: close some first", identity.name))
+    })
 }

@@ -5,23 +5,40 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::extract::{Extension, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use tokio::sync::{broadcast, watch};
 
-use super::AppState;
+use super::{AppError, AppState, Identity, admit_socket};
 use crate::protocol::RunsFeedEvent;
 use crate::runs::Runs;
 
 /// How long changes are gathered before they are sent (a busy run changes many times a second).
 const COALESCE: Duration = Duration::from_millis(150);
 
-pub async fn handler(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+pub async fn handler(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, AppError> {
+    let slot = admit_socket(&state, &identity, &headers)?;
     let streams = state.streams.clone();
-    upgrade
+    Ok(upgrade
         .max_message_size(1024)
-        .on_upgrade(move |socket| streams.track_future(serve(socket, state.runs, state.shutdown)))
+        .on_upgrade(move |socket| {
+            streams.track_future(async move {
+                let _slot = slot;
+                tokio::select! {
+                    _ = serve(socket, state.runs, state.shutdown) => {}
+                    // Signed out: the socket goes with the session.
+                    _ = identity.ended.cancelled() => {}
+                }
+            })
+        })
+        .into_response())
 }
 
 async fn serve(mut socket: WebSocket, runs: Arc<Runs>, mut shutdown: watch::Receiver<bool>) {

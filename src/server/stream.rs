@@ -11,38 +11,49 @@ use std::time::Duration;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use super::{AppError, AppState};
+use super::auth::ConnectionSlot;
+use super::{AppError, AppState, Identity, admit_socket};
 use crate::hub::{Frame, Subscription, encode};
-use crate::protocol::{CLOSE_CODE_TOO_SLOW, ClientEvent, Seq, ServerEvent, ServerEventBody};
+use crate::protocol::{CLOSE_CODE_TOO_SLOW, ClientEvent, Role, Seq, ServerEvent, ServerEventBody};
 use crate::runs::RunEntry;
 use crate::store::Store;
 
-/// Largest client message accepted; client events are a few hundred bytes.
-const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+/// Largest client message accepted; client events are a few hundred bytes. A bigger one
+/// closes the connection with 1009.
+pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+/// What the WebSocket layer reads at most before giving up on a message (so one above
+/// [`MAX_CLIENT_MESSAGE`] can still be answered with a proper 1009 close).
+const READ_LIMIT: usize = 1024 * 1024;
 /// Private replies (errors about a client's own messages) waiting to be sent.
 const REPLY_QUEUE: usize = 16;
 /// Live frames written before one flush, when several are already queued.
 const FRAMES_PER_FLUSH: usize = 64;
-/// Who commands are attributed to until users exist.
-const ANONYMOUS: &str = "anonymous";
+/// Close code: the session of this socket ended (logout or expiry).
+pub const CLOSE_CODE_SIGNED_OUT: u16 = 4001;
 
 /// Settings of every stream connection.
 #[derive(Clone, Copy, Debug)]
 pub struct StreamConfig {
     /// How often an idle connection is pinged; one that stays silent for two intervals is closed.
     pub ping_interval: Duration,
+    /// Client events one connection may send per second (bursts up to as many); more get an
+    /// `error` and are dropped.
+    pub client_events_per_second: u32,
 }
 
 impl Default for StreamConfig {
     fn default() -> Self {
-        StreamConfig { ping_interval: Duration::from_secs(15) }
+        StreamConfig { ping_interval: Duration::from_secs(15), client_events_per_second: 20 }
     }
 }
 
@@ -55,39 +66,72 @@ pub struct StreamQuery {
 /// Refuses unknown runs with 404 before the upgrade, then hands the socket to [`serve`].
 pub async fn handler(
     State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    headers: HeaderMap,
     Path(dag_id): Path<String>,
     query: Result<Query<StreamQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
+    let slot = admit_socket(&state, &identity, &headers)?;
     let run = state.runs.get(&dag_id).ok_or_else(|| AppError::NotFound(format!("no run {dag_id:?}")))?;
     let Query(query) = query.map_err(|e| AppError::BadRequest(format!("since must be a sequence number: {e}")))?;
     let upgrade = upgrade.map_err(|e| AppError::BadRequest(e.body_text()))?;
-    let config = state.stream;
-    let shutdown = state.shutdown.clone();
+    let connection = Connection {
+        run,
+        since: query.since,
+        store: state.runs.store().cloned(),
+        config: state.stream,
+        shutdown: state.shutdown.clone(),
+        identity,
+        _slot: slot,
+    };
     let streams = state.streams.clone();
-    let store = state.runs.store().cloned();
     Ok(upgrade
-        .max_message_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| streams.track_future(serve(socket, run, query.since, store, config, shutdown)))
+        .max_message_size(READ_LIMIT)
+        .max_frame_size(READ_LIMIT)
+        .on_upgrade(move |socket| streams.track_future(serve(socket, connection)))
         .into_response())
 }
 
-async fn serve(
-    socket: WebSocket,
+/// Everything one stream connection needs once upgraded.
+struct Connection {
     run: RunEntry,
+    /// The last `seq` the client has, if it resumes.
     since: Option<Seq>,
+    /// Where events older than the room's memory are read from.
     store: Option<Arc<dyn Store>>,
     config: StreamConfig,
     shutdown: watch::Receiver<bool>,
-) {
+    /// Who is connected: their role gates commands, their name signs decisions, their session's
+    /// end closes the socket.
+    identity: Identity,
+    /// Counts against the user's connection cap until the socket closes.
+    _slot: ConnectionSlot,
+}
+
+/// What the receive side asks the send side to write.
+enum Outgoing {
+    /// A private `error` about the client's own message.
+    Reply(ServerEventBody),
+    /// Close the connection with this code and reason.
+    Close(u16, &'static str),
+}
+
+async fn serve(socket: WebSocket, connection: Connection) {
+    let Connection { run, since, store, config, shutdown, identity, _slot } = connection;
     let subscription = run.room.subscribe(since);
     let dag_id = run.room.dag_id().to_owned();
     let (sink, stream) = socket.split();
     let (replies, reply_queue) = mpsc::channel(REPLY_QUEUE);
     let heard = Arc::new(AtomicBool::new(true));
-    let send_side = send_loop(sink, subscription, store, dag_id, reply_queue, config, shutdown, Arc::clone(&heard));
+    let session = SessionEnd {
+        ended: identity.ended.clone(),
+        expires_at: identity.expires_in.map(|left| Instant::now() + left),
+    };
+    let send_side =
+        send_loop(sink, subscription, store, dag_id, reply_queue, config, shutdown, session, Arc::clone(&heard));
     let mut send = tokio::spawn(send_side);
-    let mut receive = tokio::spawn(receive_loop(stream, run, replies, heard));
+    let mut receive = tokio::spawn(receive_loop(stream, run, replies, heard, identity, config));
     tokio::select! {
         _ = &mut send => receive.abort(),
         _ = &mut receive => send.abort(),
@@ -102,17 +146,31 @@ enum Ending {
     Close(u16, &'static str),
 }
 
+/// When the connection's session ends: at logout (`ended`) or when it expires.
+struct SessionEnd {
+    ended: CancellationToken,
+    expires_at: Option<Instant>,
+}
+
 #[allow(clippy::too_many_arguments)] // each is one concern of the connection; a struct would only rename them
 async fn send_loop(
     mut sink: SplitSink<WebSocket, Message>,
     subscription: Subscription,
     store: Option<Arc<dyn Store>>,
     dag_id: String,
-    mut replies: mpsc::Receiver<ServerEventBody>,
+    mut replies: mpsc::Receiver<Outgoing>,
     config: StreamConfig,
     mut shutdown: watch::Receiver<bool>,
+    session: SessionEnd,
     heard: Arc<AtomicBool>,
 ) {
+    let expiry = async {
+        match session.expires_at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
     let Subscription { backlog, mut live, mut position, from_store } = subscription;
     let ending = async {
         if let Some((from, to)) = from_store {
@@ -151,13 +209,18 @@ async fn send_loop(
                     }
                     Err(broadcast::error::RecvError::Closed) => return Ending::Gone,
                 },
-                Some(body) = replies.recv() => {
-                    // Stamped with the client's position so it is never mistaken for a gap.
-                    let text = encode(&ServerEvent { seq: position, body });
-                    if sink.send(Message::Text(text.into())).await.is_err() {
-                        return Ending::Gone;
+                Some(outgoing) = replies.recv() => match outgoing {
+                    Outgoing::Reply(body) => {
+                        // Stamped with the client's position so it is never mistaken for a gap.
+                        let text = encode(&ServerEvent { seq: position, body });
+                        if sink.send(Message::Text(text.into())).await.is_err() {
+                            return Ending::Gone;
+                        }
                     }
-                }
+                    Outgoing::Close(code, reason) => return Ending::Close(code, reason),
+                },
+                _ = session.ended.cancelled() => return Ending::Close(CLOSE_CODE_SIGNED_OUT, "signed out"),
+                _ = &mut expiry => return Ending::Close(CLOSE_CODE_SIGNED_OUT, "session expired: sign in again"),
                 _ = ping.tick() => {
                     if !heard.swap(false, Ordering::Relaxed) {
                         return Ending::Close(1001, "no answer to ping");
@@ -200,19 +263,38 @@ async fn write_frames(
 async fn receive_loop(
     mut stream: SplitStream<WebSocket>,
     run: RunEntry,
-    replies: mpsc::Sender<ServerEventBody>,
+    replies: mpsc::Sender<Outgoing>,
     heard: Arc<AtomicBool>,
+    identity: Identity,
+    config: StreamConfig,
 ) {
-    while let Some(Ok(message)) = stream.next().await {
+    let mut rate = RateLimit::new(config.client_events_per_second);
+    while let Some(received) = stream.next().await {
+        let message = match received {
+            Ok(message) => message,
+            Err(_) => {
+                // Beyond even the read limit, or not WebSocket at all: say so if we still can.
+                let _ = replies.send(Outgoing::Close(1009, "message too big")).await;
+                break;
+            }
+        };
         heard.store(true, Ordering::Relaxed);
+        let size = match &message {
+            Message::Text(text) => text.len(),
+            Message::Binary(bytes) => bytes.len(),
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => 0,
+        };
+        if size > MAX_CLIENT_MESSAGE {
+            let _ = replies.send(Outgoing::Close(1009, "message too big: the limit is 64 KiB")).await;
+            break;
+        }
         let complaint = match message {
+            Message::Text(_) if !rate.allow(Instant::now()) => Some(format!(
+                "too many messages: at most {} per second; this one was dropped",
+                config.client_events_per_second
+            )),
             Message::Text(text) => match serde_json::from_str::<ClientEvent>(text.as_str()) {
-                Ok(event) => match &run.handle {
-                    Some(handle) => handle.command(event, ANONYMOUS).await.err().map(|rejected| rejected.to_string()),
-                    None => {
-                        Some(format!("the run is {}: it takes no more commands", run.room.summary().state.as_str()))
-                    }
-                },
+                Ok(event) => command(&run, &identity, event).await,
                 Err(error) => Some(format!("could not read your message: {error}")),
             },
             Message::Binary(_) => Some("binary messages are not accepted: send JSON text".to_owned()),
@@ -220,9 +302,71 @@ async fn receive_loop(
             Message::Close(_) => break,
         };
         if let Some(message) = complaint
-            && replies.send(ServerEventBody::Error { node_id: None, message }).await.is_err()
+            && replies.send(Outgoing::Reply(ServerEventBody::Error { node_id: None, message })).await.is_err()
         {
             break;
         }
+    }
+}
+
+/// Hands a client event to the run if the user's role allows it; the complaint otherwise.
+async fn command(run: &RunEntry, identity: &Identity, event: ClientEvent) -> Option<String> {
+    let what = match &event {
+        ClientEvent::HumanDecision { .. } => "decide gates",
+        ClientEvent::PauseExecution | ClientEvent::ResumeExecution | ClientEvent::CancelExecution => {
+            "pause, resume or cancel runs"
+        }
+    };
+    if let Err(forbidden) = identity.require(Role::needed_for(&event), what) {
+        return Some(forbidden);
+    }
+    match &run.handle {
+        Some(handle) => handle.command(event, &identity.name).await.err().map(|rejected| rejected.to_string()),
+        None => Some(format!("the run is {}: it takes no more commands", run.room.summary().state.as_str())),
+    }
+}
+
+/// A token bucket: `per_second` tokens a second, at most `per_second` saved up.
+struct RateLimit {
+    per_second: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(per_second: u32) -> Self {
+        let per_second = f64::from(per_second.max(1));
+        RateLimit { per_second, tokens: per_second, last: Instant::now() }
+    }
+
+    /// Takes a token if there is one.
+    fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateLimit;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[test]
+    fn the_rate_limit_allows_a_burst_then_the_rate() {
+        let start = Instant::now();
+        let mut rate = RateLimit { per_second: 20.0, tokens: 20.0, last: start };
+        let burst = (0..30).filter(|_| rate.allow(start)).count();
+        assert_eq!(burst, 20, "a full bucket, then nothing");
+        let later = start + Duration::from_millis(500);
+        let refilled = (0..30).filter(|_| rate.allow(later)).count();
+        assert_eq!(refilled, 10, "half a second buys ten more");
     }
 }

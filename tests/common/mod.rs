@@ -8,6 +8,17 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+/// The admin token the test servers run with (`DAGSTREAM_TOKEN`).
+pub const TOKEN: &str = "integration-test-admin-token";
+
+/// A WebSocket handshake request that carries the admin token.
+pub fn ws_request(url: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().expect("a ws:// url");
+    request.headers_mut().insert("authorization", format!("Bearer {TOKEN}").parse().expect("header value"));
+    request
+}
+
 /// A fresh, empty directory for one test.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("dagstream-it-{name}-{}", std::process::id()));
@@ -46,6 +57,7 @@ impl Served {
             .arg("--site-root")
             .arg(site_root)
             .env("RUST_LOG", "warn")
+            .env("DAGSTREAM_TOKEN", TOKEN)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -76,7 +88,7 @@ pub fn http(addr: &str, method: &str, path: &str, content_type: Option<&str>, bo
     let content_type = content_type.map(|t| format!("Content-Type: {t}\r\n")).unwrap_or_default();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .expect("write");
