@@ -11,7 +11,7 @@ DATA ?= ./data
 # The admin token of the servers the end-to-end suite starts (a test token, not a secret).
 E2E_TOKEN := e2e-admin-token-not-a-secret
 
-.PHONY: run test build setup setup-test unit e2e check fmt bench bench-dashboard
+.PHONY: run test build setup setup-test unit e2e check fmt bench bench-dashboard fuzz
 
 ## Build the release site and serve the dashboard on http://$(ADDR)
 run: build
@@ -48,6 +48,10 @@ bench: build
 bench-dashboard: build setup-test
 	cd end2end && DAGSTREAM_TOKEN=$(E2E_TOKEN) DAGSTREAM_BIN=$(TARGET_DIR)/release/dagstream node bench/dashboard.mjs
 	@W=target/site/pkg/dagstream.wasm; echo "wasm: $$(stat -c %s $$W) bytes raw, $$(gzip -9c $$W | wc -c) gzip, $$(brotli -c -q 11 $$W 2>/dev/null | wc -c) brotli"
+
+## Fuzz the client-event and spec parsers longer than `make test` does
+fuzz:
+	PROPTEST_CASES=$(or $(CASES),50000) cargo test --release --features ssr --test fuzz
 
 ## Type-check both targets as the release build sees them
 check:

@@ -86,7 +86,9 @@ async fn sigkill_in_the_middle_of_a_run_then_restart_resumes_it_exactly() {
 
     // A dashboard follows the run until the gate waits and the command runs.
     let (mut socket, _) =
-        tokio_tungstenite::connect_async(common::ws_request(&format!("ws://{}/api/dags/{dag_id}/stream", served.addr))).await.expect("ws");
+        tokio_tungstenite::connect_async(common::ws_request(&format!("ws://{}/api/dags/{dag_id}/stream", served.addr)))
+            .await
+            .expect("ws");
     let mut client = match next_event(&mut socket).await.body {
         ServerEventBody::Snapshot { run } => *run,
         other => panic!("snapshot first, got {other:?}"),

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use common::{TOKEN, ws_request};
 use dagstream::engine::{DagSpec, EngineConfig, SpecFormat};
 use dagstream::hub::RoomLimits;
 use dagstream::protocol::{ClientEvent, Decision, NodeStatus, RunPhase, RunState, Seq, ServerEvent, ServerEventBody};
 use dagstream::runs::Runs;
-use common::{TOKEN, ws_request};
 use dagstream::server::{AppState, Auth, AuthSettings, StreamConfig, app};
 use dagstream::store::SqliteStore;
 use futures::{SinkExt, StreamExt};
@@ -637,7 +637,8 @@ async fn a_subscriber_that_never_reads_is_dropped_with_4008_while_another_keeps_
 async fn an_idle_connection_that_stops_answering_is_closed_within_two_ping_intervals() {
     let interval = Duration::from_millis(200);
     let runs = Runs::new(RoomLimits::default(), EngineConfig::new(std::env::temp_dir().join("dagstream-tests-ping")));
-    let server = TestServer::start_with(runs, StreamConfig { ping_interval: interval, ..StreamConfig::default() }).await;
+    let server =
+        TestServer::start_with(runs, StreamConfig { ping_interval: interval, ..StreamConfig::default() }).await;
     let dag_id = server.start_run(gated_spec()).await;
     // Both wait at the gate: no events, only pings.
     let mut answering = server.connect(&dag_id, None).await;

@@ -123,7 +123,8 @@ fn server_state() -> Result<crate::server::AppState, ServerFnError> {
 /// The signed-in user of the request being served.
 #[cfg(feature = "ssr")]
 fn identity() -> Option<crate::server::Identity> {
-    use_context::<axum::http::request::Parts>().and_then(|parts| parts.extensions.get::<crate::server::Identity>().cloned())
+    use_context::<axum::http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<crate::server::Identity>().cloned())
 }
 
 /// `Err` unless the signed-in user has at least `role`.

@@ -45,7 +45,8 @@ pub struct UsersFile {
 impl UsersFile {
     /// Reads and checks a users file; a missing file is an error (say which).
     pub fn load(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read the users file: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read the users file: {e}", path.display()))?;
         let file: UsersFile = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         for user in &file.users {
             check_name(&user.name).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -90,11 +91,7 @@ fn check_name(name: &str) -> Result<(), String> {
     let fine = !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
-    if fine {
-        Ok(())
-    } else {
-        Err(format!("user name {name:?}: use 1 to 64 letters, digits, '-', '_', '.' or '@'"))
-    }
+    if fine { Ok(()) } else { Err(format!("user name {name:?}: use 1 to 64 letters, digits, '-', '_', '.' or '@'")) }
 }
 
 /// A new random secret (token or session id): 32 bytes, hex.
@@ -159,7 +156,12 @@ impl Identity {
         if self.role >= needed {
             Ok(())
         } else {
-            Err(format!("forbidden: {} is a {} and may not {to} (needs {})", self.name, self.role.as_str(), needed.as_str()))
+            Err(format!(
+                "forbidden: {} is a {} and may not {to} (needs {})",
+                self.name,
+                self.role.as_str(),
+                needed.as_str()
+            ))
         }
     }
 }
@@ -255,7 +257,10 @@ impl Auth {
             for row in store.sessions().await.map_err(|e| e.to_string())? {
                 let expires_at = u64::try_from(row.expires_at).unwrap_or(0);
                 if expires_at > now {
-                    sessions.insert(row.id_hash, Session { user: row.user_name, expires_at, ended: CancellationToken::new() });
+                    sessions.insert(
+                        row.id_hash,
+                        Session { user: row.user_name, expires_at, ended: CancellationToken::new() },
+                    );
                 }
             }
         }
@@ -304,7 +309,8 @@ impl Auth {
                 tracing::warn!(%error, "could not store a session");
             }
         }
-        lock(&self.sessions).insert(id_hash, Session { user: signed_in.name.clone(), expires_at, ended: CancellationToken::new() });
+        lock(&self.sessions)
+            .insert(id_hash, Session { user: signed_in.name.clone(), expires_at, ended: CancellationToken::new() });
         Ok((id, signed_in))
     }
 
@@ -478,7 +484,8 @@ mod tests {
         let (id, who) = auth.login(ADMIN).await.expect("login");
         assert_eq!(who.role, Role::Admin);
         let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, HeaderValue::from_str(&format!("other=1; {SESSION_COOKIE}={id}")).expect("header"));
+        headers
+            .insert(header::COOKIE, HeaderValue::from_str(&format!("other=1; {SESSION_COOKIE}={id}")).expect("header"));
         let identity = auth.identify(&headers).expect("session");
         let Credential::Session { id_hash } = identity.credential.clone() else { panic!("a session") };
         auth.logout(&id_hash).await;

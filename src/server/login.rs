@@ -35,10 +35,8 @@ pub async fn require_login(State(state): State<AppState>, mut request: Request, 
 }
 
 fn unauthorized(headers: &HeaderMap, error: &AuthError) -> Response {
-    let wants_html = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/html"));
+    let wants_html =
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|accept| accept.contains("text/html"));
     let mut response = if wants_html {
         let notice = match error {
             AuthError::Missing => None,

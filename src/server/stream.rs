@@ -124,10 +124,8 @@ async fn serve(socket: WebSocket, connection: Connection) {
     let (sink, stream) = socket.split();
     let (replies, reply_queue) = mpsc::channel(REPLY_QUEUE);
     let heard = Arc::new(AtomicBool::new(true));
-    let session = SessionEnd {
-        ended: identity.ended.clone(),
-        expires_at: identity.expires_in.map(|left| Instant::now() + left),
-    };
+    let session =
+        SessionEnd { ended: identity.ended.clone(), expires_at: identity.expires_in.map(|left| Instant::now() + left) };
     let send_side =
         send_loop(sink, subscription, store, dag_id, reply_queue, config, shutdown, session, Arc::clone(&heard));
     let mut send = tokio::spawn(send_side);
@@ -273,8 +271,8 @@ async fn receive_loop(
         let message = match received {
             Ok(message) => message,
             Err(_) => {
-                // Beyond even the read limit, or not WebSocket at all: say so if we still can.
-                let _ = replies.send(Outgoing::Close(1009, "message too big")).await;
+                // Beyond even the read limit, or not a valid frame: say so if we still can.
+                let _ = replies.send(Outgoing::Close(1002, "unreadable frame")).await;
                 break;
             }
         };

@@ -1,0 +1,101 @@
+//! Fuzzing the two parsers hostile input reaches: client events (every WebSocket text frame)
+//! and specs (every submitted DAG). Valid inputs are mangled (cut, bytes flipped, pieces
+//! spliced in) and random text is thrown in; parsing must answer `Ok` or a readable `Err`,
+//! never panic, and what parses must survive a round trip.
+//!
+//! `make test` runs the default 256 cases each; `make fuzz` runs many more
+//! (`PROPTEST_CASES=50000`).
+
+#![cfg(feature = "ssr")]
+
+use dagstream::engine::{DagSpec, SpecFormat};
+use dagstream::protocol::ClientEvent;
+use proptest::prelude::*;
+
+const EVENTS: [&str; 5] = [
+    r#"{"type":"human_decision","node_id":"review","decision":"approve"}"#,
+    r#"{"type":"human_decision","node_id":"review","decision":"modify","feedback":"shorter"}"#,
+    r#"{"type":"pause_execution"}"#,
+    r#"{"type":"resume_execution"}"#,
+    r#"{"type":"cancel_execution"}"#,
+];
+
+const SPEC: &str = r#"name = "fuzz"
+budget = 2.5
+max_parallel = 2
+[[nodes]]
+id = "a"
+kind = "simulate"
+duration = "10ms"
+cost = 0.1
+[[nodes]]
+id = "b"
+kind = "command"
+needs = ["a"]
+run = "echo hi"
+retries = 2
+timeout = "5s"
+env = { MODE = "fast" }
+[[nodes]]
+id = "review"
+kind = "gate"
+needs = ["b"]
+title = "Go?"
+prompt = "Check b."
+"#;
+
+/// A valid text mangled by a few edits: cut at a point, a byte replaced, a piece inserted.
+fn mangled(valid: &'static str) -> impl Strategy<Value = String> {
+    let len = valid.len();
+    (0..=len, prop::collection::vec((0..len.max(1), any::<u8>()), 0..4), 0..=len, "\\PC{0,12}").prop_map(
+        move |(cut, flips, at, piece)| {
+            let mut bytes = valid.as_bytes().to_vec();
+            for (i, b) in flips {
+                if i < bytes.len() {
+                    bytes[i] = b;
+                }
+            }
+            let at = at.min(bytes.len());
+            bytes.splice(at..at, piece.into_bytes());
+            bytes.truncate(cut.max(at));
+            String::from_utf8_lossy(&bytes).into_owned()
+        },
+    )
+}
+
+fn any_event_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(EVENTS.to_vec()).prop_flat_map(mangled),
+        "\\PC{0,200}",
+        any::<Vec<u8>>().prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn client_event_parsing_never_panics_and_round_trips(text in any_event_text()) {
+        if let Ok(event) = serde_json::from_str::<ClientEvent>(&text) {
+            let again = serde_json::to_string(&event).expect("serializes");
+            prop_assert_eq!(serde_json::from_str::<ClientEvent>(&again).expect("reparses"), event);
+        }
+    }
+
+    #[test]
+    fn spec_parsing_never_panics(text in prop_oneof![mangled(SPEC), "\\PC{0,300}"]) {
+        match DagSpec::parse(&text, SpecFormat::Toml) {
+            Ok(spec) => {
+                // What parses is a runnable graph: ids unique, needs known.
+                let ids: std::collections::HashSet<&str> = spec.nodes.iter().map(|n| n.id.as_str()).collect();
+                prop_assert_eq!(ids.len(), spec.nodes.len());
+                for node in &spec.nodes {
+                    for need in &node.needs {
+                        prop_assert!(ids.contains(need.as_str()));
+                    }
+                }
+            }
+            Err(error) => prop_assert!(!error.to_string().is_empty()),
+        }
+        // The same text as JSON (mostly invalid) must not panic either.
+        let _ = DagSpec::parse(&text, SpecFormat::Json);
+    }
+}

@@ -1,0 +1,507 @@
+//! Who may watch and who may decide, and hostile input: credentials on every route, the origin
+//! check, roles, message and rate limits, garbage frames, slow request heads, tokens kept out
+//! of logs. Each test serves the app on port 0 the way `serve` does (`listen::serve`).
+
+#![cfg(feature = "ssr")]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dagstream::engine::{DagSpec, EngineConfig, SpecFormat};
+use dagstream::hub::RoomLimits;
+use dagstream::protocol::{ClientEvent, Decision, NodeStatus, Role, ServerEvent, ServerEventBody};
+use dagstream::runs::Runs;
+use dagstream::server::auth::UsersFile;
+use dagstream::server::{AppState, Auth, AuthSettings, StreamConfig, app, listen};
+use futures::{SinkExt, StreamExt};
+use leptos::prelude::LeptosOptions;
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+use common::TOKEN;
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const PATIENCE: Duration = Duration::from_secs(15);
+
+struct Server {
+    addr: SocketAddr,
+    state: AppState,
+    viewer_token: String,
+    _shutdown: watch::Sender<bool>,
+}
+
+async fn serve(name: &str) -> Server {
+    let mut users = UsersFile::default();
+    let viewer_token = users.add("vera", Role::Viewer).expect("viewer");
+    let mut settings = AuthSettings::with_admin_token(TOKEN);
+    settings.users = users.users;
+    let runs =
+        Runs::new(RoomLimits::default(), EngineConfig::new(std::env::temp_dir().join(format!("dagstream-sec-{name}"))));
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let state = AppState {
+        runs: Arc::new(runs),
+        auth: Arc::new(Auth::new(settings, None).await.expect("auth")),
+        leptos_options: LeptosOptions::builder().output_name("dagstream").build(),
+        shutdown,
+        stream: StreamConfig::default(),
+        streams: tokio_util::task::TaskTracker::new(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(listen::serve(listener, app(state.clone()), std::future::pending()));
+    Server { addr, state, viewer_token, _shutdown: shutdown_tx }
+}
+
+fn gated() -> DagSpec {
+    let text = r#"
+        name = "gated"
+        [[nodes]]
+        id = "a"
+        kind = "simulate"
+        duration = "10ms"
+        [[nodes]]
+        id = "review"
+        kind = "gate"
+        needs = ["a"]
+        title = "Go on?"
+        prompt = "Check a."
+        [[nodes]]
+        id = "c"
+        kind = "simulate"
+        needs = ["review"]
+        duration = "10ms"
+    "#;
+    DagSpec::parse(text, SpecFormat::Toml).expect("valid")
+}
+
+fn ws_request(server: &Server, dag_id: &str, headers: &[(&'static str, String)]) -> Request {
+    let mut request = format!("ws://{}/api/dags/{dag_id}/stream", server.addr).into_client_request().expect("url");
+    for (name, value) in headers {
+        request.headers_mut().insert(*name, value.parse().expect("header value"));
+    }
+    request
+}
+
+fn bearer(token: &str) -> (&'static str, String) {
+    ("authorization", format!("Bearer {token}"))
+}
+
+/// The HTTP status a refused WebSocket upgrade gets (panics if it was accepted).
+async fn refused_status(request: Request) -> u16 {
+    match connect_async(request).await {
+        Err(WsError::Http(response)) => response.status().as_u16(),
+        Ok(_) => panic!("the upgrade was accepted"),
+        Err(other) => panic!("unexpected failure {other:?}"),
+    }
+}
+
+/// A raw HTTP/1.1 exchange: the whole response.
+fn raw_http(addr: SocketAddr, request: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
+fn status_of(response: &str) -> u16 {
+    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+async fn next_event(socket: &mut Socket) -> ServerEvent {
+    loop {
+        let message = tokio::time::timeout(PATIENCE, socket.next()).await.expect("in time").expect("open").expect("ok");
+        match message {
+            Message::Text(text) => return serde_json::from_str(text.as_str()).expect("valid event"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+async fn wait_for_status(server: &Server, dag_id: &str, node: &str, status: NodeStatus) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while server.state.runs.get(dag_id).expect("run").room.snapshot().nodes[node].status != status {
+        assert!(tokio::time::Instant::now() < deadline, "{node} never became {status:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn without_credentials_pages_rest_and_websockets_answer_401() {
+    let server = serve("no-credentials").await;
+    let dag_id = server.state.runs.start(gated()).await.expect("start");
+    let addr = server.addr;
+    let page = tokio::task::spawn_blocking(move || {
+        raw_http(
+            addr,
+            &format!("GET /dags/{dag_id} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/html\r\nConnection: close\r\n\r\n"),
+        )
+    })
+    .await
+    .expect("page");
+    assert_eq!(status_of(&page), 401, "{page}");
+    assert!(page.contains("data-testid=\"login\""), "a browser is shown the sign-in form");
+    let rest = tokio::task::spawn_blocking(move || {
+        raw_http(addr, &format!("GET /api/dags HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"))
+    })
+    .await
+    .expect("rest");
+    assert_eq!(status_of(&rest), 401);
+    assert!(rest.to_ascii_lowercase().contains("www-authenticate: bearer"));
+    let dag_id = server.state.runs.list()[0].dag_id.clone();
+    assert_eq!(refused_status(ws_request(&server, &dag_id, &[])).await, 401);
+    assert_eq!(refused_status(ws_request(&server, &dag_id, &[bearer("wrong-token")])).await, 401);
+    let health = tokio::task::spawn_blocking(move || {
+        raw_http(addr, &format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"))
+    })
+    .await
+    .expect("health");
+    assert_eq!(status_of(&health), 200, "health needs no credentials");
+}
+
+#[tokio::test]
+async fn a_foreign_origin_is_refused_even_with_a_valid_session_cookie() {
+    let server = serve("origin").await;
+    let dag_id = server.state.runs.start(gated()).await.expect("start");
+    let addr = server.addr;
+    let login = tokio::task::spawn_blocking(move || {
+        raw_http(addr, &format!("GET /login?token={TOKEN} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"))
+    })
+    .await
+    .expect("login");
+    assert_eq!(status_of(&login), 303, "{login}");
+    let set_cookie =
+        login.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).expect("a session cookie").to_owned();
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"), "{set_cookie}");
+    let cookie = set_cookie.split_once(':').expect("header").1.split(';').next().expect("pair").trim().to_owned();
+    let own = ("origin", format!("http://{addr}"));
+    let foreign = ("origin", "http://evil.example".to_owned());
+    assert_eq!(refused_status(ws_request(&server, &dag_id, &[("cookie", cookie.clone()), foreign])).await, 403);
+    assert_eq!(
+        refused_status(ws_request(&server, &dag_id, &[("cookie", cookie.clone())])).await,
+        403,
+        "no Origin is only for bearer tokens"
+    );
+    let (mut socket, _) =
+        connect_async(ws_request(&server, &dag_id, &[("cookie", cookie), own])).await.expect("own origin");
+    assert!(matches!(next_event(&mut socket).await.body, ServerEventBody::Snapshot { .. }));
+}
+
+#[tokio::test]
+async fn a_viewer_decision_is_refused_and_changes_nothing() {
+    let server = serve("viewer").await;
+    let dag_id = server.state.runs.start(gated()).await.expect("start");
+    wait_for_status(&server, &dag_id, "review", NodeStatus::Waiting).await;
+    let (mut socket, _) =
+        connect_async(ws_request(&server, &dag_id, &[bearer(&server.viewer_token)])).await.expect("viewer watches");
+    let snapshot = next_event(&mut socket).await;
+    let decide = ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Approve, feedback: None };
+    socket.send(Message::text(serde_json::to_string(&decide).expect("json"))).await.expect("send");
+    match next_event(&mut socket).await.body {
+        ServerEventBody::Error { node_id: None, message } => {
+            assert!(message.contains("forbidden") && message.contains("vera"), "{message}")
+        }
+        other => panic!("expected a forbidden error, got {other:?}"),
+    }
+    socket.send(Message::text(r#"{"type":"cancel_execution"}"#)).await.expect("send");
+    assert!(matches!(next_event(&mut socket).await.body, ServerEventBody::Error { .. }), "control is refused too");
+    let state = server.state.runs.get(&dag_id).expect("run").room.snapshot();
+    assert!(state.decisions.is_empty());
+    assert_eq!(state.nodes["review"].status, NodeStatus::Waiting);
+    assert_eq!(state.seq, snapshot.seq, "no event was produced");
+    // An approver's decision goes through and is signed with their name.
+    let (mut admin, _) = connect_async(ws_request(&server, &dag_id, &[bearer(TOKEN)])).await.expect("admin");
+    let _ = next_event(&mut admin).await;
+    admin.send(Message::text(serde_json::to_string(&decide).expect("json"))).await.expect("send");
+    loop {
+        if let ServerEventBody::GateResolved { decided_by, .. } = next_event(&mut admin).await.body {
+            assert_eq!(decided_by, "admin");
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_message_over_64_kib_closes_with_1009_and_others_are_still_served() {
+    let server = serve("too-big").await;
+    let dag_id = server.state.runs.start(gated()).await.expect("start");
+    let (mut big, _) = connect_async(ws_request(&server, &dag_id, &[bearer(TOKEN)])).await.expect("ws");
+    let _ = next_event(&mut big).await;
+    big.send(Message::text("x".repeat(64 * 1024 + 1))).await.expect("send");
+    let code = loop {
+        match tokio::time::timeout(PATIENCE, big.next()).await.expect("in time") {
+            Some(Ok(Message::Close(Some(frame)))) => break frame.code,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, CloseCode::Size, "1009");
+    let (mut other, _) = connect_async(ws_request(&server, &dag_id, &[bearer(TOKEN)])).await.expect("another client");
+    assert!(matches!(next_event(&mut other).await.body, ServerEventBody::Snapshot { .. }));
+    // Exactly 64 KiB is still a message (answered: it is not an event).
+    other.send(Message::text("y".repeat(64 * 1024))).await.expect("send");
+    assert!(matches!(next_event(&mut other).await.body, ServerEventBody::Error { .. }));
+}
+
+#[tokio::test]
+async fn client_events_beyond_the_rate_get_an_error_and_are_dropped() {
+    let server = serve("rate").await;
+    let dag_id = server.state.runs.start(gated()).await.expect("start");
+    let (mut socket, _) = connect_async(ws_request(&server, &dag_id, &[bearer(TOKEN)])).await.expect("ws");
+    let _ = next_event(&mut socket).await;
+    for _ in 0..40 {
+        socket.send(Message::text(r#"{"type":"no_such_event"}"#)).await.expect("send");
+    }
+    let mut limited = 0;
+    let mut other = 0;
+    while limited + other < 40 {
+        if let ServerEventBody::Error { message, .. } = next_event(&mut socket).await.body {
+            if message.starts_with("too many messages") { limited += 1 } else { other += 1 }
+        }
+    }
+    assert!(limited >= 15, "most of the burst beyond 20 is dropped: {limited} limited, {other} read");
+    assert!(other >= 20, "the first 20 are read: {other}");
+}
+
+/// A frame a hostile or broken client might send.
+fn hostile_frame(rng: &mut StdRng) -> Message {
+    const VALID: [&str; 4] = [
+        r#"{"type":"human_decision","node_id":"review","decision":"approve"}"#,
+        r#"{"type":"pause_execution"}"#,
+        r#"{"type":"resume_execution"}"#,
+        r#"{"type":"human_decision","node_id":"nope","decision":"modify","feedback":"x"}"#,
+    ];
+    match rng.random_range(0..6) {
+        // Truncated valid events.
+        0 => {
+            let valid = VALID[rng.random_range(0..VALID.len())];
+            Message::text(&valid[..rng.random_range(0..valid.len())])
+        }
+        // Wrong types in the right shape.
+        1 => Message::text(r#"{"type":"human_decision","node_id":7,"decision":["approve"]}"#),
+        2 => Message::text(r#"{"type":42}"#),
+        // Random text and random bytes.
+        3 => Message::text((0..rng.random_range(0..200)).map(|_| rng.random::<char>()).collect::<String>()),
+        4 => {
+            let mut bytes = vec![0u8; rng.random_range(0..300)];
+            rng.fill_bytes(&mut bytes);
+            Message::binary(bytes)
+        }
+        _ => Message::text(format!(
+            "{{\"type\":\"human_decision\",\"node_id\":\"{}\"",
+            "z".repeat(rng.random_range(0..5000))
+        )),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_garbage_frames_are_answered_while_another_run_completes() {
+    let server = Arc::new(serve("garbage").await);
+    let target = server.state.runs.start(gated()).await.expect("start");
+    wait_for_status(&server, &target, "review", NodeStatus::Waiting).await;
+    // Meanwhile another client drives its own run to the end.
+    let honest = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move {
+            let dag_id = server.state.runs.start(gated()).await.expect("start");
+            wait_for_status(&server, &dag_id, "review", NodeStatus::Waiting).await;
+            let (mut socket, _) = connect_async(ws_request(&server, &dag_id, &[bearer(TOKEN)])).await.expect("ws");
+            let _ = next_event(&mut socket).await;
+            let approve =
+                ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Approve, feedback: None };
+            socket.send(Message::text(serde_json::to_string(&approve).expect("json"))).await.expect("send");
+            while !matches!(next_event(&mut socket).await.body, ServerEventBody::ExecutionComplete { .. }) {}
+            dag_id
+        })
+    };
+    let mut rng = StdRng::seed_from_u64(6);
+    let (mut sent, mut answered, mut closed) = (0usize, 0usize, 0usize);
+    while sent < 10_000 {
+        let (socket, _) =
+            connect_async(ws_request(&server, &target, &[bearer(server.viewer_token.as_str())])).await.expect("ws");
+        let (mut write, mut read) = socket.split();
+        let _snapshot = tokio::time::timeout(PATIENCE, read.next()).await.expect("snapshot in time");
+        // Reads replies while the writer sends, so neither side blocks the other.
+        let reader = tokio::spawn(async move {
+            let mut replies = 0usize;
+            while let Ok(Some(Ok(message))) = tokio::time::timeout(PATIENCE, read.next()).await {
+                match message {
+                    Message::Text(_) => replies += 1,
+                    Message::Close(_) => return (replies, true),
+                    _ => {}
+                }
+            }
+            (replies, true)
+        });
+        let mut this_connection = 0usize;
+        while sent < 10_000 {
+            if write.send(hostile_frame(&mut rng)).await.is_err() {
+                break;
+            }
+            sent += 1;
+            this_connection += 1;
+        }
+        let _ = write.send(Message::Close(None)).await;
+        let (replies, was_closed) = reader.await.expect("reader");
+        answered += replies;
+        closed += usize::from(was_closed);
+        assert!(replies <= this_connection, "never more than one answer per frame");
+    }
+    assert!(answered + closed > 0);
+    assert!(answered >= 9_000, "almost every frame was answered ({answered} of {sent})");
+    let dag_id = tokio::time::timeout(Duration::from_secs(60), honest).await.expect("in time").expect("honest run");
+    let state = server.state.runs.get(&dag_id).expect("run").room.snapshot();
+    assert!(state.nodes.values().all(|n| n.status == NodeStatus::Completed), "the honest run completed");
+    let target_state = server.state.runs.get(&target).expect("run").room.snapshot();
+    assert_eq!(target_state.nodes["review"].status, NodeStatus::Waiting, "the viewer's garbage changed nothing");
+    assert!(target_state.decisions.is_empty());
+}
+
+#[tokio::test]
+async fn a_request_head_sent_slowly_is_cut_off() {
+    let server = serve("slowloris").await;
+    let addr = server.addr;
+    let started = std::time::Instant::now();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").expect("partial head");
+        // ...and never finish it.
+        let mut buf = [0u8; 256];
+        stream.read(&mut buf)
+    })
+    .await
+    .expect("join");
+    let waited = started.elapsed();
+    assert!(matches!(outcome, Ok(0)), "the server closed the connection without an answer: {outcome:?}");
+    assert!(waited >= listen::HEADER_READ_TIMEOUT - Duration::from_secs(1), "not before the deadline: {waited:?}");
+    assert!(waited < listen::HEADER_READ_TIMEOUT + Duration::from_secs(5), "cut off at the head deadline: {waited:?}");
+}
+
+#[test]
+fn tokens_never_reach_the_log() {
+    let site = common::stub_site("sec-log-site");
+    let data = common::temp_dir("sec-log-data");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dagstream"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .arg("--site-root")
+        .arg(&site)
+        .env("RUST_LOG", "trace")
+        .env("DAGSTREAM_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let addr = loop {
+        let line = lines.next().expect("announces").expect("readable");
+        if let Some(rest) = line.split("dashboard on http://").nth(1) {
+            break rest.trim().to_owned();
+        }
+    };
+    let mut stderr = child.stderr.take().expect("stderr");
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let addr: SocketAddr = addr.parse().expect("address");
+    let login =
+        raw_http(addr, &format!("GET /login?token={TOKEN} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"));
+    assert_eq!(status_of(&login), 303);
+    let rest = raw_http(
+        addr,
+        &format!(
+            "GET /api/dags HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(status_of(&rest), 200);
+    let wrong =
+        raw_http(addr, &format!("GET /api/dags?token={TOKEN} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"));
+    assert_eq!(status_of(&wrong), 401, "a token in the query string signs nothing in but /login");
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = log.join().expect("log");
+    assert!(log.contains("signed in"), "the log was captured: {log}");
+    assert!(!log.contains(TOKEN), "the token is in the log:\n{log}");
+}
+
+#[tokio::test]
+async fn only_admins_start_runs_and_no_commands_refuses_command_specs() {
+    let server = serve("roles-rest").await;
+    let addr = server.addr;
+    let viewer = server.viewer_token.clone();
+    let body = "name = \"x\"\n[[nodes]]\nid = \"a\"\nkind = \"simulate\"\n";
+    let post = move |token: String| {
+        raw_http(
+            addr,
+            &format!(
+                "POST /api/dags HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/toml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    let refused = tokio::task::spawn_blocking({
+        let post = post.clone();
+        move || post(viewer)
+    })
+    .await
+    .expect("post");
+    assert_eq!(status_of(&refused), 403, "{refused}");
+    assert!(server.state.runs.list().is_empty(), "nothing started");
+    let accepted = tokio::task::spawn_blocking(move || post(TOKEN.to_owned())).await.expect("post");
+    assert_eq!(status_of(&accepted), 201, "{accepted}");
+
+    let mut config = EngineConfig::new(std::env::temp_dir().join("dagstream-sec-no-commands"));
+    config.allow_commands = false;
+    let runs = Runs::new(RoomLimits::default(), config);
+    let with_command = "name = \"c\"\n[[nodes]]\nid = \"sh\"\nkind = \"command\"\nrun = \"echo hi\"\n";
+    let spec = DagSpec::parse(with_command, SpecFormat::Toml).expect("valid");
+    let error = runs.start(spec).await.expect_err("refused");
+    assert!(error.to_string().contains("--no-commands") && error.to_string().contains("\"sh\""), "{error}");
+    assert!(runs.list().is_empty());
+    assert!(runs.start(gated()).await.is_ok(), "specs without commands still run");
+}
+
+#[tokio::test]
+async fn a_viewer_sees_the_run_but_not_the_controls_or_gate_buttons() {
+    let server = serve("viewer-page").await;
+    let dag_id = server.state.runs.start(gated()).await.expect("start");
+    wait_for_status(&server, &dag_id, "review", NodeStatus::Waiting).await;
+    let addr = server.addr;
+    let page_for = move |token: String, dag_id: String| {
+        raw_http(
+            addr,
+            &format!(
+                "GET /dags/{dag_id} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+    };
+    let (viewer, admin) = {
+        let (v, d) = (server.viewer_token.clone(), dag_id.clone());
+        let viewer = tokio::task::spawn_blocking(move || page_for(v, d)).await.expect("viewer page");
+        let d = dag_id.clone();
+        let admin = tokio::task::spawn_blocking(move || page_for(TOKEN.to_owned(), d)).await.expect("admin page");
+        (viewer, admin)
+    };
+    assert_eq!(status_of(&viewer), 200);
+    assert!(viewer.contains("data-testid=\"gate-review\""), "the viewer sees the waiting gate");
+    assert!(viewer.contains("data-testid=\"watch-only\""));
+    assert!(!viewer.contains("data-testid=\"approve\"") && !viewer.contains("data-testid=\"pause\""));
+    assert!(admin.contains("data-testid=\"approve\"") && admin.contains("data-testid=\"pause\""));
+}
