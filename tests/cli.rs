@@ -176,3 +176,75 @@ fn run_of_a_failing_command_exits_1_and_ctrl_c_exits_130() {
     let status = child.wait().expect("exits");
     assert_eq!(status.code(), Some(130));
 }
+
+#[test]
+fn user_add_prints_a_token_once_stores_its_hash_and_serve_accepts_it() {
+    let dir = temp_dir("users");
+    let users = dir.join("users.toml");
+    let add = |name: &str, role: &str| {
+        Command::new(env!("CARGO_BIN_EXE_dagstream"))
+            .args(["user", "add", name, "--role", role, "--users"])
+            .arg(&users)
+            .output()
+            .expect("runs")
+    };
+    let output = add("ana", "approver");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let token =
+        stdout.lines().find_map(|l| l.split("token (shown once, only its hash is kept): ").nth(1)).expect("token");
+    let file = std::fs::read_to_string(&users).expect("users file");
+    assert!(file.contains("name = \"ana\"") && file.contains("role = \"approver\""), "{file}");
+    assert!(!file.contains(token), "only the hash is stored");
+    assert!(!add("ana", "viewer").status.success(), "names are unique");
+    assert!(!add("bo", "owner").status.success(), "roles are checked");
+
+    let site = stub_site("users-site");
+    let data = temp_dir("users-data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dagstream"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .arg("--site-root")
+        .arg(&site)
+        .arg("--users")
+        .arg(&users)
+        .env("RUST_LOG", "warn")
+        .env_remove("DAGSTREAM_TOKEN")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("serve starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut addr = String::new();
+    let mut link = String::new();
+    while link.is_empty() {
+        let line = lines.next().expect("output").expect("readable");
+        if let Some(rest) = line.split("dashboard on http://").nth(1) {
+            addr = rest.trim().to_owned();
+        }
+        if let Some(rest) = line.split("sign in as admin: ").nth(1) {
+            link = rest.trim().to_owned();
+        }
+    }
+    assert!(link.contains("/login?token="), "a one-click sign-in link: {link}");
+    let me = |token: &str| {
+        let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
+        write!(
+            stream,
+            "GET /api/me HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut response = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut response).expect("read");
+        response
+    };
+    let ana = me(token);
+    assert!(
+        ana.starts_with("HTTP/1.1 200") && ana.contains(r#""name":"ana""#) && ana.contains(r#""role":"approver""#),
+        "{ana}"
+    );
+    let admin_token = link.split("token=").nth(1).expect("token in the link");
+    assert!(me(admin_token).contains(r#""role":"admin""#));
+    assert!(me("nope-nope-nope-nope").starts_with("HTTP/1.1 401"));
+    let _ = child.kill();
+    let _ = child.wait();
+}
