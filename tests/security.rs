@@ -16,9 +16,8 @@ use dagstream::hub::RoomLimits;
 use dagstream::protocol::{ClientEvent, Decision, NodeStatus, Role, ServerEvent, ServerEventBody};
 use dagstream::runs::Runs;
 use dagstream::server::auth::UsersFile;
-use dagstream::server::{AppState, Auth, AuthSettings, StreamConfig, app, listen};
+use dagstream::server::{AppState, AuthSettings, StreamConfig, listen};
 use futures::{SinkExt, StreamExt};
-use leptos::prelude::LeptosOptions;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use tokio::net::TcpStream;
@@ -49,19 +48,8 @@ async fn serve(name: &str) -> Server {
     settings.users = users.users;
     let runs =
         Runs::new(RoomLimits::default(), EngineConfig::new(std::env::temp_dir().join(format!("dagstream-sec-{name}"))));
-    let (shutdown_tx, shutdown) = watch::channel(false);
-    let state = AppState {
-        runs: Arc::new(runs),
-        auth: Arc::new(Auth::new(settings, None).await.expect("auth")),
-        leptos_options: LeptosOptions::builder().output_name("dagstream").build(),
-        shutdown,
-        stream: StreamConfig::default(),
-        streams: tokio_util::task::TaskTracker::new(),
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(listen::serve(listener, app(state.clone()), std::future::pending()));
-    Server { addr, state, viewer_token, _shutdown: shutdown_tx }
+    let served = common::serve_in_process(runs, settings, StreamConfig::default()).await;
+    Server { addr: served.addr, state: served.state, viewer_token, _shutdown: served.shutdown }
 }
 
 fn gated() -> DagSpec {

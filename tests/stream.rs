@@ -16,10 +16,9 @@ use dagstream::engine::{DagSpec, EngineConfig, SpecFormat};
 use dagstream::hub::RoomLimits;
 use dagstream::protocol::{ClientEvent, Decision, NodeStatus, RunPhase, RunState, Seq, ServerEvent, ServerEventBody};
 use dagstream::runs::Runs;
-use dagstream::server::{AppState, Auth, AuthSettings, StreamConfig, app};
+use dagstream::server::{AppState, AuthSettings, StreamConfig, app};
 use dagstream::store::SqliteStore;
 use futures::{SinkExt, StreamExt};
-use leptos::prelude::LeptosOptions;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
@@ -55,20 +54,8 @@ impl TestServer {
     }
 
     async fn start_with(runs: Runs, stream: StreamConfig) -> Self {
-        let (shutdown_tx, shutdown) = watch::channel(false);
-        let state = AppState {
-            runs: Arc::new(runs),
-            auth: Arc::new(Auth::new(AuthSettings::with_admin_token(TOKEN), None).await.expect("auth")),
-            leptos_options: LeptosOptions::builder().output_name("dagstream").build(),
-            shutdown,
-            stream,
-            streams: tokio_util::task::TaskTracker::new(),
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
-        let addr = listener.local_addr().expect("local addr");
-        let router = app(state.clone());
-        tokio::spawn(async move { axum::serve(listener, router).await });
-        TestServer { addr, state, _shutdown: shutdown_tx }
+        let served = common::serve_in_process(runs, AuthSettings::with_admin_token(TOKEN), stream).await;
+        TestServer { addr: served.addr, state: served.state, _shutdown: served.shutdown }
     }
 
     async fn start_run(&self, spec: DagSpec) -> String {

@@ -18,7 +18,7 @@ use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
 use leptos_router::components::{A, Route, Router, Routes};
 use leptos_router::{SsrMode, path};
 
-use crate::protocol::{RunState, RunSummary};
+use crate::protocol::{Role, RunState, RunSummary, SignedIn};
 
 /// The HTML document around the app.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
@@ -43,6 +43,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 #[component]
 pub fn App() -> impl IntoView {
     provide_meta_context();
+    provide_context(SignedInUser(Resource::new(|| (), |_| current_user())));
     view! {
         <Stylesheet id="leptos" href="/pkg/dagstream.css"/>
         <Title text="dagstream"/>
@@ -64,10 +65,21 @@ pub fn App() -> impl IntoView {
     }
 }
 
+/// The signed-in user, loaded once per page load and shared by the header and the pages.
+#[derive(Clone, Copy)]
+pub struct SignedInUser(Resource<Result<Option<SignedIn>, ServerFnError>>);
+
+impl SignedInUser {
+    /// Whether the signed-in user has at least `role`.
+    pub async fn has(self, role: Role) -> bool {
+        self.0.await.ok().flatten().is_some_and(|user| user.role >= role)
+    }
+}
+
 /// Who is signed in, with their role, and the sign-out button.
 #[component]
 fn SignedInAs() -> impl IntoView {
-    let user = Resource::new(|| (), |_| current_user());
+    let user = expect_context::<SignedInUser>().0;
     view! {
         <Suspense fallback=|| ()>
             {move || Suspend::new(async move {
@@ -99,7 +111,7 @@ pub async fn get_run(dag_id: String) -> Result<Option<RunState>, ServerFnError> 
 
 /// Who is signed in (every page request is signed in; the login middleware sees to it).
 #[server]
-pub async fn current_user() -> Result<Option<crate::protocol::SignedIn>, ServerFnError> {
+pub async fn current_user() -> Result<Option<SignedIn>, ServerFnError> {
     Ok(identity().map(|identity| identity.signed_in()))
 }
 

@@ -18,14 +18,14 @@ use crate::protocol::{ClientEvent, Decision, GateDecisionRecord, NodeStatus, Rol
 pub fn RunPage() -> impl IntoView {
     let params = use_params_map();
     let dag_id = move || params.read().get("dag_id").unwrap_or_default();
-    let run = Resource::new(dag_id, |dag_id| async move { (get_run(dag_id).await, super::current_user().await) });
+    let run = Resource::new(dag_id, get_run);
+    let user = expect_context::<super::SignedInUser>();
     view! {
         <Suspense fallback=|| view! { <p class="empty">"Loading run…"</p> }>
             {move || Suspend::new(async move {
-                let (run, user) = run.await;
                 // Approvers and admins steer; viewers watch.
-                let may_steer = user.ok().flatten().is_some_and(|u| u.role >= Role::Approver);
-                match run {
+                let may_steer = user.has(Role::Approver).await;
+                match run.await {
                     Ok(Some(state)) => view! { <RunView initial=state may_steer/> }.into_any(),
                     Ok(None) => view! { <p class="notice error">"There is no such run."</p> }.into_any(),
                     Err(error) => {

@@ -31,7 +31,8 @@ pub async fn start_spec(text: String, format: String) -> Result<String, ServerFn
 
 #[component]
 pub fn RunsPage() -> impl IntoView {
-    let runs = Resource::new(|| (), |_| async { (list_runs().await, super::current_user().await) });
+    let runs = Resource::new(|| (), |_| list_runs());
+    let user = expect_context::<super::SignedInUser>();
     view! {
         <section class="page runs">
             <div class="page-head">
@@ -39,10 +40,9 @@ pub fn RunsPage() -> impl IntoView {
             </div>
             <Suspense fallback=|| view! { <p class="empty">"Loading runs…"</p> }>
                 {move || Suspend::new(async move {
-                    let (runs, user) = runs.await;
                     // Only admins start runs: a spec may run commands.
-                    let may_start = user.ok().flatten().is_some_and(|u| u.role >= crate::protocol::Role::Admin);
-                    match runs {
+                    let may_start = user.has(crate::protocol::Role::Admin).await;
+                    match runs.await {
                         Ok(list) => view! { {may_start.then(|| view! { <StartPanel/> })} <RunTable initial=list/> }.into_any(),
                         Err(error) => {
                             view! { <p class="notice error">"Could not load runs: " {error.to_string()}</p> }

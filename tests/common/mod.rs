@@ -19,6 +19,36 @@ pub fn ws_request(url: &str) -> tokio_tungstenite::tungstenite::handshake::clien
     request
 }
 
+/// The app served in this process on port 0, the way `dagstream serve` serves it.
+pub struct InProcess {
+    pub addr: std::net::SocketAddr,
+    pub state: dagstream::server::AppState,
+    /// Held so streams are not told to shut down.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+/// Serves `runs` with these auth settings and stream settings; must run inside tokio.
+pub async fn serve_in_process(
+    runs: dagstream::runs::Runs,
+    auth: dagstream::server::AuthSettings,
+    stream: dagstream::server::StreamConfig,
+) -> InProcess {
+    use dagstream::server::{AppState, Auth, app, listen};
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    let state = AppState {
+        runs: std::sync::Arc::new(runs),
+        auth: std::sync::Arc::new(Auth::new(auth, None).await.expect("auth settings are valid")),
+        leptos_options: leptos::prelude::LeptosOptions::builder().output_name("dagstream").build(),
+        shutdown: shutdown_rx,
+        stream,
+        streams: tokio_util::task::TaskTracker::new(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(listen::serve(listener, app(state.clone()), std::future::pending()));
+    InProcess { addr, state, shutdown }
+}
+
 /// A fresh, empty directory for one test.
 pub fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("dagstream-it-{name}-{}", std::process::id()));
