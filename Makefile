@@ -19,7 +19,7 @@ run: build
 
 ## Run every test: Rust unit and integration tests, then Playwright in Chromium
 test: setup-test
-	cargo test --features ssr
+	DAGSTREAM_PYTHON=$(CURDIR)/end2end/.venv/bin/python cargo test --features ssr
 	DAGSTREAM_TOKEN=$(E2E_TOKEN) DAGSTREAM_BIN=$(TARGET_DIR)/debug/dagstream cargo leptos end-to-end
 
 # Release builds erase component types (smaller wasm); debug builds and `cargo test` keep them, so
@@ -34,7 +34,7 @@ setup-test:
 	scripts/setup.sh test
 
 unit:
-	cargo test --features ssr
+	DAGSTREAM_PYTHON=$(CURDIR)/end2end/.venv/bin/python cargo test --features ssr
 
 e2e: setup-test
 	DAGSTREAM_TOKEN=$(E2E_TOKEN) DAGSTREAM_BIN=$(TARGET_DIR)/debug/dagstream cargo leptos end-to-end

@@ -65,4 +65,11 @@ if [ "$want" = test ] && [ ! -x /usr/bin/chromium ]; then
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium
 fi
+# The example external engine (examples/external_engine.py) is run by the tests; it needs the
+# `websockets` package, kept in a virtualenv of its own.
+if [ "$want" = test ] && ! "$ROOT/end2end/.venv/bin/python" -c 'import websockets' 2>/dev/null; then
+  say "installing Python's websockets package into end2end/.venv (for the example engine)"
+  python3 -m venv "$ROOT/end2end/.venv"
+  "$ROOT/end2end/.venv/bin/pip" install -q websockets
+fi
 say "ready"

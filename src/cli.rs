@@ -66,8 +66,8 @@ enum UserCommand {
     Add {
         /// The user's name (shown as `decided_by` on their decisions).
         name: String,
-        /// viewer (watch), approver (also decide gates, pause, resume, cancel) or admin (also
-        /// start runs and submit specs).
+        /// viewer (watch), approver (also decide gates, pause, resume, cancel), admin (also
+        /// start runs and submit specs) or engine (watch, create and drive external runs).
         #[arg(long, value_parser = parse_role)]
         role: Role,
         /// The users file; created if missing.
@@ -81,7 +81,8 @@ fn parse_role(text: &str) -> Result<Role, String> {
         "viewer" => Ok(Role::Viewer),
         "approver" => Ok(Role::Approver),
         "admin" => Ok(Role::Admin),
-        other => Err(format!("{other:?} is not a role: use viewer, approver or admin")),
+        "engine" => Ok(Role::Engine),
+        other => Err(format!("{other:?} is not a role: use viewer, approver, admin or engine")),
     }
 }
 

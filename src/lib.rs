@@ -11,10 +11,12 @@
 //! - [`app`] (both): the Leptos pages, the client store and the `use_dag_stream` hook.
 //! - [`examples`] (both): the bundled example specs, by name.
 //! - `engine` (ssr): specs, the pure scheduler, the coordinator task of each run, examples.
+//! - `external` (ssr): runs an outside engine drives: definition, event checks, command link.
 //! - `hub` (ssr): one room per run: sequenced log, folded state, fan-out to subscribers.
 //! - `runs` (ssr): the registry of runs; loads and resumes them from the store at start.
 //! - `store` (ssr): the `Store` trait, the embedded SQLite store, the group-commit writer.
-//! - `server` (ssr): the axum router, REST, the WebSocket stream.
+//! - `server` (ssr): the axum router, REST, the WebSocket streams (dashboards and engines),
+//!   sign-in and roles.
 //! - `cli` (ssr): `dagstream serve | run | validate | schema | bench`.
 //! - `bench` (ssr): on-demand benchmarks (`dagstream bench engine`).
 //! - `terminal` (ssr): `dagstream run`, one run with a live terminal view.
@@ -31,6 +33,8 @@ pub mod bench;
 pub mod cli;
 #[cfg(feature = "ssr")]
 pub mod engine;
+#[cfg(feature = "ssr")]
+pub mod external;
 #[cfg(feature = "ssr")]
 pub mod hub;
 #[cfg(feature = "ssr")]

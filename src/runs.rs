@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::broadcast;
 
 use crate::engine::{self, DagSpec, EngineConfig, RunHandle, SpecError};
+use crate::external::{EngineLink, ExternalRun};
 use crate::hub::{Frame, Room, RoomLimits};
 use crate::protocol::{Applied, RunPhase, RunState, RunSummary, ServerEvent, ServerEventBody};
 use crate::store::{RunRecord, Store, StoreError, Writer};
@@ -18,8 +19,11 @@ const FEED_QUEUE: usize = 1024;
 #[derive(Clone)]
 pub struct RunEntry {
     pub room: Arc<Room>,
-    /// `None` once the run has ended (no coordinator is left to take commands).
+    /// `None` once the run has ended (no coordinator is left to take commands), and for
+    /// external runs.
     pub handle: Option<RunHandle>,
+    /// For a run an external engine drives: the engine's link (commands go there).
+    pub engine: Option<Arc<EngineLink>>,
 }
 
 /// Why a run could not be started.
@@ -108,7 +112,30 @@ impl Runs {
         }
         let room = self.new_room(initial_state(&dag_id, &spec, &started_at), Vec::new());
         let handle = engine::run::spawn(&dag_id, spec, Arc::clone(&room), &self.engine);
-        self.write().insert(dag_id.clone(), RunEntry { room: Arc::clone(&room), handle: Some(handle) });
+        self.write().insert(dag_id.clone(), RunEntry { room: Arc::clone(&room), handle: Some(handle), engine: None });
+        room.announce();
+        Ok(dag_id)
+    }
+
+    /// Creates a run that an external engine drives (it is not executed here); answers its
+    /// `dag_id`. With a store, the definition is recorded first.
+    pub async fn start_external(&self, run: ExternalRun) -> Result<String, StartError> {
+        let dag_id = new_run_id();
+        let started_at = engine::now_rfc3339();
+        if let Some((store, _)) = &self.storage {
+            let record = RunRecord {
+                dag_id: dag_id.clone(),
+                name: run.name.clone(),
+                spec: serde_json::to_string(&run).map_err(|e| StoreError(e.to_string()))?,
+                state: RunPhase::Running.as_str().to_owned(),
+                started_at: started_at.clone(),
+                finished_at: None,
+            };
+            store.create_run(record).await?;
+        }
+        let room = self.new_room(run.initial_state(&dag_id, &started_at), Vec::new());
+        let entry = RunEntry { room: Arc::clone(&room), handle: None, engine: Some(Arc::default()) };
+        self.write().insert(dag_id.clone(), entry);
         room.announce();
         Ok(dag_id)
     }
@@ -140,12 +167,18 @@ impl Runs {
     /// Rebuilds one run from its record and stored events; resumes it if it had not ended.
     /// A run that cannot be resumed is marked failed with the reason.
     fn restore(&self, record: RunRecord, texts: Vec<String>) -> RunEntry {
-        let spec = serde_json::from_str(&record.spec)
-            .map_err(|e| e.to_string())
-            .and_then(|value| DagSpec::from_value(value).map_err(|e| e.to_string()));
-        let mut state = match &spec {
-            Ok(spec) => initial_state(&record.dag_id, spec, &record.started_at),
-            Err(_) => RunState::new(&record.dag_id, &record.name, &record.started_at, 0.0, []),
+        let value: Result<serde_json::Value, String> = serde_json::from_str(&record.spec).map_err(|e| e.to_string());
+        let external = match &value {
+            Ok(value) if ExternalRun::is_external(value) => Some(ExternalRun::from_value(value.clone())),
+            _ => None,
+        };
+        let spec = value.and_then(|value| DagSpec::from_value(value).map_err(|e| e.to_string()));
+        let mut state = match (&external, &spec) {
+            (Some(Ok(run)), _) => run.initial_state(&record.dag_id, &record.started_at),
+            (None, Ok(spec)) => initial_state(&record.dag_id, spec, &record.started_at),
+            (Some(Err(_)), _) | (None, Err(_)) => {
+                RunState::new(&record.dag_id, &record.name, &record.started_at, 0.0, [])
+            }
         };
         let mut log = Vec::with_capacity(texts.len());
         let mut frames = Vec::new();
@@ -165,9 +198,17 @@ impl Runs {
         }
         let keep = frames.len().saturating_sub(self.limits.log_window);
         let room = self.new_room(state.clone(), frames.split_off(keep));
-        if state.results.is_some() {
-            return RunEntry { room, handle: None };
+        if let Some(Ok(_)) = external {
+            // Not ours to resume: the engine reconnects and goes on.
+            return RunEntry { room, handle: None, engine: Some(Arc::default()) };
         }
+        if state.results.is_some() {
+            return RunEntry { room, handle: None, engine: None };
+        }
+        let spec = match external {
+            Some(Err(problem)) => Err(problem),
+            Some(Ok(_)) | None => spec,
+        };
         let resumed = match (spec, broken) {
             (Err(problem), _) => Err(format!("its spec cannot be read: {problem}")),
             (Ok(_), Some(problem)) => Err(format!("its log is damaged: {problem}")),
@@ -176,7 +217,7 @@ impl Runs {
             }
         };
         match resumed {
-            Ok(handle) => RunEntry { room, handle: Some(handle) },
+            Ok(handle) => RunEntry { room, handle: Some(handle), engine: None },
             Err(problem) => {
                 tracing::error!(dag_id = %record.dag_id, %problem, "run cannot be resumed");
                 room.publish(ServerEventBody::Error {
@@ -185,7 +226,7 @@ impl Runs {
                 });
                 room.publish(ServerEventBody::RunStateChanged { state: RunPhase::Failed });
                 room.publish(ServerEventBody::ExecutionComplete { results: Default::default() });
-                RunEntry { room, handle: None }
+                RunEntry { room, handle: None, engine: None }
             }
         }
     }

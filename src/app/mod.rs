@@ -72,7 +72,7 @@ pub struct SignedInUser(Resource<Result<Option<SignedIn>, ServerFnError>>);
 impl SignedInUser {
     /// Whether the signed-in user has at least `role`.
     pub async fn has(self, role: Role) -> bool {
-        self.0.await.ok().flatten().is_some_and(|user| user.role >= role)
+        self.0.await.ok().flatten().is_some_and(|user| user.role.allows(role))
     }
 }
 

@@ -100,6 +100,8 @@ pub enum NodeKind {
     Command,
     /// Waits for a human decision.
     Gate,
+    /// Work an external engine does (runs it drives rather than dagstream).
+    Task,
 }
 
 /// A node as the graph knows it: identity and presentation, no run-time state.
@@ -346,16 +348,18 @@ pub struct RunSummary {
 #[cfg(test)]
 mod tests;
 
-/// What a signed-in user may do; each role may do everything the ones before it may.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// What a signed-in user may do.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Watch runs.
     Viewer,
     /// Also decide gates, pause, resume and cancel runs.
     Approver,
-    /// Also start runs and submit specs (which may run commands).
+    /// Also start runs and submit specs (which may run commands), and drive external runs.
     Admin,
+    /// A program outside dagstream: watch, create external runs and drive them.
+    Engine,
 }
 
 impl Role {
@@ -364,6 +368,17 @@ impl Role {
             Role::Viewer => "viewer",
             Role::Approver => "approver",
             Role::Admin => "admin",
+            Role::Engine => "engine",
+        }
+    }
+
+    /// Whether this role may do what `needed` may.
+    pub fn allows(self, needed: Role) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::Approver => matches!(needed, Role::Viewer | Role::Approver),
+            Role::Engine => matches!(needed, Role::Viewer | Role::Engine),
+            Role::Viewer => needed == Role::Viewer,
         }
     }
 

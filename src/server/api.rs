@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::{AppError, AppState, Identity};
 use crate::engine::{DagSpec, SpecFormat, examples};
+use crate::external::ExternalRun;
 use crate::protocol::{GateDecisionRecord, Role, RunState, RunSummary, Seq, SignedIn};
 use crate::runs::StartError;
 
@@ -20,7 +21,8 @@ pub struct StartQuery {
     example: Option<String>,
 }
 
-/// `POST /api/dags`: starts a run and answers `{"dag_id": ...}` with 201. The spec is the body
+/// `POST /api/dags`: starts a run and answers `{"dag_id": ...}` with 201. A JSON body with
+/// `"external": true` creates a run an external engine drives (admin or engine role). The spec is the body
 /// (`Content-Type: application/toml` or `application/json`), or `?example=NAME` names a bundled
 /// one. An invalid spec is a 400 whose message names the node and field; nothing starts.
 pub async fn start_run(
@@ -30,6 +32,11 @@ pub async fn start_run(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
+    if let Some(run) = external_run(&headers, &body)? {
+        identity.require(Role::Engine, "create external runs").map_err(AppError::Forbidden)?;
+        let dag_id = state.runs.start_external(run).await.map_err(|e| AppError::Internal(e.to_string()))?;
+        return Ok((StatusCode::CREATED, Json(json!({ "dag_id": dag_id }))));
+    }
     identity.require(Role::Admin, "start runs").map_err(AppError::Forbidden)?;
     let spec = match (query.example, body.is_empty()) {
         (Some(name), true) => {
@@ -63,6 +70,20 @@ pub async fn start_run(
         StartError::Store(e) => AppError::Internal(e.to_string()),
     })?;
     Ok((StatusCode::CREATED, Json(json!({ "dag_id": dag_id }))))
+}
+
+/// The definition of an external run, when the body is JSON with `"external": true`.
+fn external_run(headers: &HeaderMap, body: &[u8]) -> Result<Option<ExternalRun>, AppError> {
+    if body.is_empty() || !matches!(spec_format(headers), Ok(SpecFormat::Json)) {
+        return Ok(None);
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(value) if ExternalRun::is_external(&value) => {
+            ExternalRun::from_value(value).map(Some).map_err(AppError::BadRequest)
+        }
+        // Not an external run: the spec path reads (and judges) it.
+        Ok(_) | Err(_) => Ok(None),
+    }
 }
 
 /// The spec format a request's `Content-Type` names.

@@ -153,7 +153,7 @@ impl Identity {
 
     /// `Err` with a message fit for the user when their role is below `needed`.
     pub fn require(&self, needed: Role, to: &str) -> Result<(), String> {
-        if self.role >= needed {
+        if self.role.allows(needed) {
             Ok(())
         } else {
             Err(format!(

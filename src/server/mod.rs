@@ -3,6 +3,7 @@
 
 mod api;
 pub mod auth;
+mod engine_socket;
 mod error;
 pub mod listen;
 mod login;
@@ -75,6 +76,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/dags/{dag_id}/events", get(api::events))
         .route("/api/dags/{dag_id}/decisions", get(api::decisions))
         .route("/api/dags/{dag_id}/stream", get(stream::handler))
+        .route("/api/dags/{dag_id}/engine", get(engine_socket::handler))
         .route("/api/runs/stream", get(runs_feed::handler))
         .leptos_routes(&state, routes, move || shell(options.clone()))
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))

@@ -318,9 +318,12 @@ async fn command(run: &RunEntry, identity: &Identity, event: ClientEvent) -> Opt
     if let Err(forbidden) = identity.require(Role::needed_for(&event), what) {
         return Some(forbidden);
     }
-    match &run.handle {
-        Some(handle) => handle.command(event, &identity.name).await.err().map(|rejected| rejected.to_string()),
-        None => Some(format!("the run is {}: it takes no more commands", run.room.summary().state.as_str())),
+    match (&run.handle, &run.engine) {
+        (Some(handle), _) => handle.command(event, &identity.name).await.err().map(|rejected| rejected.to_string()),
+        (None, Some(engine)) => crate::external::check_command(&run.room.snapshot(), &event)
+            .and_then(|()| engine.forward(&event, &identity.name))
+            .err(),
+        (None, None) => Some(format!("the run is {}: it takes no more commands", run.room.summary().state.as_str())),
     }
 }
 
