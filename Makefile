@@ -44,6 +44,9 @@ bench: build
 	$(TARGET_DIR)/release/dagstream bench engine
 	$(TARGET_DIR)/release/dagstream bench engine --store --subscriber
 	$(TARGET_DIR)/release/dagstream bench store
+	$(TARGET_DIR)/release/dagstream bench fanout --clients 1000 --events 20000
+	$(TARGET_DIR)/release/dagstream bench fanout --clients 1000 --events 200 --rate 20
+	$(TARGET_DIR)/release/dagstream bench fanout --clients 10000 --events 0
 
 bench-dashboard: build setup-test
 	cd end2end && DAGSTREAM_TOKEN=$(E2E_TOKEN) DAGSTREAM_BIN=$(TARGET_DIR)/release/dagstream node bench/dashboard.mjs

@@ -1,5 +1,8 @@
 //! `dagstream bench engine`: how fast the engine gets through large DAGs of zero-duration
-//! simulated nodes, with no subscriber attached. On demand only, never a timed test.
+//! simulated nodes, with no subscriber attached; `bench store`: events persisted per second;
+//! `bench fanout` ([`fanout`]): delivery to many subscribers. On demand only, never timed tests.
+
+pub mod fanout;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -112,6 +112,19 @@ enum BenchCommand {
         #[arg(long)]
         subscriber: bool,
     },
+    /// Delivery to many subscribers of one run: a `serve` child process, `clients` dashboards
+    /// and an external engine publishing `events`; messages/s, latency, RSS per connection.
+    Fanout {
+        /// Subscribers of the run.
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Events to publish (0: connect only and measure memory).
+        #[arg(long, default_value_t = 2000)]
+        events: usize,
+        /// Events per second (as fast as the server takes them when omitted).
+        #[arg(long)]
+        rate: Option<u32>,
+    },
     /// Events persisted per second through the group-commit writer into SQLite.
     Store {
         /// Events to persist.
@@ -186,6 +199,10 @@ pub async fn main() -> ExitCode {
             Ok(())
         }
         Some(Command::User(UserCommand::Add { name, role, users })) => add_user(&users, &name, role),
+        Some(Command::Bench(BenchCommand::Fanout { clients, events, rate })) => {
+            let settings = crate::bench::fanout::FanoutBench { clients, events, rate };
+            crate::bench::fanout::fanout(&settings).await.map(|report| print!("{report}"))
+        }
         Some(Command::Bench(BenchCommand::Store { events })) => {
             crate::bench::store(&crate::bench::StoreBench { events }).await.map(|report| print!("{report}"))
         }

@@ -38,6 +38,10 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
                         continue;
                     }
                 };
+                // Events are small and must go out now, not wait for the previous one's ACK.
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%error, "cannot set TCP_NODELAY");
+                }
                 let service = TowerToHyperService::new(router.clone());
                 let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                 let connection = graceful.watch(connection);

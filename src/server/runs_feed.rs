@@ -28,6 +28,8 @@ pub async fn handler(
     let streams = state.streams.clone();
     Ok(upgrade
         .max_message_size(1024)
+        .read_buffer_size(super::stream::READ_BUFFER)
+        .write_buffer_size(super::stream::WRITE_BUFFER)
         .on_upgrade(move |socket| {
             streams.track_future(async move {
                 let _slot = slot;

@@ -34,6 +34,11 @@ pub const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 /// What the WebSocket layer reads at most before giving up on a message (so one above
 /// [`MAX_CLIENT_MESSAGE`] can still be answered with a proper 1009 close).
 const READ_LIMIT: usize = 1024 * 1024;
+/// What the WebSocket layer reads into per connection at a time. Clients send little, and an
+/// idle dashboard should cost little: tungstenite's default reserves 128 KiB up front.
+pub const READ_BUFFER: usize = 4 * 1024;
+/// Bytes of frames gathered before they are written out (a flush writes the rest anyway).
+pub const WRITE_BUFFER: usize = 16 * 1024;
 /// Private replies (errors about a client's own messages) waiting to be sent.
 const REPLY_QUEUE: usize = 16;
 /// Live frames written before one flush, when several are already queued.
@@ -89,6 +94,8 @@ pub async fn handler(
     Ok(upgrade
         .max_message_size(READ_LIMIT)
         .max_frame_size(READ_LIMIT)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| streams.track_future(serve(socket, connection)))
         .into_response())
 }
@@ -111,8 +118,9 @@ struct Connection {
 
 /// What the receive side asks the send side to write.
 enum Outgoing {
-    /// A private `error` about the client's own message.
-    Reply(ServerEventBody),
+    /// A private `error` about the client's own message: its text. (Only the text is queued:
+    /// every connection holds this queue, so its items stay small.)
+    Reply(String),
     /// Close the connection with this code and reason.
     Close(u16, &'static str),
 }
@@ -194,8 +202,28 @@ async fn send_loop(
         }
         let mut ping = tokio::time::interval(config.ping_interval);
         ping.reset();
+        // Made once, not on every turn of the loop: each turn is one event to every subscriber.
+        let signed_out = session.ended.cancelled();
+        let shutting_down = shutdown.changed();
+        tokio::pin!(signed_out, shutting_down);
         loop {
+            // In order: endings, then this client's replies (few, rate-limited), then events.
             tokio::select! {
+                biased;
+                _ = &mut shutting_down => return Ending::Close(1001, "server shutting down"),
+                _ = &mut signed_out => return Ending::Close(CLOSE_CODE_SIGNED_OUT, "signed out"),
+                _ = &mut expiry => return Ending::Close(CLOSE_CODE_SIGNED_OUT, "session expired: sign in again"),
+                Some(outgoing) = replies.recv() => match outgoing {
+                    Outgoing::Reply(message) => {
+                        // Stamped with the client's position so it is never mistaken for a gap.
+                        let body = ServerEventBody::Error { node_id: None, message };
+                        let text = encode(&ServerEvent { seq: position, body });
+                        if sink.send(Message::Text(text.into())).await.is_err() {
+                            return Ending::Gone;
+                        }
+                    }
+                    Outgoing::Close(code, reason) => return Ending::Close(code, reason),
+                },
                 received = live.recv() => match received {
                     Ok(frame) => {
                         if write_frames(&mut sink, &mut live, frame, &mut position).await.is_err() {
@@ -207,18 +235,6 @@ async fn send_loop(
                     }
                     Err(broadcast::error::RecvError::Closed) => return Ending::Gone,
                 },
-                Some(outgoing) = replies.recv() => match outgoing {
-                    Outgoing::Reply(body) => {
-                        // Stamped with the client's position so it is never mistaken for a gap.
-                        let text = encode(&ServerEvent { seq: position, body });
-                        if sink.send(Message::Text(text.into())).await.is_err() {
-                            return Ending::Gone;
-                        }
-                    }
-                    Outgoing::Close(code, reason) => return Ending::Close(code, reason),
-                },
-                _ = session.ended.cancelled() => return Ending::Close(CLOSE_CODE_SIGNED_OUT, "signed out"),
-                _ = &mut expiry => return Ending::Close(CLOSE_CODE_SIGNED_OUT, "session expired: sign in again"),
                 _ = ping.tick() => {
                     if !heard.swap(false, Ordering::Relaxed) {
                         return Ending::Close(1001, "no answer to ping");
@@ -227,7 +243,6 @@ async fn send_loop(
                         return Ending::Gone;
                     }
                 }
-                _ = shutdown.changed() => return Ending::Close(1001, "server shutting down"),
             }
         }
     }
@@ -300,7 +315,7 @@ async fn receive_loop(
             Message::Close(_) => break,
         };
         if let Some(message) = complaint
-            && replies.send(Outgoing::Reply(ServerEventBody::Error { node_id: None, message })).await.is_err()
+            && replies.send(Outgoing::Reply(message)).await.is_err()
         {
             break;
         }

@@ -1,0 +1,325 @@
+//! `dagstream bench fanout`: delivery to many subscribers of one run, end to end over loopback.
+//!
+//! The server is a `dagstream serve` child process (its own runtime and memory, with a SQLite
+//! store as in production); this process is the load: it creates an external run, connects
+//! `clients` dashboards to its stream, then acts as the run's engine and publishes `events`
+//! events (as fast as the server takes them, or at `rate` per second). Each event carries the
+//! wall-clock time it was sent; each client notes when it arrived. Reported: messages delivered
+//! per second, publish→receive latency p50 / p99 / max, and the server's resident memory per
+//! connection (measured with every client connected and idle, before any event).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// Settings of one fan-out run.
+#[derive(Clone, Debug)]
+pub struct FanoutBench {
+    /// Subscribers of the run.
+    pub clients: usize,
+    /// Events the engine publishes (0: only connect and measure memory).
+    pub events: usize,
+    /// Events per second; as fast as the server takes them when `None`.
+    pub rate: Option<u32>,
+}
+
+/// What one run measured.
+#[derive(Debug)]
+pub struct FanoutReport {
+    pub clients: usize,
+    pub events: usize,
+    /// Messages all clients received (events only).
+    pub delivered: u64,
+    /// From the first event sent to the last one received.
+    pub elapsed: Duration,
+    pub latency_p50: Duration,
+    pub latency_p99: Duration,
+    pub latency_max: Duration,
+    /// Clients the server dropped as too slow (close 4008) or that did not get every event.
+    pub incomplete: usize,
+    /// The server's resident memory with no client and with every client connected, idle.
+    pub rss_before: u64,
+    pub rss_connected: u64,
+}
+
+impl std::fmt::Display for FanoutReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let per_connection = self.rss_connected.saturating_sub(self.rss_before) / self.clients.max(1) as u64;
+        writeln!(f, "clients: {}, events: {}", self.clients, self.events)?;
+        writeln!(
+            f,
+            "server RSS: {} KiB idle, {} KiB with every client connected: {:.1} KiB per connection",
+            self.rss_before / 1024,
+            self.rss_connected / 1024,
+            per_connection as f64 / 1024.0
+        )?;
+        if self.events > 0 {
+            let seconds = self.elapsed.as_secs_f64().max(f64::EPSILON);
+            writeln!(
+                f,
+                "delivered {} messages in {:.2} s: {:.0} messages/s",
+                self.delivered,
+                seconds,
+                self.delivered as f64 / seconds
+            )?;
+            writeln!(
+                f,
+                "publish→receive latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                ms(self.latency_p50),
+                ms(self.latency_p99),
+                ms(self.latency_max)
+            )?;
+            writeln!(f, "clients that missed events or were dropped: {}", self.incomplete)?;
+        }
+        Ok(())
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+/// The server under test; killed when dropped.
+struct Server {
+    child: tokio::process::Child,
+    addr: String,
+    token: String,
+    _dir: TempDir,
+}
+
+/// A directory removed when dropped.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Server {
+    async fn start(clients: usize) -> Result<Server, String> {
+        let dir = TempDir(std::env::temp_dir().join(format!("dagstream-fanout-{}", std::process::id())));
+        let site = dir.0.join("site");
+        std::fs::create_dir_all(site.join("pkg")).map_err(|e| e.to_string())?;
+        std::fs::write(site.join("pkg/dagstream.js"), "// no site needed").map_err(|e| e.to_string())?;
+        let token = crate::server::auth::new_secret();
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = tokio::process::Command::new(exe)
+            .args(["serve", "--addr", "127.0.0.1:0", "--max-connections-per-user"])
+            .arg((clients + 16).to_string())
+            .arg("--data")
+            .arg(dir.0.join("data"))
+            .arg("--site-root")
+            .arg(&site)
+            .env("DAGSTREAM_TOKEN", &token)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start the server: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no server output")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines.next_line().await.map_err(|e| e.to_string())?.ok_or("the server stopped")?;
+            if let Some(rest) = line.split("dashboard on http://").nth(1) {
+                break rest.trim().to_owned();
+            }
+        };
+        // Keep reading so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Server { child, addr, token, _dir: dir })
+    }
+
+    /// Resident memory of the server process, in bytes.
+    fn rss(&self) -> u64 {
+        let Some(pid) = self.child.id() else { return 0 };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    }
+
+    async fn create_run(&self) -> Result<String, String> {
+        let body = r#"{"external":true,"name":"fanout bench","nodes":[{"id":"n"}]}"#;
+        let mut stream = TcpStream::connect(&self.addr).await.map_err(|e| e.to_string())?;
+        let request = format!(
+            "POST /api/dags HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.addr,
+            self.token,
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
+        let json = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|_| format!("unexpected answer: {response}"))?;
+        value["dag_id"].as_str().map(str::to_owned).ok_or_else(|| format!("no run created: {response}"))
+    }
+
+    fn request(&self, path: &str) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, String> {
+        let mut request = format!("ws://{}{path}", self.addr).into_client_request().map_err(|e| e.to_string())?;
+        let bearer = format!("Bearer {}", self.token).parse().map_err(|_| "bad token header".to_owned())?;
+        request.headers_mut().insert("authorization", bearer);
+        Ok(request)
+    }
+}
+
+/// Lets the bench hold many sockets (each client and each server connection is a file).
+fn raise_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// What one client saw.
+struct ClientResult {
+    received: u64,
+    /// Publish→receive latency of each event, in microseconds.
+    latencies: Vec<u32>,
+    /// When it received its last event.
+    last: Option<Instant>,
+}
+
+pub async fn fanout(settings: &FanoutBench) -> Result<FanoutReport, String> {
+    raise_file_limit();
+    let server = Server::start(settings.clients).await?;
+    let dag_id = server.create_run().await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before = server.rss();
+
+    // Clients: small buffers on this side too, so the load generator fits in memory.
+    let config = WebSocketConfig::default().read_buffer_size(16 * 1024).write_buffer_size(0);
+    let stream_path = format!("/api/dags/{dag_id}/stream");
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(settings.clients.max(1));
+    let (start_tx, start_rx) = tokio::sync::watch::channel(false);
+    let mut clients = Vec::with_capacity(settings.clients);
+    let events = settings.events as u64;
+    for i in 0..settings.clients {
+        let request = server.request(&stream_path)?;
+        let (socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), false)
+            .await
+            .map_err(|e| format!("client {i} could not connect: {e}"))?;
+        let ready = ready_tx.clone();
+        let mut start = start_rx.clone();
+        clients.push(tokio::spawn(async move {
+            let mut read = socket;
+            let mut result = ClientResult { received: 0, latencies: Vec::with_capacity(events as usize), last: None };
+            // The snapshot first.
+            let _ = read.next().await;
+            let _ = ready.send(()).await;
+            drop(ready);
+            if events == 0 {
+                let _ = start.changed().await;
+                return result;
+            }
+            while result.received < events {
+                let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(30), read.next()).await else {
+                    break;
+                };
+                let Message::Text(text) = message else { continue };
+                let arrived = now_ns();
+                if let Some(sent) = sent_ns(text.as_str()) {
+                    result.received += 1;
+                    result.latencies.push(((arrived.saturating_sub(sent)) / 1000).min(u64::from(u32::MAX)) as u32);
+                    result.last = Some(Instant::now());
+                }
+            }
+            result
+        }));
+    }
+    drop(ready_tx);
+    for _ in 0..settings.clients {
+        ready_rx.recv().await.ok_or("a client failed before its snapshot")?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_connected = server.rss();
+
+    let started = Instant::now();
+    if settings.events > 0 {
+        let (engine, _) = tokio_tungstenite::connect_async(server.request(&format!("/api/dags/{dag_id}/engine"))?)
+            .await
+            .map_err(|e| format!("the engine could not connect: {e}"))?;
+        let (mut write, mut read) = engine.split();
+        let _snapshot = read.next().await;
+        // Refusals would come back here; there should be none.
+        tokio::spawn(async move { while let Some(Ok(_)) = read.next().await {} });
+        let mut ticks = settings.rate.map(|rate| {
+            let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            interval
+        });
+        for _ in 0..settings.events {
+            if let Some(ticks) = &mut ticks {
+                ticks.tick().await;
+            }
+            let event =
+                format!(r#"{{"type":"node_state","node_id":"n","status":"running","output":{{"sent":{}}}}}"#, now_ns());
+            write.send(Message::text(event)).await.map_err(|e| format!("the engine could not send: {e}"))?;
+        }
+    }
+    let _ = start_tx.send(true);
+    let mut delivered = 0;
+    let mut incomplete = 0;
+    let mut latencies = Vec::new();
+    let mut last = started;
+    for client in clients {
+        let result = client.await.map_err(|e| e.to_string())?;
+        delivered += result.received;
+        if result.received < events {
+            incomplete += 1;
+        }
+        if let Some(at) = result.last {
+            last = last.max(at);
+        }
+        latencies.extend(result.latencies);
+    }
+    latencies.sort_unstable();
+    let pick = |q: f64| {
+        let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
+        latencies.get(i).map_or(Duration::ZERO, |&us| Duration::from_micros(u64::from(us)))
+    };
+    Ok(FanoutReport {
+        clients: settings.clients,
+        events: settings.events,
+        delivered,
+        elapsed: last.duration_since(started),
+        latency_p50: pick(0.5),
+        latency_p99: pick(0.99),
+        latency_max: pick(1.0),
+        incomplete,
+        rss_before,
+        rss_connected,
+    })
+}
+
+/// The send time an event of this bench carries (`"sent":<ns>`), without parsing all of it.
+fn sent_ns(text: &str) -> Option<u64> {
+    let rest = &text[text.find("\"sent\":")? + 7..];
+    let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    rest[..digits].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_send_time_is_read_from_the_event_text() {
+        let text = r#"{"seq":3,"type":"node_state","node_id":"n","status":"running","output":{"sent":1234567}}"#;
+        assert_eq!(super::sent_ns(text), Some(1_234_567));
+        assert_eq!(super::sent_ns(r#"{"seq":1}"#), None);
+    }
+}
