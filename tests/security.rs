@@ -493,3 +493,48 @@ async fn a_viewer_sees_the_run_but_not_the_controls_or_gate_buttons() {
     assert!(!viewer.contains("data-testid=\"approve\"") && !viewer.contains("data-testid=\"pause\""));
     assert!(admin.contains("data-testid=\"approve\"") && admin.contains("data-testid=\"pause\""));
 }
+
+#[tokio::test]
+async fn signing_out_closes_the_sessions_open_sockets() {
+    let server = serve("logout").await;
+    let dag_id = server.state.runs.start(gated()).await.expect("start");
+    let addr = server.addr;
+    let login = tokio::task::spawn_blocking(move || {
+        raw_http(addr, &format!("POST /login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\ntoken={TOKEN}", TOKEN.len() + 6))
+    })
+    .await
+    .expect("login");
+    assert_eq!(status_of(&login), 303, "{login}");
+    let cookie = login
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let (mut socket, _) = connect_async(ws_request(
+        &server,
+        &dag_id,
+        &[("cookie", cookie.clone()), ("origin", format!("http://{addr}"))],
+    ))
+    .await
+    .expect("signed-in socket");
+    let _ = next_event(&mut socket).await;
+    let logout = tokio::task::spawn_blocking({
+        let cookie = cookie.clone();
+        move || raw_http(addr, &format!("POST /logout HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"))
+    })
+    .await
+    .expect("logout");
+    assert_eq!(status_of(&logout), 303);
+    let code = loop {
+        match tokio::time::timeout(PATIENCE, socket.next()).await.expect("closed in time") {
+            Some(Ok(Message::Close(Some(frame)))) => break u16::from(frame.code),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(code, 4001, "closed as signed out");
+    let again =
+        connect_async(ws_request(&server, &dag_id, &[("cookie", cookie), ("origin", format!("http://{addr}"))])).await;
+    assert!(matches!(again, Err(WsError::Http(ref r)) if r.status() == 401), "the cookie no longer works");
+}

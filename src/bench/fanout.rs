@@ -203,7 +203,7 @@ pub async fn fanout(settings: &FanoutBench) -> Result<FanoutReport, String> {
     let rss_before = server.rss();
 
     // Clients: small buffers on this side too, so the load generator fits in memory.
-    let config = WebSocketConfig::default().read_buffer_size(16 * 1024).write_buffer_size(0);
+    let config = WebSocketConfig::default().read_buffer_size(4 * 1024).write_buffer_size(0);
     let stream_path = format!("/api/dags/{dag_id}/stream");
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(settings.clients.max(1));
     let (start_tx, start_rx) = tokio::sync::watch::channel(false);
