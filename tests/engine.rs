@@ -143,10 +143,10 @@ fn process_gone(pid: i32) -> bool {
 
 async fn read_pid(path: PathBuf) -> i32 {
     for _ in 0..200 {
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            if let Ok(pid) = text.trim().parse() {
-                return pid;
-            }
+        if let Ok(text) = std::fs::read_to_string(&path)
+            && let Ok(pid) = text.trim().parse()
+        {
+            return pid;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

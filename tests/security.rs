@@ -444,12 +444,7 @@ async fn only_admins_start_runs_and_no_commands_refuses_command_specs() {
             ),
         )
     };
-    let refused = tokio::task::spawn_blocking({
-        let post = post.clone();
-        move || post(viewer)
-    })
-    .await
-    .expect("post");
+    let refused = tokio::task::spawn_blocking(move || post(viewer)).await.expect("post");
     assert_eq!(status_of(&refused), 403, "{refused}");
     assert!(server.state.runs.list().is_empty(), "nothing started");
     let accepted = tokio::task::spawn_blocking(move || post(TOKEN.to_owned())).await.expect("post");

@@ -110,8 +110,8 @@ pub fn spawn(dag_id: &str, spec: DagSpec, room: Arc<Room>, config: &EngineConfig
 }
 
 /// Starts the coordinator of a run that was interrupted (a server restart), from its spec and
-/// its stored log: completed nodes stay completed, nodes that were running run again (attempt
-/// + 1), waiting gates keep waiting (with what is left of their timeout), spend is what it was.
+/// its stored log: completed nodes stay completed, nodes that were running run again (the next
+/// attempt), waiting gates keep waiting (with what is left of their timeout), spend is what it was.
 /// `state` is the log folded with the reducer. Fails (changing nothing) if the log cannot be
 /// matched to the spec.
 pub fn resume(
@@ -601,7 +601,7 @@ impl Coordinator {
                 let context = if run.budget_gate {
                     Some(json!({ "spent": self.spent, "budget": self.budget, "budget_step": self.budget_step }))
                 } else {
-                    (!inputs.is_empty()).then(|| Value::Object(inputs))
+                    (!inputs.is_empty()).then_some(Value::Object(inputs))
                 };
                 let timeout = spec.timeout;
                 let presentation = GatePresentation {
