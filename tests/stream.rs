@@ -475,6 +475,24 @@ async fn the_run_page_is_rendered_on_the_server_with_node_names_and_statuses() {
     assert!(html.contains("data-status="), "statuses are in the HTML");
 }
 
+#[tokio::test]
+async fn server_functions_answer_at_their_fixed_endpoints() {
+    let server = TestServer::start().await;
+    let dag_id = server.start_run(gated_spec()).await;
+    while server.server_state(&dag_id).seq < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let router = app(server.state.clone());
+    let form = Some("application/x-www-form-urlencoded");
+    let (status, events) =
+        request_with(router.clone(), "POST", "/api/run_events", form, &format!("dag_id={dag_id}&up_to=1")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(events.as_array().is_some_and(|e| e.len() == 1), "one event as JSON, not a page: {events}");
+    let (status, run) = request_with(router, "POST", "/api/get_run", form, &format!("dag_id={dag_id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(run["dag_id"], dag_id.as_str());
+}
+
 /// `n` zero-cost simulate nodes, each after one or two random earlier ones.
 fn wide_random_spec(n: usize, duration: &str, seed: u64) -> DagSpec {
     use rand::{Rng, SeedableRng};

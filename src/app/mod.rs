@@ -1,5 +1,9 @@
 //! The Leptos app, rendered on the server and hydrated in the browser: the run list (`/`), the
 //! run view (`/dags/{dag_id}`), the client store and the stream hook.
+//!
+//! Server functions have fixed endpoints (`/api/<name>`). The default URL ends in a hash of the
+//! crate's directory, so a server and a wasm built from two checkouts that share a target
+//! directory (CI does) would miss each other.
 
 pub mod clock;
 mod graph;
@@ -98,25 +102,25 @@ fn SignedInAs() -> impl IntoView {
 }
 
 /// Every run, newest first.
-#[server]
+#[server(endpoint = "list_runs")]
 pub async fn list_runs() -> Result<Vec<RunSummary>, ServerFnError> {
     Ok(server_state()?.runs.list())
 }
 
 /// The state of one run, or `None` if there is no such run.
-#[server]
+#[server(endpoint = "get_run")]
 pub async fn get_run(dag_id: String) -> Result<Option<RunState>, ServerFnError> {
     Ok(server_state()?.runs.get(&dag_id).map(|run| run.room.snapshot()))
 }
 
 /// Who is signed in (every page request is signed in; the login middleware sees to it).
-#[server]
+#[server(endpoint = "current_user")]
 pub async fn current_user() -> Result<Option<SignedIn>, ServerFnError> {
     Ok(identity().map(|identity| identity.signed_in()))
 }
 
 /// Starts the bundled example `name` and sends the browser to its run view.
-#[server]
+#[server(endpoint = "start_example")]
 pub async fn start_example(name: String) -> Result<String, ServerFnError> {
     require(crate::protocol::Role::Admin, "start runs")?;
     let spec = crate::engine::examples::by_name(&name)

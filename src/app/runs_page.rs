@@ -13,7 +13,7 @@ use crate::protocol::{RunPhase, RunSummary};
 
 /// Starts a run from spec text (`format`: `toml` or `json`) and sends the browser to it. An
 /// invalid spec is an error naming the node and field; nothing starts.
-#[server]
+#[server(endpoint = "start_spec")]
 pub async fn start_spec(text: String, format: String) -> Result<String, ServerFnError> {
     use crate::engine::{DagSpec, SpecFormat};
     let format = match format.as_str() {
