@@ -67,14 +67,12 @@ async fn serve(
             incoming = socket.recv() => match incoming {
                 Some(Ok(Message::Text(text))) => {
                     if let Err(reason) = publish(&room, &mut view, text.as_str()) {
-                        let reply = encode(&ServerEvent { seq: view.seq, body: ServerEventBody::Error { node_id: None, message: reason } });
-                        open = socket.send(Message::Text(reply.into())).await.is_ok();
+                        open = socket.send(refusal(&view, reason)).await.is_ok();
                     }
                 }
                 Some(Ok(Message::Binary(_))) => {
-                    let message = "binary messages are not accepted: send JSON text".to_owned();
-                    let reply = encode(&ServerEvent { seq: view.seq, body: ServerEventBody::Error { node_id: None, message } });
-                    open = socket.send(Message::Text(reply.into())).await.is_ok();
+                    let reason = "binary messages are not accepted: send JSON text".to_owned();
+                    open = socket.send(refusal(&view, reason)).await.is_ok();
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_)) | Err(_)) | None => open = false,
@@ -96,6 +94,13 @@ async fn serve(
             message: "the engine disconnected: the run waits for it to reconnect".into(),
         });
     }
+}
+
+/// An `error` for the engine about its own message, stamped with its position (like a
+/// dashboard's private reply).
+fn refusal(view: &RunState, message: String) -> Message {
+    let event = ServerEvent { seq: view.seq, body: ServerEventBody::Error { node_id: None, message } };
+    Message::Text(encode(&event).into())
 }
 
 /// Reads, checks and publishes one event from the engine; `Err` says why it was refused.
