@@ -46,6 +46,7 @@ bench: build
 	$(TARGET_DIR)/release/dagstream bench store
 	$(TARGET_DIR)/release/dagstream bench fanout --clients 1000 --events 20000
 	$(TARGET_DIR)/release/dagstream bench fanout --clients 1000 --events 200 --rate 20
+	$(TARGET_DIR)/release/dagstream bench fanout --clients 1000 --events 200 --rate 20 --floor
 	$(TARGET_DIR)/release/dagstream bench fanout --clients 10000 --events 0
 
 bench-dashboard: build setup-test

@@ -3,6 +3,8 @@
 //! `bench fanout` ([`fanout`]): delivery to many subscribers. On demand only, never timed tests.
 
 pub mod fanout;
+mod floor;
+mod subscriber;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

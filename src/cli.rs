@@ -124,6 +124,13 @@ enum BenchCommand {
         /// Events per second (as fast as the server takes them when omitted).
         #[arg(long)]
         rate: Option<u32>,
+        /// Threads of the load generator reading the subscribers' sockets.
+        #[arg(long, default_value_t = 1)]
+        client_threads: usize,
+        /// No server: plain threads write each event to every socket, to show what this
+        /// machine's loopback TCP allows (the same subscribers read them).
+        #[arg(long)]
+        floor: bool,
     },
     /// Events persisted per second through the group-commit writer into SQLite.
     Store {
@@ -199,8 +206,8 @@ pub async fn main() -> ExitCode {
             Ok(())
         }
         Some(Command::User(UserCommand::Add { name, role, users })) => add_user(&users, &name, role),
-        Some(Command::Bench(BenchCommand::Fanout { clients, events, rate })) => {
-            let settings = crate::bench::fanout::FanoutBench { clients, events, rate };
+        Some(Command::Bench(BenchCommand::Fanout { clients, events, rate, client_threads, floor })) => {
+            let settings = crate::bench::fanout::FanoutBench { clients, events, rate, client_threads, floor };
             crate::bench::fanout::fanout(&settings).await.map(|report| print!("{report}"))
         }
         Some(Command::Bench(BenchCommand::Store { events })) => {

@@ -248,3 +248,21 @@ fn user_add_prints_a_token_once_stores_its_hash_and_serve_accepts_it() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn the_fanout_bench_delivers_every_event_to_every_client_with_and_without_a_server() {
+    for floor in [false, true] {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dagstream"));
+        command.args(["bench", "fanout", "--clients", "5", "--events", "40", "--rate", "200"]);
+        if floor {
+            command.arg("--floor");
+        }
+        let output = command.output().expect("the bench runs");
+        let report = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{report}\n{}", String::from_utf8_lossy(&output.stderr));
+        assert!(report.contains("delivered 200 messages"), "5 clients × 40 events: {report}");
+        assert!(report.contains("missed events or were dropped: 0"), "{report}");
+        assert!(report.contains("p99"), "{report}");
+        assert_eq!(report.contains("KiB per connection"), !floor, "memory is measured only with a server: {report}");
+    }
+}

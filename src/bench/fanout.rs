@@ -17,7 +17,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use super::subscriber::{Received, Subscriber, receive};
 
 /// Settings of one fan-out run.
 #[derive(Clone, Debug)]
@@ -28,6 +29,10 @@ pub struct FanoutBench {
     pub events: usize,
     /// Events per second; as fast as the server takes them when `None`.
     pub rate: Option<u32>,
+    /// Threads reading the subscribers' sockets (each with its own epoll).
+    pub client_threads: usize,
+    /// Measure the machine instead of the server: see [`super::floor`].
+    pub floor: bool,
 }
 
 /// What one run measured.
@@ -47,19 +52,25 @@ pub struct FanoutReport {
     /// The server's resident memory with no client and with every client connected, idle.
     pub rss_before: u64,
     pub rss_connected: u64,
+    /// Measured with `--floor`: plain writer threads instead of a server.
+    pub floor: bool,
 }
 
 impl std::fmt::Display for FanoutReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let per_connection = self.rss_connected.saturating_sub(self.rss_before) / self.clients.max(1) as u64;
         writeln!(f, "clients: {}, events: {}", self.clients, self.events)?;
-        writeln!(
-            f,
-            "server RSS: {} KiB idle, {} KiB with every client connected: {:.1} KiB per connection",
-            self.rss_before / 1024,
-            self.rss_connected / 1024,
-            per_connection as f64 / 1024.0
-        )?;
+        if self.floor {
+            writeln!(f, "no server: plain threads write each event to every socket (this machine's floor)")?;
+        } else {
+            writeln!(
+                f,
+                "server RSS: {} KiB idle, {} KiB with every client connected: {:.1} KiB per connection",
+                self.rss_before / 1024,
+                self.rss_connected / 1024,
+                per_connection as f64 / 1024.0
+            )?;
+        }
         if self.events > 0 {
             let seconds = self.elapsed.as_secs_f64().max(f64::EPSILON);
             writeln!(
@@ -86,7 +97,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn now_ns() -> u64 {
+pub(super) fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
@@ -186,68 +197,36 @@ fn raise_file_limit() {
     }
 }
 
-/// What one client saw.
-struct ClientResult {
-    received: u64,
-    /// Publish→receive latency of each event, in microseconds.
-    latencies: Vec<u32>,
-    /// When it received its last event.
-    last: Option<Instant>,
-}
-
 pub async fn fanout(settings: &FanoutBench) -> Result<FanoutReport, String> {
     raise_file_limit();
+    if settings.floor {
+        let settings = settings.clone();
+        return tokio::task::spawn_blocking(move || super::floor::floor(&settings)).await.map_err(|e| e.to_string())?;
+    }
     let server = Server::start(settings.clients).await?;
     let dag_id = server.create_run().await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = server.rss();
 
-    // Clients: small buffers on this side too, so the load generator fits in memory.
-    let config = WebSocketConfig::default().read_buffer_size(4 * 1024).write_buffer_size(0);
+    // The dashboards: connected one by one (each gets its snapshot), then read by plain threads.
     let stream_path = format!("/api/dags/{dag_id}/stream");
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(settings.clients.max(1));
-    let (start_tx, start_rx) = tokio::sync::watch::channel(false);
-    let mut clients = Vec::with_capacity(settings.clients);
-    let events = settings.events as u64;
-    for i in 0..settings.clients {
-        let request = server.request(&stream_path)?;
-        let (socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(config), false)
-            .await
-            .map_err(|e| format!("client {i} could not connect: {e}"))?;
-        let ready = ready_tx.clone();
-        let mut start = start_rx.clone();
-        clients.push(tokio::spawn(async move {
-            let mut read = socket;
-            let mut result = ClientResult { received: 0, latencies: Vec::with_capacity(events as usize), last: None };
-            // The snapshot first.
-            let _ = read.next().await;
-            let _ = ready.send(()).await;
-            drop(ready);
-            if events == 0 {
-                let _ = start.changed().await;
-                return result;
-            }
-            while result.received < events {
-                let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(30), read.next()).await else {
-                    break;
-                };
-                let Message::Text(text) = message else { continue };
-                let arrived = now_ns();
-                if let Some(sent) = sent_ns(text.as_str()) {
-                    result.received += 1;
-                    result.latencies.push(((arrived.saturating_sub(sent)) / 1000).min(u64::from(u32::MAX)) as u32);
-                    result.last = Some(Instant::now());
-                }
-            }
-            result
-        }));
-    }
-    drop(ready_tx);
-    for _ in 0..settings.clients {
-        ready_rx.recv().await.ok_or("a client failed before its snapshot")?;
-    }
+    let (addr, token, clients) = (server.addr.clone(), server.token.clone(), settings.clients);
+    let subscribers = tokio::task::spawn_blocking(move || {
+        (0..clients)
+            .map(|i| Subscriber::connect(&addr, &stream_path, &token).map_err(|e| format!("client {i}: {e}")))
+            .collect::<Result<Vec<_>, String>>()
+    })
+    .await
+    .map_err(|e| e.to_string())??;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_connected = server.rss();
+    let readers = if settings.events == 0 {
+        // Nothing to read: keep the connections open until the report is made.
+        std::mem::forget(subscribers);
+        Vec::new()
+    } else {
+        start_readers(subscribers, settings)
+    };
 
     let started = Instant::now();
     if settings.events > 0 {
@@ -272,43 +251,71 @@ pub async fn fanout(settings: &FanoutBench) -> Result<FanoutReport, String> {
             write.send(Message::text(event)).await.map_err(|e| format!("the engine could not send: {e}"))?;
         }
     }
-    let _ = start_tx.send(true);
-    let mut delivered = 0;
-    let mut incomplete = 0;
-    let mut latencies = Vec::new();
-    let mut last = started;
-    for client in clients {
-        let result = client.await.map_err(|e| e.to_string())?;
-        delivered += result.received;
-        if result.received < events {
-            incomplete += 1;
-        }
-        if let Some(at) = result.last {
-            last = last.max(at);
-        }
-        latencies.extend(result.latencies);
+    let collected = settings.clone();
+    let mut report = tokio::task::spawn_blocking(move || FanoutReport::collect(&collected, started, readers))
+        .await
+        .map_err(|e| e.to_string())??;
+    report.rss_before = rss_before;
+    report.rss_connected = rss_connected;
+    Ok(report)
+}
+
+/// Threads reading the subscribers until each has every event.
+pub(super) type Readers = Vec<std::thread::JoinHandle<Result<Received, String>>>;
+
+/// Shares the subscribers out to `settings.client_threads` reading threads and starts them.
+pub(super) fn start_readers(subscribers: Vec<Subscriber>, settings: &FanoutBench) -> Readers {
+    let threads = settings.client_threads.max(1);
+    let events = settings.events as u64;
+    let mut groups: Vec<Vec<Subscriber>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, subscriber) in subscribers.into_iter().enumerate() {
+        groups[i % threads].push(subscriber);
     }
-    latencies.sort_unstable();
-    let pick = |q: f64| {
-        let i = ((latencies.len() as f64 - 1.0) * q).round() as usize;
-        latencies.get(i).map_or(Duration::ZERO, |&us| Duration::from_micros(u64::from(us)))
-    };
-    Ok(FanoutReport {
-        clients: settings.clients,
-        events: settings.events,
-        delivered,
-        elapsed: last.duration_since(started),
-        latency_p50: pick(0.5),
-        latency_p99: pick(0.99),
-        latency_max: pick(1.0),
-        incomplete,
-        rss_before,
-        rss_connected,
-    })
+    groups.into_iter().map(|group| std::thread::spawn(move || receive(group, events))).collect()
+}
+
+impl FanoutReport {
+    /// Waits for the reading threads and sums up what they saw (the memory figures are left 0).
+    pub(super) fn collect(settings: &FanoutBench, started: Instant, readers: Readers) -> Result<FanoutReport, String> {
+        let events = settings.events as u64;
+        let mut delivered = 0;
+        let mut incomplete = 0;
+        let mut latencies = Vec::new();
+        let mut last = started;
+        for reader in readers {
+            let result = reader.join().map_err(|_| "a reading thread panicked".to_owned())??;
+            delivered += result.per_subscriber.iter().sum::<u64>();
+            incomplete += result.per_subscriber.iter().filter(|&&got| got < events).count();
+            if let Some(at) = result.last {
+                last = last.max(at);
+            }
+            latencies.extend(result.latencies_us);
+        }
+        latencies.sort_unstable();
+        Ok(FanoutReport {
+            clients: settings.clients,
+            events: settings.events,
+            delivered,
+            elapsed: last.duration_since(started),
+            latency_p50: percentile(&latencies, 0.5),
+            latency_p99: percentile(&latencies, 0.99),
+            latency_max: percentile(&latencies, 1.0),
+            incomplete,
+            rss_before: 0,
+            rss_connected: 0,
+            floor: false,
+        })
+    }
+}
+
+/// The `q` quantile of sorted latencies in microseconds.
+fn percentile(sorted_us: &[u32], q: f64) -> Duration {
+    let i = ((sorted_us.len() as f64 - 1.0) * q).round() as usize;
+    sorted_us.get(i).map_or(Duration::ZERO, |&us| Duration::from_micros(u64::from(us)))
 }
 
 /// The send time an event of this bench carries (`"sent":<ns>`), without parsing all of it.
-fn sent_ns(text: &str) -> Option<u64> {
+pub(super) fn sent_ns(text: &str) -> Option<u64> {
     let rest = &text[text.find("\"sent\":")? + 7..];
     let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
     rest[..digits].parse().ok()
