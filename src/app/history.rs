@@ -15,7 +15,7 @@ pub const TIMELINE_LENGTH: usize = 300;
 pub const TIMELINE_LOADED: usize = 50;
 
 /// The newest events of a run up to `up_to`, oldest first (at most [`TIMELINE_LOADED`]).
-#[server(endpoint = "run_events")]
+#[server(endpoint = "run_events", output = super::json_text::JsonText)]
 pub async fn run_events(dag_id: String, up_to: Seq) -> Result<Vec<ServerEvent>, ServerFnError> {
     let state =
         use_context::<crate::server::AppState>().ok_or_else(|| ServerFnError::new("server state is missing"))?;

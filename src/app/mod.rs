@@ -8,6 +8,7 @@
 pub mod clock;
 mod graph;
 mod history;
+mod json_text;
 pub mod layout;
 mod node_panel;
 mod run_page;
@@ -102,19 +103,19 @@ fn SignedInAs() -> impl IntoView {
 }
 
 /// Every run, newest first.
-#[server(endpoint = "list_runs")]
+#[server(endpoint = "list_runs", output = json_text::JsonText)]
 pub async fn list_runs() -> Result<Vec<RunSummary>, ServerFnError> {
     Ok(server_state()?.runs.list())
 }
 
 /// The state of one run, or `None` if there is no such run.
-#[server(endpoint = "get_run")]
+#[server(endpoint = "get_run", output = json_text::JsonText)]
 pub async fn get_run(dag_id: String) -> Result<Option<RunState>, ServerFnError> {
     Ok(server_state()?.runs.get(&dag_id).map(|run| run.room.snapshot()))
 }
 
 /// Who is signed in (every page request is signed in; the login middleware sees to it).
-#[server(endpoint = "current_user")]
+#[server(endpoint = "current_user", output = json_text::JsonText)]
 pub async fn current_user() -> Result<Option<SignedIn>, ServerFnError> {
     Ok(identity().map(|identity| identity.signed_in()))
 }
