@@ -6,6 +6,7 @@
 //! `null`. [`RunState`] is the one reducer that folds events into the state of a run.
 
 mod state;
+mod wire;
 
 pub use state::{Applied, ErrorEntry, GateDecisionRecord, LOG_TAIL_LINES, LogLine, NodeView, Progress, RunState};
 
@@ -113,7 +114,7 @@ pub struct GraphNode {
 }
 
 /// A change to the shape of the DAG while it runs.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Clone, Debug, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum DagMutation {
     /// A new node that depends on every node in `after`.
@@ -226,7 +227,7 @@ pub struct Cost {
 }
 
 /// One message from the server: the run's sequence number and what happened.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct ServerEvent {
     /// Position in the run's event log. A private reply to one client (an `error` about its own
     /// message) carries the `seq` of the last event that client was sent, so it never looks like
@@ -237,7 +238,7 @@ pub struct ServerEvent {
 }
 
 /// What a [`ServerEvent`] says. Seed events first, then extensions.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Clone, Debug, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerEventBody {
     NodeState {
@@ -321,7 +322,7 @@ pub const CLOSE_CODE_TOO_SLOW: u16 = 4008;
 
 /// A message of the run list feed (`GET /api/runs/stream`, WebSocket): the whole list when a
 /// client connects (or fell behind), then each run whose line changed.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Clone, Debug, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RunsFeedEvent {
     Runs { runs: Vec<RunSummary> },

@@ -123,6 +123,44 @@ fn unknown_types_and_malformed_json_are_errors_not_panics() {
 }
 
 #[test]
+fn events_are_read_by_serdes_rules_for_tagged_messages() {
+    let parse = |text: &str| serde_json::from_str::<ServerEvent>(text);
+    let edge = ServerEvent { seq: 1, body: ServerEventBody::EdgeActive { from: "a".into(), to: "b".into() } };
+    assert_eq!(parse(r#"{"seq":1,"from":"a","to":"b","type":"edge_active"}"#).unwrap(), edge, "the tag may come last");
+    assert_eq!(
+        parse(r#"{"type":"edge_active","seq":1,"from":"a","to":"b","status":5,"run":"x","extra":[1]}"#).unwrap(),
+        edge,
+        "fields of other types and unknown fields are ignored, whatever their type"
+    );
+    assert_eq!(
+        parse(r#"{"type":"error","seq":2,"node_id":null,"message":"m"}"#).unwrap().body,
+        ServerEventBody::Error { node_id: None, message: "m".into() },
+        "null in an optional field is absent"
+    );
+    let missing = parse(r#"{"type":"node_state","seq":1,"status":"running"}"#).unwrap_err().to_string();
+    assert!(missing.contains("missing field `node_id`"), "{missing}");
+    let wrong =
+        parse(r#"{"type":"cost_update","seq":1,"spent":"lots","budget":1,"remaining":1}"#).unwrap_err().to_string();
+    assert!(wrong.contains("field `spent`") && wrong.contains("invalid type"), "{wrong}");
+    let unknown = parse(r#"{"type":"node_exploded","seq":1}"#).unwrap_err().to_string();
+    assert!(unknown.contains("unknown variant `node_exploded`"), "{unknown}");
+    assert!(parse(r#"{"type":"edge_active","seq":1,"from":"a","from":"c","to":"b"}"#).is_err(), "duplicate field");
+    // A body alone (what an external engine sends) needs no seq and ignores one it cannot read.
+    let body: ServerEventBody = serde_json::from_str(r#"{"type":"run_state","state":"paused","seq":"x"}"#).unwrap();
+    assert_eq!(body, ServerEventBody::RunStateChanged { state: RunPhase::Paused });
+    let bad_op = serde_json::from_str::<DagMutation>(r#"{"op":"explode"}"#).unwrap_err().to_string();
+    assert!(bad_op.contains("unknown variant `explode`"), "{bad_op}");
+}
+
+#[test]
+fn run_list_messages_round_trip() {
+    let summary = r#"{"dag_id":"d1","name":"demo","state":"running","started_at":"2026-11-26T10:00:00Z","nodes_done":1,"nodes_total":3,"gates_waiting":0,"cost":{"spent":0.5,"budget":2.0,"remaining":1.5}}"#;
+    assert_round_trip::<RunsFeedEvent>(&format!(r#"{{"type":"run","run":{summary}}}"#));
+    assert_round_trip::<RunsFeedEvent>(&format!(r#"{{"type":"runs","runs":[{summary},{summary}]}}"#));
+    assert!(serde_json::from_str::<RunsFeedEvent>(r#"{"type":"run"}"#).is_err());
+}
+
+#[test]
 fn a_seed_client_message_with_extra_fields_is_accepted() {
     let parsed: ClientEvent =
         serde_json::from_str(r#"{"type":"pause_execution","sent_at":"now"}"#).expect("additive fields are ignored");
