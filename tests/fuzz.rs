@@ -1,5 +1,5 @@
-//! Fuzzing the two parsers hostile input reaches: client events (every WebSocket text frame)
-//! and specs (every submitted DAG). Valid inputs are mangled (cut, bytes flipped, pieces
+//! Fuzzing the parsers hostile input reaches: client events (every WebSocket text frame), the
+//! events an external engine sends, and specs (every submitted DAG). Valid inputs are mangled (cut, bytes flipped, pieces
 //! spliced in) and random text is thrown in; parsing must answer `Ok` or a readable `Err`,
 //! never panic, and what parses must survive a round trip.
 //!
@@ -9,7 +9,7 @@
 #![cfg(feature = "ssr")]
 
 use dagstream::engine::{DagSpec, SpecFormat};
-use dagstream::protocol::ClientEvent;
+use dagstream::protocol::{ClientEvent, ServerEvent, ServerEventBody};
 use proptest::prelude::*;
 
 const EVENTS: [&str; 5] = [
@@ -18,6 +18,16 @@ const EVENTS: [&str; 5] = [
     r#"{"type":"pause_execution"}"#,
     r#"{"type":"resume_execution"}"#,
     r#"{"type":"cancel_execution"}"#,
+];
+
+/// Events an external engine sends (a body without `seq`), one of each shape.
+const ENGINE_EVENTS: [&str; 6] = [
+    r#"{"type":"node_state","node_id":"a","status":"completed","output":{"x":[1,2]},"metrics":{"cost":0.5,"attempt":2}}"#,
+    r#"{"type":"edge_active","from":"a","to":"b"}"#,
+    r#"{"type":"dag_mutated","mutation":{"op":"add_node","node":{"id":"c","label":"C","kind":"task"},"after":["a"]}}"#,
+    r#"{"type":"human_gate_waiting","node_id":"g","presentation":{"title":"Go?","prompt":"p","options":["approve","reject"]}}"#,
+    r#"{"type":"node_log","node_id":"a","stream":"stderr","line":"warning: \"x\""}"#,
+    r#"{"type":"cost_update","spent":1.5,"budget":2.0,"remaining":0.5}"#,
 ];
 
 const SPEC: &str = r#"name = "fuzz"
@@ -77,6 +87,20 @@ proptest! {
         if let Ok(event) = serde_json::from_str::<ClientEvent>(&text) {
             let again = serde_json::to_string(&event).expect("serializes");
             prop_assert_eq!(serde_json::from_str::<ClientEvent>(&again).expect("reparses"), event);
+        }
+    }
+
+    #[test]
+    fn engine_event_parsing_never_panics_and_round_trips(
+        text in prop_oneof![prop::sample::select(ENGINE_EVENTS.to_vec()).prop_flat_map(mangled), "\\PC{0,200}"]
+    ) {
+        if let Ok(body) = serde_json::from_str::<ServerEventBody>(&text) {
+            let again = serde_json::to_string(&body).expect("serializes");
+            prop_assert_eq!(serde_json::from_str::<ServerEventBody>(&again).expect("reparses"), body.clone());
+            // With a seq it is a whole event, as stored and sent to dashboards.
+            let event = ServerEvent { seq: 7, body };
+            let text = serde_json::to_string(&event).expect("serializes");
+            prop_assert_eq!(serde_json::from_str::<ServerEvent>(&text).expect("reparses"), event);
         }
     }
 
