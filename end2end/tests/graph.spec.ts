@@ -64,3 +64,32 @@ test('nodes added while the run goes on appear in the graph', async ({ page, req
   await expect(page.getByTestId('gnode-merge')).toHaveAttribute('data-status', 'completed', { timeout: 30_000 });
   await expect(page.getByTestId('run-state')).toHaveText('completed');
 });
+
+test('a large run is drawn from the stream after the page loads, with its counts and gate there from the start', async ({ page, request }) => {
+  // 60 slow nodes (more than the page carries) and a gate that waits at once.
+  const nodes = Array.from({ length: 60 }, (_, i) => `[[nodes]]\nid = "n${i}"\nkind = "simulate"\nduration = "60s"\n`);
+  const spec = `name = "large-e2e"\nmax_parallel = 2\n${nodes.join('')}[[nodes]]\nid = "go"\nkind = "gate"\ntitle = "Go on?"\nprompt = "Decide."\n`;
+  const started = await request.post('/api/dags', { headers: { 'content-type': 'application/toml' }, data: spec });
+  expect(started.status()).toBe(201);
+  const dagId = (await started.json()).dag_id;
+  await expect.poll(async () => (await (await request.get(`/api/dags/${dagId}`)).json()).nodes.go.status).toBe('waiting');
+
+  // The server-rendered page: the counts over all 61 nodes and the gate card, no node rows.
+  const html = await (await request.get(`/dags/${dagId}`)).text();
+  expect(html).toMatch(/0 \/ 61 done/);
+  expect(html).toContain('data-testid="gate-go"');
+  expect(html).not.toContain('data-testid="node-n0"');
+
+  // In the browser every node arrives with the stream's snapshot: the graph and the list fill in.
+  await openRun(page, dagId);
+  await expect(page.getByTestId('gnode-n59')).toBeVisible();
+  await expect(page.getByTestId('gnode-go')).toHaveAttribute('data-status', 'waiting');
+  await expect(page.locator('[data-testid^="gnode-"]')).toHaveCount(61);
+  await expect(page.getByText('Show all 61 nodes')).toBeVisible();
+  await expect(page.getByTestId('progress')).toHaveText('0 / 61 done');
+
+  // And it is live: deciding the gate shows on its node.
+  await page.getByTestId('gate-go').getByRole('button', { name: /approve/i }).click();
+  await expect(page.getByTestId('gnode-go')).toHaveAttribute('data-status', 'completed');
+  await expect(page.getByTestId('progress')).toHaveText('1 / 61 done');
+});

@@ -23,7 +23,7 @@ use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
 use leptos_router::components::{A, Route, Router, Routes};
 use leptos_router::{SsrMode, path};
 
-use crate::protocol::{Role, RunState, RunSummary, SignedIn};
+use crate::protocol::{Role, RunSummary, SignedIn};
 
 /// The HTML document around the app.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
@@ -108,10 +108,10 @@ pub async fn list_runs() -> Result<Vec<RunSummary>, ServerFnError> {
     Ok(server_state()?.runs.list())
 }
 
-/// The state of one run, or `None` if there is no such run.
+/// One run as its page starts (see [`store::RunHead`]), or `None` if there is no such run.
 #[server(endpoint = "get_run", output = json_text::JsonText)]
-pub async fn get_run(dag_id: String) -> Result<Option<RunState>, ServerFnError> {
-    Ok(server_state()?.runs.get(&dag_id).map(|run| run.room.snapshot()))
+pub async fn get_run(dag_id: String) -> Result<Option<store::RunHead>, ServerFnError> {
+    Ok(server_state()?.runs.get(&dag_id).map(|run| store::RunHead::new(run.room.snapshot())))
 }
 
 /// Who is signed in (every page request is signed in; the login middleware sees to it).

@@ -10,9 +10,9 @@ use super::graph::Graph;
 use super::history::{Decisions, Timeline};
 use super::node_panel::NodePanel;
 use super::spend::{SpendPanel, budget_level, budget_used_percent, remaining_text};
-use super::store::{GateCard, NodeSignal, RunStore};
+use super::store::{GateCard, NodeSignal, RunHead, RunStore};
 use super::stream::{Connection, DagStream, use_dag_stream};
-use crate::protocol::{ClientEvent, Decision, GateDecisionRecord, NodeStatus, Role, RunPhase, RunState};
+use crate::protocol::{ClientEvent, Decision, GateDecisionRecord, NodeStatus, Role, RunPhase};
 
 #[component]
 pub fn RunPage() -> impl IntoView {
@@ -26,7 +26,7 @@ pub fn RunPage() -> impl IntoView {
                 // Approvers and admins steer; viewers watch.
                 let may_steer = user.has(Role::Approver).await;
                 match run.await {
-                    Ok(Some(state)) => view! { <RunView initial=state may_steer/> }.into_any(),
+                    Ok(Some(head)) => view! { <RunView head may_steer/> }.into_any(),
                     Ok(None) => view! { <p class="notice error">"There is no such run."</p> }.into_any(),
                     Err(error) => {
                         view! { <p class="notice error">"Could not load the run: " {error.to_string()}</p> }
@@ -39,12 +39,12 @@ pub fn RunPage() -> impl IntoView {
 }
 
 #[component]
-fn RunView(initial: RunState, may_steer: bool) -> impl IntoView {
-    let dag_id = initial.dag_id.clone();
-    let initial_seq = initial.seq;
+fn RunView(head: RunHead, may_steer: bool) -> impl IntoView {
+    let dag_id = head.state.dag_id.clone();
+    let initial_seq = head.state.seq;
     // A small run's node list comes with the page; a large one's is built after hydration.
-    let server_rendered_list = initial.nodes.len() <= NODE_LIST_ROWS;
-    let store = RunStore::new(initial);
+    let server_rendered_list = !head.partial;
+    let store = RunStore::from_head(head);
     let stream = use_dag_stream(dag_id.clone(), store);
     // The node whose panel is open.
     let selected = RwSignal::new(None::<String>);
@@ -144,7 +144,7 @@ fn ProgressLine(store: RunStore) -> impl IntoView {
     let elapsed = move || {
         let end = if store.phase.get().is_terminal() {
             store.seq.track();
-            store.snapshot().last_activity().as_deref().and_then(parse_ms)
+            store.last_activity().as_deref().and_then(parse_ms)
         } else {
             Some(now.get())
         };

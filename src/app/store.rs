@@ -7,11 +7,43 @@
 use std::collections::{HashMap, VecDeque};
 
 use leptos::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::protocol::{
     Applied, Cost, GateDecisionRecord, GatePresentation, NodeView, Progress, RunPhase, RunState, Seq, ServerEvent,
     ServerEventBody,
 };
+
+/// Runs with more nodes than this are rendered and hydrated without them (see [`RunHead`]).
+pub const NODES_IN_HEAD: usize = 50;
+
+/// A run as its page is first rendered and hydrated. A large run comes without its nodes,
+/// except the gates that wait (their cards are on the page), and with what the page shows of
+/// the rest counted on the server: reading a thousand nodes while the page hydrates made that
+/// one task too long. The nodes arrive with the stream's first message, a snapshot, in a task
+/// of their own; the graph and the node list are drawn after hydration anyway.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct RunHead {
+    pub state: RunState,
+    /// Counted over every node, also when `state` holds only some.
+    pub progress: Progress,
+    /// When the last node finished or gate was decided, over every node.
+    pub last_activity: Option<String>,
+    /// `state.nodes` holds only the waiting gates.
+    pub partial: bool,
+}
+
+impl RunHead {
+    pub fn new(mut state: RunState) -> RunHead {
+        let progress = state.progress();
+        let last_activity = state.last_activity();
+        let partial = state.nodes.len() > NODES_IN_HEAD;
+        if partial {
+            state.nodes.retain(|_, node| node.gate.is_some());
+        }
+        RunHead { state, progress, last_activity, partial }
+    }
+}
 
 /// One node's reactive view; the row of that node subscribes to `view` only.
 #[derive(Clone)]
@@ -54,6 +86,11 @@ pub struct RunStore {
     pub timeline: RwSignal<VecDeque<ServerEvent>>,
     /// Spend after each `cost_update` seen (by `seq`), for the sparkline.
     pub spend_series: RwSignal<Vec<(Seq, f64)>>,
+    /// False while the store holds a partial [`RunHead`]: no node signals yet, and the stream
+    /// must start with a snapshot.
+    pub nodes_loaded: RwSignal<bool>,
+    /// The head's last activity, while the nodes it was counted from are not loaded.
+    head_last_activity: StoredValue<Option<String>>,
 }
 
 impl RunStore {
@@ -75,6 +112,8 @@ impl RunStore {
             dag_id: StoredValue::new(initial.dag_id.clone()),
             timeline: RwSignal::new(VecDeque::new()),
             spend_series: RwSignal::new(vec![(initial.seq, initial.cost.spent)]),
+            nodes_loaded: RwSignal::new(true),
+            head_last_activity: StoredValue::new(None),
             state: StoredValue::new(initial),
         };
         store.rebuild_nodes();
@@ -82,9 +121,37 @@ impl RunStore {
         store
     }
 
+    /// A store for a run's page: complete, or (for a large run) waiting for the snapshot.
+    pub fn from_head(head: RunHead) -> Self {
+        let RunHead { state, progress, last_activity, partial } = head;
+        let store = RunStore::new(state);
+        if partial {
+            store.nodes_loaded.set(false);
+            store.head_last_activity.set_value(last_activity);
+            store.by_id.set_value(HashMap::new());
+            store.nodes.set(Vec::new());
+            store.progress.set(progress);
+        }
+        store
+    }
+
+    /// When the last node finished or gate was decided.
+    pub fn last_activity(&self) -> Option<String> {
+        if self.nodes_loaded.get_untracked() {
+            self.state.with_value(RunState::last_activity)
+        } else {
+            self.head_last_activity.get_value()
+        }
+    }
+
     /// Folds one event in and updates the signals it touched. Returns what the reducer did;
     /// on [`Applied::Gap`] the caller must resync.
     pub fn apply(&self, event: &ServerEvent) -> Applied {
+        let is_snapshot = matches!(event.body, ServerEventBody::Snapshot { .. });
+        if !is_snapshot && !self.nodes_loaded.get_untracked() {
+            // A partial head can only be followed by a snapshot; anything else means resync.
+            return Applied::Gap { expected: self.seq.get_untracked() + 1 };
+        }
         let applied = self.state.try_update_value(|state| state.apply(event)).unwrap_or(Applied::Stale);
         if applied != Applied::Folded {
             return applied;
@@ -104,6 +171,9 @@ impl RunStore {
                 self.refresh_node(node_id);
             }
             ServerEventBody::DagMutated { .. } | ServerEventBody::Snapshot { .. } => {
+                if is_snapshot && !self.nodes_loaded.get_untracked() {
+                    self.nodes_loaded.set(true);
+                }
                 self.rebuild_nodes();
                 self.refresh_all_scalars();
             }
@@ -294,6 +364,87 @@ mod tests {
             assert_eq!(store.gates.get_untracked().len(), 1);
             assert_eq!(store.snapshot(), server);
             assert_eq!(store.seq.get_untracked(), 2);
+        });
+    }
+
+    /// `n` simulate nodes and one gate that waits; `done` of the nodes completed.
+    fn large(n: usize, done: usize) -> RunState {
+        let mut nodes: Vec<_> = (0..n)
+            .map(|i| (GraphNode { id: format!("n{i}"), label: format!("n{i}"), kind: NodeKind::Simulate }, vec![]))
+            .collect();
+        nodes.push((GraphNode { id: "g".into(), label: "Gate".into(), kind: NodeKind::Gate }, vec![]));
+        let mut state = RunState::new("r", "t", "now", 5.0, nodes);
+        let mut seq = 0;
+        let mut next = |state: &mut RunState, body| {
+            seq += 1;
+            assert_eq!(state.apply(&event(seq, body)), Applied::Folded);
+        };
+        for i in 0..done {
+            let metrics = crate::protocol::NodeMetrics {
+                finished_at: Some(format!("2026-11-26T10:00:{:02}Z", i % 60)),
+                ..Default::default()
+            };
+            let body = ServerEventBody::NodeState {
+                node_id: format!("n{i}"),
+                status: NodeStatus::Completed,
+                output: None,
+                metrics: Some(metrics),
+            };
+            next(&mut state, body);
+        }
+        let presentation = GatePresentation {
+            title: "Go?".into(),
+            prompt: "p".into(),
+            options: vec![],
+            context: None,
+            cost_so_far: None,
+            timeout_at: None,
+        };
+        next(&mut state, ServerEventBody::HumanGateWaiting { node_id: "g".into(), presentation });
+        state
+    }
+
+    #[test]
+    fn a_large_runs_head_keeps_its_waiting_gates_and_its_counts_only() {
+        let full = large(NODES_IN_HEAD + 10, 7);
+        let head = RunHead::new(full.clone());
+        assert!(head.partial);
+        assert_eq!(head.state.nodes.keys().collect::<Vec<_>>(), ["g"], "only the waiting gate");
+        assert_eq!(head.progress, full.progress(), "counted over every node");
+        assert_eq!(head.progress.done, 7);
+        assert_eq!(head.last_activity, full.last_activity());
+        assert_eq!((head.state.seq, head.state.cost), (full.seq, full.cost));
+
+        let small = large(3, 1);
+        let head = RunHead::new(small.clone());
+        assert!(!head.partial);
+        assert_eq!(head.state, small, "a small run comes whole");
+    }
+
+    #[test]
+    fn a_partial_store_waits_for_the_snapshot_and_then_has_every_node() {
+        let owner = Owner::new();
+        owner.with(|| {
+            let full = large(NODES_IN_HEAD + 10, 7);
+            let store = RunStore::from_head(RunHead::new(full.clone()));
+            assert!(!store.nodes_loaded.get_untracked());
+            assert!(store.nodes.get_untracked().is_empty(), "no rows or graph nodes from a partial head");
+            assert_eq!(store.progress.get_untracked(), full.progress());
+            assert_eq!(store.gates.get_untracked().len(), 1, "the waiting gate's card is there");
+            assert_eq!(store.last_activity(), full.last_activity());
+
+            // Anything but a snapshot first means resync, and changes nothing.
+            let seq = full.seq;
+            let early = event(seq + 1, ServerEventBody::RunStateChanged { state: RunPhase::Paused });
+            assert_eq!(store.apply(&early), Applied::Gap { expected: seq + 1 });
+            assert_eq!(store.phase.get_untracked(), RunPhase::Running);
+
+            store.apply(&event(seq, ServerEventBody::Snapshot { run: Box::new(full.clone()) }));
+            assert!(store.nodes_loaded.get_untracked());
+            assert_eq!(store.nodes.get_untracked().len(), NODES_IN_HEAD + 11);
+            assert_eq!(store.snapshot(), full);
+            assert_eq!(store.apply(&early), Applied::Folded, "then events apply as usual");
+            assert_eq!(store.phase.get_untracked(), RunPhase::Paused);
         });
     }
 }

@@ -227,7 +227,9 @@ mod browser {
         if link.disposed.get() {
             return;
         }
-        let url = stream_url(&link.dag_id, link.store.seq.get_untracked());
+        // A store without its nodes yet asks for a snapshot; otherwise for what it missed.
+        let since = link.store.nodes_loaded.get_untracked().then(|| link.store.seq.get_untracked());
+        let url = stream_url(&link.dag_id, since);
         let ws = match WebSocket::new(&url) {
             Ok(ws) => ws,
             Err(_) => return schedule_reconnect(link),
@@ -319,14 +321,15 @@ mod browser {
         }
     }
 
-    fn stream_url(dag_id: &str, since: u64) -> String {
+    fn stream_url(dag_id: &str, since: Option<u64>) -> String {
         let location = window().location();
         let scheme = match location.protocol().as_deref() {
             Ok("https:") => "wss",
             _ => "ws",
         };
         let host = location.host().unwrap_or_default();
-        format!("{scheme}://{host}/api/dags/{dag_id}/stream?since={since}")
+        let since = since.map(|seq| format!("?since={seq}")).unwrap_or_default();
+        format!("{scheme}://{host}/api/dags/{dag_id}/stream{since}")
     }
 }
 

@@ -110,7 +110,7 @@ pub enum Applied {
 }
 
 /// Counts of nodes by where they are; what a progress bar shows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
     pub total: usize,
     /// Nodes in a terminal state.
