@@ -7,7 +7,7 @@ use leptos::prelude::*;
 
 use super::layout::{self, Layout, NODE_HEIGHT, NODE_WIDTH};
 use super::store::{NodeSignal, RunStore};
-use crate::protocol::NodeKind;
+use crate::protocol::{NodeKind, NodeStatus};
 
 /// Pan and zoom of the drawing: screen = drawing × scale + (x, y).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -21,9 +21,13 @@ const MIN_SCALE: f64 = 0.05;
 const MAX_SCALE: f64 = 3.0;
 /// Nodes added to the drawing per animation frame: small enough that one frame's work (building
 /// the nodes, then style and layout) stays well under 50 ms on a slow laptop.
-const DRAW_BATCH: usize = 50;
+const DRAW_BATCH: usize = 25;
 /// Above this many running nodes the graph stops pulsing and animating edges (see `.busy`).
 const BUSY_RUNNING: usize = 24;
+/// A graph with more nodes than this never pulses: in a large run the running count crosses
+/// [`BUSY_RUNNING`] every time a wide layer starts or ends, and each switch restyled the whole
+/// drawing.
+const CALM_ABOVE_NODES: usize = 200;
 /// Margin around the drawing when fitting it to the screen, in screen pixels.
 const FIT_MARGIN: f64 = 24.0;
 
@@ -109,7 +113,9 @@ pub fn Graph(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoVi
             <svg
                 node_ref=svg
                 class="graph-svg"
-                class:busy=move || { store.progress.with(|p| p.running) > BUSY_RUNNING }
+                class:busy=move || {
+                    store.progress.with(|p| p.total > CALM_ABOVE_NODES || p.running > BUSY_RUNNING)
+                }
                 data-testid="graph-svg"
                 data-scale=move || format!("{:.3}", view.get().scale)
                 data-pan=move || { let v = view.get(); format!("{:.0},{:.0}", v.x, v.y) }
@@ -163,10 +169,17 @@ fn NodeEdges(node: NodeSignal, laid: Memo<Layout>) -> impl IntoView {
         .into_iter()
         .map(|need| {
             let (to, from) = (id.clone(), need.clone());
-            let active = move || node.view.with(|v| v.active_inputs.contains(&need));
+            // Data went along it; it flows (animates) while the node it feeds runs.
+            let class = move || {
+                node.view.with(|v| match (v.active_inputs.contains(&need), v.status) {
+                    (true, NodeStatus::Running) => "edge active flowing",
+                    (true, _) => "edge active",
+                    (false, _) => "edge",
+                })
+            };
             view! {
                 <path
-                    class=move || if active() { "edge active" } else { "edge" }
+                    class=class
                     d=move || laid.with(|l| l.edge_path(&from, &to).unwrap_or_default())
                 ></path>
             }
