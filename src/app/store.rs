@@ -170,12 +170,13 @@ impl RunStore {
             ServerEventBody::EdgeActive { to: node_id, .. } | ServerEventBody::NodeLog { node_id, .. } => {
                 self.refresh_node(node_id);
             }
-            ServerEventBody::DagMutated { .. } | ServerEventBody::Snapshot { .. } => {
-                if is_snapshot && !self.nodes_loaded.get_untracked() {
-                    self.nodes_loaded.set(true);
-                }
+            ServerEventBody::DagMutated { .. } => {
                 self.rebuild_nodes();
                 self.refresh_all_scalars();
+            }
+            ServerEventBody::Snapshot { .. } => {
+                self.after_snapshot();
+                return applied;
             }
             ServerEventBody::CostUpdate { spent, .. } => {
                 self.state.with_value(|s| self.cost.set(s.cost));
@@ -190,15 +191,36 @@ impl RunStore {
             ServerEventBody::RunStateChanged { state } => self.phase.set(*state),
         }
         self.seq.set(self.state.with_value(|s| s.seq));
-        if !matches!(event.body, ServerEventBody::Snapshot { .. }) {
-            self.timeline.update(|timeline| {
-                if timeline.len() == super::history::TIMELINE_LENGTH {
-                    timeline.pop_front();
-                }
-                timeline.push_back(event.clone());
-            });
-        }
+        self.timeline.update(|timeline| {
+            if timeline.len() == super::history::TIMELINE_LENGTH {
+                timeline.pop_front();
+            }
+            timeline.push_back(event.clone());
+        });
         applied
+    }
+
+    /// [`RunStore::apply`] for an event the caller no longer needs: a snapshot's state moves
+    /// into the store instead of being copied (a large run's snapshot is its biggest message).
+    pub fn apply_owned(&self, event: ServerEvent) -> Applied {
+        if let ServerEventBody::Snapshot { run } = event.body {
+            // What the reducer does with a snapshot (take its state whole), without the copy.
+            self.state.set_value(*run);
+            self.after_snapshot();
+            Applied::Folded
+        } else {
+            self.apply(&event)
+        }
+    }
+
+    /// After the state was replaced by a snapshot: every signal from the new state.
+    fn after_snapshot(&self) {
+        if !self.nodes_loaded.get_untracked() {
+            self.nodes_loaded.set(true);
+        }
+        self.rebuild_nodes();
+        self.refresh_all_scalars();
+        self.seq.set(self.state.with_value(|s| s.seq));
     }
 
     /// The signal of one node, if the run has it.
@@ -439,7 +461,7 @@ mod tests {
             assert_eq!(store.apply(&early), Applied::Gap { expected: seq + 1 });
             assert_eq!(store.phase.get_untracked(), RunPhase::Running);
 
-            store.apply(&event(seq, ServerEventBody::Snapshot { run: Box::new(full.clone()) }));
+            store.apply_owned(event(seq, ServerEventBody::Snapshot { run: Box::new(full.clone()) }));
             assert!(store.nodes_loaded.get_untracked());
             assert_eq!(store.nodes.get_untracked().len(), NODES_IN_HEAD + 11);
             assert_eq!(store.snapshot(), full);

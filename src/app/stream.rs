@@ -101,6 +101,7 @@ mod browser {
     //! The browser side of the hook: a `web_sys::WebSocket` and its reconnect loop.
 
     use std::cell::{Cell, RefCell};
+    use std::collections::VecDeque;
     use std::rc::{Rc, Weak};
     use std::sync::Arc;
     use std::time::Duration;
@@ -134,6 +135,10 @@ mod browser {
         retry: RefCell<Option<TimeoutHandle>>,
         /// Set when the component is gone: nothing reconnects any more.
         disposed: Cell<bool>,
+        /// Events read but not applied yet, oldest first. A snapshot is applied in a task after
+        /// the one that read it (reading a large run's snapshot and redrawing from it in one
+        /// task was too long), and whatever arrives meanwhile waits behind it, in order.
+        queue: RefCell<VecDeque<ServerEvent>>,
     }
 
     /// A socket and the closures its handlers point at (they must live as long as it does).
@@ -171,6 +176,7 @@ mod browser {
             socket: RefCell::new(None),
             retry: RefCell::new(None),
             disposed: Cell::new(false),
+            queue: RefCell::new(VecDeque::new()),
         });
         // The browser has one thread, so the wrapper's "same thread" check always holds.
         let weak = SendWrapper::new(Rc::downgrade(&link));
@@ -275,12 +281,49 @@ mod browser {
                 return;
             }
         };
-        match link.store.apply(&event) {
+        let is_snapshot = matches!(event.body, ServerEventBody::Snapshot { .. });
+        let mut queue = link.queue.borrow_mut();
+        if queue.is_empty() && !is_snapshot {
+            drop(queue);
+            apply(link, event);
+            return;
+        }
+        queue.push_back(event);
+        if queue.len() == 1 {
+            // The first in the queue schedules the task that empties it.
+            let weak = Rc::downgrade(link);
+            set_timeout(
+                move || {
+                    if let Some(link) = weak.upgrade() {
+                        drain(&link);
+                    }
+                },
+                Duration::ZERO,
+            );
+        }
+    }
+
+    /// Applies the queued events in order (see [`Link::queue`]).
+    fn drain(link: &Rc<Link>) {
+        loop {
+            let Some(event) = link.queue.borrow_mut().pop_front() else { return };
+            apply(link, event);
+        }
+    }
+
+    fn apply(link: &Rc<Link>, event: ServerEvent) {
+        // A private reply about one of our messages carries our position: not newer than what we
+        // have, so the store calls it stale and it is shown instead.
+        let reply = if let ServerEventBody::Error { node_id: None, message } = &event.body {
+            Some(message.clone())
+        } else {
+            None
+        };
+        match link.store.apply_owned(event) {
             Applied::Folded => {}
             Applied::Stale => {
-                // Not newer than what we have: a private reply about one of our messages.
-                if let ServerEventBody::Error { node_id: None, message } = &event.body {
-                    link.notice.set(Some(message.clone()));
+                if let Some(message) = reply {
+                    link.notice.set(Some(message));
                 }
             }
             Applied::Gap { .. } => {
