@@ -304,11 +304,10 @@ fn GateCards(store: RunStore, stream: DagStream, may_steer: bool) -> impl IntoVi
                         .query_selector(&format!("[data-testid=gate-{}] textarea", card.node_id))
                         .ok()
                         .flatten()
+                        && let Ok(el) = wasm_bindgen::JsCast::dyn_into::<web_sys::HtmlElement>(el)
                     {
-                        if let Ok(el) = wasm_bindgen::JsCast::dyn_into::<web_sys::HtmlElement>(el) {
-                            let _ = el.focus();
-                            ev.prevent_default();
-                        }
+                        let _ = el.focus();
+                        ev.prevent_default();
                     }
                     return;
                 }

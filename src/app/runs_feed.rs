@@ -44,12 +44,17 @@ mod browser {
     use crate::app::stream::backoff_delay_ms;
     use crate::protocol::{RunSummary, RunsFeedEvent};
 
+    /// An open socket and the handlers it points at (they must live as long as it does).
+    type FeedSocket =
+        (WebSocket, Closure<dyn FnMut(MessageEvent)>, Closure<dyn FnMut(CloseEvent)>, Closure<dyn FnMut()>);
+
     struct Feed {
+        /// The list the page shows.
         runs: RwSignal<Vec<RunSummary>>,
+        /// Reconnect attempts since the last open connection.
         attempt: Cell<u32>,
-        socket: RefCell<
-            Option<(WebSocket, Closure<dyn FnMut(MessageEvent)>, Closure<dyn FnMut(CloseEvent)>, Closure<dyn FnMut()>)>,
-        >,
+        socket: RefCell<Option<FeedSocket>>,
+        /// Set when the page is gone: nothing reconnects any more.
         disposed: Cell<bool>,
     }
 
