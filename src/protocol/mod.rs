@@ -113,7 +113,7 @@ pub struct GraphNode {
     pub kind: NodeKind,
 }
 
-/// A change to the shape of the DAG while it runs.
+/// A change to the shape of the DAG while it runs. Read by `wire.rs` (see [`ServerEventBody`]).
 #[derive(Serialize, Clone, Debug, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum DagMutation {
@@ -238,6 +238,9 @@ pub struct ServerEvent {
 }
 
 /// What a [`ServerEvent`] says. Seed events first, then extensions.
+///
+/// Serialized by serde's derive, read by `wire.rs`: a new variant or field needs a line there
+/// too, and a literal in the protocol tests (which read every literal back).
 #[derive(Serialize, Clone, Debug, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerEventBody {
