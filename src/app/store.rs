@@ -314,6 +314,17 @@ mod tests {
         ServerEvent { seq, body }
     }
 
+    fn presentation() -> GatePresentation {
+        GatePresentation {
+            title: "Go?".into(),
+            prompt: "p".into(),
+            options: vec![],
+            context: None,
+            cost_so_far: None,
+            timeout_at: None,
+        }
+    }
+
     #[test]
     fn a_node_event_updates_that_node_and_the_progress_only() {
         let owner = Owner::new();
@@ -369,17 +380,7 @@ mod tests {
             ));
             server.apply(&event(
                 2,
-                ServerEventBody::HumanGateWaiting {
-                    node_id: "g".into(),
-                    presentation: GatePresentation {
-                        title: "Go?".into(),
-                        prompt: "p".into(),
-                        options: vec![],
-                        context: None,
-                        cost_so_far: None,
-                        timeout_at: None,
-                    },
-                },
+                ServerEventBody::HumanGateWaiting { node_id: "g".into(), presentation: presentation() },
             ));
             store.apply(&event(2, ServerEventBody::Snapshot { run: Box::new(server.clone()) }));
             assert_eq!(a.get_untracked().status, NodeStatus::Completed, "same signal, updated in place");
@@ -414,15 +415,7 @@ mod tests {
             };
             next(&mut state, body);
         }
-        let presentation = GatePresentation {
-            title: "Go?".into(),
-            prompt: "p".into(),
-            options: vec![],
-            context: None,
-            cost_so_far: None,
-            timeout_at: None,
-        };
-        next(&mut state, ServerEventBody::HumanGateWaiting { node_id: "g".into(), presentation });
+        next(&mut state, ServerEventBody::HumanGateWaiting { node_id: "g".into(), presentation: presentation() });
         state
     }
 
