@@ -3,7 +3,7 @@
 
 use leptos::prelude::*;
 
-use super::store::RunStore;
+use super::store::{NodeSignal, RunStore};
 use crate::protocol::Cost;
 
 /// How full the budget is: `ok`, `near` (80 % and more) or `over` (100 % and more).
@@ -54,16 +54,19 @@ pub fn sparkline_points(values: &[(u64, f64)], width: f64, height: f64) -> Strin
 #[component]
 pub fn SpendPanel(store: RunStore) -> impl IntoView {
     let cost = store.cost;
+    // The eight costliest nodes. Recomputed when the spend changes (a node's cost is recorded
+    // with it) or the graph does, not on every node event: in a 1 000-node run that was a scan
+    // and a sort per event.
     let per_node = Memo::new(move |_| {
-        let mut nodes: Vec<(String, f64)> = store.nodes.with(|nodes| {
-            nodes
+        cost.track();
+        store.nodes.with(|nodes| {
+            let mut costed: Vec<(f64, &NodeSignal)> = nodes
                 .iter()
-                .filter_map(|n| n.view.with(|v| v.metrics.cost.filter(|c| *c > 0.0).map(|c| (v.label.clone(), c))))
-                .collect()
-        });
-        nodes.sort_by(|a, b| b.1.total_cmp(&a.1));
-        nodes.truncate(8);
-        nodes
+                .filter_map(|n| n.view.with_untracked(|v| v.metrics.cost).filter(|c| *c > 0.0).map(|c| (c, n)))
+                .collect();
+            costed.sort_by(|a, b| b.0.total_cmp(&a.0));
+            costed.into_iter().take(8).map(|(c, n)| (n.view.with_untracked(|v| v.label.clone()), c)).collect::<Vec<_>>()
+        })
     });
     view! {
         <section class="panel spend" data-testid="spend-panel">
