@@ -10,7 +10,8 @@
 //!
 //! The rules are serde's: the tag may come anywhere, unknown fields and the fields of other
 //! variants are ignored (whatever their type), a missing required field or an unknown tag is an
-//! error, `null` in an optional field means absent.
+//! error, `null` in an optional field means absent. Raw fields need `serde_json`'s own reader:
+//! these types are read from JSON text (`from_str`, `from_slice`), not from a `Value`.
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Deserializer};
