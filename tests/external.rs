@@ -50,23 +50,12 @@ async fn post_json(setup: &Setup, token: &str, body: &Value) -> (u16, Value) {
     let addr = setup.server.addr;
     let (token, body) = (token.to_owned(), body.to_string());
     let response = tokio::task::spawn_blocking(move || {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-        write!(
-            stream,
-            "POST /api/dags HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .expect("write");
-        let mut response = String::new();
-        stream.read_to_string(&mut response).expect("read");
-        response
+        common::http_as(&addr.to_string(), &token, "POST", "/api/dags", Some("application/json"), &body)
     })
     .await
     .expect("request");
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    (common::status_of(&response), serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 async fn connect(setup: &Setup, path: &str, token: &str) -> Result<Socket, WsError> {

@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
-use common::TOKEN;
+use common::{TOKEN, raw_http, status_of};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -93,19 +93,6 @@ async fn refused_status(request: Request) -> u16 {
         Ok(_) => panic!("the upgrade was accepted"),
         Err(other) => panic!("unexpected failure {other:?}"),
     }
-}
-
-/// A raw HTTP/1.1 exchange: the whole response.
-fn raw_http(addr: SocketAddr, request: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream.write_all(request.as_bytes()).expect("write");
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
-}
-
-fn status_of(response: &str) -> u16 {
-    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
 async fn next_event(socket: &mut Socket) -> ServerEvent {

@@ -112,19 +112,33 @@ impl Served {
     }
 }
 
-/// A raw HTTP/1.1 request; answers the whole response (head and body).
-pub fn http(addr: &str, method: &str, path: &str, content_type: Option<&str>, body: &str) -> String {
+/// A raw HTTP/1.1 exchange: sends `request` as it is and answers the whole response.
+pub fn raw_http(addr: impl std::net::ToSocketAddrs, request: &str) -> String {
     let mut stream = TcpStream::connect(addr).expect("connect");
-    let content_type = content_type.map(|t| format!("Content-Type: {t}\r\n")).unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("write");
+    stream.write_all(request.as_bytes()).expect("write");
     let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
+    let _ = stream.read_to_string(&mut response);
     response
+}
+
+/// The status code of a raw response (0 if it has none).
+pub fn status_of(response: &str) -> u16 {
+    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// A request with `token` as bearer; answers the whole response (head and body).
+pub fn http_as(addr: &str, token: &str, method: &str, path: &str, content_type: Option<&str>, body: &str) -> String {
+    let content_type = content_type.map(|t| format!("Content-Type: {t}\r\n")).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    raw_http(addr, &request)
+}
+
+/// A request as the admin ([`TOKEN`]); answers the whole response (head and body).
+pub fn http(addr: &str, method: &str, path: &str, content_type: Option<&str>, body: &str) -> String {
+    http_as(addr, TOKEN, method, path, content_type, body)
 }
 
 pub fn http_get(addr: &str, path: &str) -> String {
