@@ -139,7 +139,7 @@ fn RunStateBadge(store: RunStore) -> impl IntoView {
 fn ProgressLine(store: RunStore) -> impl IntoView {
     let progress = store.progress;
     let now = use_now();
-    let started = parse_ms(&store.snapshot().started_at);
+    let started = parse_ms(&store.started_at());
     // Elapsed: until now while the run goes on, until its last activity once it ended.
     let elapsed = move || {
         let end = if store.phase.get().is_terminal() {

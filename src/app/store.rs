@@ -135,6 +135,11 @@ impl RunStore {
         store
     }
 
+    /// When the run started (RFC 3339).
+    pub fn started_at(&self) -> String {
+        self.state.with_value(|s| s.started_at.clone())
+    }
+
     /// When the last node finished or gate was decided.
     pub fn last_activity(&self) -> Option<String> {
         if self.nodes_loaded.get_untracked() {
