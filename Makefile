@@ -20,12 +20,13 @@ run: build
 ## Run every test: Rust unit and integration tests, then Playwright in Chromium
 test: setup-test
 	DAGSTREAM_PYTHON=$(CURDIR)/end2end/.venv/bin/python cargo test --features ssr
-	DAGSTREAM_TOKEN=$(E2E_TOKEN) DAGSTREAM_BIN=$(TARGET_DIR)/debug/dagstream cargo leptos end-to-end
+	DAGSTREAM_TOKEN=$(E2E_TOKEN) DAGSTREAM_BIN=$(TARGET_DIR)/debug/dagstream cargo leptos end-to-end --split
 
 # Release builds erase component types (smaller wasm); debug builds and `cargo test` keep them, so
-# lifetime errors that erasure would hide still show up there.
+# lifetime errors that erasure would hide still show up there. `--split` (here and in the
+# end-to-end run) puts each page's code in a wasm file of its own, loaded with that page.
 build: setup
-	RUSTFLAGS="$(RUSTFLAGS) --cfg erase_components" cargo leptos build --release
+	RUSTFLAGS="$(RUSTFLAGS) --cfg erase_components" cargo leptos build --release --split
 
 setup:
 	scripts/setup.sh build
@@ -37,7 +38,7 @@ unit:
 	DAGSTREAM_PYTHON=$(CURDIR)/end2end/.venv/bin/python cargo test --features ssr
 
 e2e: setup-test
-	DAGSTREAM_TOKEN=$(E2E_TOKEN) DAGSTREAM_BIN=$(TARGET_DIR)/debug/dagstream cargo leptos end-to-end
+	DAGSTREAM_TOKEN=$(E2E_TOKEN) DAGSTREAM_BIN=$(TARGET_DIR)/debug/dagstream cargo leptos end-to-end --split
 
 ## Benchmarks, on demand (figures, not pass/fail)
 bench: build
@@ -51,7 +52,7 @@ bench: build
 
 bench-dashboard: build setup-test
 	cd end2end && DAGSTREAM_TOKEN=$(E2E_TOKEN) DAGSTREAM_BIN=$(TARGET_DIR)/release/dagstream node bench/dashboard.mjs
-	@W=target/site/pkg/dagstream.wasm; echo "wasm: $$(stat -c %s $$W) bytes raw, $$(gzip -9c $$W | wc -c) gzip, $$(brotli -c -q 11 $$W 2>/dev/null | wc -c) brotli"
+	scripts/wasm-size.py target/site/pkg
 
 ## Fuzz the client-event and spec parsers longer than `make test` does
 fuzz:

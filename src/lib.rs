@@ -49,10 +49,12 @@ pub mod terminal;
 /// Entry point of the WebAssembly build: hydrates the server-rendered page.
 ///
 /// Hydration runs in a task of its own (a zero timeout), not in the one that compiled and
-/// instantiated the module, so neither blocks the page for long.
+/// instantiated the module, so neither blocks the page for long. It is asynchronous
+/// (`hydrate_lazy`): each page's code is a wasm file of its own, and the page's route hydrates
+/// once that file has arrived.
 #[cfg(feature = "hydrate")]
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {
     console_error_panic_hook::set_once();
-    leptos::prelude::set_timeout(|| leptos::mount::hydrate_body(app::App), std::time::Duration::ZERO);
+    leptos::prelude::set_timeout(|| leptos::mount::hydrate_lazy(app::App), std::time::Duration::ZERO);
 }

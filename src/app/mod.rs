@@ -21,7 +21,7 @@ pub mod stream;
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
 use leptos_router::components::{A, Route, Router, Routes};
-use leptos_router::{SsrMode, path};
+use leptos_router::{Lazy, SsrMode, path};
 
 use crate::protocol::{Role, RunSummary, SignedIn};
 
@@ -62,8 +62,8 @@ pub fn App() -> impl IntoView {
                 <Routes fallback=|| view! { <p class="empty">"Page not found."</p> }>
                     // In order: the HTML is complete (no fallback to swap by script), so the page
                     // reads right before, and without, any JS.
-                    <Route path=path!("/") view=runs_page::RunsPage ssr=SsrMode::InOrder/>
-                    <Route path=path!("/dags/:dag_id") view=run_page::RunPage ssr=SsrMode::InOrder/>
+                    <Route path=path!("/") view={Lazy::<runs_page::RunsRoute>::new()} ssr=SsrMode::InOrder/>
+                    <Route path=path!("/dags/:dag_id") view={Lazy::<run_page::RunRoute>::new()} ssr=SsrMode::InOrder/>
                 </Routes>
             </main>
         </Router>

@@ -3,6 +3,7 @@
 
 use leptos::prelude::*;
 use leptos_router::hooks::use_params_map;
+use leptos_router::{LazyRoute, lazy_route};
 
 use super::clock::{format_elapsed, parse_ms, use_now};
 use super::get_run;
@@ -14,8 +15,23 @@ use super::store::{GateCard, NodeSignal, RunHead, RunStore};
 use super::stream::{Connection, DagStream, use_dag_stream};
 use crate::protocol::{ClientEvent, Decision, GateDecisionRecord, NodeStatus, Role, RunPhase};
 
+/// The run view's route. Its code is split out of the main wasm and loaded while the page that
+/// uses it hydrates (`cargo leptos build --split`); the runs page does not download it.
+pub struct RunRoute;
+
+#[lazy_route]
+impl LazyRoute for RunRoute {
+    fn data() -> Self {
+        RunRoute
+    }
+
+    fn view(_this: Self) -> AnyView {
+        view! { <RunPage/> }.into_any()
+    }
+}
+
 #[component]
-pub fn RunPage() -> impl IntoView {
+fn RunPage() -> impl IntoView {
     let params = use_params_map();
     let dag_id = move || params.read().get("dag_id").unwrap_or_default();
     let run = Resource::new(dag_id, get_run);

@@ -5,6 +5,7 @@
 use leptos::form::ActionForm;
 use leptos::prelude::*;
 use leptos_router::components::A;
+use leptos_router::{LazyRoute, lazy_route};
 
 use super::clock::{format_elapsed, parse_ms, use_now};
 use super::runs_feed::use_runs_feed;
@@ -29,8 +30,23 @@ pub async fn start_spec(text: String, format: String) -> Result<String, ServerFn
     Ok(dag_id)
 }
 
+/// The run list's route. Its code is split out of the main wasm and loaded while the page that
+/// uses it hydrates (`cargo leptos build --split`); the run view does not download it.
+pub struct RunsRoute;
+
+#[lazy_route]
+impl LazyRoute for RunsRoute {
+    fn data() -> Self {
+        RunsRoute
+    }
+
+    fn view(_this: Self) -> AnyView {
+        view! { <RunsPage/> }.into_any()
+    }
+}
+
 #[component]
-pub fn RunsPage() -> impl IntoView {
+fn RunsPage() -> impl IntoView {
     let runs = Resource::new(|| (), |_| list_runs());
     let user = expect_context::<super::SignedInUser>();
     view! {

@@ -1,0 +1,56 @@
+import { expect, test, type Page } from '@playwright/test';
+import { startDemo } from './helpers';
+
+// The wasm is split per page (`cargo leptos build --split`): the run list and the run view each
+// load their own code next to the shared main module, and a page never downloads the other's.
+const RUN_VIEW_CODE = /run_route_view_\d+\.wasm$/;
+const RUN_LIST_CODE = /runs_route_view_\d+\.wasm$/;
+
+/** Records the wasm files the page downloads and every error it reports. */
+function watch(page: Page): { wasm: string[]; errors: string[] } {
+  const seen = { wasm: [] as string[], errors: [] as string[] };
+  page.on('request', (request) => {
+    const path = new URL(request.url()).pathname;
+    if (path.endsWith('.wasm')) seen.wasm.push(path);
+  });
+  page.on('console', (message) => {
+    if (message.type() === 'error') seen.errors.push(message.text());
+  });
+  page.on('pageerror', (error) => seen.errors.push(error.message));
+  return seen;
+}
+
+test('the run list loads without the run view code, which arrives when a run is opened', async ({ page, request }) => {
+  const seen = watch(page);
+  await page.goto('/');
+  // Hydrated and live: a run started now appears without a reload.
+  await expect(page.getByTestId('start-demo')).toBeVisible();
+  await page.waitForTimeout(500); // the feed connects after hydration
+  await page.evaluate(() => ((window as any).__sameDocument = true));
+  const dagId = await startDemo(request);
+  const row = page.locator(`[data-testid="run-row"][data-dag-id="${dagId}"]`);
+  await expect(row).toBeVisible();
+  expect(seen.wasm.some((path) => path.endsWith('/dagstream.wasm'))).toBe(true);
+  expect(seen.wasm.some((path) => RUN_LIST_CODE.test(path))).toBe(true);
+  expect(seen.wasm.filter((path) => RUN_VIEW_CODE.test(path))).toEqual([]);
+
+  // Opening the run navigates in the page, fetches the run view's code and goes live.
+  await row.getByRole('link').click();
+  await expect(page).toHaveURL(new RegExp(`/dags/${dagId}$`));
+  await expect(page.getByTestId('connection')).toHaveAttribute('data-state', 'live');
+  await expect(page.getByTestId('nodes')).toContainText('Research the web');
+  expect(seen.wasm.some((path) => RUN_VIEW_CODE.test(path))).toBe(true);
+  expect(await page.evaluate(() => (window as any).__sameDocument)).toBe(true);
+  expect(seen.errors).toEqual([]);
+});
+
+test('a run opened directly hydrates with its own code only', async ({ page, request }) => {
+  const dagId = await startDemo(request);
+  const seen = watch(page);
+  await page.goto(`/dags/${dagId}`);
+  await expect(page.getByTestId('connection')).toHaveAttribute('data-state', 'live');
+  await expect(page.getByTestId('node-research_web')).toHaveAttribute('data-status', /running|completed/);
+  expect(seen.wasm.some((path) => RUN_VIEW_CODE.test(path))).toBe(true);
+  expect(seen.wasm.filter((path) => RUN_LIST_CODE.test(path))).toEqual([]);
+  expect(seen.errors).toEqual([]);
+});
