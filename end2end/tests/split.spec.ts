@@ -41,6 +41,13 @@ test('the run list loads without the run view code, which arrives when a run is 
   await expect(page.getByTestId('nodes')).toContainText('Research the web');
   expect(seen.wasm.some((path) => RUN_VIEW_CODE.test(path))).toBe(true);
   expect(await page.evaluate(() => (window as any).__sameDocument)).toBe(true);
+
+  // And back to the list, still in the same page, with the code it already has.
+  await page.locator('header.topbar a.brand').click();
+  await expect(page).toHaveURL(/\/$/);
+  await expect(page.locator(`[data-testid="run-row"][data-dag-id="${dagId}"]`)).toBeVisible();
+  expect(await page.evaluate(() => (window as any).__sameDocument)).toBe(true);
+  expect(seen.wasm.filter((path) => RUN_LIST_CODE.test(path))).toHaveLength(1);
   expect(seen.errors).toEqual([]);
 });
 
