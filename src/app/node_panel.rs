@@ -25,7 +25,7 @@ pub fn NodePanel(store: RunStore, selected: RwSignal<Option<String>>) -> impl In
                                 <dt>"Status"</dt>
                                 <dd data-testid="panel-status">{move || view.with(|v| v.status.as_str())}</dd>
                                 <dt>"Kind"</dt>
-                                <dd>{move || view.with(|v| format!("{:?}", v.kind).to_lowercase())}</dd>
+                                <dd>{move || view.with(|v| v.kind.as_str())}</dd>
                                 <dt>"Attempt"</dt>
                                 <dd>{move || view.with(|v| v.metrics.attempt.map(|a| a.to_string()).unwrap_or_else(|| "–".into()))}</dd>
                                 <dt>"Started"</dt>

@@ -105,6 +105,18 @@ pub enum NodeKind {
     Task,
 }
 
+impl NodeKind {
+    /// The snake_case name used on the wire and on the page.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeKind::Simulate => "simulate",
+            NodeKind::Command => "command",
+            NodeKind::Gate => "gate",
+            NodeKind::Task => "task",
+        }
+    }
+}
+
 /// A node as the graph knows it: identity and presentation, no run-time state.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct GraphNode {

@@ -384,3 +384,21 @@ fn snapshot_replaces_the_state_and_later_events_continue_from_it() {
     assert_eq!(client.apply(&event(3, node_state("b", NodeStatus::Running))), Applied::Folded);
     assert_eq!(client.nodes["b"].status, NodeStatus::Running);
 }
+
+#[test]
+fn names_shown_on_the_page_are_the_wire_names() {
+    for kind in [NodeKind::Simulate, NodeKind::Command, NodeKind::Gate, NodeKind::Task] {
+        assert_eq!(serde_json::to_value(kind).ok(), Some(serde_json::Value::from(kind.as_str())));
+    }
+    for status in [
+        NodeStatus::Pending,
+        NodeStatus::Running,
+        NodeStatus::Waiting,
+        NodeStatus::Completed,
+        NodeStatus::Failed,
+        NodeStatus::Skipped,
+        NodeStatus::Cancelled,
+    ] {
+        assert_eq!(serde_json::to_value(status).ok(), Some(serde_json::Value::from(status.as_str())));
+    }
+}
