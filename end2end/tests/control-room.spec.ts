@@ -3,7 +3,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { expect, test, type Page } from '@playwright/test';
-import { openRun, pageStatuses, startDemo } from './helpers';
+import { openRun, openRunListAndStartDemo, pageStatuses, sameDocument, startDemo } from './helpers';
 
 const SCREENSHOTS = resolve(__dirname, '../../docs/screenshots');
 
@@ -14,15 +14,9 @@ async function postSpec(request: any, spec: string): Promise<string> {
 }
 
 test('the run list updates live: new runs appear and their state changes without a reload', async ({ page, request }) => {
-  await page.goto('/');
-  await expect(page.getByTestId('start-demo')).toBeVisible();
-  await page.waitForTimeout(500); // the feed connects after hydration
-  await page.evaluate(() => ((window as any).__sameDocument = true));
-  const dagId = await startDemo(request);
-  const row = page.locator(`[data-testid="run-row"][data-dag-id="${dagId}"]`);
-  await expect(row).toBeVisible();
+  const { row } = await openRunListAndStartDemo(page, request);
   await expect(row.getByTestId('gates-waiting')).toHaveText('1 waiting', { timeout: 20_000 });
-  expect(await page.evaluate(() => (window as any).__sameDocument)).toBe(true);
+  expect(await sameDocument(page)).toBe(true);
 });
 
 test('a pasted spec is validated inline and nothing starts until it is valid', async ({ page, request }) => {

@@ -9,6 +9,32 @@ export async function startDemo(request: APIRequestContext): Promise<string> {
   return body.dag_id;
 }
 
+/**
+ * Opens the run list, then starts a demo run and waits for its row to appear without a reload
+ * (so the list is hydrated and its feed live). Marks the document first (`markDocument`).
+ * Answers the run's id and row.
+ */
+export async function openRunListAndStartDemo(page: Page, request: APIRequestContext) {
+  await page.goto('/');
+  await expect(page.getByTestId('start-demo')).toBeVisible();
+  await page.waitForTimeout(500); // the feed connects after hydration
+  await markDocument(page);
+  const dagId = await startDemo(request);
+  const row = page.locator(`[data-testid="run-row"][data-dag-id="${dagId}"]`);
+  await expect(row).toBeVisible();
+  return { dagId, row };
+}
+
+/** Marks the page's document, so `sameDocument` can tell later whether it was reloaded. */
+export async function markDocument(page: Page): Promise<void> {
+  await page.evaluate(() => ((window as any).__sameDocument = true));
+}
+
+/** Whether the page is still the document `markDocument` marked (no reload since). */
+export async function sameDocument(page: Page): Promise<boolean> {
+  return page.evaluate(() => (window as any).__sameDocument === true);
+}
+
 /** Opens a run view and waits until it is hydrated and its stream is live. */
 export async function openRun(page: Page, dagId: string): Promise<void> {
   await page.goto(`/dags/${dagId}`);

@@ -1,5 +1,5 @@
 import { expect, test, type APIRequestContext } from '@playwright/test';
-import { openRun, pageStatuses, serverStatuses, startDemo } from './helpers';
+import { markDocument, openRun, pageStatuses, sameDocument, serverStatuses, startDemo } from './helpers';
 
 const DEMO_LABELS = [
   'Research the web',
@@ -55,13 +55,13 @@ test('the run list starts a demo run and links to it', async ({ page }) => {
 test('statuses change live, without a reload', async ({ page, request }) => {
   const dagId = await startChain(request);
   await openRun(page, dagId);
-  await page.evaluate(() => ((window as any).__sameDocument = true));
+  await markDocument(page);
   const step4 = page.getByTestId('node-step4');
   await expect(step4).toHaveAttribute('data-status', 'pending');
   await expect(step4).toHaveAttribute('data-status', 'running');
   await expect(step4).toHaveAttribute('data-status', 'completed');
   await expect(page.getByTestId('progress')).toHaveText(/^[4-6] \/ 6 done$/);
-  expect(await page.evaluate(() => (window as any).__sameDocument)).toBe(true);
+  expect(await sameDocument(page)).toBe(true);
 });
 
 test('approving the gate completes the run and the page shows it', async ({ page, request }) => {

@@ -1,5 +1,5 @@
 import { expect, test, type Page } from '@playwright/test';
-import { startDemo } from './helpers';
+import { openRunListAndStartDemo, sameDocument, startDemo } from './helpers';
 
 // The wasm is split per page (`cargo leptos build --split`): the run list and the run view each
 // load their own code next to the shared main module, and a page never downloads the other's.
@@ -22,14 +22,7 @@ function watch(page: Page): { wasm: string[]; errors: string[] } {
 
 test('the run list loads without the run view code, which arrives when a run is opened', async ({ page, request }) => {
   const seen = watch(page);
-  await page.goto('/');
-  // Hydrated and live: a run started now appears without a reload.
-  await expect(page.getByTestId('start-demo')).toBeVisible();
-  await page.waitForTimeout(500); // the feed connects after hydration
-  await page.evaluate(() => ((window as any).__sameDocument = true));
-  const dagId = await startDemo(request);
-  const row = page.locator(`[data-testid="run-row"][data-dag-id="${dagId}"]`);
-  await expect(row).toBeVisible();
+  const { dagId, row } = await openRunListAndStartDemo(page, request);
   expect(seen.wasm.some((path) => path.endsWith('/dagstream.wasm'))).toBe(true);
   expect(seen.wasm.some((path) => RUN_LIST_CODE.test(path))).toBe(true);
   expect(seen.wasm.filter((path) => RUN_VIEW_CODE.test(path))).toEqual([]);
@@ -40,13 +33,13 @@ test('the run list loads without the run view code, which arrives when a run is 
   await expect(page.getByTestId('connection')).toHaveAttribute('data-state', 'live');
   await expect(page.getByTestId('nodes')).toContainText('Research the web');
   expect(seen.wasm.some((path) => RUN_VIEW_CODE.test(path))).toBe(true);
-  expect(await page.evaluate(() => (window as any).__sameDocument)).toBe(true);
+  expect(await sameDocument(page)).toBe(true);
 
   // And back to the list, still in the same page, with the code it already has.
   await page.locator('header.topbar a.brand').click();
   await expect(page).toHaveURL(/\/$/);
   await expect(page.locator(`[data-testid="run-row"][data-dag-id="${dagId}"]`)).toBeVisible();
-  expect(await page.evaluate(() => (window as any).__sameDocument)).toBe(true);
+  expect(await sameDocument(page)).toBe(true);
   expect(seen.wasm.filter((path) => RUN_LIST_CODE.test(path))).toHaveLength(1);
   expect(seen.errors).toEqual([]);
 });
