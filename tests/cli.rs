@@ -22,7 +22,13 @@ async fn serve_answers_and_sigterm_closes_streams_and_exits_cleanly() {
     assert!(data.is_dir(), "the data directory is created");
 
     assert!(http_get(&served.addr, "/healthz").starts_with("HTTP/1.1 200"));
-    assert!(http_get(&served.addr, "/pkg/dagstream.js").contains("built site stand-in"), "serves the site");
+    let site_file = http_get(&served.addr, "/pkg/dagstream.js");
+    assert!(site_file.contains("built site stand-in"), "serves the site");
+    assert!(
+        site_file.to_ascii_lowercase().contains("\r\ncache-control: no-cache\r\n"),
+        "site files are revalidated on every load: {site_file}"
+    );
+    assert!(!http_get(&served.addr, "/healthz").to_ascii_lowercase().contains("cache-control: no-cache"));
     let dag_id = dag_id_of(&http_post(&served.addr, "/api/dags?example=demo"));
 
     let url = format!("ws://{}/api/dags/{dag_id}/stream", served.addr);

@@ -81,6 +81,7 @@ pub fn app(state: AppState) -> Router {
         .leptos_routes(&state, routes, move || shell(options.clone()))
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .layer(axum::middleware::from_fn_with_state(state.clone(), login::require_login))
+        .layer(axum::middleware::from_fn(revalidate_site_files))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .layer(CompressionLayer::new())
@@ -90,6 +91,24 @@ pub fn app(state: AppState) -> Router {
             tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
         }))
         .with_state(state)
+}
+
+/// The site's code and styles (`/pkg/…`) are revalidated on every page load (`no-cache`: a
+/// conditional request, answered 304 while unchanged). The main wasm, its per-page split files and
+/// the JS that loads them must come from one build; without the header a browser may reuse a file
+/// it fetched before an upgrade next to new ones.
+async fn revalidate_site_files(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let is_site_file = request.uri().path().starts_with("/pkg/");
+    let mut response = next.run(request).await;
+    if is_site_file {
+        response
+            .headers_mut()
+            .insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-cache"));
+    }
+    response
 }
 
 /// Lets a WebSocket upgrade through: the page must be of this site (or an allowed origin) and
