@@ -26,7 +26,7 @@ test: setup-test
 # lifetime errors that erasure would hide still show up there. `--split` (here and in the
 # end-to-end run) puts each page's code in a wasm file of its own, loaded with that page.
 build: setup
-	RUSTFLAGS="$(RUSTFLAGS) --cfg erase_components" cargo leptos build --release --split
+	RUSTFLAGS="$(RUSTFLAGS) --cfg erase_components" cargo leptos build --release --split --precompress
 
 setup:
 	scripts/setup.sh build

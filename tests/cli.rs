@@ -29,6 +29,19 @@ async fn serve_answers_and_sigterm_closes_streams_and_exits_cleanly() {
         "site files are revalidated on every load: {site_file}"
     );
     assert!(!http_get(&served.addr, "/healthz").to_ascii_lowercase().contains("cache-control: no-cache"));
+    // Revalidation is cheap: unchanged since the copy the browser has, the answer is a bodiless 304.
+    let last_modified = site_file
+        .lines()
+        .find_map(|line| line.strip_prefix("last-modified: "))
+        .expect("site files carry Last-Modified")
+        .trim();
+    let revalidated = common::raw_http(
+        &served.addr,
+        &format!(
+            "GET /pkg/dagstream.js HTTP/1.1\r\nHost: x\r\nIf-Modified-Since: {last_modified}\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(common::status_of(&revalidated), 304, "{revalidated}");
     let dag_id = dag_id_of(&http_post(&served.addr, "/api/dags?example=demo"));
 
     let url = format!("ws://{}/api/dags/{dag_id}/stream", served.addr);

@@ -22,6 +22,7 @@ use leptos_axum::{LeptosRoutes, generate_route_list};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tower_http::compression::CompressionLayer;
+use tower_http::services::ServeDir;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -66,6 +67,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn app(state: AppState) -> Router {
     let routes = generate_route_list(App);
     let options = state.leptos_options.clone();
+    let site_pkg_dir = std::path::Path::new(&*options.site_root).join(&*options.site_pkg_dir);
     Router::new()
         .route("/healthz", get(api::health))
         .route("/login", get(login::page).post(login::submit))
@@ -78,6 +80,9 @@ pub fn app(state: AppState) -> Router {
         .route("/api/dags/{dag_id}/stream", get(stream::handler))
         .route("/api/dags/{dag_id}/engine", get(engine_socket::handler))
         .route("/api/runs/stream", get(runs_feed::handler))
+        // The built code and styles: precompressed files (`make build`) when the browser takes
+        // them, and conditional requests answered 304 (see `revalidate_site_files`).
+        .nest_service("/pkg", ServeDir::new(site_pkg_dir).precompressed_br().precompressed_gzip())
         .leptos_routes(&state, routes, move || shell(options.clone()))
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .layer(axum::middleware::from_fn_with_state(state.clone(), login::require_login))
@@ -94,7 +99,7 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// The site's code and styles (`/pkg/…`) are revalidated on every page load (`no-cache`: a
-/// conditional request, answered 304 while unchanged). The main wasm, its per-page split files and
+/// conditional request, answered 304 while unchanged, by the `ServeDir` that serves them). The main wasm, its per-page split files and
 /// the JS that loads them must come from one build; without the header a browser may reuse a file
 /// it fetched before an upgrade next to new ones.
 async fn revalidate_site_files(
@@ -104,9 +109,10 @@ async fn revalidate_site_files(
     let is_site_file = request.uri().path().starts_with("/pkg/");
     let mut response = next.run(request).await;
     if is_site_file {
-        response
-            .headers_mut()
-            .insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-cache"));
+        let headers = response.headers_mut();
+        headers.insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-cache"));
+        // One URL, several encodings (the precompressed files): caches must key on the encoding.
+        headers.insert(axum::http::header::VARY, axum::http::HeaderValue::from_static("accept-encoding"));
     }
     response
 }
