@@ -92,6 +92,11 @@ pub fn Graph(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoVi
             }
             return;
         }
+        if now == 0 {
+            // Lay the graph out now, in the task that brought the nodes, so the first frame only
+            // fits the view and draws the first batch.
+            laid.with_untracked(|_| ());
+        }
         request_animation_frame(move || {
             if now == 0 {
                 fit();
