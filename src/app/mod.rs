@@ -1,6 +1,9 @@
 //! The Leptos app, rendered on the server and hydrated in the browser: the run list (`/`), the
 //! run view (`/dags/{dag_id}`), the client store and the stream hook.
 //!
+//! Both pages are lazy routes: in the browser each one's code is a wasm file of its own, fetched
+//! with the page (the server preloads it) or on the first visit in the page.
+//!
 //! Server functions have fixed endpoints (`/api/<name>`). The default URL ends in a hash of the
 //! crate's directory, so a server and a wasm built from two checkouts that share a target
 //! directory (CI does) would miss each other.
