@@ -208,14 +208,14 @@ impl RunStore {
     /// [`RunStore::apply`] for an event the caller no longer needs: a snapshot's state moves
     /// into the store instead of being copied (a large run's snapshot is its biggest message).
     pub fn apply_owned(&self, event: ServerEvent) -> Applied {
-        if let ServerEventBody::Snapshot { run } = event.body {
-            // What the reducer does with a snapshot (take its state whole), without the copy.
-            self.state.set_value(*run);
-            self.after_snapshot();
-            Applied::Folded
-        } else {
-            self.apply(&event)
+        if !matches!(event.body, ServerEventBody::Snapshot { .. }) {
+            return self.apply(&event);
         }
+        let applied = self.state.try_update_value(|state| state.apply_owned(event)).unwrap_or(Applied::Stale);
+        if applied == Applied::Folded {
+            self.after_snapshot();
+        }
+        applied
     }
 
     /// After the state was replaced by a snapshot: every signal from the new state.

@@ -144,6 +144,18 @@ impl RunState {
         }
     }
 
+    /// [`RunState::apply`] for an event the caller gives away: a snapshot's state is moved in
+    /// rather than copied (a large run's snapshot is its biggest message).
+    pub fn apply_owned(&mut self, event: ServerEvent) -> Applied {
+        match event.body {
+            ServerEventBody::Snapshot { run } => {
+                *self = *run;
+                Applied::Folded
+            }
+            body => self.apply(&ServerEvent { seq: event.seq, body }),
+        }
+    }
+
     /// Folds one event into the state. A snapshot replaces the state; any other event is folded
     /// only if its `seq` is exactly the next one (see [`Applied`]).
     pub fn apply(&mut self, event: &ServerEvent) -> Applied {

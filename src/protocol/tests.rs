@@ -375,6 +375,22 @@ fn stale_and_gapped_events_change_nothing() {
 }
 
 #[test]
+fn apply_owned_folds_exactly_as_apply_does() {
+    let server = fold(vec![node_state("a", NodeStatus::Running), node_state("a", NodeStatus::Completed)]);
+    let events = [
+        event(2, ServerEventBody::Snapshot { run: Box::new(server) }),
+        event(2, node_state("a", NodeStatus::Failed)),
+        event(4, node_state("b", NodeStatus::Running)),
+        event(3, node_state("b", NodeStatus::Running)),
+    ];
+    let (mut by_ref, mut owned) = (demo_state(), demo_state());
+    for event in events {
+        assert_eq!(by_ref.apply(&event), owned.apply_owned(event.clone()));
+        assert_eq!(by_ref, owned);
+    }
+}
+
+#[test]
 fn snapshot_replaces_the_state_and_later_events_continue_from_it() {
     let server = fold(vec![node_state("a", NodeStatus::Running), node_state("a", NodeStatus::Completed)]);
     let mut client = demo_state();
