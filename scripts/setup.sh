@@ -40,6 +40,13 @@ if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   rustup target add wasm32-unknown-unknown
 fi
 
+# The standard library's source, for the release wasm's size-tuned standard library (see the
+# Makefile's `build`). Optional: without it the release build uses the shipped one.
+if ! [ -d "$(rustc --print sysroot)/lib/rustlib/src/rust/library/std" ]; then
+  say "adding the rust-src component (the release wasm builds its standard library for size)"
+  rustup component add rust-src || say "could not add rust-src: the release wasm will be larger"
+fi
+
 if [ "$(cargo leptos --version 2>/dev/null | awk '{print $2}')" != "$CARGO_LEPTOS_VERSION" ]; then
   # Its lockfile wants a cargo-util-schemas that needs a newer rustc than ours.
   say "installing cargo-leptos $CARGO_LEPTOS_VERSION (one-time, about 13 minutes)"
