@@ -27,14 +27,16 @@ test: setup-test
 # end-to-end run) puts each page's code in a wasm file of its own, loaded with that page.
 #
 # The release wasm also gets a standard library built for size (`-Zbuild-std`, its
-# `optimize_for_size` feature) and panics that stop the wasm at once: no panic messages, hook or
-# source locations in it (about 33 KB brotli less per page). These options are unstable; the
-# stable toolchain takes them with RUSTC_BOOTSTRAP=1, for the wasm only (the server keeps its
-# panics and messages), and they need the `rust-src` component, which setup adds. Without it
-# the build uses the shipped standard library and says so. A panic in the browser then shows as
-# "unreachable executed" in the console; debug builds (`make e2e`) keep the messages.
+# `optimize_for_size` feature), panics that stop the wasm at once (no panic messages, hook or
+# source locations in it) and derived `Debug` output cut to the type or variant name
+# (`-Zfmt-debug=shallow`; no page text uses it): about 35 KB brotli less per page. These options
+# are unstable; the stable toolchain takes them with RUSTC_BOOTSTRAP=1, for the wasm only (the
+# server keeps its panics and messages), and they need the `rust-src` component, which setup
+# adds. Without it the build uses the shipped standard library and says so. A panic in the
+# browser then shows as "unreachable executed" in the console; debug builds (`make e2e`) keep
+# the messages.
 ERASE := --cfg erase_components
-WASM_SIZE_FLAGS := -Zunstable-options -Cpanic=immediate-abort -Zlocation-detail=none
+WASM_SIZE_FLAGS := -Zunstable-options -Cpanic=immediate-abort -Zlocation-detail=none -Zfmt-debug=shallow
 WASM_SIZE_ARGS := --lib-cargo-args=-Zbuild-std=std,panic_abort --lib-cargo-args=-Zbuild-std-features=optimize_for_size
 build: setup
 	@if [ -d "$$(rustc --print sysroot)/lib/rustlib/src/rust/library/std" ]; then \

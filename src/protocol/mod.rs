@@ -6,6 +6,7 @@
 //! `null`. [`RunState`] is the one reducer that folds events into the state of a run.
 
 mod state;
+#[macro_use]
 mod wire;
 
 pub use state::{Applied, ErrorEntry, GateDecisionRecord, LOG_TAIL_LINES, LogLine, NodeView, Progress, RunState};
@@ -17,7 +18,7 @@ use serde_json::{Map, Value};
 pub type Seq = u64;
 
 /// Where a node is in its life. Terminal: `completed`, `failed`, `skipped`, `cancelled`.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatus {
     Pending,
@@ -29,25 +30,22 @@ pub enum NodeStatus {
     Cancelled,
 }
 
+wire_names!(NodeStatus {
+    Pending => "pending",
+    Running => "running",
+    Waiting => "waiting",
+    Completed => "completed",
+    Failed => "failed",
+    Skipped => "skipped",
+    Cancelled => "cancelled",
+});
+
 impl NodeStatus {
     /// True once the node will not change again in this run.
     pub fn is_terminal(self) -> bool {
         match self {
             NodeStatus::Completed | NodeStatus::Failed | NodeStatus::Skipped | NodeStatus::Cancelled => true,
             NodeStatus::Pending | NodeStatus::Running | NodeStatus::Waiting => false,
-        }
-    }
-
-    /// The snake_case name used on the wire and as a CSS class.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeStatus::Pending => "pending",
-            NodeStatus::Running => "running",
-            NodeStatus::Waiting => "waiting",
-            NodeStatus::Completed => "completed",
-            NodeStatus::Failed => "failed",
-            NodeStatus::Skipped => "skipped",
-            NodeStatus::Cancelled => "cancelled",
         }
     }
 }
@@ -92,7 +90,7 @@ impl NodeMetrics {
 }
 
 /// What a node does; decides how the engine runs it and how the dashboard draws it.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum NodeKind {
     /// Waits for a duration and reports a cost: demos, tests, modelled LLM calls.
@@ -105,17 +103,12 @@ pub enum NodeKind {
     Task,
 }
 
-impl NodeKind {
-    /// The snake_case name used on the wire and on the page.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeKind::Simulate => "simulate",
-            NodeKind::Command => "command",
-            NodeKind::Gate => "gate",
-            NodeKind::Task => "task",
-        }
-    }
-}
+wire_names!(NodeKind {
+    Simulate => "simulate",
+    Command => "command",
+    Gate => "gate",
+    Task => "task",
+});
 
 /// A node as the graph knows it: identity and presentation, no run-time state.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -155,7 +148,7 @@ pub enum DagMutation {
 }
 
 /// A human decision on a gate.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
@@ -164,15 +157,11 @@ pub enum Decision {
     Modify,
 }
 
-impl Decision {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decision::Approve => "approve",
-            Decision::Reject => "reject",
-            Decision::Modify => "modify",
-        }
-    }
-}
+wire_names!(Decision {
+    Approve => "approve",
+    Reject => "reject",
+    Modify => "modify",
+});
 
 /// What a gate card shows while the gate waits.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -190,7 +179,7 @@ pub struct GatePresentation {
 }
 
 /// The state of a run as a whole.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum RunPhase {
     Running,
@@ -201,6 +190,15 @@ pub enum RunPhase {
     Failed,
 }
 
+wire_names!(RunPhase {
+    Running => "running",
+    Paused => "paused",
+    Cancelling => "cancelling",
+    Cancelled => "cancelled",
+    Completed => "completed",
+    Failed => "failed",
+});
+
 impl RunPhase {
     /// True once the run will not change again.
     pub fn is_terminal(self) -> bool {
@@ -209,26 +207,20 @@ impl RunPhase {
             RunPhase::Running | RunPhase::Paused | RunPhase::Cancelling => false,
         }
     }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunPhase::Running => "running",
-            RunPhase::Paused => "paused",
-            RunPhase::Cancelling => "cancelling",
-            RunPhase::Cancelled => "cancelled",
-            RunPhase::Completed => "completed",
-            RunPhase::Failed => "failed",
-        }
-    }
 }
 
 /// Which output stream a `node_log` line came from.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum LogStream {
     Stdout,
     Stderr,
 }
+
+wire_names!(LogStream {
+    Stdout => "stdout",
+    Stderr => "stderr",
+});
 
 /// Spend of a run; `remaining` is `budget - spent` and may go below zero.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
@@ -365,7 +357,7 @@ pub struct RunSummary {
 mod tests;
 
 /// What a signed-in user may do.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Watch runs.
@@ -378,16 +370,14 @@ pub enum Role {
     Engine,
 }
 
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Approver => "approver",
-            Role::Admin => "admin",
-            Role::Engine => "engine",
-        }
-    }
+wire_names!(Role {
+    Viewer => "viewer",
+    Approver => "approver",
+    Admin => "admin",
+    Engine => "engine",
+});
 
+impl Role {
     /// Whether this role may do what `needed` may.
     pub fn allows(self, needed: Role) -> bool {
         match self {

@@ -401,20 +401,27 @@ fn snapshot_replaces_the_state_and_later_events_continue_from_it() {
     assert_eq!(client.nodes["b"].status, NodeStatus::Running);
 }
 
+/// Every value of a unit enum is written as its `as_str` name and read back from it.
+fn assert_wire_names<T>(all: &[T], as_str: fn(T) -> &'static str)
+where
+    T: Copy + std::fmt::Debug + PartialEq + Serialize + serde::de::DeserializeOwned,
+{
+    for &value in all {
+        let name = serde_json::Value::from(as_str(value));
+        assert_eq!(serde_json::to_value(value).ok(), Some(name.clone()), "{value:?} is written as its name");
+        assert_eq!(serde_json::from_value::<T>(name).ok(), Some(value), "{value:?} is read from its name");
+    }
+}
+
 #[test]
 fn names_shown_on_the_page_are_the_wire_names() {
-    for kind in [NodeKind::Simulate, NodeKind::Command, NodeKind::Gate, NodeKind::Task] {
-        assert_eq!(serde_json::to_value(kind).ok(), Some(serde_json::Value::from(kind.as_str())));
-    }
-    for status in [
-        NodeStatus::Pending,
-        NodeStatus::Running,
-        NodeStatus::Waiting,
-        NodeStatus::Completed,
-        NodeStatus::Failed,
-        NodeStatus::Skipped,
-        NodeStatus::Cancelled,
-    ] {
-        assert_eq!(serde_json::to_value(status).ok(), Some(serde_json::Value::from(status.as_str())));
-    }
+    assert_wire_names(NodeStatus::ALL, NodeStatus::as_str);
+    assert_wire_names(NodeKind::ALL, NodeKind::as_str);
+    assert_wire_names(Decision::ALL, Decision::as_str);
+    assert_wire_names(RunPhase::ALL, RunPhase::as_str);
+    assert_wire_names(LogStream::ALL, LogStream::as_str);
+    assert_wire_names(Role::ALL, Role::as_str);
+    let unknown = serde_json::from_str::<NodeStatus>(r#""sleeping""#).unwrap_err().to_string();
+    assert!(unknown.contains("unknown variant `sleeping`, expected one of `pending`"), "{unknown}");
+    assert!(serde_json::from_str::<Decision>("7").is_err(), "a name is a string");
 }

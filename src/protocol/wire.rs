@@ -1,5 +1,5 @@
 //! Reading the tagged messages ([`ServerEvent`], [`ServerEventBody`], [`DagMutation`],
-//! [`RunsFeedEvent`]) without serde's buffering.
+//! [`RunsFeedEvent`]) without serde's buffering, and the unit enums by name ([`wire_names!`]).
 //!
 //! Serde reads an internally tagged enum (`"type"` among the other fields) by copying the whole
 //! object into an in-memory tree first and reading the variant from that tree; `ServerEvent`'s
@@ -12,6 +12,38 @@
 //! variants are ignored (whatever their type), a missing required field or an unknown tag is an
 //! error, `null` in an optional field means absent. Raw fields need `serde_json`'s own reader:
 //! these types are read from JSON text (`from_str`, `from_slice`), not from a `Value`.
+
+/// Gives a unit enum the one list of its wire names: `as_str` (the snake_case name, also used as
+/// a CSS class and shown on the page), `ALL`, and a `Deserialize` that reads a string and looks
+/// it up. Serde's derive reads a unit enum through its general enum access (which also takes
+/// `{"name": null}`); that is about 1.3 KB of wasm per enum, this a few hundred bytes. The enum
+/// keeps serde's derived `Serialize` with `rename_all = "snake_case"`; a test checks that both
+/// name every value alike.
+macro_rules! wire_names {
+    ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            /// The snake_case name used on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let name = String::deserialize(deserializer)?;
+                match name.as_str() {
+                    $($name => Ok($ty::$variant),)+
+                    other => Err(serde::de::Error::unknown_variant(other, &[$($name),+])),
+                }
+            }
+        }
+    };
+}
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Deserializer};
@@ -34,19 +66,18 @@ fn optional<T: DeserializeOwned, E: de::Error>(raw: Raw, name: &'static str) -> 
 }
 
 fn read<T: DeserializeOwned, E: de::Error>(raw: &RawValue, name: &'static str) -> Result<T, E> {
-    serde_json::from_str(raw.get()).map_err(|error| E::custom(format_args!("field `{name}`: {}", Bare(&error))))
+    serde_json::from_str(raw.get()).map_err(|error| E::custom(field_error(name, &error)))
 }
 
-/// A `serde_json` error without its position, which would count from the start of the field
-/// rather than of the message.
-struct Bare<'a>(&'a serde_json::Error);
-
-impl std::fmt::Display for Bare<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let text = self.0.to_string();
-        let suffix = format!(" at line {} column {}", self.0.line(), self.0.column());
-        f.write_str(text.strip_suffix(&suffix).unwrap_or(&text))
-    }
+/// What went wrong with field `name`: `serde_json`'s message without its position, which would
+/// count from the start of the field rather than of the message. Out of line, so the wasm has one
+/// copy rather than one per field type.
+#[cold]
+#[inline(never)]
+fn field_error(name: &str, error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let suffix = format!(" at line {} column {}", error.line(), error.column());
+    format!("field `{name}`: {}", text.strip_suffix(&suffix).unwrap_or(&text))
 }
 
 /// Every field any server event has; each variant reads its own.
