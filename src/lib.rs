@@ -55,6 +55,8 @@ pub mod terminal;
 #[cfg(feature = "hydrate")]
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {
+    // A build whose panics abort at once (the release wasm, see the Makefile) never runs a hook.
+    #[cfg(not(panic = "immediate-abort"))]
     console_error_panic_hook::set_once();
     leptos::prelude::set_timeout(|| leptos::mount::hydrate_lazy(app::App), std::time::Duration::ZERO);
 }

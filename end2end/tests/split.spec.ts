@@ -45,8 +45,17 @@ test('the run list loads without the run view code, which arrives when a run is 
   expect(seen.errors).toEqual([]);
 });
 
+/** Whether `html` has a `<link rel="preload">` whose address matches `file`. */
+function preloads(html: string, file: RegExp): boolean {
+  return [...html.matchAll(/<link\b[^>]*>/g)].some(([tag]) => /rel="preload"/.test(tag) && file.test(tag.match(/href="([^"]*)"/)?.[1] ?? ''));
+}
+
 test('a run opened directly hydrates with its own code only', async ({ page, request }) => {
   const dagId = await startDemo(request);
+  // The server names the page's own split file in <head>, so it downloads next to the main module.
+  const html = await (await page.request.get(`/dags/${dagId}`)).text();
+  expect(preloads(html, RUN_VIEW_CODE)).toBe(true);
+  expect(preloads(html, RUN_LIST_CODE)).toBe(false);
   const seen = watch(page);
   await page.goto(`/dags/${dagId}`);
   await expect(page.getByTestId('connection')).toHaveAttribute('data-state', 'live');

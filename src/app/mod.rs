@@ -22,14 +22,17 @@ pub mod store;
 pub mod stream;
 
 use leptos::prelude::*;
-use leptos_meta::{MetaTags, Stylesheet, Title, provide_meta_context};
+use leptos_meta::{MetaTags, provide_meta_context};
 use leptos_router::components::{A, Route, Router, Routes};
 use leptos_router::{Lazy, SsrMode, path};
 
 use crate::protocol::{Role, RunSummary, SignedIn};
 
-/// The HTML document around the app.
+/// The HTML document around the app (rendered on the server only). The meta context carries the
+/// preload links of the page's split wasm files into `<head>` (`MetaTags`); the app itself sets
+/// no meta tags, so the browser's code has no meta context.
 pub fn shell(options: LeptosOptions) -> impl IntoView {
+    provide_meta_context();
     view! {
         <!DOCTYPE html>
         <html lang="en">
@@ -37,7 +40,10 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
                 <meta charset="utf-8"/>
                 <meta name="viewport" content="width=device-width, initial-scale=1"/>
                 <meta name="color-scheme" content="light dark"/>
+                <title>"dagstream"</title>
                 <link rel="icon" href="/favicon.ico"/>
+                // `id="leptos"`: the stylesheet `cargo leptos watch` swaps when the CSS changes.
+                <link rel="stylesheet" id="leptos" href="/pkg/dagstream.css"/>
                 <HydrationScripts options/>
                 <MetaTags/>
             </head>
@@ -50,11 +56,8 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 
 #[component]
 pub fn App() -> impl IntoView {
-    provide_meta_context();
     provide_context(SignedInUser(Resource::new(|| (), |_| current_user())));
     view! {
-        <Stylesheet id="leptos" href="/pkg/dagstream.css"/>
-        <Title text="dagstream"/>
         <Router>
             <header class="topbar">
                 <A href="/" attr:class="brand">"dagstream"</A>
