@@ -9,6 +9,9 @@ test('the graph draws every node, coloured by status, and pans and zooms', async
     await expect(page.getByTestId(`gnode-${id}`)).toBeVisible();
   }
   await expect(page.getByTestId('gnode-review')).toHaveAttribute('data-status', 'waiting');
+  // A small graph's node spells its status out next to its dot.
+  await expect(page.getByTestId('gnode-review').locator('.gstatus')).toHaveText('waiting');
+  await expect(page.getByTestId('gnode-review')).not.toHaveClass(/\bcompact\b/);
 
   const scaleBefore = Number(await svg.getAttribute('data-scale'));
   await svg.scrollIntoViewIfNeeded();
@@ -92,4 +95,27 @@ test('a large run is drawn from the stream after the page loads, with its counts
   await page.getByTestId('gate-go').getByRole('button', { name: /approve/i }).click();
   await expect(page.getByTestId('gnode-go')).toHaveAttribute('data-status', 'completed');
   await expect(page.getByTestId('progress')).toHaveText('1 / 61 done');
+});
+
+test('a graph of more than 200 nodes draws compact nodes: the box takes the status colour, no dot or status text', async ({ page, request }) => {
+  const nodes = Array.from({ length: 210 }, (_, i) => `[[nodes]]\nid = "c${i}"\nkind = "simulate"\nduration = "60s"\n`);
+  const spec = `name = "compact-e2e"\nmax_parallel = 2\n${nodes.join('')}[[nodes]]\nid = "go"\nkind = "gate"\ntitle = "Go on?"\nprompt = "Decide."\n`;
+  const started = await request.post('/api/dags', { headers: { 'content-type': 'application/toml' }, data: spec });
+  expect(started.status()).toBe(201);
+  const dagId = (await started.json()).dag_id;
+  await expect.poll(async () => (await (await request.get(`/api/dags/${dagId}`)).json()).nodes.go.status).toBe('waiting');
+
+  await openRun(page, dagId);
+  await expect(page.locator('[data-testid^="gnode-"]')).toHaveCount(211);
+  const gate = page.getByTestId('gnode-go');
+  await expect(gate).toHaveClass(/\bcompact\b/);
+  await expect(gate.locator('.gstatus, .status-dot')).toHaveCount(0);
+  await expect(gate.locator('.glabel')).toHaveText('go');
+  // The status shows as the box's fill, and follows the node.
+  const fill = () => gate.locator('rect').evaluate((rect) => getComputedStyle(rect).fill);
+  const waitingFill = await fill();
+  expect(waitingFill).not.toBe(await page.getByTestId('gnode-c209').locator('rect').evaluate((rect) => getComputedStyle(rect).fill));
+  await page.getByTestId('gate-go').getByRole('button', { name: /approve/i }).click();
+  await expect(gate).toHaveAttribute('data-status', 'completed');
+  await expect.poll(fill).not.toBe(waitingFill);
 });

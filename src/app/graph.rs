@@ -24,9 +24,13 @@ const MAX_SCALE: f64 = 3.0;
 const DRAW_BATCH: usize = 25;
 /// Above this many running nodes the graph stops pulsing and animating edges (see `.busy`).
 const BUSY_RUNNING: usize = 24;
-/// A graph with more nodes than this never pulses: in a large run the running count crosses
+/// A graph with more nodes than this never pulses (in a large run the running count crosses
 /// [`BUSY_RUNNING`] every time a wide layer starts or ends, and each switch restyled the whole
-/// drawing.
+/// drawing), and draws its nodes compact: a box filled in its status colour with the label, no
+/// status dot or status text. At the scale that fits such a graph on screen the dot is a pixel
+/// and the text unreadable, and they were two of a node's five elements: the browser restyled,
+/// laid out (the text) and repainted them for every status change, which made the frames where
+/// a wide layer finishes and the next starts the page's longest tasks.
 const CALM_ABOVE_NODES: usize = 200;
 /// Margin around the drawing when fitting it to the screen, in screen pixels.
 const FIT_MARGIN: f64 = 24.0;
@@ -157,7 +161,14 @@ pub fn Graph(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoVi
                     </g>
                     <g class="gnodes">
                         <For each=visible key=|node| node.id.clone() let:node>
-                            <GraphNode node laid selected moved fresh=first_drawing_done.get_value()/>
+                            <GraphNode
+                                node
+                                laid
+                                selected
+                                moved
+                                fresh=first_drawing_done.get_value()
+                                compact=store.nodes.with_untracked(|nodes| nodes.len() > CALM_ABOVE_NODES)
+                            />
                         </For>
                     </g>
                 </g>
@@ -200,6 +211,8 @@ fn GraphNode(
     moved: StoredValue<bool>,
     /// Added after the first drawing (by a mutation): it fades in.
     fresh: bool,
+    /// Part of a large graph: drawn without status dot and text (see [`CALM_ABOVE_NODES`]).
+    compact: bool,
 ) -> impl IntoView {
     let NodeSignal { id, view } = node;
     let position = {
@@ -222,6 +235,7 @@ fn GraphNode(
             class=move || format!("gnode status-{}{}", status(), if is_selected() { " selected" } else { "" })
             class:gate=kind == NodeKind::Gate
             class:fresh=fresh
+            class:compact=compact
             data-testid=format!("gnode-{id}")
             data-status=status
             transform=move || { let (x, y) = position(); format!("translate({x:.1} {y:.1})") }
@@ -232,9 +246,16 @@ fn GraphNode(
             }
         >
             <rect width=NODE_WIDTH height=NODE_HEIGHT rx="8"></rect>
-            <circle class="status-dot" cx="14" cy=NODE_HEIGHT / 2.0 r="5"></circle>
-            <text x="26" y="19" class="glabel">{label}</text>
-            <text x="26" y="34" class="gstatus">{status}</text>
+            {if compact {
+                view! { <text x="14" y="27" class="glabel">{label}</text> }.into_any()
+            } else {
+                view! {
+                    <circle class="status-dot" cx="14" cy=NODE_HEIGHT / 2.0 r="5"></circle>
+                    <text x="26" y="19" class="glabel">{label}</text>
+                    <text x="26" y="34" class="gstatus">{status}</text>
+                }
+                    .into_any()
+            }}
         </g>
     }
 }
