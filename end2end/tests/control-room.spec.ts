@@ -3,15 +3,9 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { expect, test, type Page } from '@playwright/test';
-import { openRun, openRunListAndStartDemo, pageStatuses, sameDocument, startDemo } from './helpers';
+import { openRun, openRunListAndStartDemo, pageStatuses, sameDocument, startDemo, startSpec } from './helpers';
 
 const SCREENSHOTS = resolve(__dirname, '../../docs/screenshots');
-
-async function postSpec(request: any, spec: string): Promise<string> {
-  const response = await request.post('/api/dags', { headers: { 'content-type': 'application/toml' }, data: spec });
-  expect(response.status(), await response.text()).toBe(201);
-  return (await response.json()).dag_id;
-}
 
 test('the run list updates live: new runs appear and their state changes without a reload', async ({ page, request }) => {
   const { row } = await openRunListAndStartDemo(page, request);
@@ -37,7 +31,7 @@ test('a pasted spec is validated inline and nothing starts until it is valid', a
 });
 
 test('cancel asks first, then stops the run', async ({ page, request }) => {
-  const dagId = await postSpec(request, 'name = "long"\n[[nodes]]\nid = "wait"\nkind = "command"\nrun = "sleep 30"\n');
+  const dagId = await startSpec(request, 'name = "long"\n[[nodes]]\nid = "wait"\nkind = "command"\nrun = "sleep 30"\n');
   await openRun(page, dagId);
   await page.getByTestId('cancel').click();
   await expect(page.getByTestId('cancel-confirm')).toBeVisible();
@@ -80,7 +74,7 @@ cost = 0.1
 `;
 
 test('the spend bar turns amber, then the budget gate stops the run until approved', async ({ page, request }) => {
-  const dagId = await postSpec(request, BUDGETED);
+  const dagId = await startSpec(request, BUDGETED);
   await openRun(page, dagId);
   const bar = page.getByTestId('spend-bar');
   await expect(bar).toHaveAttribute('data-level', 'near');

@@ -1,5 +1,17 @@
-import { expect, test } from '@playwright/test';
-import { openRun, startDemo } from './helpers';
+import { expect, test, type APIRequestContext } from '@playwright/test';
+import { openRun, startDemo, startSpec } from './helpers';
+
+/**
+ * Starts a run of `count` one-minute nodes (`<prefix>0`, `<prefix>1`, ...; two at a time) and a
+ * gate `go` that waits at once; answers its dag_id once the gate waits.
+ */
+async function startSlowNodesAndGate(request: APIRequestContext, prefix: string, count: number): Promise<string> {
+  const nodes = Array.from({ length: count }, (_, i) => `[[nodes]]\nid = "${prefix}${i}"\nkind = "simulate"\nduration = "60s"\n`);
+  const spec = `name = "wide-e2e"\nmax_parallel = 2\n${nodes.join('')}[[nodes]]\nid = "go"\nkind = "gate"\ntitle = "Go on?"\nprompt = "Decide."\n`;
+  const dagId = await startSpec(request, spec);
+  await expect.poll(async () => (await (await request.get(`/api/dags/${dagId}`)).json()).nodes.go.status).toBe('waiting');
+  return dagId;
+}
 
 test('the graph draws every node, coloured by status, and pans and zooms', async ({ page, request }) => {
   const dagId = await startDemo(request);
@@ -43,9 +55,7 @@ for i in 1 2 3 4 5 6; do echo "line $i"; sleep 0.4; done
 echo '{"output": {"said": 6}}' >> "$DAGSTREAM_REPORT"
 '''
 `;
-  const response = await request.post('/api/dags', { headers: { 'content-type': 'application/toml' }, data: spec });
-  expect(response.status()).toBe(201);
-  const { dag_id: dagId } = await response.json();
+  const dagId = await startSpec(request, spec);
   await openRun(page, dagId);
   await page.getByTestId('gnode-talker').click();
   const panel = page.getByTestId('node-panel');
@@ -70,12 +80,7 @@ test('nodes added while the run goes on appear in the graph', async ({ page, req
 
 test('a large run is drawn from the stream after the page loads, with its counts and gate there from the start', async ({ page, request }) => {
   // 60 slow nodes (more than the page carries) and a gate that waits at once.
-  const nodes = Array.from({ length: 60 }, (_, i) => `[[nodes]]\nid = "n${i}"\nkind = "simulate"\nduration = "60s"\n`);
-  const spec = `name = "large-e2e"\nmax_parallel = 2\n${nodes.join('')}[[nodes]]\nid = "go"\nkind = "gate"\ntitle = "Go on?"\nprompt = "Decide."\n`;
-  const started = await request.post('/api/dags', { headers: { 'content-type': 'application/toml' }, data: spec });
-  expect(started.status()).toBe(201);
-  const dagId = (await started.json()).dag_id;
-  await expect.poll(async () => (await (await request.get(`/api/dags/${dagId}`)).json()).nodes.go.status).toBe('waiting');
+  const dagId = await startSlowNodesAndGate(request, 'n', 60);
 
   // The server-rendered page: the counts over all 61 nodes and the gate card, no node rows.
   const html = await (await request.get(`/dags/${dagId}`)).text();
@@ -98,12 +103,7 @@ test('a large run is drawn from the stream after the page loads, with its counts
 });
 
 test('a graph of more than 200 nodes draws compact nodes: the box takes the status colour, no dot or status text', async ({ page, request }) => {
-  const nodes = Array.from({ length: 210 }, (_, i) => `[[nodes]]\nid = "c${i}"\nkind = "simulate"\nduration = "60s"\n`);
-  const spec = `name = "compact-e2e"\nmax_parallel = 2\n${nodes.join('')}[[nodes]]\nid = "go"\nkind = "gate"\ntitle = "Go on?"\nprompt = "Decide."\n`;
-  const started = await request.post('/api/dags', { headers: { 'content-type': 'application/toml' }, data: spec });
-  expect(started.status()).toBe(201);
-  const dagId = (await started.json()).dag_id;
-  await expect.poll(async () => (await (await request.get(`/api/dags/${dagId}`)).json()).nodes.go.status).toBe('waiting');
+  const dagId = await startSlowNodesAndGate(request, 'c', 210);
 
   await openRun(page, dagId);
   await expect(page.locator('[data-testid^="gnode-"]')).toHaveCount(211);

@@ -9,6 +9,13 @@ export async function startDemo(request: APIRequestContext): Promise<string> {
   return body.dag_id;
 }
 
+/** Starts a run of the TOML `spec` over REST and answers its dag_id. */
+export async function startSpec(request: APIRequestContext, spec: string): Promise<string> {
+  const response = await request.post('/api/dags', { headers: { 'content-type': 'application/toml' }, data: spec });
+  expect(response.status(), await response.text()).toBe(201);
+  return (await response.json()).dag_id;
+}
+
 /**
  * Opens the run list, then starts a demo run and waits for its row to appear without a reload
  * (so the list is hydrated and its feed live). Marks the document first (`markDocument`).

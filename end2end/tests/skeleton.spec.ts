@@ -1,5 +1,5 @@
 import { expect, test, type APIRequestContext } from '@playwright/test';
-import { markDocument, openRun, pageStatuses, sameDocument, serverStatuses, startDemo } from './helpers';
+import { markDocument, openRun, pageStatuses, sameDocument, serverStatuses, startDemo, startSpec } from './helpers';
 
 const DEMO_LABELS = [
   'Research the web',
@@ -22,9 +22,7 @@ ${[1, 2, 3, 4, 5, 6]
 
 /** Starts the six-step chain (1.2 s a step, one at a time) over REST; answers its dag_id. */
 async function startChain(request: APIRequestContext): Promise<string> {
-  const started = await request.post('/api/dags', { headers: { 'content-type': 'application/toml' }, data: CHAIN });
-  expect(started.status()).toBe(201);
-  return (await started.json()).dag_id;
+  return startSpec(request, CHAIN);
 }
 
 test('the run page is rendered on the server: node names and statuses without any JS', async ({ request, browser }) => {
