@@ -15,14 +15,16 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::routing::{get, post};
 use leptos::prelude::LeptosOptions;
 use leptos_axum::{LeptosRoutes, generate_route_list};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
+use tower::ServiceBuilder;
 use tower_http::compression::CompressionLayer;
 use tower_http::services::ServeDir;
+use tower_http::set_header::{SetResponseHeader, SetResponseHeaderLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -80,13 +82,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/dags/{dag_id}/stream", get(stream::handler))
         .route("/api/dags/{dag_id}/engine", get(engine_socket::handler))
         .route("/api/runs/stream", get(runs_feed::handler))
-        // The built code and styles: precompressed files (`make build`) when the browser takes
-        // them, and conditional requests answered 304 (see `revalidate_site_files`).
-        .nest_service("/pkg", ServeDir::new(site_pkg_dir).precompressed_br().precompressed_gzip())
+        .nest_service("/pkg", site_files(site_pkg_dir))
         .leptos_routes(&state, routes, move || shell(options.clone()))
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .layer(axum::middleware::from_fn_with_state(state.clone(), login::require_login))
-        .layer(axum::middleware::from_fn(revalidate_site_files))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .layer(CompressionLayer::new())
@@ -98,23 +97,16 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The site's code and styles (`/pkg/…`) are revalidated on every page load (`no-cache`: a
-/// conditional request, answered 304 while unchanged, by the `ServeDir` that serves them). The main wasm, its per-page split files and
-/// the JS that loads them must come from one build; without the header a browser may reuse a file
-/// it fetched before an upgrade next to new ones.
-async fn revalidate_site_files(
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let is_site_file = request.uri().path().starts_with("/pkg/");
-    let mut response = next.run(request).await;
-    if is_site_file {
-        let headers = response.headers_mut();
-        headers.insert(axum::http::header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-cache"));
-        // One URL, several encodings (the precompressed files): caches must key on the encoding.
-        headers.insert(axum::http::header::VARY, axum::http::HeaderValue::from_static("accept-encoding"));
-    }
-    response
+/// The built code and styles (`/pkg/…`): the precompressed files of `make build` when the browser
+/// takes them, and `no-cache`, so every page load revalidates them (a conditional request,
+/// answered 304 while unchanged). The main wasm, its per-page split files and the JS that loads
+/// them must come from one build; without the header a browser may reuse a file it fetched before
+/// an upgrade next to new ones. One URL has several encodings, so caches key on the encoding.
+fn site_files(pkg_dir: std::path::PathBuf) -> SetResponseHeader<SetResponseHeader<ServeDir, HeaderValue>, HeaderValue> {
+    ServiceBuilder::new()
+        .layer(SetResponseHeaderLayer::overriding(header::CACHE_CONTROL, HeaderValue::from_static("no-cache")))
+        .layer(SetResponseHeaderLayer::overriding(header::VARY, HeaderValue::from_static("accept-encoding")))
+        .service(ServeDir::new(pkg_dir).precompressed_br().precompressed_gzip())
 }
 
 /// Lets a WebSocket upgrade through: the page must be of this site (or an allowed origin) and
