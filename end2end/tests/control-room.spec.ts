@@ -17,7 +17,8 @@ test('a pasted spec is validated inline and nothing starts until it is valid', a
   const before = (await (await request.get('/api/dags')).json()).length;
   await page.goto('/');
   await expect(page.getByTestId('connection')).toHaveCount(0);
-  await page.waitForTimeout(500); // hydrated, so the form submits through the app
+  // Hydrated, so the form submits through the app and keeps what is typed into it.
+  await expect(page.getByTestId('start-panel')).toHaveAttribute('data-hydrated', 'true');
   await page.getByTestId('spec-text').fill('name = "pasted"\n[[nodes]]\nid = "only"\nkind = "simulate"\nneeds = ["ghost"]\n');
   await page.getByTestId('start-spec').click();
   await expect(page.getByTestId('spec-error')).toContainText('"only"');

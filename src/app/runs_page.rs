@@ -77,8 +77,12 @@ fn StartPanel() -> impl IntoView {
     let start_spec = ServerAction::<StartSpec>::new();
     let text = RwSignal::new(String::new());
     let format = RwSignal::new("toml".to_owned());
+    // "true" once the browser has hydrated the panel (effects run only there). Before that the
+    // forms post without the app, and hydration resets a textarea typed into; tests wait for it.
+    let hydrated = RwSignal::new(false);
+    Effect::new(move |_| hydrated.set(true));
     view! {
-        <div class="start panel">
+        <div class="start panel" data-testid="start-panel" data-hydrated=move || hydrated.get().to_string()>
             <div class="start-buttons">
                 {crate::examples::names()
                     .map(|name| {
