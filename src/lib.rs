@@ -48,15 +48,17 @@ pub mod terminal;
 
 /// Entry point of the WebAssembly build: hydrates the server-rendered page.
 ///
-/// Hydration runs in a task of its own (a zero timeout), not in the one that compiled and
-/// instantiated the module, so neither blocks the page for long. It is asynchronous
-/// (`hydrate_lazy`): each page's code is a wasm file of its own, and the page's route hydrates
-/// once that file has arrived.
+/// The page's own code is a split wasm file ([`app::page`]); it is loaded first, then the page
+/// hydrates in one pass, in a task of its own rather than the one that compiled and instantiated
+/// the main module, so neither blocks the page for long.
 #[cfg(feature = "hydrate")]
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {
     // A build whose panics abort at once (the release wasm, see the Makefile) never runs a hook.
     #[cfg(not(panic = "immediate-abort"))]
     console_error_panic_hook::set_once();
-    leptos::prelude::set_timeout(|| leptos::mount::hydrate_lazy(app::App), std::time::Duration::ZERO);
+    wasm_bindgen_futures::spawn_local(async {
+        app::page::load_code().await;
+        leptos::mount::hydrate_body(app::App);
+    });
 }

@@ -406,6 +406,48 @@ async fn request_with(
     (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
 }
 
+/// A page as the browser gets it: status and HTML.
+async fn page(router: axum::Router, uri: &str) -> (StatusCode, String) {
+    let request = Request::builder()
+        .uri(uri)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("accept", "text/html")
+        .body(Body::empty())
+        .expect("request");
+    let response = router.oneshot(request).await.expect("router answers");
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 22).await.expect("body");
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[tokio::test]
+async fn the_path_picks_the_page_and_other_paths_are_not_found() {
+    let server = TestServer::start().await;
+    let dag_id = server.start_run(gated_spec()).await;
+    let router = app(server.state.clone());
+
+    let (status, list) = page(router.clone(), "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(list.contains("data-testid=\"start-panel\""), "the run list");
+    assert!(list.contains(&format!("href=\"/dags/{dag_id}\"")), "the list links to the run's page");
+    assert!(!list.contains("data-testid=\"run-view\""));
+
+    let (status, run) = page(router.clone(), &format!("/dags/{dag_id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(run.contains("data-testid=\"run-view\"") && run.contains("<h1>gated</h1>"), "the run's page");
+    assert!(!run.contains("data-testid=\"start-panel\""));
+
+    let (status, missing_run) = page(router.clone(), "/dags/no-such-run").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(missing_run.contains("There is no such run."));
+
+    for path in ["/elsewhere", "/dags/", &format!("/dags/{dag_id}/more")] {
+        let (status, html) = page(router.clone(), path).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(html.contains("Page not found.") && !html.contains("data-testid=\"run-view\""), "{path}: {html}");
+    }
+}
+
 #[tokio::test]
 async fn rest_starts_lists_and_reads_runs() {
     let server = TestServer::start().await;

@@ -1,8 +1,8 @@
 //! The Leptos app, rendered on the server and hydrated in the browser: the run list (`/`), the
 //! run view (`/dags/{dag_id}`), the client store and the stream hook.
 //!
-//! Both pages are lazy routes: in the browser each one's code is a wasm file of its own, fetched
-//! with the page (the server preloads it) or on the first visit in the page.
+//! Each page is a document of its own ([`page`]): in the browser its code is a wasm file of its
+//! own, which the server names in `<head>` and the browser loads before it hydrates.
 //!
 //! Server functions have fixed endpoints (`/api/<name>`). The default URL ends in a hash of the
 //! crate's directory, so a server and a wasm built from two checkouts that share a target
@@ -14,6 +14,7 @@ mod history;
 mod json_text;
 pub mod layout;
 mod node_panel;
+pub mod page;
 mod run_page;
 pub mod runs_feed;
 mod runs_page;
@@ -23,8 +24,6 @@ pub mod stream;
 
 use leptos::prelude::*;
 use leptos_meta::{MetaTags, provide_meta_context};
-use leptos_router::components::{A, Route, Router, Routes};
-use leptos_router::{Lazy, SsrMode, path};
 
 use crate::protocol::{Role, RunSummary, SignedIn};
 
@@ -58,21 +57,12 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 pub fn App() -> impl IntoView {
     provide_context(SignedInUser(Resource::new(|| (), |_| current_user())));
     view! {
-        <Router>
-            <header class="topbar">
-                <A href="/" attr:class="brand">"dagstream"</A>
-                <span class="tagline">"control room"</span>
-                <SignedInAs/>
-            </header>
-            <main>
-                <Routes fallback=|| view! { <p class="empty">"Page not found."</p> }>
-                    // In order: the HTML is complete (no fallback to swap by script), so the page
-                    // reads right before, and without, any JS.
-                    <Route path=path!("/") view={Lazy::<runs_page::RunsRoute>::new()} ssr=SsrMode::InOrder/>
-                    <Route path=path!("/dags/:dag_id") view={Lazy::<run_page::RunRoute>::new()} ssr=SsrMode::InOrder/>
-                </Routes>
-            </main>
-        </Router>
+        <header class="topbar">
+            <a href="/" class="brand">"dagstream"</a>
+            <span class="tagline">"control room"</span>
+            <SignedInAs/>
+        </header>
+        <main>{page::Page::current().view()}</main>
     }
 }
 

@@ -2,8 +2,6 @@
 //! run controls and the connection indicator.
 
 use leptos::prelude::*;
-use leptos_router::hooks::use_params_map;
-use leptos_router::{LazyRoute, lazy_route};
 
 use super::clock::{format_elapsed, parse_ms, use_now};
 use super::get_run;
@@ -15,26 +13,17 @@ use super::store::{GateCard, NodeSignal, RunHead, RunStore};
 use super::stream::{Connection, DagStream, use_dag_stream};
 use crate::protocol::{ClientEvent, Decision, GateDecisionRecord, NodeStatus, Role, RunPhase};
 
-/// The run view's route. Its code is split out of the main wasm and loaded while the page that
-/// uses it hydrates (`cargo leptos build --split`); the runs page does not download it.
-pub struct RunRoute;
-
-#[lazy_route]
-impl LazyRoute for RunRoute {
-    fn data() -> Self {
-        RunRoute
-    }
-
-    fn view(_this: Self) -> AnyView {
-        view! { <RunPage/> }.into_any()
-    }
+/// The run view of `dag_id`. Its code is split out of the main wasm (`cargo leptos build
+/// --split`) and loaded before the page hydrates (see [`super::page`]); the run list does not
+/// download it.
+#[lazy]
+pub fn run_page(dag_id: String) -> AnyView {
+    view! { <RunPage dag_id/> }.into_any()
 }
 
 #[component]
-fn RunPage() -> impl IntoView {
-    let params = use_params_map();
-    let dag_id = move || params.read().get("dag_id").unwrap_or_default();
-    let run = Resource::new(dag_id, get_run);
+fn RunPage(dag_id: String) -> impl IntoView {
+    let run = Resource::new(move || dag_id.clone(), get_run);
     let user = expect_context::<super::SignedInUser>();
     view! {
         <Suspense fallback=|| view! { <p class="empty">"Loading run…"</p> }>

@@ -4,8 +4,6 @@
 
 use leptos::form::ActionForm;
 use leptos::prelude::*;
-use leptos_router::components::A;
-use leptos_router::{LazyRoute, lazy_route};
 
 use super::clock::{format_elapsed, parse_ms, use_now};
 use super::runs_feed::use_runs_feed;
@@ -30,19 +28,11 @@ pub async fn start_spec(text: String, format: String) -> Result<String, ServerFn
     Ok(dag_id)
 }
 
-/// The run list's route. Its code is split out of the main wasm and loaded while the page that
-/// uses it hydrates (`cargo leptos build --split`); the run view does not download it.
-pub struct RunsRoute;
-
-#[lazy_route]
-impl LazyRoute for RunsRoute {
-    fn data() -> Self {
-        RunsRoute
-    }
-
-    fn view(_this: Self) -> AnyView {
-        view! { <RunsPage/> }.into_any()
-    }
+/// The run list. Its code is split out of the main wasm (`cargo leptos build --split`) and
+/// loaded before the page hydrates (see [`super::page`]); the run view does not download it.
+#[lazy]
+pub fn runs_page() -> AnyView {
+    view! { <RunsPage/> }.into_any()
 }
 
 #[component]
@@ -216,7 +206,7 @@ fn RunRow(run: RunSummary, now: ReadSignal<f64>) -> impl IntoView {
     view! {
         <tr data-testid="run-row" data-dag-id=run.dag_id.clone() data-state=run.state.as_str()>
             <td>
-                <A href=href>{run.name.clone()}</A>
+                <a href=href>{run.name.clone()}</a>
                 <span class="muted mono">" " {run.dag_id.clone()}</span>
             </td>
             <td>

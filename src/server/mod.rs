@@ -17,8 +17,8 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::routing::{get, post};
-use leptos::prelude::LeptosOptions;
-use leptos_axum::{LeptosRoutes, generate_route_list};
+use leptos::prelude::{LeptosOptions, provide_context};
+use leptos_axum::LeptosRoutes;
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tower::ServiceBuilder;
@@ -32,7 +32,7 @@ pub use auth::{Auth, AuthSettings, Identity};
 pub use error::AppError;
 pub use stream::StreamConfig;
 
-use crate::app::{App, shell};
+use crate::app::shell;
 use crate::runs::Runs;
 
 /// What every handler, page and server function can reach.
@@ -67,8 +67,20 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The whole application as a router; tests serve it on port 0.
 pub fn app(state: AppState) -> Router {
-    let routes = generate_route_list(App);
     let options = state.leptos_options.clone();
+    // The pages, rendered in order: the HTML is complete (no fallback swapped in by script), so a
+    // page reads right before, and without, any JS. The app picks the page from the path
+    // (`app::page`); any other path gets the not-found page from the fallback, with a 404.
+    let page = leptos_axum::render_app_to_stream_in_order_with_context(
+        {
+            let state = state.clone();
+            move || provide_context(state.clone())
+        },
+        {
+            let options = options.clone();
+            move || shell(options.clone())
+        },
+    );
     let site_pkg_dir = std::path::Path::new(&*options.site_root).join(&*options.site_pkg_dir);
     Router::new()
         .route("/healthz", get(api::health))
@@ -82,8 +94,11 @@ pub fn app(state: AppState) -> Router {
         .route("/api/dags/{dag_id}/stream", get(stream::handler))
         .route("/api/dags/{dag_id}/engine", get(engine_socket::handler))
         .route("/api/runs/stream", get(runs_feed::handler))
+        .route("/", get(page.clone()))
+        .route("/dags/{dag_id}", get(page))
         .nest_service("/pkg", site_files(site_pkg_dir))
-        .leptos_routes(&state, routes, move || shell(options.clone()))
+        // No Leptos routes (the app has no router): this registers the server functions.
+        .leptos_routes(&state, Vec::new(), move || shell(options.clone()))
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .layer(axum::middleware::from_fn_with_state(state.clone(), login::require_login))
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -1,0 +1,110 @@
+//! Which page a path shows, and each page's code as a split point of its own.
+//!
+//! The dashboard has two pages, and each is a plain document: the server renders the one the
+//! address names, the browser hydrates it, and a link to the other page loads that page. There is
+//! no client-side router: its code was about a quarter of the shared wasm, for switching between
+//! two pages that the server renders in a few milliseconds.
+//!
+//! Each page's view is a `#[lazy]` function, so `cargo leptos build --split` puts its code in a
+//! wasm file of its own. The server names that file in `<head>` (a preload link) while it renders
+//! the page, and the browser loads it before hydrating ([`load_code`]), so the page hydrates in one
+//! pass with the code at hand.
+
+use leptos::prelude::*;
+
+/// A page of the dashboard, as its address names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Page {
+    /// `/`: every run, and the ways to start one.
+    Runs,
+    /// `/dags/{dag_id}`: one run's control room.
+    Run { dag_id: String },
+    /// Any other address.
+    NotFound,
+}
+
+impl Page {
+    /// The page `path` (an address's path, without query or fragment) names. A run id is
+    /// percent-decoded, as the server's routes decode it.
+    pub fn from_path(path: &str) -> Page {
+        if path == "/" {
+            return Page::Runs;
+        }
+        match path.strip_prefix("/dags/") {
+            Some(segment) if !segment.is_empty() && !segment.contains('/') => {
+                match percent_encoding::percent_decode_str(segment).decode_utf8() {
+                    Ok(dag_id) => Page::Run { dag_id: dag_id.into_owned() },
+                    Err(_) => Page::NotFound,
+                }
+            }
+            Some(_) | None => Page::NotFound,
+        }
+    }
+
+    /// The page being rendered: on the server, the request's; in the browser, the document's.
+    pub fn current() -> Page {
+        Page::from_path(&current_path())
+    }
+
+    /// The page's view. Its code arrives with [`load_code`] first, so in the browser this is ready
+    /// at once and hydrates in the same pass as the rest of the page.
+    pub fn view(self) -> impl IntoView {
+        Suspend::new(async move {
+            match self {
+                Page::Runs => super::runs_page::runs_page().await,
+                Page::Run { dag_id } => super::run_page::run_page(dag_id).await,
+                Page::NotFound => view! { <p class="empty">"Page not found."</p> }.into_any(),
+            }
+        })
+    }
+}
+
+/// The path of the request being rendered (the login middleware lets only page requests through
+/// to rendering, each with its parts in context).
+#[cfg(feature = "ssr")]
+fn current_path() -> String {
+    use_context::<axum::http::request::Parts>().map(|parts| parts.uri.path().to_owned()).unwrap_or_default()
+}
+
+/// The path of the document's address.
+#[cfg(not(feature = "ssr"))]
+fn current_path() -> String {
+    window().location().pathname().unwrap_or_default()
+}
+
+/// Fetches and instantiates the current page's split wasm file (the one its preload link named,
+/// so usually already downloaded). Loading a split file that fails to arrive stops the wasm, as a
+/// lazy route did.
+#[cfg(feature = "hydrate")]
+pub async fn load_code() {
+    // `#[lazy]` generates `__preload_<name>` next to each split function: it loads the file
+    // without calling the function (leptos_router's lazy routes call it the same way).
+    match Page::current() {
+        Page::Runs => super::runs_page::__preload_runs_page().await,
+        Page::Run { .. } => super::run_page::__preload_run_page().await,
+        Page::NotFound => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Page;
+
+    #[test]
+    fn the_root_is_the_run_list() {
+        assert_eq!(Page::from_path("/"), Page::Runs);
+    }
+
+    #[test]
+    fn a_run_address_names_its_run_percent_decoded() {
+        assert_eq!(Page::from_path("/dags/abc123"), Page::Run { dag_id: "abc123".into() });
+        assert_eq!(Page::from_path("/dags/nightly%20build"), Page::Run { dag_id: "nightly build".into() });
+    }
+
+    #[test]
+    fn other_addresses_are_not_found() {
+        for path in ["", "/dags", "/dags/", "/dags/a/b", "/runs", "//", "/dags/%FF", "/favicon"] {
+            assert_eq!(Page::from_path(path), Page::NotFound, "{path:?}");
+        }
+    }
+}
