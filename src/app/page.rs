@@ -2,7 +2,7 @@
 //!
 //! The dashboard has two pages, and each is a plain document: the server renders the one the
 //! address names, the browser hydrates it, and a link to the other page loads that page. There is
-//! no client-side router: its code was about a quarter of the shared wasm, for switching between
+//! no client-side router: its code was about a third of the shared wasm, for switching between
 //! two pages that the server renders in a few milliseconds.
 //!
 //! Each page's view is a `#[lazy]` function, so `cargo leptos build --split` puts its code in a
