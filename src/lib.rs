@@ -59,6 +59,8 @@ pub fn hydrate() {
     console_error_panic_hook::set_once();
     wasm_bindgen_futures::spawn_local(async {
         app::page::load_code().await;
-        leptos::mount::hydrate_body(app::App);
+        // A task of its own: the split file's load resolves in a microtask, which would otherwise
+        // run the hydration in the task that instantiated the main module.
+        leptos::prelude::set_timeout(|| leptos::mount::hydrate_body(app::App), std::time::Duration::ZERO);
     });
 }
