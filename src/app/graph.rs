@@ -96,17 +96,30 @@ pub fn Graph(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoVi
             }
             return;
         }
+        let draw_next_batch = move || {
+            request_animation_frame(move || {
+                if now == 0 {
+                    fit();
+                }
+                drawn.set((now + DRAW_BATCH).min(total))
+            })
+        };
         if now == 0 {
-            // Lay the graph out now, in the task that brought the nodes, so the first frame only
-            // fits the view and draws the first batch.
-            laid.with_untracked(|_| ());
+            // Lay the graph out in a task of its own, after the one that brought the nodes (a
+            // large run's snapshot) and before the first frame, which then only fits the view
+            // and draws the first batch.
+            set_timeout(
+                move || {
+                    // `None`: the graph was taken off the page meanwhile.
+                    if laid.try_with_untracked(|_| ()).is_some() {
+                        draw_next_batch();
+                    }
+                },
+                std::time::Duration::ZERO,
+            );
+        } else {
+            draw_next_batch();
         }
-        request_animation_frame(move || {
-            if now == 0 {
-                fit();
-            }
-            drawn.set((now + DRAW_BATCH).min(total))
-        });
     });
     // Dragging: where the pointer went down, and the view then. `moved` tells a drag from a click.
     let drag: StoredValue<Option<(f64, f64, View)>> = StoredValue::new(None);
