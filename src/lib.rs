@@ -49,8 +49,8 @@ pub mod terminal;
 /// Entry point of the WebAssembly build: hydrates the server-rendered page.
 ///
 /// The page's own code is a split wasm file ([`app::page`]); it is loaded first, then the page
-/// hydrates in one pass, in a task of its own rather than the one that compiled and instantiated
-/// the main module, so neither blocks the page for long.
+/// hydrates ([`app::hydrate`]) in tasks of its own rather than the one that compiled and
+/// instantiated the main module, so none blocks the page for long.
 #[cfg(feature = "hydrate")]
 #[wasm_bindgen::prelude::wasm_bindgen]
 pub fn hydrate() {
@@ -62,7 +62,7 @@ pub fn hydrate() {
         app::page::load_code().await;
         // A task of its own: the split file's load resolves in a microtask, which would otherwise
         // run the hydration in the task that instantiated the main module.
-        leptos::prelude::set_timeout(|| leptos::mount::hydrate_body(app::App), std::time::Duration::ZERO);
+        leptos::prelude::set_timeout(app::hydrate, std::time::Duration::ZERO);
     });
 }
 

@@ -64,9 +64,9 @@ pub fn Graph(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoVi
         next
     });
     let view = RwSignal::new(View { x: FIT_MARGIN, y: FIT_MARGIN, scale: 1.0 });
-    // How many nodes are drawn. The drawing is built in the browser after hydration, a batch per
-    // frame, so a large graph never blocks the page for long (the node list below is the
-    // server-rendered view of the same nodes).
+    // How many nodes are drawn. The graph is built in the browser after hydration (the run view
+    // puts it after the first frame), and its drawing a batch per frame, so a large graph never
+    // blocks the page for long (the node list below is the server-rendered view of the nodes).
     let drawn = RwSignal::new(0usize);
     let visible = move || {
         let limit = drawn.get();

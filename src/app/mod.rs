@@ -53,17 +53,77 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
     }
 }
 
+/// The page: the top bar, then the page its address names. The browser hydrates the two parts
+/// one after the other ([`hydrate`]), so the parts here and there must stay these two.
 #[component]
 pub fn App() -> impl IntoView {
-    provide_context(SignedInUser(Resource::new(|| (), |_| current_user())));
+    provide_signed_in_user();
     view! {
-        <header class="topbar">
-            <a href="/" class="brand">"dagstream"</a>
-            <span class="tagline">"control room"</span>
-            <SignedInAs/>
-        </header>
-        <main>{page::Page::current().view()}</main>
+        <header class="topbar"><TopBar/></header>
+        <main><PageView/></main>
     }
+}
+
+/// Loads who is signed in, for the top bar and the page. Called first, by the server and the
+/// browser alike: serialized resources are matched up by the order they are created in.
+fn provide_signed_in_user() {
+    provide_context(SignedInUser(Resource::new(|| (), |_| current_user())));
+}
+
+/// The top bar's contents.
+#[component]
+fn TopBar() -> impl IntoView {
+    view! {
+        <a href="/" class="brand">"dagstream"</a>
+        <span class="tagline">"control room"</span>
+        <SignedInAs/>
+    }
+}
+
+/// The contents of `<main>`: the page the address names.
+#[component]
+fn PageView() -> impl IntoView {
+    page::Page::current().view()
+}
+
+/// Hydrates the server-rendered [`App`] in two tasks: the top bar in this one, the page in the
+/// next. Both parts share one reactive root and its hydration context, as one pass would; the
+/// split keeps each task short while V8 compiles the wasm functions each part runs for the first
+/// time (hydrating a run view in one pass took 20-55 ms, most of it that compiling).
+#[cfg(feature = "hydrate")]
+pub fn hydrate() {
+    use std::sync::Arc;
+
+    use hydration_context::HydrateSharedContext;
+    use leptos::tachys::hydration::Cursor;
+    use leptos::tachys::view::{PositionState, RenderHtml};
+
+    let parts = ["body > header.topbar", "body > main"].map(|selector| document().query_selector(selector));
+    let [Ok(Some(top_bar)), Ok(Some(main))] = parts else {
+        leptos::logging::error!("dagstream: the page has no top bar or no <main>: it stays as the server sent it");
+        return;
+    };
+    // Effects and resources run on Leptos's executor. An `Err` only says it was started before.
+    _ = any_spawner::Executor::init_wasm_bindgen();
+    let owner = Owner::new_root(Some(Arc::new(HydrateSharedContext::new())));
+    owner.with(|| {
+        provide_signed_in_user();
+        // The views hydrated here live as long as the page: their state is never dropped.
+        std::mem::forget(view! { <TopBar/> }.hydrate::<true>(&Cursor::new(top_bar), &PositionState::default()));
+    });
+    set_timeout(
+        move || {
+            owner.with(|| {
+                std::mem::forget(view! { <PageView/> }.hydrate::<true>(&Cursor::new(main), &PositionState::default()));
+                if let Some(context) = Owner::current_shared_context() {
+                    context.hydration_complete();
+                }
+            });
+            // The root lives as long as the page.
+            std::mem::forget(owner);
+        },
+        std::time::Duration::ZERO,
+    );
 }
 
 /// The signed-in user, loaded once per page load and shared by the header and the pages.

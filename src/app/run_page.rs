@@ -72,7 +72,12 @@ fn RunView(head: RunHead, may_steer: bool) -> impl IntoView {
             <Notices store stream/>
             <GateCards store stream may_steer/>
             <div class="graph-row" class:with-panel=move || selected.with(Option::is_some)>
-                <Graph store selected/>
+                // The graph is drawn in the browser only (the server cannot know the screen), so
+                // the page carries its empty frame and the browser builds it after hydrating:
+                // about half of the hydration's work was the graph's code starting up.
+                <AfterFirstFrame placeholder=|| view! { <section class="graph" data-testid="graph-placeholder"></section> }>
+                    <Graph store selected/>
+                </AfterFirstFrame>
                 <NodePanel store selected/>
             </div>
             {if server_rendered_list {
@@ -92,16 +97,17 @@ fn RunView(head: RunHead, may_steer: bool) -> impl IntoView {
 }
 
 /// Renders its children in the browser after the first frame that follows hydration (the server
-/// sends nothing for them). The history panels, and a large run's node list, are built then, so
-/// hydrating a large run stays a short task; they sit below the fold on a laptop screen.
+/// sends only the `placeholder`, nothing by default). The graph, the history panels and a large
+/// run's node list are built then, each in a task of its own, so hydrating stays a short task;
+/// the panels sit below the fold on a laptop screen, the graph's placeholder has its size.
 #[component]
-fn AfterFirstFrame(children: ChildrenFn) -> impl IntoView {
+fn AfterFirstFrame(children: ChildrenFn, #[prop(optional, into)] placeholder: ViewFn) -> impl IntoView {
     let ready = RwSignal::new(false);
     // After the next frame, in a task of its own (a timeout), not in that frame's callbacks.
     Effect::new(move |_| {
         request_animation_frame(move || set_timeout(move || ready.set(true), std::time::Duration::ZERO))
     });
-    view! { <Show when=move || ready.get()>{children()}</Show> }
+    view! { <Show when=move || ready.get() fallback=placeholder>{children()}</Show> }
 }
 
 #[component]
