@@ -96,6 +96,20 @@ pub fn use_dag_stream(dag_id: String, store: RunStore) -> DagStream {
     DagStream { connection: connection.into(), notice, outbox }
 }
 
+/// A snapshot of a one-node run with every field set, read once while the page waits for the real
+/// one ([`browser`] does it right after hydration). The browser compiles each wasm function on its
+/// first call; the snapshot reader is about 80 large functions, compiled in the task that reads a
+/// large run's first snapshot (up to half of it) unless something read one before.
+#[cfg(any(feature = "hydrate", test))]
+const WARM_UP_SNAPSHOT: &str = r#"{"type":"snapshot","seq":2,"run":{"dag_id":"warm-up","name":"warm-up","seq":2,
+"state":"running","started_at":"2026-01-01T00:00:00Z","nodes":{"a":{"id":"a","label":"A","kind":"gate","needs":["b"],
+"status":"waiting","output":{"k":[1,-2,3.5,"s",true,null]},"metrics":{"duration_ms":1,"cost":0.5,"tokens_in":1,
+"tokens_out":2,"attempt":1,"started_at":"2026-01-01T00:00:00Z","finished_at":"2026-01-01T00:00:01Z"},
+"gate":{"title":"t","prompt":"p","options":["approve","reject","modify"],"context":{"c":1},"cost_so_far":0.5,
+"timeout_at":"2026-01-01T00:01:00Z"},"active_inputs":["b"],"log_tail":[{"stream":"stdout","line":"l"}]}},
+"cost":{"spent":0.5,"budget":1.0,"remaining":0.5},"decisions":[{"seq":1,"node_id":"a","decision":"modify",
+"feedback":"f","decided_by":"d","decided_at":"2026-01-01T00:00:01Z"}],"errors":[{"seq":1,"node_id":"a","message":"m"}]}}"#;
+
 #[cfg(feature = "hydrate")]
 mod browser {
     //! The browser side of the hook: a `web_sys::WebSocket` and its reconnect loop.
@@ -191,6 +205,8 @@ mod browser {
             }
         })));
         connect(&link);
+        // In a task of its own, before the first snapshot arrives (see `WARM_UP_SNAPSHOT`).
+        set_timeout(|| drop(serde_json::from_str::<ServerEvent>(super::WARM_UP_SNAPSHOT)), Duration::ZERO);
         let offline = {
             let weak = SendWrapper::new(Rc::downgrade(&link));
             window_event_listener(leptos::ev::offline, move |_| {
@@ -378,7 +394,18 @@ mod browser {
 
 #[cfg(test)]
 mod tests {
-    use super::backoff_delay_ms;
+    use super::{WARM_UP_SNAPSHOT, backoff_delay_ms};
+    use crate::protocol::{ServerEvent, ServerEventBody};
+
+    #[test]
+    fn the_warm_up_snapshot_is_a_snapshot_with_every_field_of_a_node_set() {
+        let event: ServerEvent = serde_json::from_str(WARM_UP_SNAPSHOT).expect("the warm-up text is a server event");
+        let ServerEventBody::Snapshot { run } = event.body else { panic!("not a snapshot: {event:?}") };
+        let node = &run.nodes["a"];
+        assert!(node.output.is_some() && node.gate.is_some() && node.metrics.finished_at.is_some());
+        assert!(!node.needs.is_empty() && !node.active_inputs.is_empty() && !node.log_tail.is_empty());
+        assert!(!run.decisions.is_empty() && !run.errors.is_empty() && run.cost.budget > 0.0);
+    }
 
     #[test]
     fn backoff_doubles_from_one_second_and_caps_at_thirty() {
