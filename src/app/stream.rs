@@ -96,10 +96,11 @@ pub fn use_dag_stream(dag_id: String, store: RunStore) -> DagStream {
     DagStream { connection: connection.into(), notice, outbox }
 }
 
-/// A snapshot of a one-node run with every field set, read once while the page waits for the real
-/// one ([`browser`] does it right after hydration). The browser compiles each wasm function on its
-/// first call; the snapshot reader is about 80 large functions, compiled in the task that reads a
-/// large run's first snapshot (up to half of it) unless something read one before.
+/// A snapshot of a one-node run with every field set, read and applied once while the page waits
+/// for the real one ([`browser`] does it right after hydration). The browser compiles each wasm
+/// function on its first call; reading and applying a snapshot runs a few hundred functions for the
+/// first time, compiled in the tasks that handle a large run's first snapshot (up to half of each)
+/// unless something ran them before.
 #[cfg(any(feature = "hydrate", test))]
 const WARM_UP_SNAPSHOT: &str = r#"{"type":"snapshot","seq":2,"run":{"dag_id":"warm-up","name":"warm-up","seq":2,
 "state":"running","started_at":"2026-01-01T00:00:00Z","nodes":{"a":{"id":"a","label":"A","kind":"gate","needs":["b"],
@@ -128,7 +129,7 @@ mod browser {
 
     use super::{Connection, backoff_delay_ms};
     use crate::app::store::RunStore;
-    use crate::protocol::{Applied, ServerEvent, ServerEventBody};
+    use crate::protocol::{Applied, RunState, ServerEvent, ServerEventBody};
 
     /// Close code the client uses when it saw a gap and reconnects to resync.
     const CLOSE_RESYNC: u16 = 4000;
@@ -205,8 +206,8 @@ mod browser {
             }
         })));
         connect(&link);
-        // In a task of its own, before the first snapshot arrives (see `WARM_UP_SNAPSHOT`).
-        set_timeout(|| drop(serde_json::from_str::<ServerEvent>(super::WARM_UP_SNAPSHOT)), Duration::ZERO);
+        // In a task of its own, before the first snapshot arrives.
+        set_timeout(warm_up, Duration::ZERO);
         let offline = {
             let weak = SendWrapper::new(Rc::downgrade(&link));
             window_event_listener(leptos::ev::offline, move |_| {
@@ -243,6 +244,19 @@ mod browser {
             }
             link.socket.borrow_mut().take();
         });
+    }
+
+    /// Reads [`super::WARM_UP_SNAPSHOT`] and applies it to a store of its own, which nothing
+    /// shows and which is dropped at once: the functions that read and apply a snapshot are then
+    /// compiled before the run's first snapshot arrives.
+    fn warm_up() {
+        let Ok(event) = serde_json::from_str::<ServerEvent>(super::WARM_UP_SNAPSHOT) else { return };
+        let owner = Owner::new();
+        owner.with(|| {
+            let store = RunStore::new(RunState::new("warm-up", "warm-up", "", 0.0, []));
+            store.apply_owned(event);
+        });
+        owner.cleanup();
     }
 
     fn connect(link: &Rc<Link>) {
