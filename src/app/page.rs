@@ -7,8 +7,8 @@
 //!
 //! Each page's view is a `#[lazy]` function, so `cargo leptos build --split` puts its code in a
 //! wasm file of its own. The server names that file in `<head>` (a preload link) while it renders
-//! the page, and the browser loads it before hydrating ([`load_code`]), so the page hydrates in one
-//! pass with the code at hand.
+//! the page, and the browser loads it before hydrating ([`load_code`]), so the page's view is at
+//! hand, with nothing to wait for, when hydration reaches it.
 
 use leptos::prelude::*;
 
@@ -47,7 +47,7 @@ impl Page {
     }
 
     /// The page's view. Its code arrives with [`load_code`] first, so in the browser this is ready
-    /// at once and hydrates in the same pass as the rest of the page.
+    /// at once and hydrates synchronously, as the server rendered it.
     pub fn view(self) -> impl IntoView {
         Suspend::new(async move {
             match self {
@@ -59,8 +59,8 @@ impl Page {
     }
 }
 
-/// The path of the request being rendered (the login middleware lets only page requests through
-/// to rendering, each with its parts in context).
+/// The path of the request being rendered (leptos_axum puts the request's parts in context while
+/// it renders a page).
 #[cfg(feature = "ssr")]
 fn current_path() -> String {
     use_context::<axum::http::request::Parts>().map(|parts| parts.uri.path().to_owned()).unwrap_or_default()

@@ -68,6 +68,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The whole application as a router; tests serve it on port 0.
 pub fn app(state: AppState) -> Router {
     let options = state.leptos_options.clone();
+    let site_shell = {
+        let options = options.clone();
+        move || shell(options.clone())
+    };
     // The pages, rendered in order: the HTML is complete (no fallback swapped in by script), so a
     // page reads right before, and without, any JS. The app picks the page from the path
     // (`app::page`); any other path gets the not-found page from the fallback, with a 404.
@@ -76,10 +80,7 @@ pub fn app(state: AppState) -> Router {
             let state = state.clone();
             move || provide_context(state.clone())
         },
-        {
-            let options = options.clone();
-            move || shell(options.clone())
-        },
+        site_shell.clone(),
     );
     let site_pkg_dir = std::path::Path::new(&*options.site_root).join(&*options.site_pkg_dir);
     Router::new()
@@ -98,7 +99,7 @@ pub fn app(state: AppState) -> Router {
         .route("/dags/{dag_id}", get(page))
         .nest_service("/pkg", site_files(site_pkg_dir))
         // No Leptos routes (the app has no router): this registers the server functions.
-        .leptos_routes(&state, Vec::new(), move || shell(options.clone()))
+        .leptos_routes(&state, Vec::new(), site_shell)
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .layer(axum::middleware::from_fn_with_state(state.clone(), login::require_login))
         .layer(DefaultBodyLimit::max(MAX_BODY))
