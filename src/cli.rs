@@ -50,8 +50,13 @@ enum Command {
         #[arg(long, default_value = "./data")]
         data: PathBuf,
     },
-    /// Print the JSON Schema of spec files.
-    Schema,
+    /// Print the JSON Schema of spec files (`schema/dag-spec.schema.json`), or with `--protocol`
+    /// of the WebSocket messages (`schema/protocol.schema.json`, described in docs/protocol.md).
+    Schema {
+        /// The wire protocol's schema instead of the spec's.
+        #[arg(long)]
+        protocol: bool,
+    },
     /// Manage the users of `serve --users FILE`.
     #[command(subcommand)]
     User(UserCommand),
@@ -179,7 +184,11 @@ pub async fn main() -> ExitCode {
     let default_filter = match cli.command {
         Some(Command::Serve(_)) | None => "info,tower_http=warn",
         Some(
-            Command::Validate { .. } | Command::Run { .. } | Command::Schema | Command::Bench(_) | Command::User(_),
+            Command::Validate { .. }
+            | Command::Run { .. }
+            | Command::Schema { .. }
+            | Command::Bench(_)
+            | Command::User(_),
         ) => "warn",
     };
     tracing_subscriber::fmt()
@@ -201,8 +210,12 @@ pub async fn main() -> ExitCode {
             let options = crate::terminal::RunOptions { approve_all, work_root: data.join("runs") };
             return crate::terminal::run(spec, options).await;
         }
-        Some(Command::Schema) => {
+        Some(Command::Schema { protocol: false }) => {
             print!("{}", crate::engine::spec::json_schema());
+            Ok(())
+        }
+        Some(Command::Schema { protocol: true }) => {
+            print!("{}", crate::protocol::json_schema());
             Ok(())
         }
         Some(Command::User(UserCommand::Add { name, role, users })) => add_user(&users, &name, role),

@@ -285,3 +285,143 @@ fn the_fanout_bench_delivers_every_event_to_every_client_with_and_without_a_serv
         assert_eq!(report.contains("KiB per connection"), !floor, "memory is measured only with a server: {report}");
     }
 }
+
+/// A WebSocket client on a plain TCP socket, frame by frame, so a test controls what is in
+/// flight when the server closes (a library client reads and writes in its own order).
+mod plain {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    /// Opens `path` with a hand-written upgrade as the admin; answers the socket after the 101.
+    pub fn connect(addr: &str, path: &str) -> TcpStream {
+        let mut socket = TcpStream::connect(addr).expect("connect");
+        socket.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+        socket.set_write_timeout(Some(Duration::from_secs(10))).expect("write timeout");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Authorization: Bearer {}\r\n\r\n",
+            super::common::TOKEN
+        );
+        socket.write_all(request.as_bytes()).expect("send the upgrade");
+        let mut head = Vec::new();
+        let mut byte = [0u8];
+        while !head.ends_with(b"\r\n\r\n") {
+            socket.read_exact(&mut byte).expect("read the upgrade's answer");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "upgraded: {head}");
+        socket
+    }
+
+    /// A masked client frame: `opcode`, final, with `payload`.
+    pub fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![0x80 | opcode];
+        match payload.len() {
+            len @ 0..=125 => bytes.push(0x80 | len as u8),
+            len @ 126..=0xFFFF => {
+                bytes.push(0x80 | 126);
+                bytes.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            len => {
+                bytes.push(0x80 | 127);
+                bytes.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        bytes.extend_from_slice(&mask);
+        bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        bytes
+    }
+
+    /// Reads server frames until a close frame: its code; `None` if the connection ended (or
+    /// was reset) without one.
+    pub fn close_code(socket: &mut TcpStream) -> Option<u16> {
+        loop {
+            let mut head = [0u8; 2];
+            socket.read_exact(&mut head).ok()?;
+            let len = match head[1] & 0x7f {
+                126 => {
+                    let mut len = [0u8; 2];
+                    socket.read_exact(&mut len).ok()?;
+                    u64::from(u16::from_be_bytes(len))
+                }
+                127 => {
+                    let mut len = [0u8; 8];
+                    socket.read_exact(&mut len).ok()?;
+                    u64::from_be_bytes(len)
+                }
+                len => u64::from(len),
+            };
+            let mut payload = vec![0u8; usize::try_from(len).ok()?];
+            socket.read_exact(&mut payload).ok()?;
+            if head[0] & 0x0f == 0x8 {
+                return payload.get(..2).map(|code| u16::from_be_bytes([code[0], code[1]]));
+            }
+        }
+    }
+}
+
+/// A message over 64 KiB is answered with a 1009 close frame that reaches the client every
+/// time: whether the client then waits, keeps sending, or sent a frame too big to be read at
+/// all. Against the real binary, 50 times in a row.
+#[test]
+fn an_oversized_message_is_closed_with_1009_every_time() {
+    let site = stub_site("site-1009");
+    let served = Served::start(&site, &temp_dir("data-1009"));
+    let dag_id = dag_id_of(&http_post(&served.addr, "/api/dags?example=demo"));
+    let path = format!("/api/dags/{dag_id}/stream");
+    let oversized = plain::frame(0x1, &vec![b'x'; 65_537]);
+    // Joined at the end: a sender blocked on a full socket ends when the server drops it.
+    let mut senders = Vec::new();
+    for attempt in 0..50 {
+        let mut socket = plain::connect(&served.addr, &path);
+        let mut writer = socket.try_clone().expect("a second handle");
+        let still_sending = match attempt % 3 {
+            // Sends the message, then waits for the answer.
+            0 => {
+                writer.write_all(&oversized).expect("send the message");
+                None
+            }
+            // Keeps sending (more big messages, then small ones) while the server closes.
+            1 => {
+                let oversized = oversized.clone();
+                Some(std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        if writer.write_all(&oversized).is_err() {
+                            return;
+                        }
+                    }
+                    for _ in 0..2_000 {
+                        if writer.write_all(&plain::frame(0x1, br#"{"type":"pause_execution"}"#)).is_err() {
+                            return;
+                        }
+                    }
+                }))
+            }
+            // A frame that says it is 8 MiB, too big to be read at all, still arriving.
+            _ => Some(std::thread::spawn(move || {
+                let mut header = plain::frame(0x1, &[]);
+                header[1] = 0x80 | 127;
+                header.splice(2..2, (8u64 << 20).to_be_bytes());
+                if writer.write_all(&header).is_err() {
+                    return;
+                }
+                let chunk = vec![b'y'; 64 * 1024];
+                for _ in 0..128 {
+                    if writer.write_all(&chunk).is_err() {
+                        return;
+                    }
+                }
+            })),
+        };
+        let code = plain::close_code(&mut socket);
+        assert_eq!(code, Some(1009), "attempt {attempt} (case {}): the close frame arrives", attempt % 3);
+        senders.extend(still_sending);
+    }
+    for sender in senders {
+        sender.join().expect("the sending thread ends");
+    }
+}

@@ -1,4 +1,5 @@
-//! The wire contract between the server, the dashboard and external tools (`PROTOCOL.md`).
+//! The wire contract between the server, the dashboard and external tools: `docs/protocol.md`
+//! describes it, `schema/protocol.schema.json` is its JSON Schema ([`json_schema`]).
 //!
 //! Compiled for both targets. [`ServerEvent`] and [`ClientEvent`] keep exactly the JSON shapes of
 //! the seed's TypeScript types; everything dagstream adds (`seq`, `snapshot`, `run_state`,
@@ -19,6 +20,7 @@ pub type Seq = u64;
 
 /// Where a node is in its life. Terminal: `completed`, `failed`, `skipped`, `cancelled`.
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NodeStatus {
     Pending,
@@ -52,6 +54,7 @@ impl NodeStatus {
 
 /// Figures of one node; every field is optional and a `node_state` carries only what it knows.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 pub struct NodeMetrics {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
@@ -91,6 +94,7 @@ impl NodeMetrics {
 
 /// What a node does; decides how the engine runs it and how the dashboard draws it.
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NodeKind {
     /// Waits for a duration and reports a cost: demos, tests, modelled LLM calls.
@@ -112,6 +116,7 @@ wire_names!(NodeKind {
 
 /// A node as the graph knows it: identity and presentation, no run-time state.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 pub struct GraphNode {
     pub id: String,
     pub label: String,
@@ -120,6 +125,7 @@ pub struct GraphNode {
 
 /// A change to the shape of the DAG while it runs. Read by `wire.rs` (see [`ServerEventBody`]).
 #[derive(Serialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum DagMutation {
     /// A new node that depends on every node in `after`.
@@ -165,6 +171,7 @@ wire_names!(Decision {
 
 /// What a gate card shows while the gate waits.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 pub struct GatePresentation {
     pub title: String,
     pub prompt: String,
@@ -180,6 +187,7 @@ pub struct GatePresentation {
 
 /// The state of a run as a whole.
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RunPhase {
     Running,
@@ -211,6 +219,7 @@ impl RunPhase {
 
 /// Which output stream a `node_log` line came from.
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum LogStream {
     Stdout,
@@ -224,6 +233,7 @@ wire_names!(LogStream {
 
 /// Spend of a run; `remaining` is `budget - spent` and may go below zero.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 pub struct Cost {
     pub spent: f64,
     pub budget: f64,
@@ -232,6 +242,7 @@ pub struct Cost {
 
 /// One message from the server: the run's sequence number and what happened.
 #[derive(Serialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 pub struct ServerEvent {
     /// Position in the run's event log. A private reply to one client (an `error` about its own
     /// message) carries the `seq` of the last event that client was sent, so it never looks like
@@ -246,7 +257,10 @@ pub struct ServerEvent {
 /// Serialized by serde's derive, read by `wire.rs`: a new variant or field needs a line there
 /// too, and a literal in the protocol tests (which read every literal back).
 #[derive(Serialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
+// On its own (without `seq`) it is what an external engine sends.
+#[cfg_attr(feature = "ssr", schemars(rename = "EngineEvent"))]
 pub enum ServerEventBody {
     NodeState {
         node_id: String,
@@ -311,6 +325,7 @@ pub enum ServerEventBody {
 
 /// One message from a client.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientEvent {
     HumanDecision {
@@ -330,6 +345,7 @@ pub const CLOSE_CODE_TOO_SLOW: u16 = 4008;
 /// A message of the run list feed (`GET /api/runs/stream`, WebSocket): the whole list when a
 /// client connects (or fell behind), then each run whose line changed.
 #[derive(Serialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RunsFeedEvent {
     Runs { runs: Vec<RunSummary> },
@@ -338,6 +354,7 @@ pub enum RunsFeedEvent {
 
 /// One line of the run list (`GET /api/dags`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 pub struct RunSummary {
     pub dag_id: String,
     pub name: String,
@@ -353,11 +370,38 @@ pub struct RunSummary {
     pub cost: Cost,
 }
 
+/// The JSON Schema (2020-12) of every message on the wire, as published in
+/// `schema/protocol.schema.json` and described in `docs/protocol.md`: `ServerEvent` (the
+/// dashboard stream), `ClientEvent` (what dashboards send), `EngineEvent` (what an external
+/// engine sends: a server event without `seq`) and `RunsFeedEvent` (the run list feed).
+#[cfg(feature = "ssr")]
+pub fn json_schema() -> String {
+    let mut generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let roots = [
+        generator.subschema_for::<ServerEvent>(),
+        generator.subschema_for::<ClientEvent>(),
+        generator.subschema_for::<ServerEventBody>(),
+        generator.subschema_for::<RunsFeedEvent>(),
+    ];
+    let definitions = generator.take_definitions(true);
+    let roots: Vec<Value> = roots.into_iter().map(Value::from).collect();
+    let text = serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "dagstream wire protocol",
+        "description": "Every JSON message of dagstream's WebSockets; see docs/protocol.md.",
+        "anyOf": roots,
+        "$defs": definitions,
+    });
+    // A tree of JSON values always serializes.
+    serde_json::to_string_pretty(&text).unwrap_or_default() + "\n"
+}
+
 #[cfg(test)]
 mod tests;
 
 /// What a signed-in user may do.
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Watch runs.
@@ -401,6 +445,7 @@ impl Role {
 
 /// The signed-in user, as pages see it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 pub struct SignedIn {
     pub name: String,
     pub role: Role,

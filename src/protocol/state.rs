@@ -20,6 +20,7 @@ pub const LOG_TAIL_LINES: usize = 200;
 
 /// Everything a dashboard needs to draw one run.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 pub struct RunState {
     pub dag_id: String,
     /// Name of the DAG this run executes.
@@ -45,6 +46,7 @@ pub struct RunState {
 
 /// One node with everything the run has told about it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 pub struct NodeView {
     pub id: String,
     pub label: String,
@@ -70,6 +72,7 @@ pub struct NodeView {
 
 /// One line of a node's output.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 pub struct LogLine {
     pub stream: LogStream,
     pub line: String,
@@ -77,6 +80,7 @@ pub struct LogLine {
 
 /// A decision that was applied to a gate.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 pub struct GateDecisionRecord {
     pub seq: Seq,
     pub node_id: String,
@@ -89,6 +93,7 @@ pub struct GateDecisionRecord {
 
 /// An `error` event that was part of the run's log.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 pub struct ErrorEntry {
     pub seq: Seq,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -111,6 +116,7 @@ pub enum Applied {
 
 /// Counts of nodes by where they are; what a progress bar shows.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 pub struct Progress {
     pub total: usize,
     /// Nodes in a terminal state.

@@ -1,10 +1,11 @@
-//! Wire-shape tests (every literal of PROTOCOL.md) and table tests of the reducer.
+//! Wire-shape tests (every literal of `docs/protocol.md`, read back and checked against the
+//! published JSON Schema) and table tests of the reducer.
 
 use serde_json::{Value, json};
 
 use super::*;
 
-/// Every server event literal of PROTOCOL.md, plus the optional fields it names.
+/// Every server event literal of `docs/protocol.md`, plus the optional fields it names.
 const SERVER_LITERALS: &[&str] = &[
     r#"{"type":"node_state","seq":7,"node_id":"draft","status":"running","output":{},"metrics":{"duration_ms":120,"cost":0.02}}"#,
     r#"{"type":"node_state","seq":7,"node_id":"draft","status":"completed","metrics":{"duration_ms":120,"cost":0.02,"tokens_in":10,"tokens_out":5,"attempt":2,"started_at":"2026-11-26T10:00:00Z","finished_at":"2026-11-26T10:00:01Z"}}"#,
@@ -165,6 +166,122 @@ fn a_seed_client_message_with_extra_fields_is_accepted() {
     let parsed: ClientEvent =
         serde_json::from_str(r#"{"type":"pause_execution","sent_at":"now"}"#).expect("additive fields are ignored");
     assert_eq!(parsed, ClientEvent::PauseExecution);
+}
+
+// ---- the published schema and docs/protocol.md ---------------------------------------------
+
+/// A validator for one message type of the published protocol schema (`$defs/NAME`).
+#[cfg(feature = "ssr")]
+fn validator(name: &str) -> jsonschema::Validator {
+    let mut schema: Value = serde_json::from_str(&json_schema()).expect("the schema is JSON");
+    let root = schema.as_object_mut().expect("the schema is an object");
+    root.remove("anyOf");
+    root.insert("$ref".into(), Value::String(format!("#/$defs/{name}")));
+    jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("$defs/{name} is not a valid schema: {e}"))
+}
+
+#[cfg(feature = "ssr")]
+fn assert_valid(validator: &jsonschema::Validator, name: &str, text: &str) {
+    let value: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{text}: not JSON: {e}"));
+    let errors: Vec<String> = validator.iter_errors(&value).map(|e| format!("{e} at {}", e.instance_path)).collect();
+    assert!(errors.is_empty(), "{text} is not a valid {name}: {errors:?}");
+}
+
+#[cfg(feature = "ssr")]
+#[test]
+fn the_published_protocol_schema_is_current() {
+    let published = include_str!("../../schema/protocol.schema.json");
+    assert!(
+        published == json_schema(),
+        "schema/protocol.schema.json is stale: regenerate it with `cargo run --features ssr -- schema --protocol > schema/protocol.schema.json`"
+    );
+}
+
+#[cfg(feature = "ssr")]
+#[test]
+fn every_literal_fits_the_published_schema_and_mangled_ones_do_not() {
+    let server = validator("ServerEvent");
+    let client = validator("ClientEvent");
+    for literal in SERVER_LITERALS {
+        assert_valid(&server, "ServerEvent", literal);
+    }
+    for literal in CLIENT_LITERALS {
+        assert_valid(&client, "ClientEvent", literal);
+    }
+    let mut run = demo_state();
+    run.apply(&event(1, node_state("a", NodeStatus::Running)));
+    let snapshot = ServerEvent { seq: 1, body: ServerEventBody::Snapshot { run: Box::new(run) } };
+    assert_valid(&server, "ServerEvent", &serde_json::to_string(&snapshot).expect("serializes"));
+    // Each is refused by the schema, as by the reader, for the reason named.
+    let mangled_server = [
+        (r#"{"type":"node_state","node_id":"a","status":"running"}"#, "no seq"),
+        (r#"{"type":"node_state","seq":1,"node_id":"a","status":"sleeping"}"#, "an unknown status"),
+        (r#"{"type":"node_state","seq":-1,"node_id":"a","status":"running"}"#, "a negative seq"),
+        (r#"{"type":"cost_update","seq":1,"spent":"lots","budget":1,"remaining":1}"#, "spend as a string"),
+        (r#"{"type":"node_exploded","seq":1}"#, "an unknown type"),
+        (
+            r#"{"type":"human_gate_waiting","seq":1,"node_id":"g","presentation":{"title":"t","prompt":"p","options":["maybe"]}}"#,
+            "an unknown option",
+        ),
+        (r#"{"type":"dag_mutated","seq":1,"mutation":{"op":"add_edge","from":"a"}}"#, "an edge without its end"),
+    ];
+    for (text, why) in mangled_server {
+        let value: Value = serde_json::from_str(text).expect("test literal is JSON");
+        assert!(!server.is_valid(&value), "the schema accepts {why}: {text}");
+        assert!(serde_json::from_str::<ServerEvent>(text).is_err(), "the reader accepts {why}: {text}");
+    }
+    let mangled_client = [
+        (r#"{"type":"human_decision","node_id":"review","decision":"maybe"}"#, "an unknown decision"),
+        (r#"{"type":"human_decision","decision":"approve"}"#, "no gate"),
+        (r#"{"type":"launch_missiles"}"#, "an unknown type"),
+    ];
+    for (text, why) in mangled_client {
+        let value: Value = serde_json::from_str(text).expect("test literal is JSON");
+        assert!(!client.is_valid(&value), "the schema accepts {why}: {text}");
+        assert!(serde_json::from_str::<ClientEvent>(text).is_err(), "the reader accepts {why}: {text}");
+    }
+}
+
+/// Every example line of `docs/protocol.md`: each fits its message type in the schema and is
+/// read by the reader of that type, so the document cannot drift from the code.
+#[cfg(feature = "ssr")]
+#[test]
+fn every_example_of_the_protocol_document_is_valid() {
+    let document = include_str!("../../docs/protocol.md");
+    let mut examples = Vec::new();
+    let mut in_block = false;
+    for line in document.lines() {
+        match (in_block, line.trim()) {
+            (false, "```jsonc") => in_block = true,
+            (true, "```") => in_block = false,
+            (true, example) if !example.is_empty() => examples.push(example),
+            (true, _) | (false, _) => {}
+        }
+    }
+    assert!(examples.len() >= 25, "found only {} examples: is the document's format changed?", examples.len());
+    let validators: Vec<(&str, jsonschema::Validator)> =
+        ["ServerEvent", "ClientEvent", "EngineEvent", "RunsFeedEvent"].map(|name| (name, validator(name))).into();
+    let mut seen = std::collections::BTreeSet::new();
+    for example in examples {
+        let value: Value = serde_json::from_str(example).unwrap_or_else(|e| panic!("{example}: not JSON: {e}"));
+        let kind = match value.get("type").and_then(Value::as_str) {
+            Some("runs" | "run") => "RunsFeedEvent",
+            Some("human_decision" | "pause_execution" | "resume_execution" | "cancel_execution") => "ClientEvent",
+            Some(_) if value.get("seq").is_some() => "ServerEvent",
+            Some(_) | None => "EngineEvent",
+        };
+        seen.insert(kind);
+        let (_, validator) = validators.iter().find(|(name, _)| *name == kind).expect("a validator per kind");
+        assert_valid(validator, kind, example);
+        let read = match kind {
+            "ServerEvent" => serde_json::from_str::<ServerEvent>(example).map(drop),
+            "ClientEvent" => serde_json::from_str::<ClientEvent>(example).map(drop),
+            "EngineEvent" => serde_json::from_str::<ServerEventBody>(example).map(drop),
+            _ => serde_json::from_str::<RunsFeedEvent>(example).map(drop),
+        };
+        read.unwrap_or_else(|e| panic!("the {kind} reader refuses {example}: {e}"));
+    }
+    assert_eq!(seen.len(), 4, "the document shows every kind of message: {seen:?}");
 }
 
 // ---- reducer ------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::ConnectionSlot;
@@ -139,10 +140,29 @@ async fn serve(socket: WebSocket, connection: Connection) {
     let mut send = tokio::spawn(send_side);
     let mut receive = tokio::spawn(receive_loop(stream, run, replies, heard, identity, config));
     tokio::select! {
-        _ = &mut send => receive.abort(),
-        _ = &mut receive => send.abort(),
+        _ = &mut send => {
+            // A close frame (if any) is written and flushed. The receive side reads, and drops,
+            // what the client still sends until it answers the close: a socket dropped with
+            // unread data is reset, and a reset can overtake the close frame at the client.
+            let _ = tokio::time::timeout(CLOSE_LINGER, &mut receive).await;
+            receive.abort();
+        }
+        received = &mut receive => match received {
+            Ok(Received::Unreadable) => {
+                // The send side writes the close frame; what the client still sends cannot be
+                // read as frames any more, so it stays unread a while before the socket is dropped.
+                let _ = tokio::time::timeout(CLOSE_LINGER, &mut send).await;
+                send.abort();
+                tokio::time::sleep(CLOSE_LINGER).await;
+            }
+            Ok(Received::Gone) | Err(_) => send.abort(),
+        },
     }
 }
+
+/// How long a connection stays open after its close frame is written, for the client to read
+/// it and answer; also how long the send side has to write it.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Why the send side ends.
 enum Ending {
@@ -273,6 +293,14 @@ async fn write_frames(
     sink.flush().await
 }
 
+/// Why the receive side ended.
+enum Received {
+    /// The client closed the connection (or answered the server's close), or went away.
+    Gone,
+    /// The client sent something that is not a readable frame; the send side was asked to close.
+    Unreadable,
+}
+
 async fn receive_loop(
     mut stream: SplitStream<WebSocket>,
     run: RunEntry,
@@ -280,26 +308,36 @@ async fn receive_loop(
     heard: Arc<AtomicBool>,
     identity: Identity,
     config: StreamConfig,
-) {
+) -> Received {
     let mut rate = RateLimit::new(config.client_events_per_second);
+    // Set once the send side was asked to close: from then on messages are read and dropped,
+    // until the client answers the close.
+    let mut closing = false;
     while let Some(received) = stream.next().await {
         let message = match received {
             Ok(message) => message,
-            Err(_) => {
+            Err(error) => {
                 // Beyond even the read limit, or not a valid frame: say so if we still can.
-                let _ = replies.send(Outgoing::Close(1002, "unreadable frame")).await;
-                break;
+                let Some(close) = unreadable(error) else { return Received::Gone };
+                if !closing {
+                    let _ = replies.send(close).await;
+                }
+                return Received::Unreadable;
             }
         };
         heard.store(true, Ordering::Relaxed);
+        if closing {
+            continue;
+        }
         let size = match &message {
             Message::Text(text) => text.len(),
             Message::Binary(bytes) => bytes.len(),
             Message::Ping(_) | Message::Pong(_) | Message::Close(_) => 0,
         };
         if size > MAX_CLIENT_MESSAGE {
-            let _ = replies.send(Outgoing::Close(1009, "message too big: the limit is 64 KiB")).await;
-            break;
+            closing = true;
+            let _ = replies.send(Outgoing::Close(1009, TOO_BIG)).await;
+            continue;
         }
         let complaint = match message {
             Message::Text(_) if !rate.allow(Instant::now()) => Some(format!(
@@ -320,7 +358,35 @@ async fn receive_loop(
             break;
         }
     }
+    Received::Gone
 }
+
+/// The close to send for a read error; `None` when the connection itself ended (the client
+/// went away, with or without a closing handshake).
+fn unreadable(error: axum::Error) -> Option<Outgoing> {
+    use tungstenite::error::ProtocolError;
+    let Ok(error) = error.into_inner().downcast::<tungstenite::Error>() else {
+        return Some(Outgoing::Close(1002, "unreadable frame"));
+    };
+    match *error {
+        tungstenite::Error::Capacity(_) => Some(Outgoing::Close(1009, TOO_BIG)),
+        tungstenite::Error::Utf8(_) => Some(Outgoing::Close(1007, "text that is not UTF-8")),
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+        | tungstenite::Error::ConnectionClosed
+        | tungstenite::Error::AlreadyClosed
+        | tungstenite::Error::Io(_) => None,
+        tungstenite::Error::Protocol(_)
+        | tungstenite::Error::Tls(_)
+        | tungstenite::Error::WriteBufferFull(_)
+        | tungstenite::Error::Url(_)
+        | tungstenite::Error::Http(_)
+        | tungstenite::Error::HttpFormat(_)
+        | tungstenite::Error::AttackAttempt => Some(Outgoing::Close(1002, "unreadable frame")),
+    }
+}
+
+/// The reason of the 1009 close.
+const TOO_BIG: &str = "message too big: the limit is 64 KiB";
 
 /// Hands a client event to the run if the user's role allows it; the complaint otherwise.
 async fn command(run: &RunEntry, identity: &Identity, event: ClientEvent) -> Option<String> {
