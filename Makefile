@@ -20,7 +20,17 @@ run: build
 ## Run every test: Rust unit and integration tests, then Playwright in Chromium
 test: setup-test
 	DAGSTREAM_PYTHON=$(CURDIR)/end2end/.venv/bin/python cargo test --features ssr
-	DAGSTREAM_TOKEN=$(E2E_TOKEN) DAGSTREAM_BIN=$(TARGET_DIR)/debug/dagstream cargo leptos end-to-end --split
+	$(E2E)
+
+# The end-to-end suite, with the server's log kept: a server ERROR line (a 5xx included) that no
+# test asked for fails the run (scripts/check-server-log.sh).
+E2E_LOG := target/e2e-server.log
+define E2E
+	mkdir -p target
+	set -o pipefail; DAGSTREAM_TOKEN=$(E2E_TOKEN) DAGSTREAM_BIN=$(TARGET_DIR)/debug/dagstream \
+	  cargo leptos end-to-end --split 2>&1 | tee $(E2E_LOG)
+	scripts/check-server-log.sh $(E2E_LOG)
+endef
 
 # Release builds erase component types (smaller wasm); debug builds and `cargo test` keep them, so
 # lifetime errors that erasure would hide still show up there. `--split` (here and in the
@@ -58,7 +68,7 @@ unit:
 	DAGSTREAM_PYTHON=$(CURDIR)/end2end/.venv/bin/python cargo test --features ssr
 
 e2e: setup-test
-	DAGSTREAM_TOKEN=$(E2E_TOKEN) DAGSTREAM_BIN=$(TARGET_DIR)/debug/dagstream cargo leptos end-to-end --split
+	$(E2E)
 
 ## Benchmarks, on demand (figures, not pass/fail)
 bench: build

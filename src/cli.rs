@@ -327,7 +327,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let streams = TaskTracker::new();
     let state = AppState {
-        runs: Arc::new(runs),
+        service: crate::service::Service::new(Arc::new(runs)),
         auth: Arc::new(auth),
         leptos_options,
         shutdown,

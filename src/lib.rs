@@ -14,6 +14,8 @@
 //! - `external` (ssr): runs an outside engine drives: definition, event checks, command link.
 //! - `hub` (ssr): one room per run: sequenced log, folded state, fan-out to subscribers.
 //! - `runs` (ssr): the registry of runs; loads and resumes them from the store at start.
+//! - `service` (ssr): every operation a user can ask for (start, list, read, command), once;
+//!   REST, the sockets and the server functions are thin adapters over it.
 //! - `store` (ssr): the `Store` trait, the embedded SQLite store, the group-commit writer.
 //! - `server` (ssr): the axum router, REST, the WebSocket streams (dashboards and engines),
 //!   sign-in and roles.
@@ -41,6 +43,8 @@ pub mod hub;
 pub mod runs;
 #[cfg(feature = "ssr")]
 pub mod server;
+#[cfg(feature = "ssr")]
+pub mod service;
 #[cfg(feature = "ssr")]
 pub mod store;
 #[cfg(feature = "ssr")]

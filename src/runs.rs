@@ -15,15 +15,34 @@ use crate::store::{RunRecord, Store, StoreError, Writer};
 /// Changes the run list feed holds for a slow reader before it must reload the whole list.
 const FEED_QUEUE: usize = 1024;
 
-/// One run: its room (state, log, subscribers) and the way in to its coordinator.
+/// One run: its room (state, log, subscribers) and what drives it.
 #[derive(Clone)]
 pub struct RunEntry {
     pub room: Arc<Room>,
-    /// `None` once the run has ended (no coordinator is left to take commands), and for
-    /// external runs.
-    pub handle: Option<RunHandle>,
-    /// For a run an external engine drives: the engine's link (commands go there).
-    pub engine: Option<Arc<EngineLink>>,
+    /// Where the run's commands go.
+    pub driver: Driver,
+}
+
+/// What drives a run, and so where its commands go.
+#[derive(Clone)]
+pub enum Driver {
+    /// This server's engine: the run's coordinator takes commands through the handle (and
+    /// refuses them itself once the run has ended).
+    Engine(RunHandle),
+    /// An external engine, through its link (commands wait for it while it is away).
+    External(Arc<EngineLink>),
+    /// Nothing: the run ended before this server loaded it, or could not be resumed.
+    Ended,
+}
+
+impl RunEntry {
+    /// The coordinator's handle, for a run this server's engine drives.
+    pub fn handle(&self) -> Option<&RunHandle> {
+        match &self.driver {
+            Driver::Engine(handle) => Some(handle),
+            Driver::External(_) | Driver::Ended => None,
+        }
+    }
 }
 
 /// Why a run could not be started.
@@ -112,7 +131,7 @@ impl Runs {
         }
         let room = self.new_room(initial_state(&dag_id, &spec, &started_at), Vec::new());
         let handle = engine::run::spawn(&dag_id, spec, Arc::clone(&room), &self.engine);
-        self.write().insert(dag_id.clone(), RunEntry { room: Arc::clone(&room), handle: Some(handle), engine: None });
+        self.write().insert(dag_id.clone(), RunEntry { room: Arc::clone(&room), driver: Driver::Engine(handle) });
         room.announce();
         Ok(dag_id)
     }
@@ -134,7 +153,7 @@ impl Runs {
             store.create_run(record).await?;
         }
         let room = self.new_room(run.initial_state(&dag_id, &started_at), Vec::new());
-        let entry = RunEntry { room: Arc::clone(&room), handle: None, engine: Some(Arc::default()) };
+        let entry = RunEntry { room: Arc::clone(&room), driver: Driver::External(Arc::default()) };
         self.write().insert(dag_id.clone(), entry);
         room.announce();
         Ok(dag_id)
@@ -200,10 +219,10 @@ impl Runs {
         let room = self.new_room(state.clone(), frames.split_off(keep));
         if let Some(Ok(_)) = external {
             // Not ours to resume: the engine reconnects and goes on.
-            return RunEntry { room, handle: None, engine: Some(Arc::default()) };
+            return RunEntry { room, driver: Driver::External(Arc::default()) };
         }
         if state.results.is_some() {
-            return RunEntry { room, handle: None, engine: None };
+            return RunEntry { room, driver: Driver::Ended };
         }
         let spec = match external {
             Some(Err(problem)) => Err(problem),
@@ -217,7 +236,7 @@ impl Runs {
             }
         };
         match resumed {
-            Ok(handle) => RunEntry { room, handle: Some(handle), engine: None },
+            Ok(handle) => RunEntry { room, driver: Driver::Engine(handle) },
             Err(problem) => {
                 tracing::error!(dag_id = %record.dag_id, %problem, "run cannot be resumed");
                 room.publish(ServerEventBody::Error {
@@ -226,7 +245,7 @@ impl Runs {
                 });
                 room.publish(ServerEventBody::RunStateChanged { state: RunPhase::Failed });
                 room.publish(ServerEventBody::ExecutionComplete { results: Default::default() });
-                RunEntry { room, handle: None, engine: None }
+                RunEntry { room, driver: Driver::Ended }
             }
         }
     }

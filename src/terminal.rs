@@ -136,7 +136,7 @@ async fn decide(run: &RunEntry, view: &mut View, gate: &str, decision: Decision,
 
 /// Sends a command to the run's coordinator; `None` if the run has no coordinator any more.
 async fn command(run: &RunEntry, event: ClientEvent) -> Option<Result<(), crate::engine::Rejected>> {
-    Some(run.handle.as_ref()?.command(event, ACTOR).await)
+    Some(run.handle()?.command(event, ACTOR).await)
 }
 
 /// `approve`, `reject`, or `modify <feedback>` (first letters are enough).

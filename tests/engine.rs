@@ -96,7 +96,7 @@ impl Probe {
     }
 
     async fn command(&self, event: ClientEvent) -> Result<(), Rejected> {
-        self.run.handle.as_ref().expect("the run is going").command(event, "tester").await
+        self.run.handle().expect("the run is going").command(event, "tester").await
     }
 
     async fn decide(&self, gate: &str, decision: Decision, feedback: Option<&str>) -> Result<(), Rejected> {
@@ -701,6 +701,6 @@ mod failing_storage {
         let state = run.room.snapshot();
         assert_eq!(state.state, RunPhase::Failed);
         assert!(state.errors[0].message.contains("cannot be resumed") && state.errors[0].message.contains("teleport"));
-        assert!(run.handle.is_none());
+        assert!(run.handle().is_none());
     }
 }

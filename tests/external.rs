@@ -193,7 +193,7 @@ async fn an_external_engine_drives_a_run_with_a_gate_and_gets_the_decision() {
     assert!(
         matches!(next_event(&mut engine).await.body, ServerEventBody::Error { ref message, .. } if message.contains("ended"))
     );
-    let state = setup.server.state.runs.get(&dag_id).expect("run").room.snapshot();
+    let state = setup.server.state.service.runs().get(&dag_id).expect("run").room.snapshot();
     assert!(state.nodes.values().all(|n| n.status == NodeStatus::Completed));
     assert_eq!(state.decisions.len(), 1);
     assert_eq!(state.cost.spent, 0.25);
@@ -249,8 +249,10 @@ async fn an_external_run_survives_a_restart_and_waits_for_its_engine() {
     drop((room, runs));
     let runs = open().await;
     let entry = runs.get(&dag_id).expect("restored");
-    assert!(entry.handle.is_none(), "dagstream does not execute it");
-    assert!(entry.engine.is_some(), "an engine may connect again");
+    assert!(
+        matches!(entry.driver, dagstream::runs::Driver::External(_)),
+        "dagstream does not execute it; an engine may connect again"
+    );
     let state = entry.room.snapshot();
     assert_eq!((state.name.as_str(), state.seq), ("three steps", 1));
     assert_eq!(state.nodes["fetch"].status, NodeStatus::Completed);
@@ -280,7 +282,7 @@ async fn the_python_example_engine_runs_its_dag_through_the_gate() {
         .expect("python starts");
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let dag_id = loop {
-        if let Some(run) = setup.server.state.runs.list().first() {
+        if let Some(run) = setup.server.state.service.runs().list().first() {
             break run.dag_id.clone();
         }
         assert!(tokio::time::Instant::now() < deadline, "the example created no run");
@@ -302,7 +304,7 @@ async fn the_python_example_engine_runs_its_dag_through_the_gate() {
     while !matches!(next_event(&mut dashboard).await.body, ServerEventBody::ExecutionComplete { .. }) {}
     let status = tokio::time::timeout(PATIENCE, child.wait()).await.expect("the example ends").expect("status");
     assert!(status.success(), "the example exits 0");
-    let state = setup.server.state.runs.get(&dag_id).expect("run").room.snapshot();
+    let state = setup.server.state.service.runs().get(&dag_id).expect("run").room.snapshot();
     assert!(state.nodes.values().all(|n| n.status == NodeStatus::Completed), "{:?}", state.nodes);
     assert_eq!(state.decisions[0].decided_by, "admin");
 }

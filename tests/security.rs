@@ -108,7 +108,7 @@ async fn next_event(socket: &mut Socket) -> ServerEvent {
 
 async fn wait_for_status(server: &Server, dag_id: &str, node: &str, status: NodeStatus) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while server.state.runs.get(dag_id).expect("run").room.snapshot().nodes[node].status != status {
+    while server.state.service.runs().get(dag_id).expect("run").room.snapshot().nodes[node].status != status {
         assert!(tokio::time::Instant::now() < deadline, "{node} never became {status:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -117,7 +117,7 @@ async fn wait_for_status(server: &Server, dag_id: &str, node: &str, status: Node
 #[tokio::test]
 async fn without_credentials_pages_rest_and_websockets_answer_401() {
     let server = serve("no-credentials").await;
-    let dag_id = server.state.runs.start(gated()).await.expect("start");
+    let dag_id = server.state.service.runs().start(gated()).await.expect("start");
     let addr = server.addr;
     let page = tokio::task::spawn_blocking(move || {
         raw_http(
@@ -136,7 +136,7 @@ async fn without_credentials_pages_rest_and_websockets_answer_401() {
     .expect("rest");
     assert_eq!(status_of(&rest), 401);
     assert!(rest.to_ascii_lowercase().contains("www-authenticate: bearer"));
-    let dag_id = server.state.runs.list()[0].dag_id.clone();
+    let dag_id = server.state.service.runs().list()[0].dag_id.clone();
     assert_eq!(refused_status(ws_request(&server, &dag_id, &[])).await, 401);
     assert_eq!(refused_status(ws_request(&server, &dag_id, &[bearer("wrong-token")])).await, 401);
     let health = tokio::task::spawn_blocking(move || {
@@ -150,7 +150,7 @@ async fn without_credentials_pages_rest_and_websockets_answer_401() {
 #[tokio::test]
 async fn a_foreign_origin_is_refused_even_with_a_valid_session_cookie() {
     let server = serve("origin").await;
-    let dag_id = server.state.runs.start(gated()).await.expect("start");
+    let dag_id = server.state.service.runs().start(gated()).await.expect("start");
     let addr = server.addr;
     let login = tokio::task::spawn_blocking(move || {
         raw_http(addr, &format!("GET /login?token={TOKEN} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"))
@@ -178,7 +178,7 @@ async fn a_foreign_origin_is_refused_even_with_a_valid_session_cookie() {
 #[tokio::test]
 async fn a_viewer_decision_is_refused_and_changes_nothing() {
     let server = serve("viewer").await;
-    let dag_id = server.state.runs.start(gated()).await.expect("start");
+    let dag_id = server.state.service.runs().start(gated()).await.expect("start");
     wait_for_status(&server, &dag_id, "review", NodeStatus::Waiting).await;
     let (mut socket, _) =
         connect_async(ws_request(&server, &dag_id, &[bearer(&server.viewer_token)])).await.expect("viewer watches");
@@ -193,7 +193,7 @@ async fn a_viewer_decision_is_refused_and_changes_nothing() {
     }
     socket.send(Message::text(r#"{"type":"cancel_execution"}"#)).await.expect("send");
     assert!(matches!(next_event(&mut socket).await.body, ServerEventBody::Error { .. }), "control is refused too");
-    let state = server.state.runs.get(&dag_id).expect("run").room.snapshot();
+    let state = server.state.service.runs().get(&dag_id).expect("run").room.snapshot();
     assert!(state.decisions.is_empty());
     assert_eq!(state.nodes["review"].status, NodeStatus::Waiting);
     assert_eq!(state.seq, snapshot.seq, "no event was produced");
@@ -212,7 +212,7 @@ async fn a_viewer_decision_is_refused_and_changes_nothing() {
 #[tokio::test]
 async fn a_message_over_64_kib_closes_with_1009_and_others_are_still_served() {
     let server = serve("too-big").await;
-    let dag_id = server.state.runs.start(gated()).await.expect("start");
+    let dag_id = server.state.service.runs().start(gated()).await.expect("start");
     let (mut big, _) = connect_async(ws_request(&server, &dag_id, &[bearer(TOKEN)])).await.expect("ws");
     let _ = next_event(&mut big).await;
     big.send(Message::text("x".repeat(64 * 1024 + 1))).await.expect("send");
@@ -234,7 +234,7 @@ async fn a_message_over_64_kib_closes_with_1009_and_others_are_still_served() {
 #[tokio::test]
 async fn client_events_beyond_the_rate_get_an_error_and_are_dropped() {
     let server = serve("rate").await;
-    let dag_id = server.state.runs.start(gated()).await.expect("start");
+    let dag_id = server.state.service.runs().start(gated()).await.expect("start");
     let (mut socket, _) = connect_async(ws_request(&server, &dag_id, &[bearer(TOKEN)])).await.expect("ws");
     let _ = next_event(&mut socket).await;
     for _ in 0..40 {
@@ -285,13 +285,13 @@ fn hostile_frame(rng: &mut StdRng) -> Message {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_garbage_frames_are_answered_while_another_run_completes() {
     let server = Arc::new(serve("garbage").await);
-    let target = server.state.runs.start(gated()).await.expect("start");
+    let target = server.state.service.runs().start(gated()).await.expect("start");
     wait_for_status(&server, &target, "review", NodeStatus::Waiting).await;
     // Meanwhile another client drives its own run to the end.
     let honest = {
         let server = Arc::clone(&server);
         tokio::spawn(async move {
-            let dag_id = server.state.runs.start(gated()).await.expect("start");
+            let dag_id = server.state.service.runs().start(gated()).await.expect("start");
             wait_for_status(&server, &dag_id, "review", NodeStatus::Waiting).await;
             let (mut socket, _) = connect_async(ws_request(&server, &dag_id, &[bearer(TOKEN)])).await.expect("ws");
             let _ = next_event(&mut socket).await;
@@ -338,9 +338,9 @@ async fn ten_thousand_garbage_frames_are_answered_while_another_run_completes() 
     assert!(answered + closed > 0);
     assert!(answered >= 9_000, "almost every frame was answered ({answered} of {sent})");
     let dag_id = tokio::time::timeout(Duration::from_secs(60), honest).await.expect("in time").expect("honest run");
-    let state = server.state.runs.get(&dag_id).expect("run").room.snapshot();
+    let state = server.state.service.runs().get(&dag_id).expect("run").room.snapshot();
     assert!(state.nodes.values().all(|n| n.status == NodeStatus::Completed), "the honest run completed");
-    let target_state = server.state.runs.get(&target).expect("run").room.snapshot();
+    let target_state = server.state.service.runs().get(&target).expect("run").room.snapshot();
     assert_eq!(target_state.nodes["review"].status, NodeStatus::Waiting, "the viewer's garbage changed nothing");
     assert!(target_state.decisions.is_empty());
 }
@@ -433,7 +433,7 @@ async fn only_admins_start_runs_and_no_commands_refuses_command_specs() {
     };
     let refused = tokio::task::spawn_blocking(move || post(viewer)).await.expect("post");
     assert_eq!(status_of(&refused), 403, "{refused}");
-    assert!(server.state.runs.list().is_empty(), "nothing started");
+    assert!(server.state.service.runs().list().is_empty(), "nothing started");
     let accepted = tokio::task::spawn_blocking(move || post(TOKEN.to_owned())).await.expect("post");
     assert_eq!(status_of(&accepted), 201, "{accepted}");
 
@@ -451,7 +451,7 @@ async fn only_admins_start_runs_and_no_commands_refuses_command_specs() {
 #[tokio::test]
 async fn a_viewer_sees_the_run_but_not_the_controls_or_gate_buttons() {
     let server = serve("viewer-page").await;
-    let dag_id = server.state.runs.start(gated()).await.expect("start");
+    let dag_id = server.state.service.runs().start(gated()).await.expect("start");
     wait_for_status(&server, &dag_id, "review", NodeStatus::Waiting).await;
     let addr = server.addr;
     let page_for = move |token: String, dag_id: String| {
@@ -479,7 +479,7 @@ async fn a_viewer_sees_the_run_but_not_the_controls_or_gate_buttons() {
 #[tokio::test]
 async fn signing_out_closes_the_sessions_open_sockets() {
     let server = serve("logout").await;
-    let dag_id = server.state.runs.start(gated()).await.expect("start");
+    let dag_id = server.state.service.runs().start(gated()).await.expect("start");
     let addr = server.addr;
     let login = tokio::task::spawn_blocking(move || {
         raw_http(addr, &format!("POST /login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\ntoken={TOKEN}", TOKEN.len() + 6))

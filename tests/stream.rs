@@ -59,11 +59,11 @@ impl TestServer {
     }
 
     async fn start_run(&self, spec: DagSpec) -> String {
-        self.state.runs.start(spec).await.expect("test spec is valid")
+        self.state.service.runs().start(spec).await.expect("test spec is valid")
     }
 
     fn server_state(&self, dag_id: &str) -> RunState {
-        self.state.runs.get(dag_id).expect("run exists").room.snapshot()
+        self.state.service.runs().get(dag_id).expect("run exists").room.snapshot()
     }
 
     async fn connect(&self, dag_id: &str, since: Option<Seq>) -> Socket {
@@ -473,7 +473,7 @@ async fn rest_starts_lists_and_reads_runs() {
         assert_eq!(status, expected, "{uri}");
         assert!(body["error"].as_str().is_some_and(|m| !m.is_empty()), "{uri} explains itself");
     }
-    assert_eq!(server.state.runs.list().len(), 1, "bad requests started nothing");
+    assert_eq!(server.state.service.runs().list().len(), 1, "bad requests started nothing");
 
     // A spec in the body, as TOML or as JSON.
     let toml_spec = "name = \"posted\"\n[[nodes]]\nid = \"only\"\nkind = \"simulate\"\n";
@@ -489,7 +489,7 @@ async fn rest_starts_lists_and_reads_runs() {
     assert!(message.contains("\"a\"") && message.contains("needs") && message.contains("ghost"), "{message}");
     let (status, _) = request_with(router.clone(), "POST", "/api/dags", Some("text/plain"), toml_spec).await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    assert_eq!(server.state.runs.list().len(), 3, "only the two valid specs started");
+    assert_eq!(server.state.service.runs().list().len(), 3, "only the two valid specs started");
     let (status, _) = request(router.clone(), "GET", "/api/dags/nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = request(router.clone(), "GET", "/healthz").await;
@@ -521,8 +521,12 @@ async fn the_run_page_is_rendered_on_the_server_with_node_names_and_statuses() {
 async fn server_functions_answer_at_their_fixed_endpoints() {
     let server = TestServer::start().await;
     let dag_id = server.start_run(gated_spec()).await;
-    while server.server_state(&dag_id).seq < 1 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut subscription = server.state.service.runs().get(&dag_id).expect("run").room.subscribe(Some(0));
+    if subscription.backlog.is_empty() {
+        tokio::time::timeout(PATIENCE, subscription.live.recv())
+            .await
+            .expect("the run's first event within the patience")
+            .expect("the room is open");
     }
     let router = app(server.state.clone());
     let form = Some("application/x-www-form-urlencoded");
@@ -534,6 +538,26 @@ async fn server_functions_answer_at_their_fixed_endpoints() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(run["state"]["dag_id"], dag_id.as_str());
     assert_eq!(run["partial"], false, "a small run's page comes with every node");
+}
+
+/// A client's mistake through a server function is a 4xx with the reason, as through REST,
+/// never a 500 (the server logs a 500 as its own failure).
+#[tokio::test]
+async fn server_functions_answer_a_clients_mistake_with_a_4xx_and_the_reason() {
+    let server = TestServer::start().await;
+    let router = app(server.state.clone());
+    let form = Some("application/x-www-form-urlencoded");
+    let bad_spec = "text=name+%3D+%22x%22%0A%5B%5Bnodes%5D%5D%0Aid+%3D+%22only%22%0Akind+%3D+%22simulate%22%0Aneeds+%3D+%5B%22ghost%22%5D%0A&format=toml";
+    let (status, error) = request_with(router.clone(), "POST", "/api/start_spec", form, bad_spec).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    let (status, _) = request_with(router.clone(), "POST", "/api/start_example", form, "name=nope").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, events) =
+        request_with(router.clone(), "POST", "/api/run_events", form, "dag_id=nothing&up_to=3").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{events}");
+    let (status, run) = request_with(router, "POST", "/api/get_run", form, "dag_id=nothing").await;
+    assert_eq!((status, run), (StatusCode::OK, serde_json::Value::Null), "an unknown run is no run, not an error");
+    assert!(server.state.service.list().is_empty(), "nothing started");
 }
 
 /// `n` zero-cost simulate nodes, each after one or two random earlier ones.

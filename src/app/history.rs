@@ -17,16 +17,12 @@ pub const TIMELINE_LOADED: usize = 50;
 /// The newest events of a run up to `up_to`, oldest first (at most [`TIMELINE_LOADED`]).
 #[server(endpoint = "run_events", output = super::json_text::JsonText)]
 pub async fn run_events(dag_id: String, up_to: Seq) -> Result<Vec<ServerEvent>, ServerFnError> {
-    let state =
-        use_context::<crate::server::AppState>().ok_or_else(|| ServerFnError::new("server state is missing"))?;
-    let run = state.runs.get(&dag_id).ok_or_else(|| ServerFnError::new(format!("no run {dag_id:?}")))?;
+    if up_to == 0 {
+        return Ok(Vec::new());
+    }
     let after = up_to.saturating_sub(TIMELINE_LOADED as Seq);
-    let texts: Vec<String> = match state.runs.store() {
-        Some(store) => store.events(&dag_id, after, up_to).await.map_err(|e| ServerFnError::new(e.to_string()))?,
-        None => {
-            run.room.recent_events(after).into_iter().filter(|f| f.seq <= up_to).map(|f| f.text.to_string()).collect()
-        }
-    };
+    let limit = usize::try_from(up_to - after).unwrap_or(TIMELINE_LOADED);
+    let texts = super::service()?.events(&dag_id, after, limit).await.map_err(super::server_error)?;
     Ok(texts.iter().filter_map(|text| serde_json::from_str(text).ok()).collect())
 }
 

@@ -161,48 +161,66 @@ fn SignedInAs() -> impl IntoView {
 /// Every run, newest first.
 #[server(endpoint = "list_runs", output = json_text::JsonText)]
 pub async fn list_runs() -> Result<Vec<RunSummary>, ServerFnError> {
-    Ok(server_state()?.runs.list())
+    Ok(service()?.list())
 }
 
 /// One run as its page starts (see [`store::RunHead`]), or `None` if there is no such run.
 #[server(endpoint = "get_run", output = json_text::JsonText)]
 pub async fn get_run(dag_id: String) -> Result<Option<store::RunHead>, ServerFnError> {
-    Ok(server_state()?.runs.get(&dag_id).map(|run| store::RunHead::new(run.room.snapshot())))
+    use crate::service::ServiceError;
+    match service()?.state(&dag_id) {
+        Ok(state) => Ok(Some(store::RunHead::new(state))),
+        // The page says so itself (with a 404 status for the document).
+        Err(ServiceError::NotFound(_)) => Ok(None),
+        Err(error) => Err(server_error(error)),
+    }
 }
 
 /// Who is signed in (every page request is signed in; the login middleware sees to it).
 #[server(endpoint = "current_user", output = json_text::JsonText)]
 pub async fn current_user() -> Result<Option<SignedIn>, ServerFnError> {
-    Ok(identity().map(|identity| identity.signed_in()))
+    Ok(caller().ok())
 }
 
 /// Starts the bundled example `name` and sends the browser to its run view.
 #[server(endpoint = "start_example")]
 pub async fn start_example(name: String) -> Result<String, ServerFnError> {
-    require(crate::protocol::Role::Admin, "start runs")?;
-    let spec = crate::engine::examples::by_name(&name)
-        .ok_or_else(|| ServerFnError::new(format!("no example called {name:?}")))?
-        .map_err(|e| ServerFnError::new(format!("example {name}: {e}")))?;
-    let dag_id = server_state()?.runs.start(spec).await.map_err(|e| ServerFnError::new(e.to_string()))?;
+    use crate::service::StartRequest;
+    let dag_id = service()?.start(&caller()?, StartRequest::Example(name)).await.map_err(server_error)?;
     leptos_axum::redirect(&format!("/dags/{dag_id}"));
     Ok(dag_id)
 }
 
+// ---- what server functions share: thin adapters over crate::service ------------------------
+
+/// The operations, from the server function's context (the server provides it).
 #[cfg(feature = "ssr")]
-fn server_state() -> Result<crate::server::AppState, ServerFnError> {
-    use_context::<crate::server::AppState>().ok_or_else(|| ServerFnError::new("server state is missing"))
+fn service() -> Result<crate::service::Service, ServerFnError> {
+    use_context::<crate::service::Service>().ok_or_else(|| {
+        server_error(crate::service::ServiceError::Internal(
+            "the service is not in the server function's context".into(),
+        ))
+    })
 }
 
-/// The signed-in user of the request being served.
+/// The signed-in user of the request being served (the login middleware lets no other through).
 #[cfg(feature = "ssr")]
-fn identity() -> Option<crate::server::Identity> {
+fn caller() -> Result<SignedIn, ServerFnError> {
     use_context::<axum::http::request::Parts>()
-        .and_then(|parts| parts.extensions.get::<crate::server::Identity>().cloned())
+        .and_then(|parts| parts.extensions.get::<SignedIn>().cloned())
+        .ok_or_else(|| server_error(crate::service::ServiceError::Forbidden("sign in first".into())))
 }
 
-/// `Err` unless the signed-in user has at least `role`.
+/// A service error as a server function's error: the response gets the error's status (a
+/// client's mistake is a 4xx, never a 500) and the message; our own faults are logged and
+/// reach the browser only as "internal error".
 #[cfg(feature = "ssr")]
-pub fn require(role: crate::protocol::Role, to: &str) -> Result<(), ServerFnError> {
-    let identity = identity().ok_or_else(|| ServerFnError::new("sign in first"))?;
-    identity.require(role, to).map_err(ServerFnError::new)
+fn server_error(error: crate::service::ServiceError) -> ServerFnError {
+    if let crate::service::ServiceError::Internal(detail) = &error {
+        tracing::error!(%detail, "server function failed");
+    }
+    if let Some(response) = use_context::<leptos_axum::ResponseOptions>() {
+        response.set_status(error.http_status());
+    }
+    ServerFnError::new(error.to_string())
 }

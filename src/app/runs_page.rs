@@ -14,16 +14,14 @@ use crate::protocol::{RunPhase, RunSummary};
 /// invalid spec is an error naming the node and field; nothing starts.
 #[server(endpoint = "start_spec")]
 pub async fn start_spec(text: String, format: String) -> Result<String, ServerFnError> {
-    use crate::engine::{DagSpec, SpecFormat};
+    use crate::engine::SpecFormat;
+    use crate::service::StartRequest;
     let format = match format.as_str() {
         "json" => SpecFormat::Json,
         _ => SpecFormat::Toml,
     };
-    super::require(crate::protocol::Role::Admin, "submit specs")?;
-    let spec = DagSpec::parse(&text, format).map_err(|e| ServerFnError::new(e.to_string()))?;
-    let state =
-        use_context::<crate::server::AppState>().ok_or_else(|| ServerFnError::new("server state is missing"))?;
-    let dag_id = state.runs.start(spec).await.map_err(|e| ServerFnError::new(e.to_string()))?;
+    let request = StartRequest::Spec { text, format };
+    let dag_id = super::service()?.start(&super::caller()?, request).await.map_err(super::server_error)?;
     leptos_axum::redirect(&format!("/dags/{dag_id}"));
     Ok(dag_id)
 }

@@ -443,10 +443,27 @@ impl Role {
     }
 }
 
-/// The signed-in user, as pages see it.
+/// The signed-in user, as pages and the service see it.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
 pub struct SignedIn {
     pub name: String,
     pub role: Role,
+}
+
+impl SignedIn {
+    /// `Err` with a message fit for the user when their role is below `needed` (`to` says
+    /// what they tried).
+    pub fn require(&self, needed: Role, to: &str) -> Result<(), String> {
+        if self.role.allows(needed) {
+            Ok(())
+        } else {
+            Err(format!(
+                "forbidden: {} is a {} and may not {to} (needs {})",
+                self.name,
+                self.role.as_str(),
+                needed.as_str()
+            ))
+        }
+    }
 }

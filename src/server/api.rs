@@ -1,4 +1,5 @@
-//! REST endpoints: start a run, list runs, read one run's state, health.
+//! REST endpoints: start a run, list runs, read one run's state, events and decisions, who am I,
+//! health. Each reads its request and calls one [`crate::service::Service`] operation.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -10,10 +11,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AppError, AppState, Identity};
-use crate::engine::{DagSpec, SpecFormat, examples};
+use crate::engine::{SpecFormat, examples};
 use crate::external::ExternalRun;
-use crate::protocol::{GateDecisionRecord, Role, RunState, RunSummary, Seq, SignedIn};
-use crate::runs::StartError;
+use crate::protocol::{GateDecisionRecord, RunState, RunSummary, Seq, SignedIn};
+use crate::service::{MAX_EVENTS_PER_READ, StartRequest};
 
 #[derive(Deserialize)]
 pub struct StartQuery {
@@ -32,43 +33,27 @@ pub async fn start_run(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
-    if let Some(run) = external_run(&headers, &body)? {
-        identity.require(Role::Engine, "create external runs").map_err(AppError::Forbidden)?;
-        let dag_id = state.runs.start_external(run).await.map_err(|e| AppError::Internal(e.to_string()))?;
-        return Ok((StatusCode::CREATED, Json(json!({ "dag_id": dag_id }))));
-    }
-    identity.require(Role::Admin, "start runs").map_err(AppError::Forbidden)?;
-    let spec = match (query.example, body.is_empty()) {
-        (Some(name), true) => {
-            let known: Vec<&str> = examples::names().collect();
-            examples::by_name(&name)
-                .ok_or_else(|| {
-                    AppError::BadRequest(format!("no example called {name:?} (there is: {})", known.join(", ")))
-                })?
-                .map_err(|e| AppError::Internal(format!("bundled example {name}: {e}")))?
-        }
-        (Some(_), false) => {
+    let request = match (external_run(&headers, &body)?, query.example, body.is_empty()) {
+        (Some(run), _, _) => StartRequest::External(run),
+        (None, Some(name), true) => StartRequest::Example(name),
+        (None, Some(_), false) => {
             return Err(AppError::BadRequest("send either a spec in the body or ?example=NAME, not both".into()));
         }
-        (None, true) => {
+        (None, None, true) => {
             let known: Vec<&str> = examples::names().collect();
             return Err(AppError::BadRequest(format!(
                 "send a spec (Content-Type: application/toml or application/json), or ?example=NAME (one of: {})",
                 known.join(", ")
             )));
         }
-        (None, false) => {
+        (None, None, false) => {
             let format = spec_format(&headers)?;
             let text =
                 std::str::from_utf8(&body).map_err(|_| AppError::BadRequest("the spec is not UTF-8 text".into()))?;
-            DagSpec::parse(text, format).map_err(|e| AppError::BadRequest(e.to_string()))?
+            StartRequest::Spec { text: text.to_owned(), format }
         }
     };
-    let dag_id = state.runs.start(spec).await.map_err(|e| match e {
-        StartError::Spec(e) => AppError::BadRequest(e.to_string()),
-        StartError::Refused(message) => AppError::Forbidden(message),
-        StartError::Store(e) => AppError::Internal(e.to_string()),
-    })?;
+    let dag_id = state.service.start(&identity.signed_in(), request).await?;
     Ok((StatusCode::CREATED, Json(json!({ "dag_id": dag_id }))))
 }
 
@@ -101,13 +86,12 @@ fn spec_format(headers: &HeaderMap) -> Result<SpecFormat, AppError> {
 
 /// `GET /api/dags`: every run, newest first.
 pub async fn list_runs(State(state): State<AppState>) -> Json<Vec<RunSummary>> {
-    Json(state.runs.list())
+    Json(state.service.list())
 }
 
 /// `GET /api/dags/{dag_id}`: the whole state of one run, as a `snapshot` would carry it.
 pub async fn get_run(State(state): State<AppState>, Path(dag_id): Path<String>) -> Result<Json<RunState>, AppError> {
-    let run = state.runs.get(&dag_id).ok_or_else(|| AppError::NotFound(format!("no run {dag_id:?}")))?;
-    Ok(Json(run.room.snapshot()))
+    Ok(Json(state.service.state(&dag_id)?))
 }
 
 #[derive(Deserialize)]
@@ -115,12 +99,9 @@ pub struct EventsQuery {
     /// Events with `seq` above this; 0 for the whole log.
     #[serde(default)]
     after: Seq,
-    /// At most this many (default and cap [`MAX_EVENTS_PER_PAGE`]).
+    /// At most this many (default and cap [`MAX_EVENTS_PER_READ`]).
     limit: Option<usize>,
 }
-
-/// Events per page of `GET /api/dags/{dag_id}/events`.
-pub const MAX_EVENTS_PER_PAGE: usize = 1000;
 
 /// `GET /api/dags/{dag_id}/events?after=K&limit=N`: the run's event log, oldest first, as the
 /// stream sent it; from the store when there is one.
@@ -129,15 +110,8 @@ pub async fn events(
     Path(dag_id): Path<String>,
     Query(query): Query<EventsQuery>,
 ) -> Result<Response, AppError> {
-    let run = state.runs.get(&dag_id).ok_or_else(|| AppError::NotFound(format!("no run {dag_id:?}")))?;
-    let limit = query.limit.unwrap_or(MAX_EVENTS_PER_PAGE).clamp(1, MAX_EVENTS_PER_PAGE);
-    let up_to = run.room.seq().min(query.after.saturating_add(limit as Seq));
-    let texts: Vec<String> = match state.runs.store() {
-        Some(store) => {
-            store.events(&dag_id, query.after, up_to).await.map_err(|e| AppError::Internal(e.to_string()))?
-        }
-        None => run.room.recent_events(query.after).into_iter().take(limit).map(|f| f.text.to_string()).collect(),
-    };
+    let limit = query.limit.unwrap_or(MAX_EVENTS_PER_READ);
+    let texts = state.service.events(&dag_id, query.after, limit).await?;
     let body = format!("[{}]", texts.join(","));
     Ok(([(CONTENT_TYPE, "application/json")], body).into_response())
 }
@@ -147,8 +121,7 @@ pub async fn decisions(
     State(state): State<AppState>,
     Path(dag_id): Path<String>,
 ) -> Result<Json<Vec<GateDecisionRecord>>, AppError> {
-    let run = state.runs.get(&dag_id).ok_or_else(|| AppError::NotFound(format!("no run {dag_id:?}")))?;
-    Ok(Json(run.room.snapshot().decisions))
+    Ok(Json(state.service.decisions(&dag_id)?))
 }
 
 /// `GET /api/me`: who the credentials belong to, and their role.

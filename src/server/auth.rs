@@ -153,16 +153,7 @@ impl Identity {
 
     /// `Err` with a message fit for the user when their role is below `needed`.
     pub fn require(&self, needed: Role, to: &str) -> Result<(), String> {
-        if self.role.allows(needed) {
-            Ok(())
-        } else {
-            Err(format!(
-                "forbidden: {} is a {} and may not {to} (needs {})",
-                self.name,
-                self.role.as_str(),
-                needed.as_str()
-            ))
-        }
+        self.signed_in().require(needed, to)
     }
 }
 

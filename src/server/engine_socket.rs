@@ -21,6 +21,7 @@ use super::{AppError, AppState, Identity, admit_socket};
 use crate::external::{EngineLink, check_event};
 use crate::hub::{Room, encode};
 use crate::protocol::{Role, RunState, ServerEvent, ServerEventBody};
+use crate::runs::Driver;
 
 /// Largest message an engine may send (outputs can be sizeable).
 const MAX_ENGINE_MESSAGE: usize = 1024 * 1024;
@@ -34,10 +35,10 @@ pub async fn handler(
 ) -> Result<Response, AppError> {
     identity.require(Role::Engine, "drive external runs").map_err(AppError::Forbidden)?;
     let slot = admit_socket(&state, &identity, &headers)?;
-    let run = state.runs.get(&dag_id).ok_or_else(|| AppError::NotFound(format!("no run {dag_id:?}")))?;
-    let link = run.engine.ok_or_else(|| {
-        AppError::Conflict(format!("run {dag_id} is executed by dagstream, not by an external engine"))
-    })?;
+    let run = state.service.entry(&dag_id)?;
+    let Driver::External(link) = run.driver else {
+        return Err(AppError::Conflict(format!("run {dag_id} is executed by dagstream, not by an external engine")));
+    };
     let commands =
         link.attach().ok_or_else(|| AppError::Conflict(format!("an engine is already connected to run {dag_id}")))?;
     let streams = state.streams.clone();

@@ -27,6 +27,19 @@ pub enum AppError {
     Internal(String),
 }
 
+impl From<crate::service::ServiceError> for AppError {
+    fn from(error: crate::service::ServiceError) -> Self {
+        use crate::service::ServiceError;
+        match error {
+            ServiceError::NotFound(message) => AppError::NotFound(message),
+            ServiceError::Invalid(message) => AppError::BadRequest(message),
+            ServiceError::Forbidden(message) => AppError::Forbidden(message),
+            ServiceError::Refused(message) => AppError::Conflict(message),
+            ServiceError::Internal(detail) => AppError::Internal(detail),
+        }
+    }
+}
+
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = match &self {

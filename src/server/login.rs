@@ -19,7 +19,8 @@ fn is_public(path: &str) -> bool {
 }
 
 /// Lets a request through only with a valid bearer token or session cookie, and hands the
-/// handlers its [`super::auth::Identity`] as an extension. Anything else gets 401: the login
+/// handlers its [`super::auth::Identity`] as an extension (and the pages and server functions
+/// who that is, as a [`crate::protocol::SignedIn`]). Anything else gets 401: the login
 /// page for a browser, a JSON error for a program.
 pub async fn require_login(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     if is_public(request.uri().path()) {
@@ -27,6 +28,7 @@ pub async fn require_login(State(state): State<AppState>, mut request: Request, 
     }
     match state.auth.identify(request.headers()) {
         Ok(identity) => {
+            request.extensions_mut().insert(identity.signed_in());
             request.extensions_mut().insert(identity);
             next.run(request).await
         }

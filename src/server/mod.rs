@@ -33,13 +33,13 @@ pub use error::AppError;
 pub use stream::StreamConfig;
 
 use crate::app::shell;
-use crate::runs::Runs;
+use crate::service::Service;
 
 /// What every handler, page and server function can reach.
 #[derive(Clone)]
 pub struct AppState {
-    /// Every run of this server.
-    pub runs: Arc<Runs>,
+    /// Every operation on the runs of this server (and the registry behind them).
+    pub service: Service,
     /// Who may sign in, their sessions and roles.
     pub auth: Arc<Auth>,
     /// Where the built site (wasm, JS, CSS) is, and the app's name in it.
@@ -77,8 +77,8 @@ pub fn app(state: AppState) -> Router {
     // (`app::page`); any other path gets the not-found page from the fallback, with a 404.
     let page = leptos_axum::render_app_to_stream_in_order_with_context(
         {
-            let state = state.clone();
-            move || provide_context(state.clone())
+            let service = state.service.clone();
+            move || provide_context(service.clone())
         },
         site_shell.clone(),
     );
@@ -98,8 +98,17 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(page.clone()))
         .route("/dags/{dag_id}", get(page))
         .nest_service("/pkg", site_files(site_pkg_dir))
-        // No Leptos routes (the app has no router): this registers the server functions.
-        .leptos_routes(&state, Vec::new(), site_shell)
+        // No Leptos routes (the app has no router): this registers the server functions, which
+        // find the service in their context (and who is signed in among the request's parts).
+        .leptos_routes_with_context(
+            &state,
+            Vec::new(),
+            {
+                let service = state.service.clone();
+                move || provide_context(service.clone())
+            },
+            site_shell,
+        )
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .layer(axum::middleware::from_fn_with_state(state.clone(), login::require_login))
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -34,7 +34,7 @@ pub async fn handler(
             streams.track_future(async move {
                 let _slot = slot;
                 tokio::select! {
-                    _ = serve(socket, state.runs, state.shutdown) => {}
+                    _ = serve(socket, Arc::clone(state.service.runs()), state.shutdown) => {}
                     // Signed out: the socket goes with the session.
                     _ = identity.ended.cancelled() => {}
                 }

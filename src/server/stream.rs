@@ -25,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 use super::auth::ConnectionSlot;
 use super::{AppError, AppState, Identity, admit_socket};
 use crate::hub::{Frame, Subscription, encode};
-use crate::protocol::{CLOSE_CODE_TOO_SLOW, ClientEvent, Role, Seq, ServerEvent, ServerEventBody};
+use crate::protocol::{CLOSE_CODE_TOO_SLOW, ClientEvent, Seq, ServerEvent, ServerEventBody};
 use crate::runs::RunEntry;
+use crate::service::Service;
 use crate::store::Store;
 
 /// Largest client message accepted; client events are a few hundred bytes. A bigger one
@@ -79,13 +80,14 @@ pub async fn handler(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
     let slot = admit_socket(&state, &identity, &headers)?;
-    let run = state.runs.get(&dag_id).ok_or_else(|| AppError::NotFound(format!("no run {dag_id:?}")))?;
+    let run = state.service.entry(&dag_id)?;
     let Query(query) = query.map_err(|e| AppError::BadRequest(format!("since must be a sequence number: {e}")))?;
     let upgrade = upgrade.map_err(|e| AppError::BadRequest(e.body_text()))?;
     let connection = Connection {
         run,
         since: query.since,
-        store: state.runs.store().cloned(),
+        store: state.service.runs().store().cloned(),
+        service: state.service.clone(),
         config: state.stream,
         shutdown: state.shutdown.clone(),
         identity,
@@ -104,6 +106,8 @@ pub async fn handler(
 /// Everything one stream connection needs once upgraded.
 struct Connection {
     run: RunEntry,
+    /// Where the client's commands go.
+    service: Service,
     /// The last `seq` the client has, if it resumes.
     since: Option<Seq>,
     /// Where events older than the room's memory are read from.
@@ -127,7 +131,7 @@ enum Outgoing {
 }
 
 async fn serve(socket: WebSocket, connection: Connection) {
-    let Connection { run, since, store, config, shutdown, identity, _slot } = connection;
+    let Connection { run, service, since, store, config, shutdown, identity, _slot } = connection;
     let subscription = run.room.subscribe(since);
     let dag_id = run.room.dag_id().to_owned();
     let (sink, stream) = socket.split();
@@ -138,7 +142,7 @@ async fn serve(socket: WebSocket, connection: Connection) {
     let send_side =
         send_loop(sink, subscription, store, dag_id, reply_queue, config, shutdown, session, Arc::clone(&heard));
     let mut send = tokio::spawn(send_side);
-    let mut receive = tokio::spawn(receive_loop(stream, run, replies, heard, identity, config));
+    let mut receive = tokio::spawn(receive_loop(stream, service, run, replies, heard, identity, config));
     tokio::select! {
         _ = &mut send => {
             // A close frame (if any) is written and flushed. The receive side reads, and drops,
@@ -303,6 +307,7 @@ enum Received {
 
 async fn receive_loop(
     mut stream: SplitStream<WebSocket>,
+    service: Service,
     run: RunEntry,
     replies: mpsc::Sender<Outgoing>,
     heard: Arc<AtomicBool>,
@@ -345,7 +350,7 @@ async fn receive_loop(
                 config.client_events_per_second
             )),
             Message::Text(text) => match serde_json::from_str::<ClientEvent>(text.as_str()) {
-                Ok(event) => command(&run, &identity, event).await,
+                Ok(event) => service.command(&run, &identity.signed_in(), event).await.err().map(|e| e.to_string()),
                 Err(error) => Some(format!("could not read your message: {error}")),
             },
             Message::Binary(_) => Some("binary messages are not accepted: send JSON text".to_owned()),
@@ -387,26 +392,6 @@ fn unreadable(error: axum::Error) -> Option<Outgoing> {
 
 /// The reason of the 1009 close.
 const TOO_BIG: &str = "message too big: the limit is 64 KiB";
-
-/// Hands a client event to the run if the user's role allows it; the complaint otherwise.
-async fn command(run: &RunEntry, identity: &Identity, event: ClientEvent) -> Option<String> {
-    let what = match &event {
-        ClientEvent::HumanDecision { .. } => "decide gates",
-        ClientEvent::PauseExecution | ClientEvent::ResumeExecution | ClientEvent::CancelExecution => {
-            "pause, resume or cancel runs"
-        }
-    };
-    if let Err(forbidden) = identity.require(Role::needed_for(&event), what) {
-        return Some(forbidden);
-    }
-    match (&run.handle, &run.engine) {
-        (Some(handle), _) => handle.command(event, &identity.name).await.err().map(|rejected| rejected.to_string()),
-        (None, Some(engine)) => crate::external::check_command(&run.room.snapshot(), &event)
-            .and_then(|()| engine.forward(&event, &identity.name))
-            .err(),
-        (None, None) => Some(format!("the run is {}: it takes no more commands", run.room.summary().state.as_str())),
-    }
-}
 
 /// A token bucket: `per_second` tokens a second, at most `per_second` saved up.
 struct RateLimit {

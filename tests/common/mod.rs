@@ -36,7 +36,7 @@ pub async fn serve_in_process(
     use dagstream::server::{AppState, Auth, app, listen};
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
-        runs: std::sync::Arc::new(runs),
+        service: dagstream::service::Service::new(std::sync::Arc::new(runs)),
         auth: std::sync::Arc::new(Auth::new(auth, None).await.expect("auth settings are valid")),
         leptos_options: leptos::prelude::LeptosOptions::builder().output_name("dagstream").build(),
         shutdown: shutdown_rx,

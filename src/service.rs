@@ -1,0 +1,178 @@
+//! Every operation a user can ask of dagstream, written once: start a run, list runs, read a
+//! run's state, events and decisions, command a run. REST handlers (`server::api`), the stream
+//! sockets and the Leptos server functions (`app`) are thin adapters over [`Service`]: they read
+//! their request, call one method, and turn a [`ServiceError`] into their kind of answer.
+//!
+//! Roles are checked here, for every adapter alike; the caller is who signed in ([`SignedIn`]).
+
+use std::sync::Arc;
+
+use crate::engine::{DagSpec, SpecFormat, examples};
+use crate::external::ExternalRun;
+use crate::protocol::{ClientEvent, GateDecisionRecord, Role, RunState, RunSummary, Seq, SignedIn};
+use crate::runs::{Driver, RunEntry, Runs, StartError};
+
+/// Events one read of a run's log answers at most.
+pub const MAX_EVENTS_PER_READ: usize = 1000;
+
+/// Why an operation did not happen, in words fit for the caller. Nothing changed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ServiceError {
+    /// No such run (or example).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request itself is wrong: an invalid spec, an unknown example, ...
+    #[error("{0}")]
+    Invalid(String),
+    /// The caller's role does not allow it, or the server is set up not to.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The run's state does not allow it now (a gate already decided, a run that ended, ...).
+    #[error("{0}")]
+    Refused(String),
+    /// Our fault (storage failed, ...): logged in full by the adapter; the caller only learns
+    /// that it was ours.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ServiceError {
+    /// The HTTP status that says this error, for the adapters that answer over HTTP.
+    pub fn http_status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            ServiceError::NotFound(_) => StatusCode::NOT_FOUND,
+            ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ServiceError::Refused(_) => StatusCode::CONFLICT,
+            ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// What run to start.
+#[derive(Debug)]
+pub enum StartRequest {
+    /// A bundled example, by name.
+    Example(String),
+    /// A spec's text in a format.
+    Spec { text: String, format: SpecFormat },
+    /// A run an external engine drives (`"external": true`).
+    External(ExternalRun),
+}
+
+/// The operations, over the registry of runs. Cheap to clone; server functions find it in
+/// their context.
+#[derive(Clone)]
+pub struct Service {
+    runs: Arc<Runs>,
+}
+
+impl Service {
+    pub fn new(runs: Arc<Runs>) -> Self {
+        Service { runs }
+    }
+
+    /// The registry itself, for what is not a user's operation (the feeds, tests).
+    pub fn runs(&self) -> &Arc<Runs> {
+        &self.runs
+    }
+
+    /// Starts a run; answers its `dag_id`. Specs and examples need the admin role (a spec may
+    /// run commands), external runs the engine role. An invalid spec starts nothing.
+    pub async fn start(&self, caller: &SignedIn, request: StartRequest) -> Result<String, ServiceError> {
+        let spec = match request {
+            StartRequest::External(run) => {
+                caller.require(Role::Engine, "create external runs").map_err(ServiceError::Forbidden)?;
+                return self.runs.start_external(run).await.map_err(start_error);
+            }
+            StartRequest::Example(name) => {
+                caller.require(Role::Admin, "start runs").map_err(ServiceError::Forbidden)?;
+                let known: Vec<&str> = examples::names().collect();
+                examples::by_name(&name)
+                    .ok_or_else(|| {
+                        ServiceError::Invalid(format!("no example called {name:?} (there is: {})", known.join(", ")))
+                    })?
+                    .map_err(|e| ServiceError::Internal(format!("bundled example {name}: {e}")))?
+            }
+            StartRequest::Spec { text, format } => {
+                caller.require(Role::Admin, "submit specs").map_err(ServiceError::Forbidden)?;
+                DagSpec::parse(&text, format).map_err(|e| ServiceError::Invalid(e.to_string()))?
+            }
+        };
+        self.runs.start(spec).await.map_err(start_error)
+    }
+
+    /// Every run, newest first.
+    pub fn list(&self) -> Vec<RunSummary> {
+        self.runs.list()
+    }
+
+    /// One run, by id.
+    pub fn entry(&self, dag_id: &str) -> Result<RunEntry, ServiceError> {
+        self.runs.get(dag_id).ok_or_else(|| ServiceError::NotFound(format!("no run {dag_id:?}")))
+    }
+
+    /// The whole state of one run, as a `snapshot` carries it.
+    pub fn state(&self, dag_id: &str) -> Result<RunState, ServiceError> {
+        Ok(self.entry(dag_id)?.room.snapshot())
+    }
+
+    /// The run's events after `after`, oldest first, at most `limit` (capped at
+    /// [`MAX_EVENTS_PER_READ`]), as the stream sent them: from the store when there is one,
+    /// else from the run's window in memory.
+    pub async fn events(&self, dag_id: &str, after: Seq, limit: usize) -> Result<Vec<String>, ServiceError> {
+        let run = self.entry(dag_id)?;
+        let limit = limit.clamp(1, MAX_EVENTS_PER_READ);
+        let up_to = run.room.seq().min(after.saturating_add(limit as Seq));
+        match self.runs.store() {
+            Some(store) => store.events(dag_id, after, up_to).await.map_err(|e| ServiceError::Internal(e.to_string())),
+            None => Ok(run
+                .room
+                .recent_events(after)
+                .into_iter()
+                .filter(|frame| frame.seq <= up_to)
+                .map(|frame| frame.text.to_string())
+                .collect()),
+        }
+    }
+
+    /// Every gate decision of the run, oldest first.
+    pub fn decisions(&self, dag_id: &str) -> Result<Vec<GateDecisionRecord>, ServiceError> {
+        Ok(self.state(dag_id)?.decisions)
+    }
+
+    /// Hands a client event to whatever drives the run, if the caller's role allows it; `Err`
+    /// says why not (and nothing changed).
+    pub async fn command(&self, run: &RunEntry, caller: &SignedIn, event: ClientEvent) -> Result<(), ServiceError> {
+        let what = match &event {
+            ClientEvent::HumanDecision { .. } => "decide gates",
+            ClientEvent::PauseExecution | ClientEvent::ResumeExecution | ClientEvent::CancelExecution => {
+                "pause, resume or cancel runs"
+            }
+        };
+        caller.require(Role::needed_for(&event), what).map_err(ServiceError::Forbidden)?;
+        match &run.driver {
+            Driver::Engine(handle) => handle
+                .command(event, &caller.name)
+                .await
+                .map_err(|rejected| ServiceError::Refused(rejected.to_string())),
+            Driver::External(link) => {
+                crate::external::check_command(&run.room.snapshot(), &event).map_err(ServiceError::Refused)?;
+                link.forward(&event, &caller.name).map_err(ServiceError::Refused)
+            }
+            Driver::Ended => Err(ServiceError::Refused(format!(
+                "the run is {}: it takes no more commands",
+                run.room.summary().state.as_str()
+            ))),
+        }
+    }
+}
+
+fn start_error(error: StartError) -> ServiceError {
+    match error {
+        StartError::Spec(e) => ServiceError::Invalid(e.to_string()),
+        StartError::Refused(message) => ServiceError::Forbidden(message),
+        StartError::Store(e) => ServiceError::Internal(e.to_string()),
+    }
+}
