@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use crate::engine::policy::{self, CommandEffect, Decider, Gate, GateStanding, Rejected};
 use crate::engine::spec::find_cycle;
-use crate::protocol::{ClientEvent, DagMutation, GraphNode, NodeKind, NodeStatus, RunPhase, RunState, ServerEventBody};
+use crate::protocol::{ClientEvent, DagMutation, Decision, GraphNode, NodeKind, NodeStatus, RunState, ServerEventBody};
 
 /// Commands waiting to be written to a slow engine; beyond this a command is refused.
 const COMMAND_QUEUE: usize = 64;
@@ -176,26 +177,30 @@ fn depends_on(state: &RunState, node: &str, target: &str) -> bool {
     false
 }
 
-/// Checks a dashboard's command against the run's state before it goes to the engine.
+/// Checks a dashboard's command against the run's state before it goes to the engine, by the
+/// same rules the coordinator applies to its own runs ([`policy`]). What `modify` sends back to
+/// is the engine's to decide, so it is never refused for want of upstream nodes here.
 pub fn check_command(state: &RunState, event: &ClientEvent) -> Result<(), String> {
-    match event {
-        ClientEvent::HumanDecision { node_id, decision, feedback } => {
-            let node = state.nodes.get(node_id).ok_or_else(|| format!("there is no node {node_id:?} in this run"))?;
-            if node.status != NodeStatus::Waiting {
-                return Err(format!("{node_id} is not waiting for a decision"));
-            }
-            if *decision == crate::protocol::Decision::Modify && feedback.as_deref().is_none_or(|f| f.trim().is_empty())
-            {
-                return Err("modify needs feedback".into());
-            }
-            Ok(())
+    let effect = policy::command_effect(event, state.state).map_err(|rejected| rejected.to_string())?;
+    match effect {
+        CommandEffect::Decide { node_id, decision, feedback } => {
+            let node = state.nodes.get(node_id).ok_or_else(|| Rejected::UnknownNode(node_id.to_owned()).to_string())?;
+            let last_decision = state.decisions.iter().rev().find(|record| record.node_id == node_id);
+            let standing = match (node.status, last_decision) {
+                (NodeStatus::Waiting, _) => GateStanding::Waiting,
+                (_, Some(record)) => {
+                    GateStanding::Decided { by: &record.decided_by, decision: record.decision, at: &record.decided_at }
+                }
+                (_, None) => GateStanding::NotWaiting,
+            };
+            // A gate the engine set waiting without a card offers every decision.
+            let options = node.gate.as_ref().map_or(Decision::ALL, |gate| gate.options.as_slice());
+            let gate = Gate { node_id, standing, options, budget_gate: false, has_upstream: true };
+            policy::decide(&gate, decision, feedback, Decider::Person)
+                .map(drop)
+                .map_err(|rejected| rejected.to_string())
         }
-        ClientEvent::PauseExecution if state.state == RunPhase::Running => Ok(()),
-        ClientEvent::ResumeExecution if state.state == RunPhase::Paused => Ok(()),
-        ClientEvent::CancelExecution if matches!(state.state, RunPhase::Running | RunPhase::Paused) => Ok(()),
-        ClientEvent::PauseExecution | ClientEvent::ResumeExecution | ClientEvent::CancelExecution => {
-            Err(format!("the run is {}", state.state.as_str()))
-        }
+        CommandEffect::Pause | CommandEffect::Resume | CommandEffect::Cancel => Ok(()),
     }
 }
 

@@ -1,5 +1,6 @@
-//! Runs DAGs: specs and their validation, the pure scheduler, the per-run coordinator task, node
-//! tasks (simulated work and shell commands), and the bundled example DAGs.
+//! Runs DAGs: specs and their validation, the pure scheduler and run rules (`schedule`,
+//! `policy`), the per-run coordinator task, node tasks (simulated work and shell commands), and
+//! the bundled example DAGs.
 //!
 //! Events leave the engine only through a run's [`Room`](crate::hub::Room); client commands
 //! arrive through a [`RunHandle`].
@@ -7,11 +8,13 @@
 pub mod command;
 pub mod examples;
 pub mod node;
+pub mod policy;
 pub mod run;
 pub mod schedule;
 pub mod spec;
 
-pub use run::{EngineConfig, Rejected, RunHandle};
+pub use policy::Rejected;
+pub use run::{EngineConfig, RunHandle};
 pub use spec::{DagSpec, NodeSpec, NodeWork, SpecError, SpecFormat};
 
 /// The current time as RFC 3339 with milliseconds, as every timestamp on the wire.

@@ -1,0 +1,370 @@
+//! The rules of a run, as pure functions of the facts they are given: which command a run takes
+//! in which phase, what a decision does to a gate, when spend opens a budget gate. They answer
+//! what to do; the coordinator (`run`) does it, and the external-run link applies the same rules
+//! to the state an outside engine reported. Table tests below.
+
+use crate::protocol::{ClientEvent, Decision, RunPhase};
+
+/// Why a client command was refused. The message is sent to that client as an `error`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejected {
+    #[error("the run is {}: it takes no more commands", .0.as_str())]
+    Finished(RunPhase),
+    #[error("the run is already paused")]
+    AlreadyPaused,
+    #[error("the run is not paused, so it cannot be resumed")]
+    NotPaused,
+    #[error("the run is being cancelled")]
+    Cancelling,
+    #[error("no node {0:?} in this run")]
+    UnknownNode(String),
+    #[error("gate {0:?} is not waiting for a decision")]
+    GateNotWaiting(String),
+    #[error("gate {node:?} was already decided by {by} ({}) at {at}", .decision.as_str())]
+    AlreadyDecided { node: String, by: String, decision: Decision, at: String },
+    #[error("gate {node:?} does not offer {}", .decision.as_str())]
+    NotOffered { node: String, decision: Decision },
+    #[error("modify needs feedback: say what should change")]
+    ModifyWithoutFeedback,
+    #[error("gate {0:?} has no upstream node to send work back to")]
+    NothingToRedo(String),
+    #[error("the run's engine has stopped")]
+    EngineStopped,
+}
+
+/// What a client command does to a run that takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandEffect<'a> {
+    /// A gate decision: judged further by [`decide`].
+    Decide {
+        node_id: &'a str,
+        decision: Decision,
+        feedback: Option<&'a str>,
+    },
+    Pause,
+    Resume,
+    Cancel,
+}
+
+/// Whether a run in `phase` takes `event`, and what it does.
+pub fn command_effect(event: &ClientEvent, phase: RunPhase) -> Result<CommandEffect<'_>, Rejected> {
+    match (event, phase) {
+        (_, RunPhase::Cancelled | RunPhase::Completed | RunPhase::Failed) => Err(Rejected::Finished(phase)),
+        (_, RunPhase::Cancelling) => Err(Rejected::Cancelling),
+        (ClientEvent::HumanDecision { node_id, decision, feedback }, RunPhase::Running | RunPhase::Paused) => {
+            Ok(CommandEffect::Decide { node_id, decision: *decision, feedback: feedback.as_deref() })
+        }
+        (ClientEvent::PauseExecution, RunPhase::Running) => Ok(CommandEffect::Pause),
+        (ClientEvent::PauseExecution, RunPhase::Paused) => Err(Rejected::AlreadyPaused),
+        (ClientEvent::ResumeExecution, RunPhase::Paused) => Ok(CommandEffect::Resume),
+        (ClientEvent::ResumeExecution, RunPhase::Running) => Err(Rejected::NotPaused),
+        (ClientEvent::CancelExecution, RunPhase::Running | RunPhase::Paused) => Ok(CommandEffect::Cancel),
+    }
+}
+
+/// Where a gate stands when a decision arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateStanding<'a> {
+    /// It waits for a decision now.
+    Waiting,
+    /// It was decided (and does not wait again): by whom, what, when.
+    Decided { by: &'a str, decision: Decision, at: &'a str },
+    /// It has not started waiting (or is not a gate at all).
+    NotWaiting,
+}
+
+/// What the decision rule needs to know about one gate.
+#[derive(Debug, Clone, Copy)]
+pub struct Gate<'a> {
+    pub node_id: &'a str,
+    pub standing: GateStanding<'a>,
+    /// The decisions its card offers.
+    pub options: &'a [Decision],
+    /// True for the gate the engine adds when spend reaches the budget.
+    pub budget_gate: bool,
+    /// Whether it has upstream nodes that `modify` can send the work back to.
+    pub has_upstream: bool,
+}
+
+/// Who decides: a person picks from the card's options; a timeout applies the gate's
+/// `on_timeout`, offered or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decider {
+    Person,
+    Timeout,
+}
+
+/// What a decision does to the gate and the run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GateOutcome {
+    /// The gate completes; what waits for it may start.
+    Complete,
+    /// A budget gate approved: the budget grows by the step, then the gate completes.
+    RaiseBudget,
+    /// The gate fails; what follows it is skipped.
+    Fail,
+    /// A budget gate rejected: the run is cancelled (not a failure of the work).
+    CancelRun,
+    /// The gate's upstream nodes run again with this feedback; then it waits again.
+    SendBack { feedback: String },
+}
+
+/// Judges a decision on a gate: what it does, or why it is refused (changing nothing).
+pub fn decide(
+    gate: &Gate<'_>,
+    decision: Decision,
+    feedback: Option<&str>,
+    decider: Decider,
+) -> Result<GateOutcome, Rejected> {
+    let node = || gate.node_id.to_owned();
+    match gate.standing {
+        GateStanding::Waiting => {}
+        GateStanding::Decided { by, decision, at } => {
+            return Err(Rejected::AlreadyDecided { node: node(), by: by.to_owned(), decision, at: at.to_owned() });
+        }
+        GateStanding::NotWaiting => return Err(Rejected::GateNotWaiting(node())),
+    }
+    if decider == Decider::Person && !gate.options.contains(&decision) {
+        return Err(Rejected::NotOffered { node: node(), decision });
+    }
+    let feedback = feedback.map(str::trim).filter(|f| !f.is_empty());
+    match (decision, gate.budget_gate) {
+        (Decision::Approve, true) => Ok(GateOutcome::RaiseBudget),
+        (Decision::Approve, false) => Ok(GateOutcome::Complete),
+        (Decision::Reject, true) => Ok(GateOutcome::CancelRun),
+        (Decision::Reject, false) => Ok(GateOutcome::Fail),
+        (Decision::Modify, _) => {
+            let feedback = feedback.ok_or(Rejected::ModifyWithoutFeedback)?;
+            if !gate.has_upstream {
+                return Err(Rejected::NothingToRedo(node()));
+            }
+            Ok(GateOutcome::SendBack { feedback: feedback.to_owned() })
+        }
+    }
+}
+
+/// Whether a gate's timeout, armed for its wait number `timer_round`, still decides: only while
+/// the gate waits in that same round (a decision, or a send-back that made it wait again, came
+/// first otherwise).
+pub fn timeout_applies(standing: GateStanding<'_>, timer_round: u32, current_round: u32) -> bool {
+    matches!(standing, GateStanding::Waiting) && timer_round == current_round
+}
+
+/// The spend of a run, as the budget rule sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Spend {
+    pub spent: f64,
+    /// `None`: no budget.
+    pub budget: Option<f64>,
+    /// What approving a budget gate adds.
+    pub step: f64,
+    /// A budget gate waits already (or is about to).
+    pub gate_open: bool,
+    pub phase: RunPhase,
+    /// Nodes that have not started (and would wait for a budget gate).
+    pub unstarted: usize,
+}
+
+/// What the budget rule asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BudgetVerdict {
+    /// Nothing: under budget, no budget, a gate already open, nothing left to hold, or ending.
+    Continue,
+    /// Spend reached the budget: open a budget gate in front of every unstarted node, with this
+    /// prompt.
+    OpenGate { prompt: String },
+}
+
+/// When spend has reached the budget, a budget gate holds everything not yet started.
+pub fn budget_verdict(spend: &Spend) -> BudgetVerdict {
+    let Some(budget) = spend.budget else { return BudgetVerdict::Continue };
+    let ending = spend.phase.is_terminal() || spend.phase == RunPhase::Cancelling;
+    if spend.spent < budget || spend.gate_open || ending || spend.unstarted == 0 {
+        return BudgetVerdict::Continue;
+    }
+    let prompt = format!(
+        "Spent ${:.2} of the ${budget:.2} budget. Approving adds ${:.2} (new budget ${:.2}); rejecting cancels \
+         the run.",
+        spend.spent,
+        spend.step,
+        raised_budget(budget, spend.step)
+    );
+    BudgetVerdict::OpenGate { prompt }
+}
+
+/// The budget after a budget gate is approved.
+pub fn raised_budget(budget: f64, step: f64) -> f64 {
+    budget + step
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Role;
+
+    const ALL_OPTIONS: &[Decision] = &[Decision::Approve, Decision::Reject, Decision::Modify];
+
+    fn gate(standing: GateStanding<'static>) -> Gate<'static> {
+        Gate { node_id: "review", standing, options: ALL_OPTIONS, budget_gate: false, has_upstream: true }
+    }
+
+    #[test]
+    fn which_command_a_run_takes_in_which_phase() {
+        use CommandEffect::*;
+        let decision = ClientEvent::HumanDecision { node_id: "g".into(), decision: Decision::Approve, feedback: None };
+        let decide = Decide { node_id: "g", decision: Decision::Approve, feedback: None };
+        let table: &[(ClientEvent, RunPhase, Result<CommandEffect<'_>, Rejected>)] = &[
+            (decision.clone(), RunPhase::Running, Ok(decide)),
+            (decision.clone(), RunPhase::Paused, Ok(decide)),
+            (decision.clone(), RunPhase::Cancelling, Err(Rejected::Cancelling)),
+            (decision, RunPhase::Completed, Err(Rejected::Finished(RunPhase::Completed))),
+            (ClientEvent::PauseExecution, RunPhase::Running, Ok(Pause)),
+            (ClientEvent::PauseExecution, RunPhase::Paused, Err(Rejected::AlreadyPaused)),
+            (ClientEvent::PauseExecution, RunPhase::Failed, Err(Rejected::Finished(RunPhase::Failed))),
+            (ClientEvent::ResumeExecution, RunPhase::Paused, Ok(Resume)),
+            (ClientEvent::ResumeExecution, RunPhase::Running, Err(Rejected::NotPaused)),
+            (ClientEvent::ResumeExecution, RunPhase::Cancelling, Err(Rejected::Cancelling)),
+            (ClientEvent::CancelExecution, RunPhase::Running, Ok(Cancel)),
+            (ClientEvent::CancelExecution, RunPhase::Paused, Ok(Cancel)),
+            (ClientEvent::CancelExecution, RunPhase::Cancelling, Err(Rejected::Cancelling)),
+            (ClientEvent::CancelExecution, RunPhase::Cancelled, Err(Rejected::Finished(RunPhase::Cancelled))),
+        ];
+        for (event, phase, expected) in table {
+            assert_eq!(&command_effect(event, *phase), expected, "{event:?} while {phase:?}");
+        }
+    }
+
+    /// Each gate standing × decision × who decides (a person of each role, or the timeout). A
+    /// person's decision is first judged by their role, as the service does before it reaches
+    /// the run.
+    #[test]
+    fn what_a_decision_does_to_a_gate() {
+        use GateOutcome::*;
+        let decided = GateStanding::Decided { by: "ana", decision: Decision::Approve, at: "t" };
+        let already = Err(Rejected::AlreadyDecided {
+            node: "review".into(),
+            by: "ana".into(),
+            decision: Decision::Approve,
+            at: "t".into(),
+        });
+        let not_waiting = Err(Rejected::GateNotWaiting("review".into()));
+        let feedback = Some("shorter");
+        let table: &[(GateStanding<'static>, Decision, Option<&str>, Result<GateOutcome, Rejected>)] = &[
+            (GateStanding::Waiting, Decision::Approve, None, Ok(Complete)),
+            (GateStanding::Waiting, Decision::Reject, None, Ok(Fail)),
+            (GateStanding::Waiting, Decision::Modify, feedback, Ok(SendBack { feedback: "shorter".into() })),
+            (GateStanding::Waiting, Decision::Modify, None, Err(Rejected::ModifyWithoutFeedback)),
+            (GateStanding::Waiting, Decision::Modify, Some("   "), Err(Rejected::ModifyWithoutFeedback)),
+            (decided, Decision::Approve, None, already.clone()),
+            (decided, Decision::Reject, None, already.clone()),
+            (decided, Decision::Modify, feedback, already),
+            (GateStanding::NotWaiting, Decision::Approve, None, not_waiting.clone()),
+            (GateStanding::NotWaiting, Decision::Modify, feedback, not_waiting),
+        ];
+        for (standing, decision, feedback, expected) in table {
+            for role in Role::ALL {
+                let event = ClientEvent::HumanDecision {
+                    node_id: "review".into(),
+                    decision: *decision,
+                    feedback: feedback.map(str::to_owned),
+                };
+                let verdict = match role.allows(Role::needed_for(&event)) {
+                    true => decide(&gate(*standing), *decision, *feedback, Decider::Person),
+                    false => Err(Rejected::EngineStopped),
+                };
+                let expected = match role {
+                    Role::Approver | Role::Admin => expected.clone(),
+                    // Refused for their role before the gate is looked at (the sentinel here).
+                    Role::Viewer | Role::Engine => Err(Rejected::EngineStopped),
+                };
+                assert_eq!(verdict, expected, "{role:?} decides {decision:?} on a {standing:?} gate");
+            }
+            // The timeout decides like a person, whatever the card offers.
+            assert_eq!(&decide(&gate(*standing), *decision, *feedback, Decider::Timeout), expected);
+        }
+    }
+
+    #[test]
+    fn a_gate_offers_only_its_options_to_people_but_its_timeout_decides_anyway() {
+        let approve_only = Gate { options: &[Decision::Approve], ..gate(GateStanding::Waiting) };
+        assert_eq!(
+            decide(&approve_only, Decision::Reject, None, Decider::Person),
+            Err(Rejected::NotOffered { node: "review".into(), decision: Decision::Reject })
+        );
+        assert_eq!(decide(&approve_only, Decision::Reject, None, Decider::Timeout), Ok(GateOutcome::Fail));
+        let no_upstream = Gate { has_upstream: false, ..gate(GateStanding::Waiting) };
+        assert_eq!(
+            decide(&no_upstream, Decision::Modify, Some("again"), Decider::Person),
+            Err(Rejected::NothingToRedo("review".into()))
+        );
+    }
+
+    #[test]
+    fn a_budget_gate_raises_the_budget_or_cancels_the_run() {
+        let budget_gate = Gate { budget_gate: true, ..gate(GateStanding::Waiting) };
+        assert_eq!(decide(&budget_gate, Decision::Approve, None, Decider::Person), Ok(GateOutcome::RaiseBudget));
+        assert_eq!(decide(&budget_gate, Decision::Reject, None, Decider::Person), Ok(GateOutcome::CancelRun));
+    }
+
+    /// A timeout and a decision race: whichever the coordinator takes first wins; the other
+    /// changes nothing.
+    #[test]
+    fn a_timeout_racing_a_decision() {
+        let decided = GateStanding::Decided { by: "timeout", decision: Decision::Reject, at: "t" };
+        let table = [
+            // (standing when the timer fires, timer's round, gate's round, the timeout decides)
+            (GateStanding::Waiting, 1, 1, true),
+            // A person decided first: the gate no longer waits.
+            (GateStanding::Decided { by: "ana", decision: Decision::Approve, at: "t" }, 1, 1, false),
+            // Sent back and waiting again: the first wait's timer is stale.
+            (GateStanding::Waiting, 1, 2, false),
+            (GateStanding::NotWaiting, 2, 2, false),
+        ];
+        for (standing, timer_round, round, applies) in table {
+            assert_eq!(timeout_applies(standing, timer_round, round), applies, "{standing:?} {timer_round} {round}");
+        }
+        // The timeout came first: the person's late decision is told who decided.
+        let late = decide(&gate(decided), Decision::Approve, None, Decider::Person);
+        assert!(matches!(late, Err(Rejected::AlreadyDecided { ref by, .. }) if by == "timeout"), "{late:?}");
+    }
+
+    #[test]
+    fn when_spend_opens_a_budget_gate() {
+        let base = Spend {
+            spent: 1.0,
+            budget: Some(1.0),
+            step: 1.0,
+            gate_open: false,
+            phase: RunPhase::Running,
+            unstarted: 3,
+        };
+        let opens = |spend: Spend| matches!(budget_verdict(&spend), BudgetVerdict::OpenGate { .. });
+        let table = [
+            (base, true, "spend reached the budget"),
+            (Spend { spent: 1.5, ..base }, true, "spend went past the budget"),
+            (Spend { spent: 0.99, ..base }, false, "under budget"),
+            (Spend { budget: None, ..base }, false, "no budget"),
+            (Spend { gate_open: true, ..base }, false, "a budget gate waits already"),
+            (Spend { unstarted: 0, ..base }, false, "nothing left to hold"),
+            (Spend { phase: RunPhase::Paused, ..base }, true, "paused runs are held too"),
+            (Spend { phase: RunPhase::Cancelling, ..base }, false, "the run is ending"),
+            (Spend { phase: RunPhase::Completed, ..base }, false, "the run ended"),
+        ];
+        for (spend, expected, why) in table {
+            assert_eq!(opens(spend), expected, "{why}");
+        }
+    }
+
+    #[test]
+    fn the_budget_gate_says_what_approving_adds_with_and_without_a_step_of_its_own() {
+        // A spec without budget_step steps by the budget again (spec.rs); with one, by that.
+        for (step, new_budget) in [(2.0, "$4.00"), (0.5, "$2.50")] {
+            let spend =
+                Spend { spent: 2.1, budget: Some(2.0), step, gate_open: false, phase: RunPhase::Running, unstarted: 1 };
+            let BudgetVerdict::OpenGate { prompt } = budget_verdict(&spend) else { panic!("a gate opens") };
+            assert!(prompt.contains("Spent $2.10 of the $2.00 budget"), "{prompt}");
+            assert!(prompt.contains(&format!("Approving adds ${step:.2} (new budget {new_budget})")), "{prompt}");
+            assert_eq!(raised_budget(2.0, step), 2.0 + step);
+        }
+    }
+}

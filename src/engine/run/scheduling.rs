@@ -1,0 +1,133 @@
+//! Starting what is ready, settling what ended, and ending the run when nothing is left.
+
+use std::time::Instant;
+
+use serde_json::{Map, Value, json};
+
+use super::Coordinator;
+use crate::engine::node::{self, NodeJob};
+use crate::engine::now_rfc3339;
+use crate::engine::spec::NodeWork;
+use crate::protocol::{GatePresentation, NodeMetrics, NodeStatus, RunPhase, ServerEventBody};
+
+impl Coordinator {
+    pub(super) fn start_ready_nodes(&mut self) {
+        if self.phase != RunPhase::Running {
+            return;
+        }
+        for node in self.scheduler.take_startable() {
+            self.start(node);
+        }
+    }
+
+    pub(super) fn start(&mut self, node: usize) {
+        let spec = &self.nodes[node];
+        for need in &spec.needs {
+            self.room.publish(ServerEventBody::EdgeActive { from: need.clone(), to: spec.id.clone() });
+        }
+        // Simulated work reads no inputs; commands and gate cards do.
+        let inputs: Map<String, Value> = match spec.work {
+            NodeWork::Simulate { .. } => Map::new(),
+            NodeWork::Command { .. } | NodeWork::Gate { .. } => {
+                spec.needs.iter().filter_map(|need| self.outputs.get(need).map(|o| (need.clone(), o.clone()))).collect()
+            }
+        };
+        match &spec.work {
+            NodeWork::Gate { title, prompt, options, .. } => {
+                let run = &mut self.runs[node];
+                run.attempt += 1;
+                run.started = Some(Instant::now());
+                let round = run.attempt;
+                let context = if run.budget_gate {
+                    Some(json!({ "spent": self.spent, "budget": self.budget, "budget_step": self.budget_step }))
+                } else {
+                    (!inputs.is_empty()).then_some(Value::Object(inputs))
+                };
+                let timeout = spec.timeout;
+                let presentation = GatePresentation {
+                    title: title.clone(),
+                    prompt: prompt.clone(),
+                    options: options.clone(),
+                    context,
+                    cost_so_far: Some(self.spent),
+                    timeout_at: timeout
+                        .map(|t| humantime::format_rfc3339_millis(std::time::SystemTime::now() + t).to_string()),
+                };
+                let metrics =
+                    NodeMetrics { attempt: Some(round), started_at: Some(now_rfc3339()), ..Default::default() };
+                self.publish_node(node, NodeStatus::Waiting, None, Some(metrics));
+                let node_id = spec.id.clone();
+                self.room.publish(ServerEventBody::HumanGateWaiting { node_id, presentation });
+                if let Some(timeout) = timeout {
+                    self.arm_gate_timer(node, timeout);
+                }
+            }
+            NodeWork::Simulate { .. } | NodeWork::Command { .. } => {
+                let run = &mut self.runs[node];
+                let job = NodeJob {
+                    node,
+                    id: spec.id.clone(),
+                    work: spec.work.clone(),
+                    timeout: spec.timeout,
+                    retries: spec.retries,
+                    first_attempt: run.attempt + 1,
+                    inputs,
+                    feedback: run.feedback.clone(),
+                    workdir: self.workdir.clone(),
+                    cancel_grace: self.cancel_grace,
+                };
+                self.tasks.spawn(node::run(job, self.to_self.clone(), self.cancel.child_token()));
+            }
+        }
+    }
+
+    /// Records the end of a started node: its final `node_state`, then what follows from it in
+    /// the schedule (skips after a failure).
+    pub(super) fn settle(&mut self, node: usize, status: NodeStatus, output: Option<Value>) {
+        let run = &self.runs[node];
+        let duration_ms = run.started.map(|t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX));
+        let is_gate = self.nodes[node].is_gate();
+        let metrics = NodeMetrics {
+            duration_ms,
+            finished_at: Some(now_rfc3339()),
+            cost: (!is_gate).then_some(run.cost),
+            tokens_in: (run.tokens_in > 0).then_some(run.tokens_in),
+            tokens_out: (run.tokens_out > 0).then_some(run.tokens_out),
+            attempt: Some(run.attempt),
+            started_at: None,
+        };
+        if let (NodeStatus::Completed, Some(output)) = (status, &output) {
+            self.outputs.insert(self.nodes[node].id.clone(), output.clone());
+        }
+        self.publish_node(node, status, output, Some(metrics));
+        match status {
+            NodeStatus::Completed => {
+                self.scheduler.complete(node);
+            }
+            NodeStatus::Failed => {
+                for skipped in self.scheduler.fail(node) {
+                    self.publish_node(skipped, NodeStatus::Skipped, None, None);
+                }
+            }
+            NodeStatus::Cancelled => self.scheduler.cancel_started(node),
+            NodeStatus::Pending | NodeStatus::Running | NodeStatus::Waiting | NodeStatus::Skipped => {}
+        }
+    }
+
+    /// Ends the run once every node is settled: final run state, then `execution_complete`.
+    pub(super) fn finish_if_done(&mut self) {
+        if self.phase.is_terminal() || !self.scheduler.is_finished() {
+            return;
+        }
+        let phase = match self.phase {
+            RunPhase::Cancelling => RunPhase::Cancelled,
+            RunPhase::Running | RunPhase::Paused if self.scheduler.any_failed() => RunPhase::Failed,
+            RunPhase::Running | RunPhase::Paused | RunPhase::Cancelled | RunPhase::Completed | RunPhase::Failed => {
+                RunPhase::Completed
+            }
+        };
+        self.set_phase(phase);
+        self.timers.abort_all();
+        self.room.publish(ServerEventBody::ExecutionComplete { results: std::mem::take(&mut self.outputs) });
+    }
+}
