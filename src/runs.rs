@@ -8,9 +8,10 @@ use tokio::sync::broadcast;
 
 use crate::engine::{self, DagSpec, EngineConfig, RunHandle, SpecError};
 use crate::external::{EngineLink, ExternalRun};
+use crate::hub::Writer;
 use crate::hub::{Frame, Room, RoomLimits};
 use crate::protocol::{Applied, RunPhase, RunState, RunSummary, ServerEvent, ServerEventBody};
-use crate::store::{RunRecord, Store, StoreError, Writer};
+use crate::store::{RunRecord, Store, StoreError};
 
 /// Changes the run list feed holds for a slow reader before it must reload the whole list.
 const FEED_QUEUE: usize = 1024;
@@ -116,7 +117,7 @@ impl Runs {
             )));
         }
         let dag_id = new_run_id();
-        let started_at = engine::now_rfc3339();
+        let started_at = crate::protocol::now_rfc3339();
         if let Some((store, _)) = &self.storage {
             let spec_json = serde_json::to_string(&spec.to_file()).map_err(|e| StoreError(e.to_string()))?;
             let record = RunRecord {
@@ -140,7 +141,7 @@ impl Runs {
     /// `dag_id`. With a store, the definition is recorded first.
     pub async fn start_external(&self, run: ExternalRun) -> Result<String, StartError> {
         let dag_id = new_run_id();
-        let started_at = engine::now_rfc3339();
+        let started_at = crate::protocol::now_rfc3339();
         if let Some((store, _)) = &self.storage {
             let record = RunRecord {
                 dag_id: dag_id.clone(),

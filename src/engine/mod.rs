@@ -16,8 +16,3 @@ pub mod spec;
 pub use policy::Rejected;
 pub use run::{EngineConfig, RunHandle};
 pub use spec::{DagSpec, NodeSpec, NodeWork, SpecError, SpecFormat};
-
-/// The current time as RFC 3339 with milliseconds, as every timestamp on the wire.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
-}

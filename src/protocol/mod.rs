@@ -370,6 +370,12 @@ pub struct RunSummary {
     pub cost: Cost,
 }
 
+/// The current time as RFC 3339 with milliseconds, as every timestamp on the wire.
+#[cfg(feature = "ssr")]
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
 /// The JSON Schema (2020-12) of every message on the wire, as published in
 /// `schema/protocol.schema.json` and described in `docs/protocol.md`: `ServerEvent` (the
 /// dashboard stream), `ClientEvent` (what dashboards send), `EngineEvent` (what an external

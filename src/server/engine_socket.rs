@@ -65,7 +65,8 @@ async fn serve(
     let mut open = socket.send(Message::Text(snapshot.into())).await.is_ok();
     while open {
         tokio::select! {
-            incoming = socket.recv() => match incoming {
+            // While the writer's queue is full, the engine's next event waits (and so does it).
+            incoming = async { room.ready().await; socket.recv().await } => match incoming {
                 Some(Ok(Message::Text(text))) => {
                     if let Err(reason) = publish(&room, &mut view, text.as_str()) {
                         open = socket.send(refusal(&view, reason)).await.is_ok();

@@ -24,7 +24,7 @@ fn record(dag_id: &str) -> RunRecord {
 fn stored(dag_id: &str, seq: Seq, body: ServerEventBody) -> StoredEvent {
     let event = ServerEvent { seq, body };
     let json: Arc<str> = serde_json::to_string(&event).expect("json").into();
-    StoredEvent::new(dag_id.into(), &event, json)
+    StoredEvent::new(dag_id.into(), &event, json, "2026-11-26T10:00:00.000Z".into())
 }
 
 #[tokio::test]

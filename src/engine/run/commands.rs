@@ -7,11 +7,10 @@ use serde_json::{Value, json};
 
 use super::Coordinator;
 use crate::engine::node::NodeMsg;
-use crate::engine::now_rfc3339;
 use crate::engine::policy::{self, CommandEffect, Decider, Gate, GateOutcome, GateStanding, Rejected};
 use crate::engine::schedule::Slot;
 use crate::engine::spec::NodeWork;
-use crate::protocol::{ClientEvent, Decision, NodeMetrics, NodeStatus, RunPhase, ServerEventBody};
+use crate::protocol::{ClientEvent, Decision, NodeMetrics, NodeStatus, RunPhase, ServerEventBody, now_rfc3339};
 
 impl Coordinator {
     pub(super) fn on_command(&mut self, event: ClientEvent, actor: &str) -> Result<(), Rejected> {

@@ -208,7 +208,7 @@ impl Coordinator {
         self.finish_if_done();
         loop {
             tokio::select! {
-                Some(message) = self.from_nodes.recv() => self.on_node_message(message),
+                Some(message) = next_node_message(&self.room, &mut self.from_nodes) => self.on_node_message(message),
                 command = inbox.recv() => match command {
                     Some(command) => {
                         let verdict = self.on_command(command.event, &command.actor);
@@ -226,4 +226,11 @@ impl Coordinator {
         self.cancel.cancel();
         self.timers.abort_all();
     }
+}
+
+/// The next message of the run's node tasks, once its events can be stored: while the writer's
+/// queue is full (the disk is behind), node messages wait, and so do the node tasks.
+async fn next_node_message(room: &Room, from_nodes: &mut mpsc::Receiver<NodeMsg>) -> Option<NodeMsg> {
+    room.ready().await;
+    from_nodes.recv().await
 }

@@ -5,9 +5,8 @@ use std::time::Instant;
 use super::Coordinator;
 use crate::engine::command::Report;
 use crate::engine::node::{NodeMsg, Outcome};
-use crate::engine::now_rfc3339;
 use crate::engine::schedule::Slot;
-use crate::protocol::{NodeMetrics, NodeStatus, ServerEventBody};
+use crate::protocol::{NodeMetrics, NodeStatus, ServerEventBody, now_rfc3339};
 
 impl Coordinator {
     pub(super) fn on_node_message(&mut self, message: NodeMsg) {

@@ -6,9 +6,8 @@ use serde_json::{Map, Value, json};
 
 use super::Coordinator;
 use crate::engine::node::{self, NodeJob};
-use crate::engine::now_rfc3339;
 use crate::engine::spec::NodeWork;
-use crate::protocol::{GatePresentation, NodeMetrics, NodeStatus, RunPhase, ServerEventBody};
+use crate::protocol::{GatePresentation, NodeMetrics, NodeStatus, RunPhase, ServerEventBody, now_rfc3339};
 
 impl Coordinator {
     pub(super) fn start_ready_nodes(&mut self) {

@@ -11,6 +11,8 @@
 //! is told it lagged (the server then closes it with 4008 and the client resyncs), so a slow
 //! reader never slows the run or the other readers.
 
+pub mod writer;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -19,8 +21,10 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::{Applied, RunPhase, RunState, RunSummary, Seq, ServerEvent, ServerEventBody};
-use crate::store::{Pending, StoreError, StoredEvent, Writer};
+use crate::protocol::{Applied, RunPhase, RunState, RunSummary, Seq, ServerEvent, ServerEventBody, now_rfc3339};
+use crate::store::{StoreError, StoredEvent};
+
+pub use writer::{Pending, Writer};
 
 /// One serialized event, shared by every subscriber (cloning it does not copy the text).
 #[derive(Clone, Debug)]
@@ -126,7 +130,7 @@ impl Room {
         let seq = event.seq;
         match &self.writer {
             Some(writer) => {
-                let stored = StoredEvent::new(Arc::clone(&self.dag_id), &event, text.into());
+                let stored = StoredEvent::new(Arc::clone(&self.dag_id), &event, text.into(), now_rfc3339().into());
                 let pending = Pending { room: self.me.clone(), event, frame, stored };
                 // Handed over under the lock, so the writer sees this room's events in order.
                 if let Err(pending) = writer.submit(pending) {
@@ -166,6 +170,14 @@ impl Room {
         if let Some(feed) = self.feed.get() {
             // Nobody listening is fine.
             let _ = feed.send(Arc::clone(&self.dag_id));
+        }
+    }
+
+    /// Waits while the writer's queue is full (the disk is behind): whoever publishes for this
+    /// run waits here before taking more work. Returns at once without a store.
+    pub async fn ready(&self) {
+        if let Some(writer) = &self.writer {
+            writer.ready().await;
         }
     }
 

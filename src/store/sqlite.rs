@@ -1,126 +1,17 @@
-//! Durable storage of runs, their event logs and gate decisions, behind the small [`Store`]
-//! trait; [`SqliteStore`] is the embedded default (one file under `--data`, WAL mode,
-//! migrations in `migrations/`).
-//!
-//! The engine never talks to a store: rooms hand their events to the [`Writer`] task, which
-//! commits them in batches (group commit) and only then lets the rooms fold and broadcast them.
+//! The embedded SQLite store: one file, WAL mode, migrations in `migrations/`.
 
 use std::path::Path;
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use tokio::sync::mpsc;
 
-use crate::hub::{Frame, Room};
-use crate::protocol::{RunPhase, Seq, ServerEvent, ServerEventBody};
+use super::{DecisionRow, RunRecord, SessionRow, Store, StoreError, StoredEvent};
+use crate::protocol::Seq;
 
-/// A storage failure, in words for the log and for the run's `error` event.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(pub String);
-
-impl StoreError {
-    fn from_sqlx(context: &str, error: sqlx::Error) -> Self {
-        StoreError(format!("{context}: {error}"))
-    }
-}
-
-/// A run as stored.
-#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
-pub struct RunRecord {
-    pub dag_id: String,
-    pub name: String,
-    /// The spec as JSON (the structure of `SpecFile`).
-    pub spec: String,
-    /// Last known run state (`running`, `completed`, ...).
-    pub state: String,
-    pub started_at: String,
-    pub finished_at: Option<String>,
-}
-
-/// One event to store, as serialized for the wire.
-#[derive(Clone, Debug)]
-pub struct StoredEvent {
-    pub dag_id: Arc<str>,
-    pub seq: Seq,
-    pub json: Arc<str>,
-    /// Set for `gate_resolved`: the row of the decisions table.
-    pub decision: Option<DecisionRow>,
-    /// Set for `run_state`: the run's new state.
-    pub run_state: Option<RunPhase>,
-    pub at: Arc<str>,
-}
-
-/// A gate decision as stored.
-#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
-pub struct DecisionRow {
-    pub node_id: String,
-    pub decision: String,
-    pub feedback: Option<String>,
-    pub decided_by: String,
-    pub decided_at: String,
-}
-
-impl StoredEvent {
-    /// The row(s) an event becomes.
-    pub fn new(dag_id: Arc<str>, event: &ServerEvent, json: Arc<str>) -> Self {
-        let decision = match &event.body {
-            ServerEventBody::GateResolved { node_id, decision, feedback, decided_by, decided_at } => {
-                Some(DecisionRow {
-                    node_id: node_id.clone(),
-                    decision: decision.as_str().to_owned(),
-                    feedback: feedback.clone(),
-                    decided_by: decided_by.clone(),
-                    decided_at: decided_at.clone(),
-                })
-            }
-            _ => None,
-        };
-        let run_state = match &event.body {
-            ServerEventBody::RunStateChanged { state } => Some(*state),
-            _ => None,
-        };
-        StoredEvent { dag_id, seq: event.seq, json, decision, run_state, at: crate::engine::now_rfc3339().into() }
-    }
-}
-
-/// Where runs and their events are kept. Small on purpose, so another database can stand in.
-pub trait Store: Send + Sync + 'static {
-    /// Records a new run before any of its events.
-    fn create_run(&self, run: RunRecord) -> BoxFuture<'_, Result<(), StoreError>>;
-    /// Appends events (of any runs, each run's in `seq` order) in one transaction.
-    fn append(&self, events: Vec<StoredEvent>) -> BoxFuture<'_, Result<(), StoreError>>;
-    /// Every run, oldest first.
-    fn runs(&self) -> BoxFuture<'_, Result<Vec<RunRecord>, StoreError>>;
-    /// Events of a run with `seq` in `after+1 ..= up_to`, in order, as JSON.
-    fn events(&self, dag_id: &str, after: Seq, up_to: Seq) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
-    /// Every decision of a run, oldest first.
-    fn decisions(&self, dag_id: &str) -> BoxFuture<'_, Result<Vec<DecisionRow>, StoreError>>;
-    /// Keeps a login session. A store that does not keep sessions signs users out on restart.
-    fn save_session(&self, _session: SessionRow) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async { Ok(()) })
-    }
-    /// Forgets a login session (logout).
-    fn delete_session(&self, _id_hash: &str) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async { Ok(()) })
-    }
-    /// Every kept session; expired ones are dropped by the caller.
-    fn sessions(&self) -> BoxFuture<'_, Result<Vec<SessionRow>, StoreError>> {
-        Box::pin(async { Ok(Vec::new()) })
-    }
-}
-
-/// A login session as stored: the hash of its id, never the id.
-#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
-pub struct SessionRow {
-    pub id_hash: String,
-    pub user_name: String,
-    /// Unix seconds.
-    pub expires_at: i64,
-}
+/// Rows per `INSERT` statement (3 bound values each, far below SQLite's variable limit).
+const ROWS_PER_INSERT: usize = 256;
 
 /// The embedded SQLite store.
 pub struct SqliteStore {
@@ -301,70 +192,3 @@ impl Store for SqliteStore {
         })
     }
 }
-
-/// Largest batch committed at once. Committed events reach subscribers all at once, so this
-/// stays well below a subscriber's queue (`RoomLimits::subscriber_queue`).
-const MAX_BATCH: usize = 1024;
-/// Rows per `INSERT` statement (3 bound values each, far below SQLite's variable limit).
-const ROWS_PER_INSERT: usize = 256;
-
-/// An event waiting for its commit, and the room that folds and broadcasts it after.
-pub struct Pending {
-    pub room: Weak<Room>,
-    pub event: ServerEvent,
-    pub frame: Frame,
-    pub stored: StoredEvent,
-}
-
-/// The handle rooms use to hand events to the writer.
-#[derive(Clone)]
-pub struct Writer {
-    queue: mpsc::UnboundedSender<Pending>,
-}
-
-impl Writer {
-    /// Starts the writer task on the current runtime. It ends when every `Writer` is dropped
-    /// and the queue is drained.
-    pub fn spawn(store: Arc<dyn Store>) -> Self {
-        let (queue, pending) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(store, pending));
-        Writer { queue }
-    }
-
-    /// Queues an event; gives it back if the writer is gone (then nothing will store it).
-    pub fn submit(&self, pending: Pending) -> Result<(), Box<Pending>> {
-        self.queue.send(pending).map_err(|unsent| Box::new(unsent.0))
-    }
-}
-
-async fn write_loop(store: Arc<dyn Store>, mut pending: mpsc::UnboundedReceiver<Pending>) {
-    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-    while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        // Events of a run whose storage already failed are shown but no longer stored, so its
-        // stored log stays a gap-free prefix.
-        let rows: Vec<StoredEvent> = batch
-            .iter()
-            .filter(|p| p.room.upgrade().is_some_and(|room| !room.storage_failed()))
-            .map(|p| p.stored.clone())
-            .collect();
-        let result = store.append(rows).await;
-        let mut failed_rooms: Vec<Arc<Room>> = Vec::new();
-        for Pending { room, event, frame, .. } in batch.drain(..) {
-            let Some(room) = room.upgrade() else { continue };
-            // Either way the event is shown: after a failure it is not durable, and the run stops.
-            room.commit(event, frame);
-            if result.is_err() && !failed_rooms.iter().any(|r| Arc::ptr_eq(r, &room)) {
-                failed_rooms.push(room);
-            }
-        }
-        if let Err(error) = result {
-            tracing::error!(%error, "storage failed; stopping the affected runs");
-            for room in failed_rooms {
-                room.fail_storage(&error);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests;

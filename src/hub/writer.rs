@@ -1,0 +1,267 @@
+//! The writer: one task that stores the events of every room in batches (group commit), then
+//! hands each back to its room to be folded and broadcast. Nobody sees an event before it is
+//! stored.
+//!
+//! What bounds memory when the disk stalls: the queue holds at most [`MAX_QUEUED`] events
+//! (plus what one coordinator step publishes at once, a few events; a budget gate one per
+//! unstarted node). While it is full, [`Writer::ready`] waits, and every coordinator waits on
+//! it before it takes its next node message; node tasks then wait on their coordinator's bounded
+//! queue, and commands on their pipes. Commands from dashboards are few and rate-limited.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use tokio::sync::{Notify, mpsc};
+
+use super::{Frame, Room};
+use crate::protocol::ServerEvent;
+use crate::store::{Store, StoredEvent};
+
+/// Largest batch committed at once. Committed events reach subscribers all at once, so this
+/// stays well below a subscriber's queue (`RoomLimits::subscriber_queue`).
+const MAX_BATCH: usize = 1024;
+
+/// An event waiting for its commit, and the room that folds and broadcasts it after.
+pub struct Pending {
+    pub room: Weak<Room>,
+    pub event: ServerEvent,
+    pub frame: Frame,
+    pub stored: StoredEvent,
+}
+
+/// Events the queue holds before publishers are asked to wait ([`Writer::ready`]): a few of the
+/// largest batches, so the disk always has the next batch ready while one commits.
+pub const MAX_QUEUED: usize = 4 * MAX_BATCH;
+
+/// The handle rooms use to hand events to the writer.
+#[derive(Clone)]
+pub struct Writer {
+    /// Unbounded as a channel, because [`Room::publish`] cannot wait; bounded by [`Writer::ready`]
+    /// in front of the publishers.
+    queue: mpsc::UnboundedSender<Pending>,
+    /// Events submitted and not yet committed.
+    queued: Arc<AtomicUsize>,
+    /// Told whenever a batch was committed.
+    drained: Arc<Notify>,
+    /// Above this many queued events, [`Writer::ready`] waits.
+    bound: usize,
+}
+
+impl Writer {
+    /// Starts the writer task on the current runtime, with a queue of [`MAX_QUEUED`] events. It
+    /// ends when every `Writer` is dropped and the queue is drained.
+    pub fn spawn(store: Arc<dyn Store>) -> Self {
+        Writer::spawn_bounded(store, MAX_QUEUED)
+    }
+
+    /// [`Writer::spawn`] with a queue of `bound` events.
+    pub fn spawn_bounded(store: Arc<dyn Store>, bound: usize) -> Self {
+        let (queue, pending) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let drained = Arc::new(Notify::new());
+        tokio::spawn(write_loop(store, pending, Arc::clone(&queued), Arc::clone(&drained)));
+        Writer { queue, queued, drained, bound: bound.max(1) }
+    }
+
+    /// Queues an event; gives it back if the writer is gone (then nothing will store it).
+    pub fn submit(&self, pending: Pending) -> Result<(), Box<Pending>> {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        self.queue.send(pending).map_err(|unsent| {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            Box::new(unsent.0)
+        })
+    }
+
+    /// Events submitted and not yet committed.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Waits while the queue is full (the disk is slower than the runs): publishers call this
+    /// before they take more work.
+    pub async fn ready(&self) {
+        loop {
+            let drained = self.drained.notified();
+            if self.queued() < self.bound {
+                return;
+            }
+            drained.await;
+        }
+    }
+}
+
+async fn write_loop(
+    store: Arc<dyn Store>,
+    mut pending: mpsc::UnboundedReceiver<Pending>,
+    queued: Arc<AtomicUsize>,
+    drained: Arc<Notify>,
+) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+    while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let taken = batch.len();
+        // Events of a run whose storage already failed are shown but no longer stored, so its
+        // stored log stays a gap-free prefix.
+        let rows: Vec<StoredEvent> = batch
+            .iter()
+            .filter(|p| p.room.upgrade().is_some_and(|room| !room.storage_failed()))
+            .map(|p| p.stored.clone())
+            .collect();
+        let result = store.append(rows).await;
+        let mut failed_rooms: Vec<Arc<Room>> = Vec::new();
+        for Pending { room, event, frame, .. } in batch.drain(..) {
+            let Some(room) = room.upgrade() else { continue };
+            // Either way the event is shown: after a failure it is not durable, and the run stops.
+            room.commit(event, frame);
+            if result.is_err() && !failed_rooms.iter().any(|r| Arc::ptr_eq(r, &room)) {
+                failed_rooms.push(room);
+            }
+        }
+        if let Err(error) = result {
+            tracing::error!(%error, "storage failed; stopping the affected runs");
+            for room in failed_rooms {
+                room.fail_storage(&error);
+            }
+        }
+        queued.fetch_sub(taken, Ordering::AcqRel);
+        drained.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use futures::future::BoxFuture;
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::engine::{DagSpec, EngineConfig, SpecFormat};
+    use crate::hub::RoomLimits;
+    use crate::protocol::{GraphNode, NodeKind, NodeStatus, RunState, Seq, ServerEventBody};
+    use crate::store::{DecisionRow, RunRecord, StoreError};
+
+    /// A disk that stalls: each batch waits for a permit; the test hands them out.
+    struct StalledDisk {
+        permits: Semaphore,
+        stored: Mutex<Vec<Seq>>,
+    }
+
+    impl Store for StalledDisk {
+        fn create_run(&self, _: RunRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn append(&self, events: Vec<StoredEvent>) -> BoxFuture<'_, Result<(), StoreError>> {
+            Box::pin(async move {
+                let permit = self.permits.acquire().await.map_err(|e| StoreError(e.to_string()))?;
+                permit.forget();
+                self.stored.lock().map_err(|e| StoreError(e.to_string()))?.extend(events.iter().map(|e| e.seq));
+                Ok(())
+            })
+        }
+        fn runs(&self) -> BoxFuture<'_, Result<Vec<RunRecord>, StoreError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn events(&self, _: &str, _: Seq, _: Seq) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn decisions(&self, _: &str) -> BoxFuture<'_, Result<Vec<DecisionRow>, StoreError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    fn stalled() -> Arc<StalledDisk> {
+        Arc::new(StalledDisk { permits: Semaphore::new(0), stored: Mutex::new(Vec::new()) })
+    }
+
+    /// While the disk stalls, publishers that wait on `ready` stop at the bound; once it moves,
+    /// everything is stored and committed, in order.
+    #[tokio::test]
+    async fn a_stalled_disk_holds_publishers_at_the_queue_bound() {
+        const BOUND: usize = 64;
+        let disk = stalled();
+        let writer = Writer::spawn_bounded(Arc::clone(&disk) as Arc<dyn Store>, BOUND);
+        let node = GraphNode { id: "a".into(), label: "A".into(), kind: NodeKind::Simulate };
+        let state = RunState::new("r", "t", "now", 0.0, [(node, vec![])]);
+        let room = Room::new(state, RoomLimits::default(), Some(writer.clone()), Vec::new());
+        let published = Arc::new(AtomicUsize::new(0));
+        let publisher = {
+            let (room, published) = (Arc::clone(&room), Arc::clone(&published));
+            tokio::spawn(async move {
+                for _ in 0..1000 {
+                    room.ready().await;
+                    room.publish(ServerEventBody::NodeState {
+                        node_id: "a".into(),
+                        status: NodeStatus::Running,
+                        output: None,
+                        metrics: None,
+                    });
+                    published.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        };
+        let reached_bound = async {
+            while published.load(Ordering::SeqCst) < BOUND {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), reached_bound).await.expect("publishes up to the bound");
+        let went_past = async {
+            while published.load(Ordering::SeqCst) <= BOUND {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), went_past).await.is_err(),
+            "the publisher waits while the disk stalls"
+        );
+        assert_eq!(writer.queued(), BOUND);
+        assert_eq!(room.seq(), 0, "nothing is committed (or shown) before it is stored");
+        disk.permits.add_permits(10_000);
+        tokio::time::timeout(Duration::from_secs(10), publisher).await.expect("all published").expect("no panic");
+        let committed = async {
+            while room.seq() < 1000 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), committed).await.expect("all committed");
+        let stored = disk.stored.lock().expect("lock").clone();
+        assert_eq!(stored, (1..=1000).collect::<Vec<Seq>>(), "stored once each, in order");
+    }
+
+    /// A coordinator with a thousand instant nodes and a stalled disk stops taking node
+    /// messages near the bound; its memory does not grow with the run.
+    #[tokio::test]
+    async fn a_coordinator_waits_for_a_stalled_disk() {
+        const BOUND: usize = 100;
+        let disk = stalled();
+        let writer = Writer::spawn_bounded(Arc::clone(&disk) as Arc<dyn Store>, BOUND);
+        let mut text = String::from("name = \"wide\"\nmax_parallel = 64\n");
+        for i in 0..1000 {
+            text.push_str(&format!("[[nodes]]\nid = \"n{i}\"\nkind = \"simulate\"\nduration = \"0ms\"\n"));
+        }
+        let spec = DagSpec::parse(&text, SpecFormat::Toml).expect("valid spec");
+        let nodes = spec.nodes.iter().map(|node| (node.graph_node(), node.needs.clone()));
+        let state = RunState::new("wide", "wide", "now", 0.0, nodes);
+        let room = Room::new(state, RoomLimits::default(), Some(writer.clone()), Vec::new());
+        let config = EngineConfig::new(std::env::temp_dir().join("dagstream-writer-test"));
+        // Held: a run whose handles are all dropped stops.
+        let _handle = crate::engine::run::spawn("wide", spec, Arc::clone(&room), &config);
+        // Let it run into the stall, then watch the queue for a while.
+        let mut most = 0;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            most = most.max(writer.queued());
+        }
+        // One node message publishes a few events (running, completed), the start of a node
+        // one more per input edge: a step past the bound, never the whole run (3 000+ events).
+        assert!(most >= BOUND, "the run reached the bound ({most})");
+        assert!(most <= BOUND + 200, "the queue stays near its bound: {most}");
+        disk.permits.add_permits(100_000);
+        tokio::time::timeout(Duration::from_secs(30), room.completed())
+            .await
+            .expect("the run completes once the disk moves");
+        let stored = disk.stored.lock().expect("lock").len();
+        assert_eq!(stored as Seq, room.seq(), "every event is stored");
+    }
+}
