@@ -65,12 +65,19 @@ if [ ! -x "$ROOT/end2end/node_modules/.bin/wasm-opt" ] || [ ! -d "$ROOT/end2end/
   (cd "$ROOT/end2end" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
 fi
 
-if [ "$want" = test ] && [ ! -x /usr/bin/chromium ]; then
-  say "installing Chromium from Debian's packages"
+# Debian packages the tests use: Chromium (Playwright drives it) and tmux (the terminal view's
+# test draws it in a real pane).
+missing=()
+if [ "$want" = test ]; then
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  command -v tmux >/dev/null || missing+=(tmux)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]} from Debian's packages"
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}"
 fi
 # The example external engine (examples/external_engine.py) is run by the tests; it needs the
 # `websockets` package, kept in a virtualenv of its own.

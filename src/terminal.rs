@@ -11,7 +11,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::io::Write;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::engine::{DagSpec, EngineConfig};
@@ -71,8 +73,8 @@ pub async fn run(spec: DagSpec, options: RunOptions) -> ExitCode {
                             waiting.push_back(node.id.clone());
                             if options.approve_all {
                                 view.say(&format!("gate {}: approved (--approve-all)", node.id));
-                            } else {
-                                view.ask(node, gate);
+                            } else if !view.prompting() {
+                                view.ask(&state, node, gate);
                             }
                         }
                     }
@@ -82,6 +84,10 @@ pub async fn run(spec: DagSpec, options: RunOptions) -> ExitCode {
                         }
                     }
                     waiting.retain(|gate| state.nodes.get(gate).is_some_and(|n| n.gate.is_some()));
+                    // The gate asked about was decided elsewhere (its timeout, a dashboard).
+                    if view.prompting() && waiting.is_empty() {
+                        view.end_prompt(false);
+                    }
                     if state.results.is_some() {
                         break;
                     }
@@ -93,13 +99,27 @@ pub async fn run(spec: DagSpec, options: RunOptions) -> ExitCode {
                 Err(broadcast::error::RecvError::Closed) => break,
             },
             Some(answer) = answers.recv() => {
+                // The answer's line (and its Enter) is on the screen below the prompt: the prompt
+                // goes, and the live view comes back in its place.
+                view.end_prompt(true);
                 let Some(gate) = waiting.front().cloned() else {
                     view.say("no gate is waiting; the answer was ignored");
                     continue;
                 };
                 match parse_answer(&answer) {
-                    Ok((decision, feedback)) => decide(&run, &mut view, &gate, decision, feedback).await,
+                    Ok((decision, feedback)) => {
+                        let said = feedback.as_deref().map(|f| format!(" ({f})")).unwrap_or_default();
+                        view.say(&format!("gate {gate}: {}{said}", decision.as_str()));
+                        decide(&run, &mut view, &gate, decision, feedback).await;
+                    }
                     Err(problem) => view.say(&problem),
+                }
+                // Still waiting (a refused or unreadable answer, or the next gate): ask again.
+                waiting.retain(|gate| state.nodes.get(gate).is_some_and(|n| n.gate.is_some()));
+                if let Some(node) = waiting.front().and_then(|gate| state.nodes.get(gate))
+                    && let Some(presentation) = &node.gate
+                {
+                    view.ask(&state, node, presentation);
                 }
             }
             _ = tokio::signal::ctrl_c(), if !interrupted => {
@@ -112,6 +132,7 @@ pub async fn run(spec: DagSpec, options: RunOptions) -> ExitCode {
             _ = tokio::signal::ctrl_c(), if interrupted => return ExitCode::from(EXIT_CANCELLED),
         }
     }
+    view.end_prompt(false);
     view.finish(&state);
     match state.state {
         RunPhase::Completed => ExitCode::SUCCESS,
@@ -174,6 +195,13 @@ struct Bars {
     multi: MultiProgress,
     header: ProgressBar,
     nodes: HashMap<String, ProgressBar>,
+    /// Lines of the open prompt on the screen (the frozen frame, the question, the answer
+    /// line), while a gate's question waits for an answer; `None` while the bars are live.
+    ///
+    /// The bars are not drawn while a question is open: what the person types is echoed by the
+    /// terminal, and its Enter moves the cursor a line down behind indicatif's back, so its next
+    /// drawing would start a line too low and leave the top of the old frame on the screen.
+    prompt_lines: Option<usize>,
 }
 
 impl View {
@@ -185,13 +213,15 @@ impl View {
                 ProgressStyle::with_template("{prefix:.bold} [{bar:30.cyan/blue}] {pos}/{len} nodes  {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
-            Bars { multi, header, nodes: HashMap::new() }
+            Bars { multi, header, nodes: HashMap::new(), prompt_lines: None }
         });
         View { bars }
     }
 
     fn say(&self, line: &str) {
         match &self.bars {
+            // While a question is open nothing is drawn: the line waits in the log of events.
+            Some(bars) if bars.prompt_lines.is_some() => {}
             Some(bars) => {
                 let _ = bars.multi.println(line);
             }
@@ -199,15 +229,55 @@ impl View {
         }
     }
 
-    fn ask(&self, node: &NodeView, gate: &GatePresentation) {
+    /// Asks a gate's question. On a terminal the live bars give way to the same frame, drawn
+    /// once and frozen, with the question under it and the cursor after `answer> `.
+    fn ask(&mut self, state: &RunState, node: &NodeView, gate: &GatePresentation) {
         let options: Vec<&str> = gate.options.iter().map(|d| d.as_str()).collect();
-        self.say(&format!(
-            "\n? gate {}: {}\n  {}\n  answer {} (modify takes feedback: `modify shorter please`)",
-            node.id,
-            gate.title,
-            gate.prompt,
-            options.join(" / ")
-        ));
+        let question = [
+            String::new(),
+            format!("? gate {}: {}", node.id, gate.title),
+            format!("  {}", gate.prompt),
+            format!("  answer {} (modify takes feedback: `modify shorter please`)", options.join(" / ")),
+        ];
+        let Some(bars) = &mut self.bars else {
+            for line in question {
+                println!("{line}");
+            }
+            return;
+        };
+        let width = usize::from(console::Term::stderr().size().1).max(20) - 1;
+        let mut lines: Vec<String> = frame_lines(state, bars.nodes.keys());
+        lines.extend(question);
+        let lines: Vec<String> = lines.iter().flat_map(|line| wrap(line, width)).collect();
+        let _ = bars.multi.clear();
+        bars.multi.set_draw_target(ProgressDrawTarget::hidden());
+        let mut screen = std::io::stderr().lock();
+        for line in &lines {
+            let _ = writeln!(screen, "{line}");
+        }
+        let _ = write!(screen, "answer> ");
+        let _ = screen.flush();
+        bars.prompt_lines = Some(lines.len() + 1);
+    }
+
+    /// True while a question waits for its answer.
+    fn prompting(&self) -> bool {
+        self.bars.as_ref().is_some_and(|bars| bars.prompt_lines.is_some())
+    }
+
+    /// Takes the open question (if any) off the screen and brings the live bars back in its
+    /// place. `answered`: the person pressed Enter, so the cursor is a line below the prompt.
+    fn end_prompt(&mut self, answered: bool) {
+        let Some(bars) = &mut self.bars else { return };
+        let Some(lines) = bars.prompt_lines.take() else { return };
+        // Up to the frame's first line (from the line under the answer, or from the answer
+        // line itself), then clear everything below.
+        let up = if answered { lines } else { lines - 1 };
+        let mut screen = std::io::stderr().lock();
+        let _ = write!(screen, "\r\x1b[{up}A\x1b[J");
+        let _ = screen.flush();
+        drop(screen);
+        bars.multi.set_draw_target(ProgressDrawTarget::stderr());
     }
 
     fn show(&mut self, state: &RunState, event: &ServerEvent) {
@@ -284,6 +354,32 @@ impl View {
             state.cost.spent
         ));
     }
+}
+
+/// The live frame as plain lines: the header, then the nodes that have bars, in the run's order.
+fn frame_lines<'a>(state: &RunState, shown: impl Iterator<Item = &'a String>) -> Vec<String> {
+    let shown: std::collections::HashSet<&String> = shown.collect();
+    let progress = state.progress();
+    let spend = if state.cost.budget > 0.0 {
+        format!("${:.2} / ${:.2}", state.cost.spent, state.cost.budget)
+    } else {
+        format!("${:.2}", state.cost.spent)
+    };
+    let mut lines =
+        vec![format!("{} {}/{} nodes  {spend}  {}", state.name, progress.done, progress.total, state.state.as_str())];
+    lines.extend(
+        state.nodes.values().filter(|node| shown.contains(&node.id)).map(|node| format!("  {}", node_line(node))),
+    );
+    lines
+}
+
+/// `line` cut into pieces of at most `width` characters (so each is one line on the screen).
+fn wrap(line: &str, width: usize) -> Vec<String> {
+    let chars: Vec<char> = line.chars().collect();
+    if chars.is_empty() {
+        return vec![String::new()];
+    }
+    chars.chunks(width.max(1)).map(|piece| piece.iter().collect()).collect()
 }
 
 fn node_line(node: &NodeView) -> String {

@@ -425,3 +425,61 @@ fn an_oversized_message_is_closed_with_1009_every_time() {
         sender.join().expect("the sending thread ends");
     }
 }
+
+/// `dagstream run` on a real terminal (a tmux pane of 120×40): after each answer to a gate the
+/// screen shows one frame and the open question, never a stale frame above the new one.
+#[test]
+fn the_terminal_view_redraws_one_frame_around_its_questions() {
+    let dir = temp_dir("terminal-view");
+    let spec = dir.join("gated.toml");
+    std::fs::write(
+        &spec,
+        "name = \"gated\"\n\
+         [[nodes]]\nid = \"draft\"\nkind = \"simulate\"\nduration = \"300ms\"\ncost = 0.1\n\
+         [[nodes]]\nid = \"check\"\nkind = \"simulate\"\nduration = \"200ms\"\n\
+         [[nodes]]\nid = \"review\"\nkind = \"gate\"\nneeds = [\"draft\", \"check\"]\ntitle = \"Good?\"\nprompt = \"Look at the draft.\"\noptions = [\"approve\", \"reject\", \"modify\"]\n\
+         [[nodes]]\nid = \"publish\"\nkind = \"simulate\"\nneeds = [\"review\"]\nduration = \"200ms\"\n",
+    )
+    .expect("spec written");
+    let session = format!("dagstream-test-{}", std::process::id());
+    let tmux = |args: &[&str]| Command::new("tmux").args(["-L", &session]).args(args).output().expect("tmux runs");
+    let command = format!(
+        "{} run {} --data {}; echo EXITED $?; sleep 30",
+        env!("CARGO_BIN_EXE_dagstream"),
+        spec.display(),
+        dir.join("data").display()
+    );
+    let started = tmux(&["new-session", "-d", "-s", "view", "-x", "120", "-y", "40", &command]);
+    assert!(started.status.success(), "tmux starts: {}", String::from_utf8_lossy(&started.stderr));
+    let screen = || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "view"]).stdout).into_owned();
+    let wait_for = |what: &str, count: usize| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let shown = screen();
+            if shown.matches(what).count() >= count {
+                return shown;
+            }
+            assert!(Instant::now() < deadline, "waited for {what:?} ({count}×); the screen:\n{shown}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let one_frame = |shown: &str, moment: &str| {
+        let headers = shown.lines().filter(|line| line.starts_with("gated ")).count();
+        assert_eq!(headers, 1, "{moment}: one frame header on the screen:\n{shown}");
+        let draft_lines = shown.lines().filter(|line| line.contains("draft completed")).count();
+        assert!(draft_lines <= 1, "{moment}: no stale node lines:\n{shown}");
+    };
+    let asked = wait_for("answer>", 1);
+    one_frame(&asked, "first question");
+    tmux(&["send-keys", "-t", "view", "modify shorter please", "Enter"]);
+    let asked_again = wait_for("gate review: modify (shorter please)", 1);
+    let asked_again = if asked_again.contains("answer>") { asked_again } else { wait_for("answer>", 1) };
+    one_frame(&asked_again, "after modify, asked again");
+    assert_eq!(asked_again.matches("? gate review").count(), 1, "one open question:\n{asked_again}");
+    tmux(&["send-keys", "-t", "view", "approve", "Enter"]);
+    let done = wait_for("EXITED", 1);
+    tmux(&["kill-server"]);
+    one_frame(&done, "at the end");
+    assert!(done.contains("EXITED 0"), "the run completed:\n{done}");
+    assert!(!done.contains("answer>"), "no question is left on the screen:\n{done}");
+}

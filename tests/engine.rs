@@ -484,6 +484,67 @@ async fn cancel_terminates_the_process_group_and_every_pending_node() {
     assert!(process_gone(background), "its background child {background} is gone");
 }
 
+/// Processes whose parent is this test process and that have exited without being waited for.
+fn zombie_children() -> Vec<i32> {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+            // After the command's name: state, then the parent's pid.
+            let mut fields = stat.rsplit(')').next().unwrap_or("").split_whitespace();
+            fields.next() == Some("Z") && fields.next() == Some(me.as_str())
+        })
+        .collect()
+}
+
+/// Cancel sends SIGTERM to each command's process group, waits the grace period, then sends
+/// SIGKILL; every process is waited for (no zombie is left under the server).
+#[tokio::test]
+async fn cancel_sends_term_then_kill_after_the_grace_and_reaps_every_command() {
+    let mut probe = Probe::start(
+        "cancel-term",
+        r#"
+        name = "t"
+        [[nodes]]
+        id = "polite"
+        kind = "command"
+        run = "trap 'echo got TERM > polite.txt; exit 3' TERM; echo $$ > polite.pid; while true; do sleep 0.05; done"
+        [[nodes]]
+        id = "stubborn"
+        kind = "command"
+        run = "trap 'echo TERM ignored >> stubborn.txt' TERM; echo $$ > stubborn.pid; while true; do sleep 0.05; done"
+        "#,
+    )
+    .await;
+    let polite = read_pid(probe.workdir().join("polite.pid")).await;
+    let stubborn = read_pid(probe.workdir().join("stubborn.pid")).await;
+    let asked = std::time::Instant::now();
+    probe.command(ClientEvent::CancelExecution).await.expect("cancel");
+    let state = probe.until_complete().await;
+    let took = asked.elapsed();
+    assert_eq!(state.state, RunPhase::Cancelled);
+    assert_eq!(state.nodes["polite"].status, NodeStatus::Cancelled);
+    assert_eq!(state.nodes["stubborn"].status, NodeStatus::Cancelled);
+    let polite_said = std::fs::read_to_string(probe.workdir().join("polite.txt")).expect("the TERM handler ran");
+    assert_eq!(polite_said.trim(), "got TERM");
+    let stubborn_said = std::fs::read_to_string(probe.workdir().join("stubborn.txt")).expect("it got TERM first");
+    assert!(stubborn_said.contains("TERM ignored"), "{stubborn_said}");
+    // The grace is 500 ms (Probe): the stubborn one was killed only after it.
+    assert!(took >= Duration::from_millis(450), "SIGKILL came after the grace, not at once: {took:?}");
+    for pid in [polite, stubborn] {
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "{pid} is gone and was waited for");
+    }
+    // Other tests of this binary run commands too; a zombie of theirs lasts only until it is
+    // waited for, a left-over one forever.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !zombie_children().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(zombie_children(), Vec::<i32>::new(), "no zombie is left under the server");
+}
+
 #[tokio::test]
 async fn a_running_node_adds_nodes_and_edges_and_invalid_mutations_change_nothing() {
     let mut probe = Probe::start(

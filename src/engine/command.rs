@@ -75,20 +75,26 @@ pub async fn run(
     if let Some(feedback) = attempt.feedback {
         command.env("DAGSTREAM_FEEDBACK", feedback);
     }
-    let mut child = command.spawn().map_err(|e| AttemptError::Failed(format!("could not start the command: {e}")))?;
+    let child = command.spawn().map_err(|e| AttemptError::Failed(format!("could not start the command: {e}")))?;
     // The child leads its own process group, so its pid is the group id.
     let group = child.id().map(|pid| Pid::from_raw(pid as i32));
-    let stdout =
-        child.stdout.take().map(|out| tokio::spawn(stream_lines(out, LogStream::Stdout, attempt.node, events.clone())));
-    let stderr =
-        child.stderr.take().map(|err| tokio::spawn(stream_lines(err, LogStream::Stderr, attempt.node, events.clone())));
+    let mut child = Reaped { child: Some(child), group };
+    let Some(process) = child.child.as_mut() else { return Err(AttemptError::Failed("no process".into())) };
+    let stdout = process
+        .stdout
+        .take()
+        .map(|out| tokio::spawn(stream_lines(out, LogStream::Stdout, attempt.node, events.clone())));
+    let stderr = process
+        .stderr
+        .take()
+        .map(|err| tokio::spawn(stream_lines(err, LogStream::Stderr, attempt.node, events.clone())));
     let mut report = ReportTail::new(files.report.clone(), attempt.node);
     let mut poll = tokio::time::interval(REPORT_POLL);
     let deadline = attempt.timeout.map(|t| Instant::now() + t);
 
     let ending = loop {
         tokio::select! {
-            status = child.wait() => break match status {
+            status = process.wait() => break match status {
                 Ok(status) if status.success() => Ok(()),
                 Ok(status) => Err(AttemptError::Failed(describe_exit(status))),
                 Err(e) => Err(AttemptError::Failed(format!("could not wait for the command: {e}"))),
@@ -96,20 +102,22 @@ pub async fn run(
             _ = poll.tick() => report.read_new(events).await,
             _ = sleep_until(deadline) => {
                 signal_group(group, Signal::SIGKILL);
-                let _ = child.wait().await;
+                let _ = process.wait().await;
                 let limit = attempt.timeout.map(|t| humantime::format_duration(t).to_string()).unwrap_or_default();
                 break Err(AttemptError::Failed(format!("timed out after {limit}; its process group was killed")));
             }
             _ = cancel.cancelled() => {
                 signal_group(group, Signal::SIGTERM);
-                if tokio::time::timeout(attempt.cancel_grace, child.wait()).await.is_err() {
+                if tokio::time::timeout(attempt.cancel_grace, process.wait()).await.is_err() {
                     signal_group(group, Signal::SIGKILL);
-                    let _ = child.wait().await;
+                    let _ = process.wait().await;
                 }
                 break Err(AttemptError::Cancelled);
             }
         }
     };
+    // Every ending above waited for the process.
+    child.child = None;
     // Nothing the command started may outlive it: take down what is left of its group.
     signal_group(group, Signal::SIGKILL);
     for reader in [stdout, stderr].into_iter().flatten() {
@@ -117,6 +125,26 @@ pub async fn run(
     }
     report.read_new(events).await;
     ending
+}
+
+/// The command's process until it has been waited for. An attempt dropped half way (its node
+/// task aborted) drops this: the group is killed and the process waited for on the runtime, so
+/// it never stays a zombie under the server.
+struct Reaped {
+    child: Option<tokio::process::Child>,
+    group: Option<Pid>,
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        signal_group(self.group, Signal::SIGKILL);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = child.wait().await;
+            });
+        }
+    }
 }
 
 fn describe_exit(status: std::process::ExitStatus) -> String {
