@@ -168,6 +168,37 @@ fn a_seed_client_message_with_extra_fields_is_accepted() {
     assert_eq!(parsed, ClientEvent::PauseExecution);
 }
 
+#[test]
+fn what_each_role_allows() {
+    use Role::*;
+    // (role, what it asks for, allowed)
+    let table = [
+        (Viewer, Viewer, true),
+        (Viewer, Approver, false),
+        (Viewer, Admin, false),
+        (Viewer, Engine, false),
+        (Approver, Viewer, true),
+        (Approver, Approver, true),
+        (Approver, Admin, false),
+        (Approver, Engine, false),
+        (Admin, Viewer, true),
+        (Admin, Approver, true),
+        (Admin, Admin, true),
+        (Admin, Engine, true),
+        (Engine, Viewer, true),
+        (Engine, Approver, false),
+        (Engine, Admin, false),
+        (Engine, Engine, true),
+    ];
+    assert_eq!(table.len(), Role::ALL.len() * Role::ALL.len(), "every pair");
+    for (role, needed, allowed) in table {
+        assert_eq!(role.allows(needed), allowed, "{role:?} doing what {needed:?} may");
+    }
+    for event in CLIENT_LITERALS.iter().map(|text| serde_json::from_str::<ClientEvent>(text).expect("literal")) {
+        assert_eq!(Role::needed_for(&event), Approver, "every command needs an approver: {event:?}");
+    }
+}
+
 // ---- the published schema and docs/protocol.md ---------------------------------------------
 
 /// A validator for one message type of the published protocol schema (`$defs/NAME`).
