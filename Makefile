@@ -91,7 +91,7 @@ fuzz:
 ## Type-check both targets as the release build sees them
 check:
 	cargo check --features ssr --all-targets
-	cargo check --lib --target wasm32-unknown-unknown --features hydrate
+	cargo check --lib --target wasm32-unknown-unknown --no-default-features --features hydrate
 
 fmt:
 	cargo fmt

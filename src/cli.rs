@@ -333,6 +333,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         shutdown,
         stream: StreamConfig { client_events_per_second: args.client_event_rate, ..StreamConfig::default() },
         streams: streams.clone(),
+        request_timeout: crate::server::REQUEST_TIMEOUT,
     };
     let listener =
         tokio::net::TcpListener::bind(args.addr).await.map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;

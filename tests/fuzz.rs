@@ -81,12 +81,69 @@ fn any_event_text() -> impl Strategy<Value = String> {
     ]
 }
 
+/// The seeds of the mangler are valid: each parses (else every property below would test only
+/// error paths and pass vacuously).
+#[test]
+fn the_seed_literals_parse() {
+    for text in EVENTS {
+        serde_json::from_str::<ClientEvent>(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+    }
+    for text in ENGINE_EVENTS {
+        serde_json::from_str::<ServerEventBody>(text).unwrap_or_else(|e| panic!("{text}: {e}"));
+    }
+    DagSpec::parse(SPEC, SpecFormat::Toml).expect("the seed spec is valid");
+}
+
+/// Mangled literals fail for the reason their mangling gives, and say it.
+#[test]
+fn mangled_literals_fail_for_the_right_reason() {
+    let client = [
+        (r#"{"type":"human_decision","node_id":"review","decision":"appr"#, "EOF"),
+        (r#"{"type":"human_decision","node_id":"review","decision":"maybe"}"#, "maybe"),
+        (r#"{"type":"human_decision","decision":"approve"}"#, "node_id"),
+        (r#"{"type":"launch_missiles"}"#, "launch_missiles"),
+        (r#"{"node_id":"review"}"#, "type"),
+        (r#"{"type":"pause_execution""#, "EOF"),
+        (r#"{"type":"human_decision","node_id":7,"decision":"approve"}"#, "string"),
+    ];
+    for (text, reason) in client {
+        let error = serde_json::from_str::<ClientEvent>(text).expect_err(text).to_string();
+        assert!(error.contains(reason), "{text}: {error:?} should name {reason:?}");
+    }
+    let engine = [
+        (r#"{"type":"node_state","node_id":"a","status":"sleeping"}"#, "sleeping"),
+        (r#"{"type":"node_state","status":"completed"}"#, "node_id"),
+        (r#"{"type":"cost_update","spent":"lots","budget":2.0,"remaining":0.5}"#, "spent"),
+        (r#"{"type":"edge_active","from":"a""#, "EOF"),
+        (r#"{"type":"dag_mutated","mutation":{"op":"explode"}}"#, "explode"),
+    ];
+    for (text, reason) in engine {
+        let error = serde_json::from_str::<ServerEventBody>(text).expect_err(text).to_string();
+        assert!(error.contains(reason), "{text}: {error:?} should name {reason:?}");
+    }
+    let specs = [
+        (SPEC.replace("needs = [\"a\"]", "needs = [\"ghost\"]"), "ghost"),
+        (SPEC.replace("duration = \"10ms\"", "duration = \"soon\""), "soon"),
+        (SPEC.replace("kind = \"simulate\"", "kind = \"teleport\""), "teleport"),
+        (SPEC.replace("id = \"b\"", "id = \"a\""), "\"a\""),
+        (SPEC.replace("retries = 2", "retries = 2\nbogus = 1"), "bogus"),
+    ];
+    for (text, reason) in specs {
+        let error = DagSpec::parse(&text, SpecFormat::Toml).expect_err(&text).to_string();
+        assert!(error.contains(reason), "{error:?} should name {reason:?}");
+    }
+}
+
 proptest! {
     #[test]
     fn client_event_parsing_never_panics_and_round_trips(text in any_event_text()) {
-        if let Ok(event) = serde_json::from_str::<ClientEvent>(&text) {
-            let again = serde_json::to_string(&event).expect("serializes");
-            prop_assert_eq!(serde_json::from_str::<ClientEvent>(&again).expect("reparses"), event);
+        match serde_json::from_str::<ClientEvent>(&text) {
+            Ok(event) => {
+                let again = serde_json::to_string(&event).expect("serializes");
+                prop_assert_eq!(serde_json::from_str::<ClientEvent>(&again).expect("reparses"), event);
+            }
+            // Readable: it says where in the message it went wrong.
+            Err(error) => prop_assert!(error.to_string().contains(" at line "), "{}", error),
         }
     }
 
@@ -94,13 +151,16 @@ proptest! {
     fn engine_event_parsing_never_panics_and_round_trips(
         text in prop_oneof![prop::sample::select(ENGINE_EVENTS.to_vec()).prop_flat_map(mangled), "\\PC{0,200}"]
     ) {
-        if let Ok(body) = serde_json::from_str::<ServerEventBody>(&text) {
-            let again = serde_json::to_string(&body).expect("serializes");
-            prop_assert_eq!(serde_json::from_str::<ServerEventBody>(&again).expect("reparses"), body.clone());
-            // With a seq it is a whole event, as stored and sent to dashboards.
-            let event = ServerEvent { seq: 7, body };
-            let text = serde_json::to_string(&event).expect("serializes");
-            prop_assert_eq!(serde_json::from_str::<ServerEvent>(&text).expect("reparses"), event);
+        match serde_json::from_str::<ServerEventBody>(&text) {
+            Ok(body) => {
+                let again = serde_json::to_string(&body).expect("serializes");
+                prop_assert_eq!(serde_json::from_str::<ServerEventBody>(&again).expect("reparses"), body.clone());
+                // With a seq it is a whole event, as stored and sent to dashboards.
+                let event = ServerEvent { seq: 7, body };
+                let text = serde_json::to_string(&event).expect("serializes");
+                prop_assert_eq!(serde_json::from_str::<ServerEvent>(&text).expect("reparses"), event);
+            }
+            Err(error) => prop_assert!(error.to_string().contains(" at line "), "{}", error),
         }
     }
 

@@ -52,6 +52,8 @@ pub struct AppState {
     /// Open stream connections. Upgraded sockets outlive axum's own connection tracking, so
     /// shutdown waits on this to let every stream send its close frame.
     pub streams: TaskTracker,
+    /// How long a request may take to be answered ([`REQUEST_TIMEOUT`] when serving); 408 after.
+    pub request_timeout: Duration,
 }
 
 impl FromRef<AppState> for LeptosOptions {
@@ -62,7 +64,8 @@ impl FromRef<AppState> for LeptosOptions {
 
 /// Largest request body (a spec); bigger ones get 413.
 pub const MAX_BODY: usize = 1024 * 1024;
-/// How long a request may take to be answered (a WebSocket is answered by its upgrade).
+/// How long a request may take to be answered (a WebSocket is answered by its upgrade), unless
+/// [`AppState::request_timeout`] says otherwise.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The whole application as a router; tests serve it on port 0.
@@ -112,7 +115,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(leptos_axum::file_and_error_handler::<AppState, _>(shell))
         .layer(axum::middleware::from_fn_with_state(state.clone(), login::require_login))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, state.request_timeout))
         .layer(CompressionLayer::new())
         // Logs the method and path only: query strings (a login token) and headers (a bearer
         // token, a session cookie) never reach the log.

@@ -11,6 +11,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::{broadcast, watch};
 
+use super::stream::CLOSE_CODE_SIGNED_OUT;
 use super::{AppError, AppState, Identity, admit_socket};
 use crate::protocol::RunsFeedEvent;
 use crate::runs::Runs;
@@ -33,17 +34,27 @@ pub async fn handler(
         .on_upgrade(move |socket| {
             streams.track_future(async move {
                 let _slot = slot;
-                tokio::select! {
-                    _ = serve(socket, Arc::clone(state.service.runs()), state.shutdown) => {}
-                    // Signed out: the socket goes with the session.
-                    _ = identity.ended.cancelled() => {}
-                }
+                serve(socket, Arc::clone(state.service.runs()), state.shutdown, identity).await;
             })
         })
         .into_response())
 }
 
-async fn serve(mut socket: WebSocket, runs: Arc<Runs>, mut shutdown: watch::Receiver<bool>) {
+async fn serve(mut socket: WebSocket, runs: Arc<Runs>, mut shutdown: watch::Receiver<bool>, identity: Identity) {
+    // The socket goes with its session: at sign-out, or when it expires.
+    let session_ends = async {
+        let expiry = async {
+            match identity.expires_in {
+                Some(left) => tokio::time::sleep(left).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = identity.ended.cancelled() => "signed out",
+            _ = expiry => "session expired: sign in again",
+        }
+    };
+    tokio::pin!(session_ends);
     let mut changes = runs.changes();
     if send(&mut socket, &RunsFeedEvent::Runs { runs: runs.list() }).await.is_err() {
         return;
@@ -84,6 +95,11 @@ async fn serve(mut socket: WebSocket, runs: Arc<Runs>, mut shutdown: watch::Rece
             },
             _ = shutdown.changed() => {
                 let frame = CloseFrame { code: 1001, reason: Utf8Bytes::from_static("server shutting down") };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                return;
+            }
+            reason = &mut session_ends => {
+                let frame = CloseFrame { code: CLOSE_CODE_SIGNED_OUT, reason: Utf8Bytes::from_static(reason) };
                 let _ = socket.send(Message::Close(Some(frame))).await;
                 return;
             }

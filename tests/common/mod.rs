@@ -8,6 +8,9 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+/// A client WebSocket of the tests.
+pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
 /// The admin token the test servers run with (`DAGSTREAM_TOKEN`).
 pub const TOKEN: &str = "integration-test-admin-token";
 
@@ -33,6 +36,16 @@ pub async fn serve_in_process(
     auth: dagstream::server::AuthSettings,
     stream: dagstream::server::StreamConfig,
 ) -> InProcess {
+    serve_in_process_with(runs, auth, stream, dagstream::server::REQUEST_TIMEOUT).await
+}
+
+/// [`serve_in_process`] with its own request timeout.
+pub async fn serve_in_process_with(
+    runs: dagstream::runs::Runs,
+    auth: dagstream::server::AuthSettings,
+    stream: dagstream::server::StreamConfig,
+    request_timeout: std::time::Duration,
+) -> InProcess {
     use dagstream::server::{AppState, Auth, app, listen};
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
@@ -42,6 +55,7 @@ pub async fn serve_in_process(
         shutdown: shutdown_rx,
         stream,
         streams: tokio_util::task::TaskTracker::new(),
+        request_timeout,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
     let addr = listener.local_addr().expect("local addr");
