@@ -10,7 +10,7 @@ use crate::engine::{self, DagSpec, EngineConfig, RunHandle, SpecError};
 use crate::external::{EngineLink, ExternalRun};
 use crate::hub::Writer;
 use crate::hub::{Frame, Room, RoomLimits};
-use crate::protocol::{Applied, RunPhase, RunState, RunSummary, ServerEvent, ServerEventBody};
+use crate::protocol::{Applied, RunPhase, RunState, RunSummary, Seq, ServerEvent, ServerEventBody};
 use crate::store::{RunRecord, Store, StoreError};
 
 /// Changes the run list feed holds for a slow reader before it must reload the whole list.
@@ -200,6 +200,8 @@ impl Runs {
                 RunState::new(&record.dag_id, &record.name, &record.started_at, 0.0, [])
             }
         };
+        // Stored events are numbered 1..=N without a gap (the writer stores them in order).
+        let stored = texts.len() as Seq;
         let mut log = Vec::with_capacity(texts.len());
         let mut frames = Vec::new();
         let mut broken = None;
@@ -215,6 +217,11 @@ impl Runs {
             if broken.is_some() {
                 break;
             }
+        }
+        if broken.is_some() {
+            // What follows is numbered after the last stored event, so nothing overwrites the
+            // events that could not be read; the snapshot is the run as far as it could be read.
+            state.seq = stored;
         }
         let keep = frames.len().saturating_sub(self.limits.log_window);
         let room = self.new_room(state.clone(), frames.split_off(keep));
