@@ -1,4 +1,11 @@
-//! The `dagstream` command line: `serve`, `validate`, `schema`.
+//! The `dagstream` command line, every subcommand:
+//!
+//! - `serve` (the default): the dashboard, the REST API and the event streams.
+//! - `run SPEC`: one run, headless, with a live terminal view (`terminal`).
+//! - `validate SPEC`: check a spec without running it (exit 2 with the reason).
+//! - `schema [--protocol]`: the JSON Schema of specs, or of the wire protocol.
+//! - `user add NAME --role ROLE`: a user of `serve --users FILE`, with a new token.
+//! - `bench engine | store | fanout`: the benchmarks (`bench`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -7,21 +7,47 @@
 //! # Layout
 //!
 //! - [`protocol`] (both): `ServerEvent` / `ClientEvent`, payload types, and `RunState::apply`,
-//!   the one reducer that folds events into the state of a run.
-//! - [`app`] (both): the Leptos pages, the client store and the `use_dag_stream` hook.
+//!   the one reducer that folds events into the state of a run. The contract is
+//!   `docs/protocol.md`, its JSON Schema `schema/protocol.schema.json`.
+//! - [`app`] (both): the Leptos pages, the live run (`app::live_run`) and the stream hook.
 //! - [`examples`] (both): the bundled example specs, by name.
-//! - `engine` (ssr): specs, the pure scheduler, the coordinator task of each run, examples.
+//! - `engine` (ssr): specs (`spec`), the pure scheduler (`schedule`) and rules (`policy`), the
+//!   coordinator task of each run (`run`), node tasks (`node`) and command processes (`process`).
 //! - `external` (ssr): runs an outside engine drives: definition, event checks, command link.
-//! - `hub` (ssr): one room per run: sequenced log, folded state, fan-out to subscribers.
+//! - `hub` (ssr): one room per run: sequenced log, folded state, fan-out to subscribers; the
+//!   writer that stores events before anyone sees them (`hub::writer`).
+//! - `store` (ssr): the database, a leaf behind the `Store` trait; one file per backend
+//!   (`store::sqlite`).
 //! - `runs` (ssr): the registry of runs; loads and resumes them from the store at start.
 //! - `service` (ssr): every operation a user can ask for (start, list, read, command), once;
 //!   REST, the sockets and the server functions are thin adapters over it.
-//! - `store` (ssr): the `Store` trait, the embedded SQLite store, the group-commit writer.
 //! - `server` (ssr): the axum router, REST, the WebSocket streams (dashboards and engines),
 //!   sign-in and roles.
-//! - `cli` (ssr): `dagstream serve | run | validate | schema | bench`.
-//! - `bench` (ssr): on-demand benchmarks (`dagstream bench engine`).
+//! - `cli` (ssr): the `dagstream` command line (its subcommands are listed there).
+//! - `bench` (ssr): on-demand benchmarks (`dagstream bench ...`).
 //! - `terminal` (ssr): `dagstream run`, one run with a live terminal view.
+//!
+//! # Words
+//!
+//! - **store**: the database (`store::Store`); what the browser holds of a run is the *live run*.
+//! - **command**: what a client asks of a run (`ClientEvent`: a decision, pause, resume,
+//!   cancel); a *command node* runs a shell command, whose *process* `engine::process` manages.
+//! - **examples**: the bundled example specs (`examples/*.toml`, [`examples`]).
+//!
+//! The `Node*` types, from the wire inwards:
+//!
+//! | type | where | what |
+//! |---|---|---|
+//! | `NodeStatus`, `NodeKind`, `NodeMetrics` | `protocol` | a node's status, kind and figures on the wire |
+//! | `GraphNode` | `protocol` | a node as the graph knows it (id, label, kind), in `dag_mutated` |
+//! | `NodeView` | `protocol` | a node in `RunState`: everything the run has told about it |
+//! | `NodeFile` | `engine::spec` | a node as a spec file writes it (TOML/JSON) |
+//! | `NodeSpec`, `NodeWork` | `engine::spec` | a node validated and ready to run; what work it does |
+//! | `NodeRun` | `engine::run` | the coordinator's bookkeeping of one node (attempt, spend, feedback) |
+//! | `NodeJob`, `NodeMsg` | `engine::node` | what a node task is given; what it reports back |
+//! | `NodeSignal` | `app::live_run` | a node's fine-grained signals in the browser |
+//!
+//! Modules are folders with a `mod.rs` when they have parts, single files otherwise.
 
 #![recursion_limit = "256"]
 

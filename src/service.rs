@@ -7,7 +7,8 @@
 
 use std::sync::Arc;
 
-use crate::engine::{DagSpec, SpecFormat, examples};
+use crate::engine::{DagSpec, SpecFormat};
+use crate::examples;
 use crate::external::ExternalRun;
 use crate::protocol::{ClientEvent, GateDecisionRecord, Role, RunState, RunSummary, Seq, SignedIn};
 use crate::runs::{Driver, RunEntry, Runs, StartError};

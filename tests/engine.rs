@@ -141,6 +141,18 @@ fn process_gone(pid: i32) -> bool {
     }
 }
 
+/// Waits (a few seconds at most) until `pid` is gone: a killed process is gone once its parent
+/// (or init, for a grandchild) has waited for it.
+async fn gone_soon(pid: i32) -> bool {
+    for _ in 0..200 {
+        if process_gone(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    process_gone(pid)
+}
+
 async fn read_pid(path: PathBuf) -> i32 {
     for _ in 0..200 {
         if let Ok(text) = std::fs::read_to_string(&path)
@@ -442,8 +454,7 @@ async fn a_timeout_kills_the_whole_process_group() {
         "{:?}",
         probe.errors_of("hang")
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(process_gone(background), "the background child {background} was killed with its group");
+    assert!(gone_soon(background).await, "the background child {background} was killed with its group");
 }
 
 #[tokio::test]
@@ -479,9 +490,8 @@ async fn cancel_terminates_the_process_group_and_every_pending_node() {
         })
         .collect();
     assert_eq!(phases, [RunPhase::Running, RunPhase::Cancelling, RunPhase::Cancelled]);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(process_gone(shell), "the shell {shell} is gone");
-    assert!(process_gone(background), "its background child {background} is gone");
+    assert!(gone_soon(shell).await, "the shell {shell} is gone");
+    assert!(gone_soon(background).await, "its background child {background} is gone");
 }
 
 /// Processes whose parent is this test process and that have exited without being waited for.
@@ -617,7 +627,7 @@ async fn approve_everything(probe: &mut Probe) -> RunState {
 }
 
 fn example(name: &str) -> &'static str {
-    dagstream::engine::examples::EXAMPLES.iter().find(|(n, _)| *n == name).expect("bundled").1
+    dagstream::examples::EXAMPLES.iter().find(|(n, _)| *n == name).expect("bundled").1
 }
 
 #[tokio::test]

@@ -24,7 +24,8 @@ export async function startSpec(request: APIRequestContext, spec: string): Promi
 export async function openRunListAndStartDemo(page: Page, request: APIRequestContext) {
   await page.goto('/');
   await expect(page.getByTestId('start-demo')).toBeVisible();
-  await page.waitForTimeout(500); // the feed connects after hydration
+  // The feed connects after hydration; once its first message arrived no change is missed.
+  await expect(page.getByTestId('run-list')).toHaveAttribute('data-feed', 'live');
   await markDocument(page);
   const dagId = await startDemo(request);
   const row = page.locator(`[data-testid="run-row"][data-dag-id="${dagId}"]`);

@@ -6,7 +6,7 @@
 use leptos::prelude::*;
 
 use super::layout::{self, Layout, NODE_HEIGHT, NODE_WIDTH};
-use super::store::{NodeSignal, RunStore};
+use super::live_run::{LiveRun, NodeSignal};
 use crate::protocol::{NodeKind, NodeStatus};
 
 /// Pan and zoom of the drawing: screen = drawing × scale + (x, y).
@@ -53,10 +53,10 @@ impl View {
 }
 
 #[component]
-pub fn Graph(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoView {
+pub fn Graph(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl IntoView {
     let previous: StoredValue<Option<Layout>> = StoredValue::new(None);
     let laid = Memo::new(move |_| {
-        let nodes: Vec<(String, Vec<String>)> = store
+        let nodes: Vec<(String, Vec<String>)> = live_run
             .nodes
             .with(|nodes| nodes.iter().map(|n| (n.id.clone(), n.view.with_untracked(|v| v.needs.clone()))).collect());
         let next = previous.with_value(|p| layout::layout(&nodes, p.as_ref()));
@@ -70,7 +70,7 @@ pub fn Graph(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoVi
     let drawn = RwSignal::new(0usize);
     let visible = move || {
         let limit = drawn.get();
-        store.nodes.with(|nodes| nodes.iter().take(limit).cloned().collect::<Vec<_>>())
+        live_run.nodes.with(|nodes| nodes.iter().take(limit).cloned().collect::<Vec<_>>())
     };
     let svg = NodeRef::<leptos::svg::Svg>::new();
     let fit = move || {
@@ -84,7 +84,7 @@ pub fn Graph(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoVi
     // In the browser: fit the view to the layout first (the server cannot know the screen), then
     // draw in batches into that view; moving the view of a drawn graph re-lays out every node.
     Effect::new(move |_| {
-        let total = store.nodes.with(Vec::len);
+        let total = live_run.nodes.with(Vec::len);
         let now = drawn.get();
         if now >= total {
             // Nodes removed: draw no more than there are (setting an equal value would loop).
@@ -136,7 +136,7 @@ pub fn Graph(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoVi
                 node_ref=svg
                 class="graph-svg"
                 class:busy=move || {
-                    store.progress.with(|p| p.total > CALM_ABOVE_NODES || p.running > BUSY_RUNNING)
+                    live_run.progress.with(|p| p.total > CALM_ABOVE_NODES || p.running > BUSY_RUNNING)
                 }
                 data-testid="graph-svg"
                 data-scale=move || format!("{:.3}", view.get().scale)
@@ -180,7 +180,7 @@ pub fn Graph(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoVi
                                 selected
                                 moved
                                 fresh=first_drawing_done.get_value()
-                                compact=store.nodes.with_untracked(|nodes| nodes.len() > CALM_ABOVE_NODES)
+                                compact=live_run.nodes.with_untracked(|nodes| nodes.len() > CALM_ABOVE_NODES)
                             />
                         </For>
                     </g>

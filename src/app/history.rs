@@ -3,7 +3,7 @@
 
 use leptos::prelude::*;
 
-use super::store::RunStore;
+use super::live_run::LiveRun;
 use crate::protocol::{DagMutation, Seq, ServerEvent, ServerEventBody};
 
 /// Live events the timeline keeps at most (the newest).
@@ -67,17 +67,17 @@ pub fn describe(body: &ServerEventBody) -> (&'static str, String) {
 }
 
 #[component]
-pub fn Decisions(store: RunStore) -> impl IntoView {
+pub fn Decisions(live_run: LiveRun) -> impl IntoView {
     view! {
         <section class="panel" data-testid="decisions">
             <h3>"Decisions"</h3>
             <Show
-                when=move || store.decisions.with(|d| !d.is_empty())
+                when=move || live_run.decisions.with(|d| !d.is_empty())
                 fallback=|| view! { <p class="muted small">"No gate has been decided yet."</p> }
             >
                 <ol class="decision-list">
                     {move || {
-                        store
+                        live_run
                             .decisions
                             .get()
                             .into_iter()
@@ -102,8 +102,8 @@ pub fn Decisions(store: RunStore) -> impl IntoView {
 }
 
 #[component]
-pub fn Timeline(store: RunStore, up_to: Seq) -> impl IntoView {
-    let dag_id = store.dag_id.get_value();
+pub fn Timeline(live_run: LiveRun, up_to: Seq) -> impl IntoView {
+    let dag_id = live_run.dag_id.get_value();
     let stored = Resource::new(move || (dag_id.clone(), up_to), |(dag_id, up_to)| run_events(dag_id, up_to));
     let line = |event: &ServerEvent| {
         let (kind, text) = describe(&event.body);
@@ -129,7 +129,7 @@ pub fn Timeline(store: RunStore, up_to: Seq) -> impl IntoView {
                 </Suspense>
                 // Keyed: a new event adds one line instead of redrawing the list.
                 <For
-                    each=move || store.timeline.with(|events| events.iter().filter(|e| e.seq > up_to).cloned().collect::<Vec<_>>())
+                    each=move || live_run.timeline.with(|events| events.iter().filter(|e| e.seq > up_to).cloned().collect::<Vec<_>>())
                     key=|event| event.seq
                     let:event
                 >

@@ -1,5 +1,5 @@
 //! The Leptos app, rendered on the server and hydrated in the browser: the run list (`/`), the
-//! run view (`/dags/{dag_id}`), the client store and the stream hook.
+//! run view (`/dags/{dag_id}`), the live run (`live_run`) and the stream hook.
 //!
 //! Each page is a document of its own ([`page`]): in the browser its code is a wasm file of its
 //! own, which the server names in `<head>` and the browser loads before it hydrates.
@@ -13,13 +13,13 @@ mod graph;
 mod history;
 mod json_text;
 pub mod layout;
+pub mod live_run;
 mod node_panel;
 pub mod page;
 mod run_page;
 pub mod runs_feed;
 mod runs_page;
 pub mod spend;
-pub mod store;
 pub mod stream;
 
 use leptos::prelude::*;
@@ -164,12 +164,12 @@ pub async fn list_runs() -> Result<Vec<RunSummary>, ServerFnError> {
     Ok(service()?.list())
 }
 
-/// One run as its page starts (see [`store::RunHead`]), or `None` if there is no such run.
+/// One run as its page starts (see [`live_run::RunHead`]), or `None` if there is no such run.
 #[server(endpoint = "get_run", output = json_text::JsonText)]
-pub async fn get_run(dag_id: String) -> Result<Option<store::RunHead>, ServerFnError> {
+pub async fn get_run(dag_id: String) -> Result<Option<live_run::RunHead>, ServerFnError> {
     use crate::service::ServiceError;
     match service()?.state(&dag_id) {
-        Ok(state) => Ok(Some(store::RunHead::new(state))),
+        Ok(state) => Ok(Some(live_run::RunHead::new(state))),
         // The page says so itself (with a 404 status for the document).
         Err(ServiceError::NotFound(_)) => Ok(None),
         Err(error) => Err(server_error(error)),

@@ -3,12 +3,12 @@
 
 use leptos::prelude::*;
 
-use super::store::RunStore;
+use super::live_run::LiveRun;
 use crate::protocol::{LogStream, NodeView};
 
 #[component]
-pub fn NodePanel(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoView {
-    let node = move || selected.get().and_then(|id| store.node(&id));
+pub fn NodePanel(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl IntoView {
+    let node = move || selected.get().and_then(|id| live_run.node(&id));
     view! {
         {move || {
             node()

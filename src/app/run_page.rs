@@ -7,9 +7,9 @@ use super::clock::{format_elapsed, parse_ms, use_now};
 use super::get_run;
 use super::graph::Graph;
 use super::history::{Decisions, Timeline};
+use super::live_run::{GateCard, LiveRun, NodeSignal, RunHead};
 use super::node_panel::NodePanel;
 use super::spend::{SpendPanel, budget_level, budget_used_percent, remaining_text};
-use super::store::{GateCard, NodeSignal, RunHead, RunStore};
 use super::stream::{Connection, DagStream, use_dag_stream};
 use crate::protocol::{ClientEvent, Decision, GateDecisionRecord, NodeStatus, Role, RunPhase};
 
@@ -49,8 +49,8 @@ fn RunView(head: RunHead, may_steer: bool) -> impl IntoView {
     let initial_seq = head.state.seq;
     // A small run's node list comes with the page; a large one's is built after hydration.
     let server_rendered_list = !head.partial;
-    let store = RunStore::from_head(head);
-    let stream = use_dag_stream(dag_id.clone(), store);
+    let live_run = LiveRun::from_head(head);
+    let stream = use_dag_stream(dag_id.clone(), live_run);
     // The node whose panel is open.
     let selected = RwSignal::new(None::<String>);
     let stale = move || stream.connection.get() != Connection::Live;
@@ -58,39 +58,39 @@ fn RunView(head: RunHead, may_steer: bool) -> impl IntoView {
         <section class="page run" class:stale=stale data-testid="run-view">
             <div class="page-head">
                 <div>
-                    <h1>{store.name.get_value()}</h1>
+                    <h1>{live_run.name.get_value()}</h1>
                     <span class="muted mono">{dag_id}</span>
                 </div>
                 <ConnectionIndicator connection=stream.connection/>
             </div>
             <div class="summary">
-                <RunStateBadge store/>
-                <ProgressLine store/>
-                <CostTicker store/>
-                {may_steer.then(|| view! { <Controls store stream/> })}
+                <RunStateBadge live_run/>
+                <ProgressLine live_run/>
+                <CostTicker live_run/>
+                {may_steer.then(|| view! { <Controls live_run stream/> })}
             </div>
-            <Notices store stream/>
-            <GateCards store stream may_steer/>
+            <Notices live_run stream/>
+            <GateCards live_run stream may_steer/>
             <div class="graph-row" class:with-panel=move || selected.with(Option::is_some)>
                 // The graph is drawn in the browser only (the server cannot know the screen), so
                 // the page carries its empty frame and the browser builds it after hydrating:
                 // about half of the hydration's work was the graph's code starting up.
                 <AfterFirstFrame placeholder=|| view! { <section class="graph" data-testid="graph-placeholder"></section> }>
-                    <Graph store selected/>
+                    <Graph live_run selected/>
                 </AfterFirstFrame>
-                <NodePanel store selected/>
+                <NodePanel live_run selected/>
             </div>
             {if server_rendered_list {
-                view! { <NodeList store selected/> }.into_any()
+                view! { <NodeList live_run selected/> }.into_any()
             } else {
-                view! { <AfterFirstFrame><NodeList store selected/></AfterFirstFrame> }.into_any()
+                view! { <AfterFirstFrame><NodeList live_run selected/></AfterFirstFrame> }.into_any()
             }}
             <AfterFirstFrame>
                 <div class="history">
-                    <SpendPanel store/>
-                    <Decisions store/>
+                    <SpendPanel live_run/>
+                    <Decisions live_run/>
                 </div>
-                <Timeline store up_to=initial_seq/>
+                <Timeline live_run up_to=initial_seq/>
             </AfterFirstFrame>
         </section>
     }
@@ -136,8 +136,8 @@ fn ConnectionIndicator(connection: Signal<Connection>) -> impl IntoView {
 }
 
 #[component]
-fn RunStateBadge(store: RunStore) -> impl IntoView {
-    let phase = move || store.phase.get().as_str();
+fn RunStateBadge(live_run: LiveRun) -> impl IntoView {
+    let phase = move || live_run.phase.get().as_str();
     view! {
         <div class="stat">
             <span class="label">"Run"</span>
@@ -147,15 +147,15 @@ fn RunStateBadge(store: RunStore) -> impl IntoView {
 }
 
 #[component]
-fn ProgressLine(store: RunStore) -> impl IntoView {
-    let progress = store.progress;
+fn ProgressLine(live_run: LiveRun) -> impl IntoView {
+    let progress = live_run.progress;
     let now = use_now();
-    let started = parse_ms(&store.started_at());
+    let started = parse_ms(&live_run.started_at());
     // Elapsed: until now while the run goes on, until its last activity once it ended.
     let elapsed = move || {
-        let end = if store.phase.get().is_terminal() {
-            store.seq.track();
-            store.last_activity().as_deref().and_then(parse_ms)
+        let end = if live_run.phase.get().is_terminal() {
+            live_run.seq.track();
+            live_run.last_activity().as_deref().and_then(parse_ms)
         } else {
             Some(now.get())
         };
@@ -190,8 +190,8 @@ fn ProgressLine(store: RunStore) -> impl IntoView {
 }
 
 #[component]
-fn CostTicker(store: RunStore) -> impl IntoView {
-    let cost = store.cost;
+fn CostTicker(live_run: LiveRun) -> impl IntoView {
+    let cost = live_run.cost;
     let level = move || budget_level(cost.get());
     view! {
         <div class="stat">
@@ -216,8 +216,8 @@ fn CostTicker(store: RunStore) -> impl IntoView {
 }
 
 #[component]
-fn Controls(store: RunStore, stream: DagStream) -> impl IntoView {
-    let phase = store.phase;
+fn Controls(live_run: LiveRun, stream: DagStream) -> impl IntoView {
+    let phase = live_run.phase;
     let send = move |event: ClientEvent| stream.send(&event);
     // Cancel asks first: it stops every running command.
     let confirming = RwSignal::new(false);
@@ -257,7 +257,7 @@ fn Controls(store: RunStore, stream: DagStream) -> impl IntoView {
 }
 
 #[component]
-fn Notices(store: RunStore, stream: DagStream) -> impl IntoView {
+fn Notices(live_run: LiveRun, stream: DagStream) -> impl IntoView {
     view! {
         {move || {
             stream
@@ -273,19 +273,19 @@ fn Notices(store: RunStore, stream: DagStream) -> impl IntoView {
                 })
         }}
         {move || {
-            store
+            live_run
                 .last_run_error
                 .get()
                 .map(|message| view! { <p class="notice error" data-testid="run-error">{message}</p> })
         }}
         {move || {
-            store
+            live_run
                 .finished
                 .get()
                 .then(|| {
                     view! {
                         <p class="notice done" data-testid="finished">
-                            {move || format!("Run {}.", store.phase.get().as_str())}
+                            {move || format!("Run {}.", live_run.phase.get().as_str())}
                         </p>
                     }
                 })
@@ -294,7 +294,7 @@ fn Notices(store: RunStore, stream: DagStream) -> impl IntoView {
 }
 
 #[component]
-fn GateCards(store: RunStore, stream: DagStream, may_steer: bool) -> impl IntoView {
+fn GateCards(live_run: LiveRun, stream: DagStream, may_steer: bool) -> impl IntoView {
     // Keyboard: A approves, R rejects the first waiting gate; M goes to its feedback box.
     #[cfg(feature = "hydrate")]
     if may_steer {
@@ -306,7 +306,7 @@ fn GateCards(store: RunStore, stream: DagStream, may_steer: bool) -> impl IntoVi
             if typing || ev.ctrl_key() || ev.meta_key() || ev.alt_key() {
                 return;
             }
-            let Some(card) = store.gates.with_untracked(|g| g.first().cloned()) else { return };
+            let Some(card) = live_run.gates.with_untracked(|g| g.first().cloned()) else { return };
             let decision = match ev.key().as_str() {
                 "a" | "A" => Decision::Approve,
                 "r" | "R" => Decision::Reject,
@@ -332,9 +332,9 @@ fn GateCards(store: RunStore, stream: DagStream, may_steer: bool) -> impl IntoVi
     }
     // The newest decision per gate that no longer waits: who decided what, on every dashboard.
     let resolved = move || {
-        let waiting: Vec<String> = store.gates.with(|g| g.iter().map(|c| c.node_id.clone()).collect());
+        let waiting: Vec<String> = live_run.gates.with(|g| g.iter().map(|c| c.node_id.clone()).collect());
         let mut latest: Vec<GateDecisionRecord> = Vec::new();
-        for decision in store.decisions.get().into_iter().rev() {
+        for decision in live_run.decisions.get().into_iter().rev() {
             if !waiting.contains(&decision.node_id) && !latest.iter().any(|d| d.node_id == decision.node_id) {
                 latest.push(decision);
             }
@@ -344,7 +344,7 @@ fn GateCards(store: RunStore, stream: DagStream, may_steer: bool) -> impl IntoVi
     };
     view! {
         <div class="gates">
-            <For each=move || store.gates.get() key=|card| card.node_id.clone() let:card>
+            <For each=move || live_run.gates.get() key=|card| card.node_id.clone() let:card>
                 <GateCardView card stream may_steer/>
             </For>
             <For each=resolved key=|d| (d.node_id.clone(), d.seq) let:decision>
@@ -457,15 +457,15 @@ fn GateCardView(card: GateCard, stream: DagStream, may_steer: bool) -> impl Into
 const NODE_LIST_ROWS: usize = 50;
 
 #[component]
-fn NodeList(store: RunStore, selected: RwSignal<Option<String>>) -> impl IntoView {
+fn NodeList(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl IntoView {
     let show_all = RwSignal::new(false);
-    let total = move || store.nodes.with(Vec::len);
+    let total = move || live_run.nodes.with(Vec::len);
     view! {
         <ol class="nodes" data-testid="nodes">
             <For
                 each=move || {
                     let limit = if show_all.get() { usize::MAX } else { NODE_LIST_ROWS };
-                    store.nodes.with(|nodes| nodes.iter().take(limit).cloned().collect::<Vec<_>>())
+                    live_run.nodes.with(|nodes| nodes.iter().take(limit).cloned().collect::<Vec<_>>())
                 }
                 key=|node| node.id.clone()
                 let:node

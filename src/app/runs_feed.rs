@@ -5,12 +5,14 @@ use leptos::prelude::*;
 
 use crate::protocol::RunSummary;
 
-/// The run list, newest first, starting from `initial` and kept current in the browser.
-pub fn use_runs_feed(initial: Vec<RunSummary>) -> RwSignal<Vec<RunSummary>> {
+/// The run list, newest first, starting from `initial` and kept current in the browser; and
+/// whether the feed is live (its first message arrived, so no later change can be missed).
+pub fn use_runs_feed(initial: Vec<RunSummary>) -> (RwSignal<Vec<RunSummary>>, ReadSignal<bool>) {
     let runs = RwSignal::new(initial);
+    let live = RwSignal::new(false);
     #[cfg(feature = "hydrate")]
-    browser::start(runs);
-    runs
+    browser::start(runs, live);
+    (runs, live.read_only())
 }
 
 /// Applies one feed message to the list, newest first.
@@ -51,6 +53,8 @@ mod browser {
     struct Feed {
         /// The list the page shows.
         runs: RwSignal<Vec<RunSummary>>,
+        /// True from the first message of a connection until it closes.
+        live: RwSignal<bool>,
         /// Reconnect attempts since the last open connection.
         attempt: Cell<u32>,
         socket: RefCell<Option<FeedSocket>>,
@@ -58,9 +62,9 @@ mod browser {
         disposed: Cell<bool>,
     }
 
-    pub(super) fn start(runs: RwSignal<Vec<RunSummary>>) {
+    pub(super) fn start(runs: RwSignal<Vec<RunSummary>>, live: RwSignal<bool>) {
         let feed =
-            Rc::new(Feed { runs, attempt: Cell::new(0), socket: RefCell::new(None), disposed: Cell::new(false) });
+            Rc::new(Feed { runs, live, attempt: Cell::new(0), socket: RefCell::new(None), disposed: Cell::new(false) });
         connect(&feed);
         let guard = SendWrapper::new(feed);
         on_cleanup(move || {
@@ -89,6 +93,9 @@ mod browser {
                 let (Some(feed), Some(text)) = (feed.upgrade(), message.data().as_string()) else { return };
                 if let Ok(event) = serde_json::from_str::<RunsFeedEvent>(&text) {
                     feed.runs.update(|list| apply(list, event));
+                    if !feed.live.get_untracked() {
+                        feed.live.set(true);
+                    }
                 }
             })
         };
@@ -104,6 +111,7 @@ mod browser {
             let feed = Rc::downgrade(feed);
             Closure::<dyn FnMut(CloseEvent)>::new(move |_: CloseEvent| {
                 if let Some(feed) = feed.upgrade() {
+                    feed.live.set(false);
                     retry(&feed);
                 }
             })

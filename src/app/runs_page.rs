@@ -156,9 +156,11 @@ fn read_file(ev: leptos::ev::Event, text: RwSignal<String>, format: RwSignal<Str
 
 #[component]
 fn RunTable(initial: Vec<RunSummary>) -> impl IntoView {
-    let runs = use_runs_feed(initial);
+    let (runs, live) = use_runs_feed(initial);
     let now = use_now();
     view! {
+        // "live" once the feed's first message arrived: from then on no change is missed.
+        <div class="run-list" data-testid="run-list" data-feed=move || if live.get() { "live" } else { "connecting" }>
         <Show
             when=move || runs.with(|r| !r.is_empty())
             fallback=|| view! { <p class="empty">"No runs yet. Start the demo to see one live."</p> }
@@ -182,6 +184,7 @@ fn RunTable(initial: Vec<RunSummary>) -> impl IntoView {
                 </tbody>
             </table>
         </Show>
+        </div>
     }
 }
 

@@ -3,7 +3,7 @@
 
 use leptos::prelude::*;
 
-use super::store::{NodeSignal, RunStore};
+use super::live_run::{LiveRun, NodeSignal};
 use crate::protocol::Cost;
 
 /// How full the budget is: `ok`, `near` (80 % and more) or `over` (100 % and more).
@@ -52,14 +52,14 @@ pub fn sparkline_points(values: &[(u64, f64)], width: f64, height: f64) -> Strin
 }
 
 #[component]
-pub fn SpendPanel(store: RunStore) -> impl IntoView {
-    let cost = store.cost;
+pub fn SpendPanel(live_run: LiveRun) -> impl IntoView {
+    let cost = live_run.cost;
     // The eight costliest nodes. Recomputed when the spend changes (a node's cost is recorded
     // with it) or the graph does, not on every node event: in a 1 000-node run that was a scan
     // and a sort per event.
     let per_node = Memo::new(move |_| {
         cost.track();
-        store.nodes.with(|nodes| {
+        live_run.nodes.with(|nodes| {
             let mut costed: Vec<(f64, &NodeSignal)> = nodes
                 .iter()
                 .filter_map(|n| n.view.with_untracked(|v| v.metrics.cost).filter(|c| *c > 0.0).map(|c| (c, n)))
@@ -90,7 +90,7 @@ pub fn SpendPanel(store: RunStore) -> impl IntoView {
                 ></div>
             </div>
             <svg class="sparkline" viewBox="0 0 300 48" preserveAspectRatio="none" data-testid="sparkline">
-                <polyline points=move || store.spend_series.with(|s| sparkline_points(s, 300.0, 44.0))></polyline>
+                <polyline points=move || live_run.spend_series.with(|s| sparkline_points(s, 300.0, 44.0))></polyline>
             </svg>
             <h4>"Cost per node"</h4>
             <ol class="per-node" data-testid="cost-per-node">

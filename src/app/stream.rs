@@ -1,10 +1,10 @@
-//! `use_dag_stream`: the hook that owns a run's WebSocket, keeps the [`RunStore`] in step with
+//! `use_dag_stream`: the hook that owns a run's WebSocket, keeps the [`LiveRun`] in step with
 //! the server, and sends client events.
 //!
 //! Same signature on both targets; on the server it only reports [`Connection::Connecting`].
-//! In the browser it connects to `/api/dags/{dag_id}/stream?since=SEQ` with the store's last
+//! In the browser it connects to `/api/dags/{dag_id}/stream?since=SEQ` with the live run's last
 //! applied `seq`, so the first connection after hydration and every reconnect resume exactly
-//! where the store is. A `seq` gap closes the socket and resyncs at once; a dropped connection
+//! where the live run is. A `seq` gap closes the socket and resyncs at once; a dropped connection
 //! is retried after 1 s, 2 s, 4 s, ... capped at 30 s, with jitter, and the attempt counter
 //! resets once a connection opens.
 
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use leptos::prelude::*;
 use leptos_use_interval_fn::use_interval_fn;
 
-use super::store::RunStore;
+use super::live_run::LiveRun;
 use crate::protocol::ClientEvent;
 
 /// The state of the stream connection, as the indicator shows it.
@@ -72,9 +72,9 @@ pub fn backoff_delay_ms(attempt: u32, jitter: f64) -> u32 {
     (base * spread).min(CAP_MS).round() as u32
 }
 
-/// Streams run `dag_id` into `store`. Call once per run view; the connection closes when the
+/// Streams run `dag_id` into `live_run`. Call once per run view; the connection closes when the
 /// calling component is unmounted.
-pub fn use_dag_stream(dag_id: String, store: RunStore) -> DagStream {
+pub fn use_dag_stream(dag_id: String, live_run: LiveRun) -> DagStream {
     let connection = RwSignal::new(Connection::Connecting);
     let notice = RwSignal::new(None);
     let outbox = StoredValue::new(None);
@@ -90,9 +90,9 @@ pub fn use_dag_stream(dag_id: String, store: RunStore) -> DagStream {
         1000,
     );
     #[cfg(feature = "hydrate")]
-    browser::start(dag_id, store, connection, notice, outbox);
+    browser::start(dag_id, live_run, connection, notice, outbox);
     #[cfg(not(feature = "hydrate"))]
-    let _ = (dag_id, store);
+    let _ = (dag_id, live_run);
     DagStream { connection: connection.into(), notice, outbox }
 }
 
@@ -128,7 +128,7 @@ mod browser {
     use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
     use super::{Connection, backoff_delay_ms};
-    use crate::app::store::RunStore;
+    use crate::app::live_run::LiveRun;
     use crate::protocol::{Applied, RunState, ServerEvent, ServerEventBody};
 
     /// Close code the client uses when it saw a gap and reconnects to resync.
@@ -137,7 +137,7 @@ mod browser {
     /// Everything one hook instance needs across callbacks.
     struct Link {
         dag_id: String,
-        store: RunStore,
+        live_run: LiveRun,
         connection: RwSignal<Connection>,
         notice: RwSignal<Option<String>>,
         /// Reconnect attempts since the last open connection.
@@ -176,14 +176,14 @@ mod browser {
 
     pub(super) fn start(
         dag_id: String,
-        store: RunStore,
+        live_run: LiveRun,
         connection: RwSignal<Connection>,
         notice: RwSignal<Option<String>>,
         outbox: super::Outbox,
     ) {
         let link = Rc::new(Link {
             dag_id,
-            store,
+            live_run,
             connection,
             notice,
             attempt: Cell::new(0),
@@ -246,15 +246,15 @@ mod browser {
         });
     }
 
-    /// Reads [`super::WARM_UP_SNAPSHOT`] and applies it to a store of its own, which nothing
+    /// Reads [`super::WARM_UP_SNAPSHOT`] and applies it to a live run of its own, which nothing
     /// shows and which is dropped at once: the functions that read and apply a snapshot are then
     /// compiled before the run's first snapshot arrives.
     fn warm_up() {
         let Ok(event) = serde_json::from_str::<ServerEvent>(super::WARM_UP_SNAPSHOT) else { return };
         let owner = Owner::new();
         owner.with(|| {
-            let store = RunStore::new(RunState::new("warm-up", "warm-up", "", 0.0, []));
-            store.apply_owned(event);
+            let live_run = LiveRun::new(RunState::new("warm-up", "warm-up", "", 0.0, []));
+            live_run.apply_owned(event);
         });
         owner.cleanup();
     }
@@ -263,8 +263,8 @@ mod browser {
         if link.disposed.get() {
             return;
         }
-        // A store without its nodes yet asks for a snapshot; otherwise for what it missed.
-        let since = link.store.nodes_loaded.get_untracked().then(|| link.store.seq.get_untracked());
+        // A live run without its nodes yet asks for a snapshot; otherwise for what it missed.
+        let since = link.live_run.nodes_loaded.get_untracked().then(|| link.live_run.seq.get_untracked());
         let url = stream_url(&link.dag_id, since);
         let ws = match WebSocket::new(&url) {
             Ok(ws) => ws,
@@ -343,13 +343,13 @@ mod browser {
 
     fn apply(link: &Rc<Link>, event: ServerEvent) {
         // A private reply about one of our messages carries our position: not newer than what we
-        // have, so the store calls it stale and it is shown instead.
+        // have, so the live run calls it stale and it is shown instead.
         let reply = if let ServerEventBody::Error { node_id: None, message } = &event.body {
             Some(message.clone())
         } else {
             None
         };
-        match link.store.apply_owned(event) {
+        match link.live_run.apply_owned(event) {
             Applied::Folded => {}
             Applied::Stale => {
                 if let Some(message) = reply {

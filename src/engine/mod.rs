@@ -5,10 +5,9 @@
 //! Events leave the engine only through a run's [`Room`](crate::hub::Room); client commands
 //! arrive through a [`RunHandle`].
 
-pub mod command;
-pub mod examples;
 pub mod node;
 pub mod policy;
+pub mod process;
 pub mod run;
 pub mod schedule;
 pub mod spec;

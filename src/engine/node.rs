@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::command::{self, CommandAttempt, Report};
+use super::process::{self, CommandAttempt, Report};
 use super::spec::NodeWork;
 use crate::protocol::LogStream;
 
@@ -126,7 +126,7 @@ async fn attempts(job: &NodeJob, events: &mpsc::Sender<NodeMsg>, cancel: &Cancel
                     timeout: job.timeout,
                     cancel_grace: job.cancel_grace,
                 };
-                command::run(attempt, events, cancel).await.map(|()| None)
+                process::run(attempt, events, cancel).await.map(|()| None)
             }
             NodeWork::Gate { .. } => Err(AttemptError::Failed("a gate is not run as a task".into())),
         };

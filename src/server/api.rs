@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{AppError, AppState, Identity};
-use crate::engine::{SpecFormat, examples};
+use crate::engine::SpecFormat;
+use crate::examples;
 use crate::external::ExternalRun;
 use crate::protocol::{GateDecisionRecord, RunState, RunSummary, Seq, SignedIn};
 use crate::service::{MAX_EVENTS_PER_READ, StartRequest};

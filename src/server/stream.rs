@@ -314,7 +314,7 @@ async fn receive_loop(
     identity: Identity,
     config: StreamConfig,
 ) -> Received {
-    let mut rate = RateLimit::new(config.client_events_per_second);
+    let mut rate = ClientEventRate::new(config.client_events_per_second);
     // Set once the send side was asked to close: from then on messages are read and dropped,
     // until the client answers the close.
     let mut closing = false;
@@ -393,17 +393,18 @@ fn unreadable(error: axum::Error) -> Option<Outgoing> {
 /// The reason of the 1009 close.
 const TOO_BIG: &str = "message too big: the limit is 64 KiB";
 
-/// A token bucket: `per_second` tokens a second, at most `per_second` saved up.
-struct RateLimit {
+/// How many messages one client may send: a token bucket of `per_second` tokens a second, at
+/// most `per_second` saved up.
+struct ClientEventRate {
     per_second: f64,
     tokens: f64,
     last: Instant,
 }
 
-impl RateLimit {
+impl ClientEventRate {
     fn new(per_second: u32) -> Self {
         let per_second = f64::from(per_second.max(1));
-        RateLimit { per_second, tokens: per_second, last: Instant::now() }
+        ClientEventRate { per_second, tokens: per_second, last: Instant::now() }
     }
 
     /// Takes a token if there is one.
@@ -422,14 +423,14 @@ impl RateLimit {
 
 #[cfg(test)]
 mod tests {
-    use super::RateLimit;
+    use super::ClientEventRate;
     use std::time::Duration;
     use tokio::time::Instant;
 
     #[test]
     fn the_rate_limit_allows_a_burst_then_the_rate() {
         let start = Instant::now();
-        let mut rate = RateLimit { per_second: 20.0, tokens: 20.0, last: start };
+        let mut rate = ClientEventRate { per_second: 20.0, tokens: 20.0, last: start };
         let burst = (0..30).filter(|_| rate.allow(start)).count();
         assert_eq!(burst, 20, "a full bucket, then nothing");
         let later = start + Duration::from_millis(500);

@@ -3,8 +3,8 @@
 use std::time::Instant;
 
 use super::Coordinator;
-use crate::engine::command::Report;
 use crate::engine::node::{NodeMsg, Outcome};
+use crate::engine::process::Report;
 use crate::engine::schedule::Slot;
 use crate::protocol::{NodeMetrics, NodeStatus, ServerEventBody, now_rfc3339};
 

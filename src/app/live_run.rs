@@ -1,6 +1,6 @@
-//! The client store of one run: the shared reducer's [`RunState`] plus fine-grained signals.
+//! The live run: one run as the browser holds it: the shared reducer's [`RunState`] plus fine-grained signals.
 //!
-//! Every event goes through [`RunState::apply`] first, so the store agrees with the server by
+//! Every event goes through [`RunState::apply`] first, so the live run agrees with the server by
 //! construction; then only the signals the event touched are set. A `node_state` for one node
 //! re-renders that node's row, the progress line and (for gates) the gate cards, nothing else.
 
@@ -62,7 +62,7 @@ pub struct GateCard {
 
 /// Reactive state of one run. `Copy`: every field is a handle.
 #[derive(Clone, Copy)]
-pub struct RunStore {
+pub struct LiveRun {
     /// The reducer's state: the single source of truth the signals are derived from.
     state: StoredValue<RunState>,
     /// Node signals by id, to reach one node's signal without scanning.
@@ -86,18 +86,18 @@ pub struct RunStore {
     pub timeline: RwSignal<VecDeque<ServerEvent>>,
     /// Spend after each `cost_update` seen (by `seq`), for the sparkline.
     pub spend_series: RwSignal<Vec<(Seq, f64)>>,
-    /// False while the store holds a partial [`RunHead`]: no node signals yet, and the stream
+    /// False while the live run holds a partial [`RunHead`]: no node signals yet, and the stream
     /// must start with a snapshot.
     pub nodes_loaded: RwSignal<bool>,
     /// The head's last activity, while the nodes it was counted from are not loaded.
     head_last_activity: StoredValue<Option<String>>,
 }
 
-impl RunStore {
+impl LiveRun {
     pub fn new(initial: RunState) -> Self {
-        // Every field is read from `initial` before it moves into the store: a large run's state
+        // Every field is read from `initial` before it moves into the live run: a large run's state
         // is not copied twice while the page hydrates.
-        let store = RunStore {
+        let live_run = LiveRun {
             by_id: StoredValue::new(HashMap::new()),
             nodes: RwSignal::new(Vec::new()),
             phase: RwSignal::new(initial.state),
@@ -116,23 +116,23 @@ impl RunStore {
             head_last_activity: StoredValue::new(None),
             state: StoredValue::new(initial),
         };
-        store.rebuild_nodes();
-        store.refresh_gates();
-        store
+        live_run.rebuild_nodes();
+        live_run.refresh_gates();
+        live_run
     }
 
-    /// A store for a run's page: complete, or (for a large run) waiting for the snapshot.
+    /// A live run for a run's page: complete, or (for a large run) waiting for the snapshot.
     pub fn from_head(head: RunHead) -> Self {
         let RunHead { state, progress, last_activity, partial } = head;
-        let store = RunStore::new(state);
+        let live_run = LiveRun::new(state);
         if partial {
-            store.nodes_loaded.set(false);
-            store.head_last_activity.set_value(last_activity);
-            store.by_id.set_value(HashMap::new());
-            store.nodes.set(Vec::new());
-            store.progress.set(progress);
+            live_run.nodes_loaded.set(false);
+            live_run.head_last_activity.set_value(last_activity);
+            live_run.by_id.set_value(HashMap::new());
+            live_run.nodes.set(Vec::new());
+            live_run.progress.set(progress);
         }
-        store
+        live_run
     }
 
     /// When the run started (RFC 3339).
@@ -205,8 +205,8 @@ impl RunStore {
         applied
     }
 
-    /// [`RunStore::apply`] for an event the caller no longer needs: a snapshot's state moves
-    /// into the store instead of being copied (a large run's snapshot is its biggest message).
+    /// [`LiveRun::apply`] for an event the caller no longer needs: a snapshot's state moves
+    /// into the live run instead of being copied (a large run's snapshot is its biggest message).
     pub fn apply_owned(&self, event: ServerEvent) -> Applied {
         if !matches!(event.body, ServerEventBody::Snapshot { .. }) {
             return self.apply(&event);
@@ -334,11 +334,11 @@ mod tests {
     fn a_node_event_updates_that_node_and_the_progress_only() {
         let owner = Owner::new();
         owner.with(|| {
-            let store = RunStore::new(state());
-            let a = store.nodes.get_untracked()[0].view;
-            let g = store.nodes.get_untracked()[1].view;
+            let live_run = LiveRun::new(state());
+            let a = live_run.nodes.get_untracked()[0].view;
+            let g = live_run.nodes.get_untracked()[1].view;
             let before_g = g.get_untracked();
-            let applied = store.apply(&event(
+            let applied = live_run.apply(&event(
                 1,
                 ServerEventBody::NodeState {
                     node_id: "a".into(),
@@ -350,8 +350,8 @@ mod tests {
             assert_eq!(applied, Applied::Folded);
             assert_eq!(a.get_untracked().status, NodeStatus::Running);
             assert_eq!(g.get_untracked(), before_g);
-            assert_eq!(store.progress.get_untracked().running, 1);
-            assert_eq!(store.seq.get_untracked(), 1);
+            assert_eq!(live_run.progress.get_untracked().running, 1);
+            assert_eq!(live_run.seq.get_untracked(), 1);
         });
     }
 
@@ -359,11 +359,11 @@ mod tests {
     fn gaps_are_reported_and_change_nothing() {
         let owner = Owner::new();
         owner.with(|| {
-            let store = RunStore::new(state());
-            let applied = store.apply(&event(3, ServerEventBody::RunStateChanged { state: RunPhase::Paused }));
+            let live_run = LiveRun::new(state());
+            let applied = live_run.apply(&event(3, ServerEventBody::RunStateChanged { state: RunPhase::Paused }));
             assert_eq!(applied, Applied::Gap { expected: 1 });
-            assert_eq!(store.phase.get_untracked(), RunPhase::Running);
-            assert_eq!(store.seq.get_untracked(), 0);
+            assert_eq!(live_run.phase.get_untracked(), RunPhase::Running);
+            assert_eq!(live_run.seq.get_untracked(), 0);
         });
     }
 
@@ -371,8 +371,8 @@ mod tests {
     fn a_snapshot_keeps_existing_node_signals() {
         let owner = Owner::new();
         owner.with(|| {
-            let store = RunStore::new(state());
-            let a = store.nodes.get_untracked()[0].view;
+            let live_run = LiveRun::new(state());
+            let a = live_run.nodes.get_untracked()[0].view;
             let mut server = state();
             server.apply(&event(
                 1,
@@ -387,11 +387,11 @@ mod tests {
                 2,
                 ServerEventBody::HumanGateWaiting { node_id: "g".into(), presentation: presentation() },
             ));
-            store.apply(&event(2, ServerEventBody::Snapshot { run: Box::new(server.clone()) }));
+            live_run.apply(&event(2, ServerEventBody::Snapshot { run: Box::new(server.clone()) }));
             assert_eq!(a.get_untracked().status, NodeStatus::Completed, "same signal, updated in place");
-            assert_eq!(store.gates.get_untracked().len(), 1);
-            assert_eq!(store.snapshot(), server);
-            assert_eq!(store.seq.get_untracked(), 2);
+            assert_eq!(live_run.gates.get_untracked().len(), 1);
+            assert_eq!(live_run.snapshot(), server);
+            assert_eq!(live_run.seq.get_untracked(), 2);
         });
     }
 
@@ -446,25 +446,25 @@ mod tests {
         let owner = Owner::new();
         owner.with(|| {
             let full = large(NODES_IN_HEAD + 10, 7);
-            let store = RunStore::from_head(RunHead::new(full.clone()));
-            assert!(!store.nodes_loaded.get_untracked());
-            assert!(store.nodes.get_untracked().is_empty(), "no rows or graph nodes from a partial head");
-            assert_eq!(store.progress.get_untracked(), full.progress());
-            assert_eq!(store.gates.get_untracked().len(), 1, "the waiting gate's card is there");
-            assert_eq!(store.last_activity(), full.last_activity());
+            let live_run = LiveRun::from_head(RunHead::new(full.clone()));
+            assert!(!live_run.nodes_loaded.get_untracked());
+            assert!(live_run.nodes.get_untracked().is_empty(), "no rows or graph nodes from a partial head");
+            assert_eq!(live_run.progress.get_untracked(), full.progress());
+            assert_eq!(live_run.gates.get_untracked().len(), 1, "the waiting gate's card is there");
+            assert_eq!(live_run.last_activity(), full.last_activity());
 
             // Anything but a snapshot first means resync, and changes nothing.
             let seq = full.seq;
             let early = event(seq + 1, ServerEventBody::RunStateChanged { state: RunPhase::Paused });
-            assert_eq!(store.apply(&early), Applied::Gap { expected: seq + 1 });
-            assert_eq!(store.phase.get_untracked(), RunPhase::Running);
+            assert_eq!(live_run.apply(&early), Applied::Gap { expected: seq + 1 });
+            assert_eq!(live_run.phase.get_untracked(), RunPhase::Running);
 
-            store.apply_owned(event(seq, ServerEventBody::Snapshot { run: Box::new(full.clone()) }));
-            assert!(store.nodes_loaded.get_untracked());
-            assert_eq!(store.nodes.get_untracked().len(), NODES_IN_HEAD + 11);
-            assert_eq!(store.snapshot(), full);
-            assert_eq!(store.apply(&early), Applied::Folded, "then events apply as usual");
-            assert_eq!(store.phase.get_untracked(), RunPhase::Paused);
+            live_run.apply_owned(event(seq, ServerEventBody::Snapshot { run: Box::new(full.clone()) }));
+            assert!(live_run.nodes_loaded.get_untracked());
+            assert_eq!(live_run.nodes.get_untracked().len(), NODES_IN_HEAD + 11);
+            assert_eq!(live_run.snapshot(), full);
+            assert_eq!(live_run.apply(&early), Applied::Folded, "then events apply as usual");
+            assert_eq!(live_run.phase.get_untracked(), RunPhase::Paused);
         });
     }
 }

@@ -1,4 +1,4 @@
-//! One attempt of a command node: `sh -c` in its own process group with a scrubbed
+//! The process of a command node, one attempt at a time: `sh -c` in its own process group with a scrubbed
 //! environment, output streamed line by line (cut and rate-limited), the report file tailed
 //! while it runs, timeouts and cancellation that take the whole process group down.
 
@@ -194,7 +194,7 @@ impl AttemptFiles {
 /// Memory stays bounded by one line whatever the command prints.
 async fn stream_lines(source: impl AsyncRead + Unpin, stream: LogStream, node: usize, events: mpsc::Sender<NodeMsg>) {
     let mut reader = BufReader::new(source);
-    let mut limiter = RateLimit::new(MAX_LINES_PER_SECOND);
+    let mut limiter = LogLineRate::new(MAX_LINES_PER_SECOND);
     loop {
         let Some(line) = read_bounded_line(&mut reader).await else { break };
         match limiter.admit(Instant::now()) {
@@ -257,8 +257,9 @@ fn finish_line(mut line: Vec<u8>, cut: usize) -> String {
     text
 }
 
-/// Lines per one-second window.
-struct RateLimit {
+/// How many output lines of a command are kept per one-second window (the rest are counted and
+/// dropped with a note).
+struct LogLineRate {
     per_second: u32,
     window_start: Option<Instant>,
     in_window: u32,
@@ -271,9 +272,9 @@ enum Admit {
     No,
 }
 
-impl RateLimit {
+impl LogLineRate {
     fn new(per_second: u32) -> Self {
-        RateLimit { per_second, window_start: None, in_window: 0, dropped: 0 }
+        LogLineRate { per_second, window_start: None, in_window: 0, dropped: 0 }
     }
 
     fn admit(&mut self, now: Instant) -> Admit {
@@ -453,7 +454,7 @@ mod tests {
     #[test]
     fn the_rate_limit_drops_and_counts_then_reports() {
         let start = Instant::now();
-        let mut limit = RateLimit::new(2);
+        let mut limit = LogLineRate::new(2);
         assert!(matches!(limit.admit(start), Admit::Yes { dropped_before: 0 }));
         assert!(matches!(limit.admit(start), Admit::Yes { dropped_before: 0 }));
         assert!(matches!(limit.admit(start), Admit::No));
