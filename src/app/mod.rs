@@ -19,6 +19,7 @@ pub mod page;
 mod run_page;
 pub mod runs_feed;
 mod runs_page;
+pub mod socket;
 pub mod spend;
 pub mod stream;
 

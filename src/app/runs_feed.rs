@@ -1,4 +1,5 @@
-//! `use_runs_feed`: keeps the run list live from `/api/runs/stream`, reconnecting with backoff.
+//! `use_runs_feed`: keeps the run list live from `/api/runs/stream` (on the page's one kind of
+//! reconnecting socket, [`super::socket`]).
 //! Same signature on both targets; on the server it only holds the list it was given.
 
 use leptos::prelude::*;
@@ -30,119 +31,32 @@ pub fn apply(list: &mut Vec<RunSummary>, event: crate::protocol::RunsFeedEvent) 
 
 #[cfg(feature = "hydrate")]
 mod browser {
-    //! The browser side: one WebSocket, reconnected with the same backoff as the run stream.
-
-    use std::cell::{Cell, RefCell};
-    use std::rc::Rc;
-    use std::time::Duration;
+    //! The browser side: a [`Reconnecting`] socket whose messages update the list.
 
     use leptos::prelude::*;
     use send_wrapper::SendWrapper;
-    use wasm_bindgen::JsCast;
-    use wasm_bindgen::prelude::Closure;
-    use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
     use super::apply;
-    use crate::app::stream::backoff_delay_ms;
+    use crate::app::socket::{Handlers, Reconnecting};
     use crate::protocol::{RunSummary, RunsFeedEvent};
 
-    /// An open socket and the handlers it points at (they must live as long as it does).
-    type FeedSocket =
-        (WebSocket, Closure<dyn FnMut(MessageEvent)>, Closure<dyn FnMut(CloseEvent)>, Closure<dyn FnMut()>);
-
-    struct Feed {
-        /// The list the page shows.
-        runs: RwSignal<Vec<RunSummary>>,
-        /// True from the first message of a connection until it closes.
-        live: RwSignal<bool>,
-        /// Reconnect attempts since the last open connection.
-        attempt: Cell<u32>,
-        socket: RefCell<Option<FeedSocket>>,
-        /// Set when the page is gone: nothing reconnects any more.
-        disposed: Cell<bool>,
-    }
-
     pub(super) fn start(runs: RwSignal<Vec<RunSummary>>, live: RwSignal<bool>) {
-        let feed =
-            Rc::new(Feed { runs, live, attempt: Cell::new(0), socket: RefCell::new(None), disposed: Cell::new(false) });
-        connect(&feed);
-        let guard = SendWrapper::new(feed);
-        on_cleanup(move || {
-            let feed = guard.take();
-            feed.disposed.set(true);
-            if let Some((ws, ..)) = feed.socket.borrow_mut().take() {
-                ws.set_onmessage(None);
-                ws.set_onclose(None);
-                ws.set_onopen(None);
-                let _ = ws.close();
-            }
-        });
-    }
-
-    fn connect(feed: &Rc<Feed>) {
-        if feed.disposed.get() {
-            return;
-        }
-        let location = window().location();
-        let scheme = if location.protocol().as_deref() == Ok("https:") { "wss" } else { "ws" };
-        let url = format!("{scheme}://{}/api/runs/stream", location.host().unwrap_or_default());
-        let Ok(ws) = WebSocket::new(&url) else { return retry(feed) };
-        let on_message = {
-            let feed = Rc::downgrade(feed);
-            Closure::<dyn FnMut(MessageEvent)>::new(move |message: MessageEvent| {
-                let (Some(feed), Some(text)) = (feed.upgrade(), message.data().as_string()) else { return };
-                if let Ok(event) = serde_json::from_str::<RunsFeedEvent>(&text) {
-                    feed.runs.update(|list| apply(list, event));
-                    if !feed.live.get_untracked() {
-                        feed.live.set(true);
+        let socket = Reconnecting::open(Handlers {
+            path: Box::new(|| "/api/runs/stream".to_owned()),
+            on_open: Box::new(|| {}),
+            on_text: Box::new(move |text| {
+                if let Ok(event) = serde_json::from_str::<RunsFeedEvent>(text) {
+                    runs.update(|list| apply(list, event));
+                    if !live.get_untracked() {
+                        live.set(true);
                     }
                 }
-            })
-        };
-        let on_open = {
-            let feed = Rc::downgrade(feed);
-            Closure::<dyn FnMut()>::new(move || {
-                if let Some(feed) = feed.upgrade() {
-                    feed.attempt.set(0);
-                }
-            })
-        };
-        let on_close = {
-            let feed = Rc::downgrade(feed);
-            Closure::<dyn FnMut(CloseEvent)>::new(move |_: CloseEvent| {
-                if let Some(feed) = feed.upgrade() {
-                    feed.live.set(false);
-                    retry(&feed);
-                }
-            })
-        };
-        ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-        ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
-        ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        // The previous socket (closed) is dropped here, outside its own handlers.
-        if let Some((old, ..)) = feed.socket.replace(Some((ws, on_message, on_close, on_open))) {
-            old.set_onmessage(None);
-            old.set_onclose(None);
-            old.set_onopen(None);
-        }
-    }
-
-    fn retry(feed: &Rc<Feed>) {
-        if feed.disposed.get() {
-            return;
-        }
-        let attempt = feed.attempt.get();
-        feed.attempt.set(attempt + 1);
-        let delay = backoff_delay_ms(attempt, js_sys::Math::random());
-        let feed = Rc::downgrade(feed);
-        let _ = set_timeout_with_handle(
-            move || {
-                if let Some(feed) = feed.upgrade() {
-                    connect(&feed);
-                }
-            },
-            Duration::from_millis(u64::from(delay)),
-        );
+            }),
+            on_retry: Box::new(move |_, _| live.set(false)),
+        });
+        // The browser has one thread, so the wrapper's "same thread" check always holds.
+        let socket = SendWrapper::new(socket);
+        on_cleanup(move || socket.take().close());
     }
 }
 

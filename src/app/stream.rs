@@ -62,16 +62,6 @@ impl DagStream {
     }
 }
 
-/// Delay before reconnect attempt number `attempt` (0 for the first retry after a close):
-/// 1 s, 2 s, 4 s, ... capped at 30 s, spread by ±20 % with `jitter` in `0.0..1.0`.
-pub fn backoff_delay_ms(attempt: u32, jitter: f64) -> u32 {
-    const BASE_MS: f64 = 1000.0;
-    const CAP_MS: f64 = 30_000.0;
-    let base = (BASE_MS * 2f64.powi(attempt.min(16) as i32)).min(CAP_MS);
-    let spread = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
-    (base * spread).min(CAP_MS).round() as u32
-}
-
 /// Streams run `dag_id` into `live_run`. Call once per run view; the connection closes when the
 /// calling component is unmounted.
 pub fn use_dag_stream(dag_id: String, live_run: LiveRun) -> DagStream {
@@ -113,65 +103,32 @@ const WARM_UP_SNAPSHOT: &str = r#"{"type":"snapshot","seq":2,"run":{"dag_id":"wa
 
 #[cfg(feature = "hydrate")]
 mod browser {
-    //! The browser side of the hook: a `web_sys::WebSocket` and its reconnect loop.
+    //! The browser side of the hook: a [`Reconnecting`] socket and what its messages do.
 
-    use std::cell::{Cell, RefCell};
+    use std::cell::RefCell;
     use std::collections::VecDeque;
-    use std::rc::{Rc, Weak};
+    use std::rc::Rc;
     use std::sync::Arc;
     use std::time::Duration;
 
     use leptos::prelude::*;
     use send_wrapper::SendWrapper;
-    use wasm_bindgen::JsCast;
-    use wasm_bindgen::prelude::Closure;
-    use web_sys::{CloseEvent, MessageEvent, WebSocket};
 
-    use super::{Connection, backoff_delay_ms};
+    use super::Connection;
     use crate::app::live_run::LiveRun;
+    use crate::app::socket::{Handlers, Reconnecting};
     use crate::protocol::{Applied, RunState, ServerEvent, ServerEventBody};
-
-    /// Close code the client uses when it saw a gap and reconnects to resync.
-    const CLOSE_RESYNC: u16 = 4000;
 
     /// Everything one hook instance needs across callbacks.
     struct Link {
-        dag_id: String,
         live_run: LiveRun,
-        connection: RwSignal<Connection>,
         notice: RwSignal<Option<String>>,
-        /// Reconnect attempts since the last open connection.
-        attempt: Cell<u32>,
-        /// Set when a gap was seen: reconnect without waiting.
-        resync_now: Cell<bool>,
-        /// The current socket with its handlers.
-        socket: RefCell<Option<Socket>>,
-        /// The pending reconnect timer.
-        retry: RefCell<Option<TimeoutHandle>>,
-        /// Set when the component is gone: nothing reconnects any more.
-        disposed: Cell<bool>,
+        /// The run's socket; set right after the link is made.
+        socket: RefCell<Option<Reconnecting>>,
         /// Events read but not applied yet, oldest first. A snapshot is applied in a task after
         /// the one that read it (reading a large run's snapshot and redrawing from it in one
         /// task was too long), and whatever arrives meanwhile waits behind it, in order.
         queue: RefCell<VecDeque<ServerEvent>>,
-    }
-
-    /// A socket and the closures its handlers point at (they must live as long as it does).
-    struct Socket {
-        ws: WebSocket,
-        _on_open: Closure<dyn FnMut()>,
-        _on_message: Closure<dyn FnMut(MessageEvent)>,
-        _on_close: Closure<dyn FnMut(CloseEvent)>,
-    }
-
-    impl Drop for Socket {
-        fn drop(&mut self) {
-            self.ws.set_onopen(None);
-            self.ws.set_onmessage(None);
-            self.ws.set_onclose(None);
-            // Closing a socket that is already closed is a no-op.
-            let _ = self.ws.close();
-        }
     }
 
     pub(super) fn start(
@@ -181,67 +138,60 @@ mod browser {
         notice: RwSignal<Option<String>>,
         outbox: super::Outbox,
     ) {
-        let link = Rc::new(Link {
-            dag_id,
-            live_run,
-            connection,
-            notice,
-            attempt: Cell::new(0),
-            resync_now: Cell::new(false),
-            socket: RefCell::new(None),
-            retry: RefCell::new(None),
-            disposed: Cell::new(false),
-            queue: RefCell::new(VecDeque::new()),
-        });
+        let link = Rc::new(Link { live_run, notice, socket: RefCell::new(None), queue: RefCell::new(VecDeque::new()) });
+        let handlers = Handlers {
+            path: Box::new(move || {
+                // A live run without its nodes yet asks for a snapshot; otherwise for what it missed.
+                let since = live_run.nodes_loaded.get_untracked().then(|| live_run.seq.get_untracked());
+                let since = since.map(|seq| format!("?since={seq}")).unwrap_or_default();
+                format!("/api/dags/{dag_id}/stream{since}")
+            }),
+            on_open: Box::new(move || connection.set(Connection::Live)),
+            on_text: Box::new({
+                let weak = Rc::downgrade(&link);
+                move |text| {
+                    if let Some(link) = weak.upgrade() {
+                        on_text(&link, text);
+                    }
+                }
+            }),
+            on_retry: Box::new(move |attempt, delay_ms| {
+                let online = window().navigator().on_line();
+                connection.set(if online {
+                    Connection::Reconnecting { attempt, in_secs: delay_ms.div_ceil(1000) }
+                } else {
+                    Connection::Offline
+                });
+            }),
+        };
+        link.socket.replace(Some(Reconnecting::open(handlers)));
         // The browser has one thread, so the wrapper's "same thread" check always holds.
         let weak = SendWrapper::new(Rc::downgrade(&link));
         outbox.set_value(Some(Arc::new(move |text: &str| {
             let link = weak.upgrade().ok_or_else(|| "the page is closing".to_owned())?;
             let socket = link.socket.borrow();
-            match socket.as_ref() {
-                Some(socket) if socket.ws.ready_state() == WebSocket::OPEN => {
-                    socket.ws.send_with_str(text).map_err(|_| "the connection refused it".to_owned())
-                }
-                Some(_) | None => Err("not connected; try again once the page is live".to_owned()),
-            }
+            socket.as_ref().map_or_else(|| Err("not connected yet".to_owned()), |socket| socket.send(text))
         })));
-        connect(&link);
         // In a task of its own, before the first snapshot arrives.
         set_timeout(warm_up, Duration::ZERO);
-        let offline = {
-            let weak = SendWrapper::new(Rc::downgrade(&link));
-            window_event_listener(leptos::ev::offline, move |_| {
-                if let Some(link) = weak.upgrade() {
-                    link.connection.set(Connection::Offline);
-                }
-            })
-        };
+        let offline = window_event_listener(leptos::ev::offline, move |_| connection.set(Connection::Offline));
         let online = {
             let weak = SendWrapper::new(Rc::downgrade(&link));
             window_event_listener(leptos::ev::online, move |_| {
                 // Back online: try at once instead of waiting out the backoff.
-                if let Some(link) = weak.upgrade() {
-                    if let Some(timer) = link.retry.borrow_mut().take() {
-                        timer.clear();
-                    }
-                    if link.connection.get_untracked() != Connection::Live {
-                        link.attempt.set(0);
-                        connect(&link);
-                    }
+                if let Some(link) = weak.upgrade()
+                    && let Some(socket) = link.socket.borrow().as_ref()
+                {
+                    socket.retry_now();
                 }
             })
         };
+        let guard = SendWrapper::new(link);
         on_cleanup(move || {
             offline.remove();
             online.remove();
-        });
-        let guard = SendWrapper::new(link);
-        on_cleanup(move || {
             let link = guard.take();
-            link.disposed.set(true);
-            if let Some(timer) = link.retry.borrow_mut().take() {
-                timer.clear();
-            }
+            // Closes the socket for good (and breaks the link's cycle through its handlers).
             link.socket.borrow_mut().take();
         });
     }
@@ -257,50 +207,6 @@ mod browser {
             live_run.apply_owned(event);
         });
         owner.cleanup();
-    }
-
-    fn connect(link: &Rc<Link>) {
-        if link.disposed.get() {
-            return;
-        }
-        // A live run without its nodes yet asks for a snapshot; otherwise for what it missed.
-        let since = link.live_run.nodes_loaded.get_untracked().then(|| link.live_run.seq.get_untracked());
-        let url = stream_url(&link.dag_id, since);
-        let ws = match WebSocket::new(&url) {
-            Ok(ws) => ws,
-            Err(_) => return schedule_reconnect(link),
-        };
-        let on_open = {
-            let weak = Rc::downgrade(link);
-            Closure::<dyn FnMut()>::new(move || {
-                if let Some(link) = weak.upgrade() {
-                    link.attempt.set(0);
-                    link.connection.set(Connection::Live);
-                }
-            })
-        };
-        let on_message = {
-            let weak = Rc::downgrade(link);
-            Closure::<dyn FnMut(MessageEvent)>::new(move |message: MessageEvent| {
-                if let (Some(link), Some(text)) = (weak.upgrade(), message.data().as_string()) {
-                    on_text(&link, &text);
-                }
-            })
-        };
-        let on_close = {
-            let weak = Rc::downgrade(link);
-            Closure::<dyn FnMut(CloseEvent)>::new(move |_: CloseEvent| {
-                if let Some(link) = weak.upgrade() {
-                    // The socket (and this closure) is dropped by the next `connect`, not here.
-                    schedule_reconnect(&link);
-                }
-            })
-        };
-        ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
-        ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-        ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-        let socket = Socket { ws, _on_open: on_open, _on_message: on_message, _on_close: on_close };
-        link.socket.replace(Some(socket));
     }
 
     fn on_text(link: &Rc<Link>, text: &str) {
@@ -357,58 +263,17 @@ mod browser {
                 }
             }
             Applied::Gap { .. } => {
-                link.resync_now.set(true);
                 if let Some(socket) = link.socket.borrow().as_ref() {
-                    let _ = socket.ws.close_with_code_and_reason(CLOSE_RESYNC, "gap: resyncing");
+                    socket.resync();
                 }
             }
         }
-    }
-
-    fn schedule_reconnect(link: &Rc<Link>) {
-        if link.disposed.get() || link.retry.borrow().is_some() {
-            return;
-        }
-        let attempt = link.attempt.get();
-        let delay_ms =
-            if link.resync_now.replace(false) { 0 } else { backoff_delay_ms(attempt, js_sys::Math::random()) };
-        link.attempt.set(attempt + 1);
-        let online = window().navigator().on_line();
-        link.connection.set(if online {
-            Connection::Reconnecting { attempt: attempt + 1, in_secs: delay_ms.div_ceil(1000) }
-        } else {
-            Connection::Offline
-        });
-        let weak: Weak<Link> = Rc::downgrade(link);
-        let timer = set_timeout_with_handle(
-            move || {
-                if let Some(link) = weak.upgrade() {
-                    link.retry.borrow_mut().take();
-                    connect(&link);
-                }
-            },
-            Duration::from_millis(u64::from(delay_ms)),
-        );
-        if let Ok(timer) = timer {
-            link.retry.replace(Some(timer));
-        }
-    }
-
-    fn stream_url(dag_id: &str, since: Option<u64>) -> String {
-        let location = window().location();
-        let scheme = match location.protocol().as_deref() {
-            Ok("https:") => "wss",
-            _ => "ws",
-        };
-        let host = location.host().unwrap_or_default();
-        let since = since.map(|seq| format!("?since={seq}")).unwrap_or_default();
-        format!("{scheme}://{host}/api/dags/{dag_id}/stream{since}")
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{WARM_UP_SNAPSHOT, backoff_delay_ms};
+    use super::WARM_UP_SNAPSHOT;
     use crate::protocol::{ServerEvent, ServerEventBody};
 
     #[test]
@@ -419,15 +284,5 @@ mod tests {
         assert!(node.output.is_some() && node.gate.is_some() && node.metrics.finished_at.is_some());
         assert!(!node.needs.is_empty() && !node.active_inputs.is_empty() && !node.log_tail.is_empty());
         assert!(!run.decisions.is_empty() && !run.errors.is_empty() && run.cost.budget > 0.0);
-    }
-
-    #[test]
-    fn backoff_doubles_from_one_second_and_caps_at_thirty() {
-        let middle: Vec<u32> = (0..8).map(|attempt| backoff_delay_ms(attempt, 0.5)).collect();
-        assert_eq!(middle, [1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]);
-        assert_eq!(backoff_delay_ms(0, 0.0), 800);
-        assert_eq!(backoff_delay_ms(0, 1.0), 1200);
-        assert_eq!(backoff_delay_ms(10, 1.0), 30000, "jitter never exceeds the cap");
-        assert_eq!(backoff_delay_ms(u32::MAX, 0.5), 30000);
     }
 }
