@@ -76,9 +76,10 @@ bench: build
 	$(TARGET_DIR)/release/dagstream bench engine --store --subscriber
 	$(TARGET_DIR)/release/dagstream bench store
 	$(TARGET_DIR)/release/dagstream bench fanout --clients 1000 --events 20000
-	$(TARGET_DIR)/release/dagstream bench fanout --clients 1000 --events 200 --rate 20
-	$(TARGET_DIR)/release/dagstream bench fanout --clients 1000 --events 200 --rate 20 --floor
 	$(TARGET_DIR)/release/dagstream bench fanout --clients 10000 --events 0
+	# Latency at 1 000 subscribers x 20 events/s: the machine's floor, dagstream and the seed's
+	# Node ws server, side by side on the same clients.
+	scripts/bench-fanout.sh $(TARGET_DIR)/release/dagstream 1000 200 20
 
 bench-dashboard: build setup-test
 	cd end2end && DAGSTREAM_TOKEN=$(E2E_TOKEN) DAGSTREAM_BIN=$(TARGET_DIR)/release/dagstream node bench/dashboard.mjs

@@ -143,6 +143,15 @@ enum BenchCommand {
         /// machine's loopback TCP allows (the same subscribers read them).
         #[arg(long)]
         floor: bool,
+        /// Measure a server that is already running and speaks the seed's stream protocol: the
+        /// clients subscribe to this `ws://HOST:PORT/PATH` (with `DAGSTREAM_TOKEN` as bearer
+        /// when set) instead of a `serve` the bench starts.
+        #[arg(long, requires = "publish_url", conflicts_with = "floor")]
+        url: Option<String>,
+        /// With `--url`: where the bench publishes the events, a WebSocket that takes server
+        /// events (dagstream's engine socket, or a peer's publish socket).
+        #[arg(long, requires = "url")]
+        publish_url: Option<String>,
     },
     /// Events persisted per second through the group-commit writer into SQLite.
     Store {
@@ -226,8 +235,18 @@ pub async fn main() -> ExitCode {
             Ok(())
         }
         Some(Command::User(UserCommand::Add { name, role, users })) => add_user(&users, &name, role),
-        Some(Command::Bench(BenchCommand::Fanout { clients, events, rate, client_threads, floor })) => {
-            let settings = crate::bench::fanout::FanoutBench { clients, events, rate, client_threads, floor };
+        Some(Command::Bench(BenchCommand::Fanout {
+            clients,
+            events,
+            rate,
+            client_threads,
+            floor,
+            url,
+            publish_url,
+        })) => {
+            let outside =
+                url.zip(publish_url).map(|(subscribe, publish)| crate::bench::fanout::Outside { subscribe, publish });
+            let settings = crate::bench::fanout::FanoutBench { clients, events, rate, client_threads, floor, outside };
             crate::bench::fanout::fanout(&settings).await.map(|report| print!("{report}"))
         }
         Some(Command::Bench(BenchCommand::Store { events })) => {

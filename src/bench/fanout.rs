@@ -33,6 +33,18 @@ pub struct FanoutBench {
     pub client_threads: usize,
     /// Measure the machine instead of the server: see [`super::floor`].
     pub floor: bool,
+    /// Measure a server already running (dagstream elsewhere, or a peer such as
+    /// `bench/peers/seed-server.mjs`) instead of a `serve` child.
+    pub outside: Option<Outside>,
+}
+
+/// A server the bench did not start: where the clients subscribe, where it publishes.
+#[derive(Clone, Debug)]
+pub struct Outside {
+    /// `ws://HOST:PORT/PATH` of the stream.
+    pub subscribe: String,
+    /// `ws://HOST:PORT/PATH` that takes the events to broadcast.
+    pub publish: String,
 }
 
 /// What one run measured.
@@ -54,6 +66,8 @@ pub struct FanoutReport {
     pub rss_connected: u64,
     /// Measured with `--floor`: plain writer threads instead of a server.
     pub floor: bool,
+    /// Measured on a server this bench did not start (its memory is not known).
+    pub outside: bool,
 }
 
 impl std::fmt::Display for FanoutReport {
@@ -62,6 +76,8 @@ impl std::fmt::Display for FanoutReport {
         writeln!(f, "clients: {}, events: {}", self.clients, self.events)?;
         if self.floor {
             writeln!(f, "no server: plain threads write each event to every socket (this machine's floor)")?;
+        } else if self.outside {
+            writeln!(f, "a server this bench did not start: its memory is not measured")?;
         } else {
             writeln!(
                 f,
@@ -203,6 +219,9 @@ pub async fn fanout(settings: &FanoutBench) -> Result<FanoutReport, String> {
         let settings = settings.clone();
         return tokio::task::spawn_blocking(move || super::floor::floor(&settings)).await.map_err(|e| e.to_string())?;
     }
+    if let Some(outside) = &settings.outside {
+        return fanout_outside(settings, outside).await;
+    }
     let server = Server::start(settings.clients).await?;
     let dag_id = server.create_run().await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -213,7 +232,7 @@ pub async fn fanout(settings: &FanoutBench) -> Result<FanoutReport, String> {
     let (addr, token, clients) = (server.addr.clone(), server.token.clone(), settings.clients);
     let subscribers = tokio::task::spawn_blocking(move || {
         (0..clients)
-            .map(|i| Subscriber::connect(&addr, &stream_path, &token).map_err(|e| format!("client {i}: {e}")))
+            .map(|i| Subscriber::connect(&addr, &stream_path, Some(&token)).map_err(|e| format!("client {i}: {e}")))
             .collect::<Result<Vec<_>, String>>()
     })
     .await
@@ -225,26 +244,7 @@ pub async fn fanout(settings: &FanoutBench) -> Result<FanoutReport, String> {
 
     let started = Instant::now();
     if settings.events > 0 {
-        let (engine, _) = tokio_tungstenite::connect_async(server.request(&format!("/api/dags/{dag_id}/engine"))?)
-            .await
-            .map_err(|e| format!("the engine could not connect: {e}"))?;
-        let (mut write, mut read) = engine.split();
-        let _snapshot = read.next().await;
-        // Refusals would come back here; there should be none.
-        tokio::spawn(async move { while let Some(Ok(_)) = read.next().await {} });
-        let mut ticks = settings.rate.map(|rate| {
-            let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            interval
-        });
-        for _ in 0..settings.events {
-            if let Some(ticks) = &mut ticks {
-                ticks.tick().await;
-            }
-            let event =
-                format!(r#"{{"type":"node_state","node_id":"n","status":"running","output":{{"sent":{}}}}}"#, now_ns());
-            write.send(Message::text(event)).await.map_err(|e| format!("the engine could not send: {e}"))?;
-        }
+        publish(server.request(&format!("/api/dags/{dag_id}/engine"))?, settings).await?;
     }
     let collected = settings.clone();
     let mut report = tokio::task::spawn_blocking(move || FanoutReport::collect(&collected, started, readers))
@@ -252,6 +252,72 @@ pub async fn fanout(settings: &FanoutBench) -> Result<FanoutReport, String> {
         .map_err(|e| e.to_string())??;
     report.rss_before = rss_before;
     report.rss_connected = rss_connected;
+    Ok(report)
+}
+
+/// Sends `settings.events` events, each with its send time, to the WebSocket of `request` (an
+/// engine socket, or a peer's publish socket), at `settings.rate` or as fast as it takes them.
+async fn publish(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    settings: &FanoutBench,
+) -> Result<(), String> {
+    let (engine, _) =
+        tokio_tungstenite::connect_async(request).await.map_err(|e| format!("the publisher could not connect: {e}"))?;
+    let (mut write, mut read) = engine.split();
+    // A snapshot, and refusals (there should be none), come back here.
+    tokio::spawn(async move { while let Some(Ok(_)) = read.next().await {} });
+    let mut ticks = settings.rate.map(|rate| {
+        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        interval
+    });
+    for _ in 0..settings.events {
+        if let Some(ticks) = &mut ticks {
+            ticks.tick().await;
+        }
+        let event =
+            format!(r#"{{"type":"node_state","node_id":"n","status":"running","output":{{"sent":{}}}}}"#, now_ns());
+        write.send(Message::text(event)).await.map_err(|e| format!("the publisher could not send: {e}"))?;
+    }
+    Ok(())
+}
+
+/// `host:port` and path of a `ws://` URL.
+fn split_ws_url(url: &str) -> Result<(String, String), String> {
+    let rest = url.strip_prefix("ws://").ok_or_else(|| format!("{url}: only ws:// URLs are measured"))?;
+    let (addr, path) = rest.split_once('/').map_or((rest, ""), |(addr, path)| (addr, path));
+    Ok((addr.to_owned(), format!("/{path}")))
+}
+
+/// The fan-out of a server already running: same clients, same events, no memory figures.
+async fn fanout_outside(settings: &FanoutBench, outside: &Outside) -> Result<FanoutReport, String> {
+    let (addr, path) = split_ws_url(&outside.subscribe)?;
+    let token = std::env::var("DAGSTREAM_TOKEN").ok();
+    let clients = settings.clients;
+    let subscribers = tokio::task::spawn_blocking(move || {
+        (0..clients)
+            .map(|i| Subscriber::connect(&addr, &path, token.as_deref()).map_err(|e| format!("client {i}: {e}")))
+            .collect::<Result<Vec<_>, String>>()
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    // Every subscription is registered before the first event.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let readers = if settings.events == 0 { Vec::new() } else { start_readers(subscribers, settings) };
+    let started = Instant::now();
+    if settings.events > 0 {
+        let mut request = outside.publish.as_str().into_client_request().map_err(|e| e.to_string())?;
+        if let Ok(token) = std::env::var("DAGSTREAM_TOKEN") {
+            let bearer = format!("Bearer {token}").parse().map_err(|_| "bad token header".to_owned())?;
+            request.headers_mut().insert("authorization", bearer);
+        }
+        publish(request, settings).await?;
+    }
+    let collected = settings.clone();
+    let mut report = tokio::task::spawn_blocking(move || FanoutReport::collect(&collected, started, readers))
+        .await
+        .map_err(|e| e.to_string())??;
+    report.outside = true;
     Ok(report)
 }
 
@@ -299,6 +365,7 @@ impl FanoutReport {
             rss_before: 0,
             rss_connected: 0,
             floor: false,
+            outside: false,
         })
     }
 }

@@ -58,14 +58,16 @@ impl Subscriber {
         Ok(Subscriber { stream, pending: Inbox::default(), received: 0, closed: false })
     }
 
-    /// Connects, upgrades with a bearer token, and reads the first frame (the snapshot).
-    pub fn connect(addr: &str, path: &str, token: &str) -> Result<Subscriber, String> {
+    /// Connects and upgrades (with a bearer token when given). With a token (dagstream), it
+    /// reads the first frame, the snapshot; a server of the seed's design sends none.
+    pub fn connect(addr: &str, path: &str, token: Option<&str>) -> Result<Subscriber, String> {
         let mut stream = TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let authorization = token.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: ZGFnc3RyZWFtLWJlbmNoIQ==\r\nSec-WebSocket-Version: 13\r\n\
-             Authorization: Bearer {token}\r\n\r\n"
+             {authorization}\r\n"
         );
         stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
         let mut pending = Inbox::default();
@@ -83,7 +85,7 @@ impl Subscriber {
         }
         pending.consume(head_end);
         let mut subscriber = Subscriber { stream, pending, received: 0, closed: false };
-        loop {
+        while token.is_some() {
             match parse(subscriber.pending.data())? {
                 Some((_snapshot, used)) => {
                     subscriber.pending.consume(used);
