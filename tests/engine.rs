@@ -361,6 +361,52 @@ async fn spend_reaching_the_budget_adds_a_budget_gate_and_approve_raises_it() {
     assert!(state.nodes.values().all(|n| n.status == NodeStatus::Completed));
 }
 
+/// A budget gate put in front of a review gate is not asked again when the review sends the
+/// work back: only the work reruns (and its new spend is judged anew).
+#[tokio::test]
+async fn sending_work_back_past_an_approved_budget_gate_does_not_ask_it_again() {
+    let mut probe = Probe::start(
+        "modify-budget",
+        r#"
+        name = "t"
+        budget = 1.0
+        budget_step = 5.0
+        [[nodes]]
+        id = "draft"
+        kind = "simulate"
+        duration = "10ms"
+        cost = 1.2
+        [[nodes]]
+        id = "review"
+        kind = "gate"
+        needs = ["draft"]
+        options = ["approve", "reject", "modify"]
+        [[nodes]]
+        id = "publish"
+        kind = "simulate"
+        needs = ["review"]
+        "#,
+    )
+    .await;
+    probe.until_waiting("budget_1").await;
+    probe.decide("budget_1", Decision::Approve, None).await.expect("approve the budget");
+    probe.until_waiting("review").await;
+    probe.decide("review", Decision::Modify, Some("again")).await.expect("send back");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let state = loop {
+        let state = probe.run.room.snapshot();
+        let review = &state.nodes["review"];
+        if review.status == NodeStatus::Waiting && review.metrics.attempt == Some(2) {
+            break state;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the review waits again: {state:#?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(state.nodes["budget_1"].status, NodeStatus::Completed, "the budget gate stays decided");
+    assert_eq!(state.nodes["budget_1"].metrics.attempt, Some(1), "and was asked once");
+    assert_eq!(state.nodes["draft"].metrics.attempt, Some(2), "the work ran again");
+}
+
 #[tokio::test(start_paused = true)]
 async fn rejecting_the_budget_gate_cancels_the_run() {
     let mut probe = Probe::start("budget-reject", BUDGETED).await;

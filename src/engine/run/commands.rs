@@ -60,8 +60,14 @@ impl Coordinator {
             NodeWork::Gate { options, .. } => options.as_slice(),
             NodeWork::Simulate { .. } | NodeWork::Command { .. } => &[],
         };
-        let upstream: Vec<usize> =
-            self.nodes[node].needs.iter().filter_map(|need| self.index.get(need).copied()).collect();
+        // What `modify` sends the work back to: the gate's upstream work, never a budget gate
+        // that was put in front of it (that spend was approved; the new spend is judged anew).
+        let upstream: Vec<usize> = self.nodes[node]
+            .needs
+            .iter()
+            .filter_map(|need| self.index.get(need).copied())
+            .filter(|&u| !self.runs[u].budget_gate)
+            .collect();
         let gate = Gate {
             node_id,
             standing: self.gate_standing(node),
