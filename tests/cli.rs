@@ -444,7 +444,12 @@ fn the_terminal_view_redraws_one_frame_around_its_questions() {
     let session = format!("dagstream-test-{}", std::process::id());
     // TERM: CI may run without one; the pane's own terminal is tmux's.
     let tmux = |args: &[&str]| {
-        Command::new("tmux").args(["-L", &session]).args(args).env("TERM", "xterm-256color").output().expect("tmux runs")
+        Command::new("tmux")
+            .args(["-L", &session])
+            .args(args)
+            .env("TERM", "xterm-256color")
+            .output()
+            .expect("tmux runs")
     };
     let command = format!(
         "{} run {} --data {}; echo EXITED $?; sleep 30",
