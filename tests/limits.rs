@@ -125,20 +125,28 @@ async fn a_session_that_expires_closes_its_open_socket_with_4001() {
     let server = serve("expiry", settings, dagstream::server::REQUEST_TIMEOUT).await;
     let cookie = session_cookie(&sign_in(server.addr, None));
     let origin = format!("http://{}", server.addr);
-    let mut socket = upgrade(server.addr, "/api/runs/stream", &[("cookie", cookie.clone()), ("origin", origin)])
-        .await
-        .expect("the session opens a socket");
-    let code = tokio::time::timeout(PATIENCE, async {
-        while let Some(Ok(message)) = socket.next().await {
-            if let Message::Close(frame) = message {
-                return frame.map(|f| u16::from(f.code));
+    let spec = "name = \"e\"\n[[nodes]]\nid = \"g\"\nkind = \"gate\"\n";
+    let dag_id =
+        common::dag_id_of(&http(&server.addr.to_string(), "POST", "/api/dags", Some("application/toml"), spec));
+    // The run list feed and a run's stream, both opened by the session before it expires.
+    let mut sockets = Vec::new();
+    for path in ["/api/runs/stream".to_owned(), format!("/api/dags/{dag_id}/stream")] {
+        let headers = [("cookie", cookie.clone()), ("origin", origin.clone())];
+        sockets.push((upgrade(server.addr, &path, &headers).await.expect("the session opens a socket"), path));
+    }
+    for (mut socket, path) in sockets {
+        let code = tokio::time::timeout(PATIENCE, async {
+            while let Some(Ok(message)) = socket.next().await {
+                if let Message::Close(frame) = message {
+                    return frame.map(|f| u16::from(f.code));
+                }
             }
-        }
-        None
-    })
-    .await
-    .expect("closed when the session expires");
-    assert_eq!(code, Some(4001));
+            None
+        })
+        .await
+        .expect("closed when the session expires");
+        assert_eq!(code, Some(4001), "{path}");
+    }
     let page = raw_http(
         server.addr,
         &format!("GET /api/me HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"),

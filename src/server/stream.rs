@@ -2,7 +2,9 @@
 //!
 //! After the upgrade the socket is split into a send task (backlog, live frames, private
 //! replies, pings) and a receive task (client events to the run's coordinator); whichever ends
-//! first ends the other.
+//! first ends the other. A third task waits for the connection's endings (sign-out, expiry,
+//! shutdown) and queues the close for the send task, which is woken for every event and so
+//! polls as little as it can.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -139,8 +141,10 @@ async fn serve(socket: WebSocket, connection: Connection) {
     let heard = Arc::new(AtomicBool::new(true));
     let session =
         SessionEnd { ended: identity.ended.clone(), expires_at: identity.expires_in.map(|left| Instant::now() + left) };
-    let send_side =
-        send_loop(sink, subscription, store, dag_id, reply_queue, config, shutdown, session, Arc::clone(&heard));
+    // The connection's endings are watched by a task of their own, which queues the close: the
+    // send loop, woken once per event for every subscriber, then polls three things, not six.
+    let endings = tokio::spawn(watch_endings(shutdown, session, replies.clone()));
+    let send_side = send_loop(sink, subscription, store, dag_id, reply_queue, config, Arc::clone(&heard));
     let mut send = tokio::spawn(send_side);
     let mut receive = tokio::spawn(receive_loop(stream, service, run, replies, heard, identity, config));
     tokio::select! {
@@ -162,6 +166,25 @@ async fn serve(socket: WebSocket, connection: Connection) {
             Ok(Received::Gone) | Err(_) => send.abort(),
         },
     }
+    endings.abort();
+}
+
+/// Waits for the end of the connection's session (sign-out or expiry) or of the server, and
+/// asks the send side to close with the code that says which.
+async fn watch_endings(mut shutdown: watch::Receiver<bool>, session: SessionEnd, replies: mpsc::Sender<Outgoing>) {
+    let expiry = async {
+        match session.expires_at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    let close = tokio::select! {
+        _ = shutdown.changed() => Outgoing::Close(1001, "server shutting down"),
+        _ = session.ended.cancelled() => Outgoing::Close(CLOSE_CODE_SIGNED_OUT, "signed out"),
+        _ = expiry => Outgoing::Close(CLOSE_CODE_SIGNED_OUT, "session expired: sign in again"),
+    };
+    // The send side may have ended already; then there is nothing to close.
+    let _ = replies.send(close).await;
 }
 
 /// How long a connection stays open after its close frame is written, for the client to read
@@ -182,7 +205,6 @@ struct SessionEnd {
     expires_at: Option<Instant>,
 }
 
-#[allow(clippy::too_many_arguments)] // each is one concern of the connection; a struct would only rename them
 async fn send_loop(
     mut sink: SplitSink<WebSocket, Message>,
     subscription: Subscription,
@@ -190,17 +212,8 @@ async fn send_loop(
     dag_id: String,
     mut replies: mpsc::Receiver<Outgoing>,
     config: StreamConfig,
-    mut shutdown: watch::Receiver<bool>,
-    session: SessionEnd,
     heard: Arc<AtomicBool>,
 ) {
-    let expiry = async {
-        match session.expires_at {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(expiry);
     let Subscription { backlog, mut live, mut position, from_store } = subscription;
     let ending = async {
         if let Some((from, to)) = from_store {
@@ -226,17 +239,11 @@ async fn send_loop(
         }
         let mut ping = tokio::time::interval(config.ping_interval);
         ping.reset();
-        // Made once, not on every turn of the loop: each turn is one event to every subscriber.
-        let signed_out = session.ended.cancelled();
-        let shutting_down = shutdown.changed();
-        tokio::pin!(signed_out, shutting_down);
         loop {
-            // In order: endings, then this client's replies (few, rate-limited), then events.
+            // In order: this client's replies and the endings ([`watch_endings`] queues them;
+            // few, rate-limited), then events.
             tokio::select! {
                 biased;
-                _ = &mut shutting_down => return Ending::Close(1001, "server shutting down"),
-                _ = &mut signed_out => return Ending::Close(CLOSE_CODE_SIGNED_OUT, "signed out"),
-                _ = &mut expiry => return Ending::Close(CLOSE_CODE_SIGNED_OUT, "session expired: sign in again"),
                 Some(outgoing) = replies.recv() => match outgoing {
                     Outgoing::Reply(message) => {
                         // Stamped with the client's position so it is never mistaken for a gap.
