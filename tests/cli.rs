@@ -457,6 +457,14 @@ fn the_terminal_view_redraws_one_frame_around_its_questions() {
         spec.display(),
         dir.join("data").display()
     );
+    /// Ends the test's tmux server however the test ends (a failed assertion included).
+    struct KillServer(String);
+    impl Drop for KillServer {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux").args(["-L", &self.0, "kill-server"]).output();
+        }
+    }
+    let _kill_server = KillServer(session.clone());
     let started = tmux(&["new-session", "-d", "-s", "view", "-x", "120", "-y", "40", &command]);
     assert!(started.status.success(), "tmux starts: {}", String::from_utf8_lossy(&started.stderr));
     let screen = || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", "view"]).stdout).into_owned();
@@ -486,7 +494,6 @@ fn the_terminal_view_redraws_one_frame_around_its_questions() {
     assert_eq!(asked_again.matches("? gate review").count(), 1, "one open question:\n{asked_again}");
     tmux(&["send-keys", "-t", "view", "approve", "Enter"]);
     let done = wait_for("EXITED", 1);
-    tmux(&["kill-server"]);
     one_frame(&done, "at the end");
     assert!(done.contains("EXITED 0"), "the run completed:\n{done}");
     assert!(!done.contains("answer>"), "no question is left on the screen:\n{done}");
