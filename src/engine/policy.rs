@@ -127,7 +127,7 @@ pub fn decide(
     if decider == Decider::Person && !gate.options.contains(&decision) {
         return Err(Rejected::NotOffered { node: node(), decision });
     }
-    let feedback = feedback.map(str::trim).filter(|f| !f.is_empty());
+    let feedback = feedback_text(feedback);
     match (decision, gate.budget_gate) {
         (Decision::Approve, true) => Ok(GateOutcome::RaiseBudget),
         (Decision::Approve, false) => Ok(GateOutcome::Complete),
@@ -141,6 +141,11 @@ pub fn decide(
             Ok(GateOutcome::SendBack { feedback: feedback.to_owned() })
         }
     }
+}
+
+/// The feedback of a decision as it is kept: trimmed, and none when only blanks were sent.
+pub fn feedback_text(feedback: Option<&str>) -> Option<&str> {
+    feedback.map(str::trim).filter(|f| !f.is_empty())
 }
 
 /// Whether a gate's timeout, armed for its wait number `timer_round`, still decides: only while

@@ -155,6 +155,25 @@ impl Identity {
     pub fn require(&self, needed: Role, to: &str) -> Result<(), String> {
         self.signed_in().require(needed, to)
     }
+
+    /// Resolves when the session of these credentials ends, with the reason its sockets close
+    /// with: at sign-out, or when it expires. Never for a bearer token.
+    pub fn session_end(&self) -> impl Future<Output = &'static str> + Send + 'static {
+        let ended = self.ended.clone();
+        let expires_at = self.expires_in.map(|left| tokio::time::Instant::now() + left);
+        async move {
+            let expiry = async {
+                match expires_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = ended.cancelled() => "signed out",
+                _ = expiry => "session expired: sign in again",
+            }
+        }
+    }
 }
 
 /// Why a request is not let in.

@@ -42,18 +42,7 @@ pub async fn handler(
 
 async fn serve(mut socket: WebSocket, runs: Arc<Runs>, mut shutdown: watch::Receiver<bool>, identity: Identity) {
     // The socket goes with its session: at sign-out, or when it expires.
-    let session_ends = async {
-        let expiry = async {
-            match identity.expires_in {
-                Some(left) => tokio::time::sleep(left).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = identity.ended.cancelled() => "signed out",
-            _ = expiry => "session expired: sign in again",
-        }
-    };
+    let session_ends = identity.session_end();
     tokio::pin!(session_ends);
     let mut changes = runs.changes();
     if send(&mut socket, &RunsFeedEvent::Runs { runs: runs.list() }).await.is_err() {

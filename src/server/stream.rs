@@ -22,7 +22,6 @@ use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite;
-use tokio_util::sync::CancellationToken;
 
 use super::auth::ConnectionSlot;
 use super::{AppError, AppState, Identity, admit_socket};
@@ -139,8 +138,7 @@ async fn serve(socket: WebSocket, connection: Connection) {
     let (sink, stream) = socket.split();
     let (replies, reply_queue) = mpsc::channel(REPLY_QUEUE);
     let heard = Arc::new(AtomicBool::new(true));
-    let session =
-        SessionEnd { ended: identity.ended.clone(), expires_at: identity.expires_in.map(|left| Instant::now() + left) };
+    let session = identity.session_end();
     // The connection's endings are watched by a task of their own, which queues the close: the
     // send loop, woken once per event for every subscriber, then polls three things, not six.
     let endings = tokio::spawn(watch_endings(shutdown, session, replies.clone()));
@@ -171,17 +169,14 @@ async fn serve(socket: WebSocket, connection: Connection) {
 
 /// Waits for the end of the connection's session (sign-out or expiry) or of the server, and
 /// asks the send side to close with the code that says which.
-async fn watch_endings(mut shutdown: watch::Receiver<bool>, session: SessionEnd, replies: mpsc::Sender<Outgoing>) {
-    let expiry = async {
-        match session.expires_at {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
-    };
+async fn watch_endings(
+    mut shutdown: watch::Receiver<bool>,
+    session: impl Future<Output = &'static str>,
+    replies: mpsc::Sender<Outgoing>,
+) {
     let close = tokio::select! {
         _ = shutdown.changed() => Outgoing::Close(1001, "server shutting down"),
-        _ = session.ended.cancelled() => Outgoing::Close(CLOSE_CODE_SIGNED_OUT, "signed out"),
-        _ = expiry => Outgoing::Close(CLOSE_CODE_SIGNED_OUT, "session expired: sign in again"),
+        reason = session => Outgoing::Close(CLOSE_CODE_SIGNED_OUT, reason),
     };
     // The send side may have ended already; then there is nothing to close.
     let _ = replies.send(close).await;
@@ -197,12 +192,6 @@ enum Ending {
     Gone,
     /// Close with this code and reason.
     Close(u16, &'static str),
-}
-
-/// When the connection's session ends: at logout (`ended`) or when it expires.
-struct SessionEnd {
-    ended: CancellationToken,
-    expires_at: Option<Instant>,
 }
 
 async fn send_loop(

@@ -76,12 +76,7 @@ impl Coordinator {
             has_upstream: !upstream.is_empty(),
         };
         let outcome = policy::decide(&gate, decision, feedback, decider)?;
-        let feedback = match &outcome {
-            GateOutcome::SendBack { feedback } => Some(feedback.clone()),
-            GateOutcome::Complete | GateOutcome::RaiseBudget | GateOutcome::Fail | GateOutcome::CancelRun => {
-                feedback.map(str::trim).filter(|f| !f.is_empty()).map(str::to_owned)
-            }
-        };
+        let feedback = policy::feedback_text(feedback).map(str::to_owned);
         let decided_at = now_rfc3339();
         self.runs[node].last_decision = Some((actor.to_owned(), decision, decided_at.clone()));
         self.room.publish(ServerEventBody::GateResolved {
