@@ -39,6 +39,9 @@ pub struct RunOptions {
 
 /// Runs `spec` to its end; the exit status is 0 completed, 1 failed, 130 cancelled.
 pub async fn run(spec: DagSpec, options: RunOptions) -> ExitCode {
+    // Listened for from the start and for the whole run: a Ctrl-C that comes while an event is
+    // being shown waits here, where a listener made anew on each turn of the loop would miss it.
+    let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
     let runs = Arc::new(Runs::new(
         RoomLimits { log_window: 1024, subscriber_queue: 1 << 16 },
         EngineConfig::new(&options.work_root),
@@ -122,14 +125,16 @@ pub async fn run(spec: DagSpec, options: RunOptions) -> ExitCode {
                     view.ask(&state, node, presentation);
                 }
             }
-            _ = tokio::signal::ctrl_c(), if !interrupted => {
+            Some(()) = next_interrupt(&mut interrupts) => {
+                if interrupted {
+                    return ExitCode::from(EXIT_CANCELLED);
+                }
                 interrupted = true;
                 view.say("cancelling (Ctrl-C again to stop waiting)…");
                 if let Some(Err(refused)) = command(&run, ClientEvent::CancelExecution).await {
                     view.say(&format!("cancel refused: {refused}"));
                 }
             }
-            _ = tokio::signal::ctrl_c(), if interrupted => return ExitCode::from(EXIT_CANCELLED),
         }
     }
     view.end_prompt(false);
@@ -138,6 +143,14 @@ pub async fn run(spec: DagSpec, options: RunOptions) -> ExitCode {
         RunPhase::Completed => ExitCode::SUCCESS,
         RunPhase::Cancelled => ExitCode::from(EXIT_CANCELLED),
         RunPhase::Failed | RunPhase::Running | RunPhase::Paused | RunPhase::Cancelling => ExitCode::FAILURE,
+    }
+}
+
+/// The next Ctrl-C (never, if it could not be listened for).
+async fn next_interrupt(interrupts: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match interrupts {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -282,11 +295,7 @@ impl View {
 
     fn show(&mut self, state: &RunState, event: &ServerEvent) {
         let progress = state.progress();
-        let spend = if state.cost.budget > 0.0 {
-            format!("${:.2} / ${:.2}", state.cost.spent, state.cost.budget)
-        } else {
-            format!("${:.2}", state.cost.spent)
-        };
+        let spend = spend_line(state);
         match &mut self.bars {
             Some(bars) => {
                 bars.header.set_prefix(state.name.clone());
@@ -356,15 +365,20 @@ impl View {
     }
 }
 
+/// Spend against the budget (`$1.25 / $2.00`), or spend alone when there is no budget.
+fn spend_line(state: &RunState) -> String {
+    if state.cost.budget > 0.0 {
+        format!("${:.2} / ${:.2}", state.cost.spent, state.cost.budget)
+    } else {
+        format!("${:.2}", state.cost.spent)
+    }
+}
+
 /// The live frame as plain lines: the header, then the nodes that have bars, in the run's order.
 fn frame_lines<'a>(state: &RunState, shown: impl Iterator<Item = &'a String>) -> Vec<String> {
     let shown: std::collections::HashSet<&String> = shown.collect();
     let progress = state.progress();
-    let spend = if state.cost.budget > 0.0 {
-        format!("${:.2} / ${:.2}", state.cost.spent, state.cost.budget)
-    } else {
-        format!("${:.2}", state.cost.spent)
-    };
+    let spend = spend_line(state);
     let mut lines =
         vec![format!("{} {}/{} nodes  {spend}  {}", state.name, progress.done, progress.total, state.state.as_str())];
     lines.extend(
