@@ -17,9 +17,10 @@ E2E_TOKEN := e2e-admin-token-not-a-secret
 run: build
 	$(TARGET_DIR)/release/dagstream serve --addr $(ADDR) --data $(DATA) --site-root target/site
 
-## Run every test: Rust unit and integration tests, then Playwright in Chromium
+## Run every test: Rust unit and integration tests (the store's on SQLite and on a throwaway
+## PostgreSQL that scripts/with-postgres.sh starts and stops), then Playwright in Chromium
 test: setup-test
-	DAGSTREAM_PYTHON=$(CURDIR)/end2end/.venv/bin/python cargo test --features ssr
+	DAGSTREAM_PYTHON=$(CURDIR)/end2end/.venv/bin/python scripts/with-postgres.sh cargo test --features ssr
 	$(E2E)
 
 # The end-to-end suite, with the server's log kept: a server ERROR line (a 5xx included) that no
@@ -65,7 +66,7 @@ setup-test:
 	scripts/setup.sh test
 
 unit:
-	DAGSTREAM_PYTHON=$(CURDIR)/end2end/.venv/bin/python cargo test --features ssr
+	DAGSTREAM_PYTHON=$(CURDIR)/end2end/.venv/bin/python scripts/with-postgres.sh cargo test --features ssr
 
 e2e: setup-test
 	$(E2E)

@@ -5,7 +5,11 @@
 //! - `validate SPEC`: check a spec without running it (exit 2 with the reason).
 //! - `schema [--protocol]`: the JSON Schema of specs, or of the wire protocol.
 //! - `user add NAME --role ROLE`: a user of `serve --users FILE`, with a new token.
+//! - `migrate --from URL --to URL`: copy every run from one database to another (`migrate`).
 //! - `bench engine | store | fanout`: the benchmarks (`bench`).
+//!
+//! `serve`, `run` and the store benchmarks take `--database URL` (`sqlite://PATH`, the default
+//! under `--data`, or `postgres://…`; also `DAGSTREAM_DATABASE`) and `--pool-size`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,7 +28,7 @@ use crate::protocol::Role;
 use crate::runs::Runs;
 use crate::server::auth::{UsersFile, new_secret};
 use crate::server::{AppState, Auth, AuthSettings, StreamConfig, app};
-use crate::store::SqliteStore;
+use crate::store::{DEFAULT_POOL_SIZE, Database};
 
 #[derive(Parser)]
 #[command(name = "dagstream", version, about = "A DAG execution engine with a live control room in the browser")]
@@ -56,6 +60,10 @@ enum Command {
         /// Directory for run working directories.
         #[arg(long, default_value = "./data")]
         data: PathBuf,
+        /// Store the run in this database (a server on it then shows the run); not stored when
+        /// omitted.
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// Print the JSON Schema of spec files (`schema/dag-spec.schema.json`), or with `--protocol`
     /// of the WebSocket messages (`schema/protocol.schema.json`, described in docs/protocol.md).
@@ -67,6 +75,20 @@ enum Command {
     /// Manage the users of `serve --users FILE`.
     #[command(subcommand)]
     User(UserCommand),
+    /// Copy every run, event and decision from one database to another (moving from SQLite to
+    /// PostgreSQL), then check the copy by folding each run on both sides. Stop the servers on
+    /// both first. Running it again copies only what is missing.
+    Migrate {
+        /// The database to copy from (sqlite://PATH or postgres://…); it is only read.
+        #[arg(long, value_parser = parse_database)]
+        from: Database,
+        /// The database to copy to; created and migrated as needed.
+        #[arg(long, value_parser = parse_database)]
+        to: Database,
+        /// Copy into a target that already holds runs (runs it has are completed, not doubled).
+        #[arg(long)]
+        append: bool,
+    },
     /// Benchmarks, run on demand.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -120,6 +142,10 @@ enum BenchCommand {
         /// Persist every event in a SQLite store (group commit), as `serve` does.
         #[arg(long)]
         store: bool,
+        /// Persist into this database instead of a new SQLite file (implies --store; the runs
+        /// are added to what it holds: use a scratch database).
+        #[arg(long, value_parser = parse_database)]
+        database: Option<Database>,
         /// Attach one subscriber that receives every event.
         #[arg(long)]
         subscriber: bool,
@@ -153,12 +179,40 @@ enum BenchCommand {
         #[arg(long, requires = "url")]
         publish_url: Option<String>,
     },
-    /// Events persisted per second through the group-commit writer into SQLite.
+    /// Events persisted per second through the group-commit writer (into a new SQLite file
+    /// unless --database says where).
     Store {
         /// Events to persist.
         #[arg(long, default_value_t = 100_000)]
         events: usize,
+        /// The database to persist into (the run is added to what it holds: use a scratch one).
+        #[arg(long, value_parser = parse_database)]
+        database: Option<Database>,
     },
+}
+
+/// Where runs are kept.
+#[derive(Args, Clone)]
+struct DatabaseArgs {
+    /// The database: sqlite://PATH or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE.
+    /// `serve`'s default is sqlite://DATA/dagstream.db. The environment variable keeps a
+    /// password out of `ps`.
+    #[arg(long, env = "DAGSTREAM_DATABASE")]
+    database: Option<String>,
+    /// Connections kept open to a PostgreSQL database.
+    #[arg(long, default_value_t = DEFAULT_POOL_SIZE)]
+    pool_size: u32,
+}
+
+impl DatabaseArgs {
+    /// The database named, if one is; a URL dagstream cannot use is an error (exit 1).
+    fn database(&self) -> Result<Option<Database>, String> {
+        self.database.as_deref().map(str::parse).transpose()
+    }
+}
+
+fn parse_database(url: &str) -> Result<Database, String> {
+    url.parse()
 }
 
 #[derive(Args)]
@@ -166,9 +220,12 @@ struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "LEPTOS_SITE_ADDR", default_value = "127.0.0.1:3000")]
     addr: SocketAddr,
-    /// Directory for the server's data; created if missing.
+    /// Directory for the server's data (run working directories, and the database unless
+    /// --database names another); created if missing.
     #[arg(long, default_value = "./data")]
     data: PathBuf,
+    #[command(flatten)]
+    database: DatabaseArgs,
     /// The built site (wasm, JS, CSS). Default: `target/site` here, or next to the binary.
     #[arg(long, env = "LEPTOS_SITE_ROOT")]
     site_root: Option<PathBuf>,
@@ -204,6 +261,7 @@ pub async fn main() -> ExitCode {
             | Command::Run { .. }
             | Command::Schema { .. }
             | Command::Bench(_)
+            | Command::Migrate { .. }
             | Command::User(_),
         ) => "warn",
     };
@@ -215,7 +273,7 @@ pub async fn main() -> ExitCode {
         Some(Command::Serve(args)) => serve(args).await,
         None => serve(ServeArgs::parse_defaults()).await,
         Some(Command::Validate { spec }) => return validate(&spec),
-        Some(Command::Run { spec, approve_all, data }) => {
+        Some(Command::Run { spec, approve_all, data, database }) => {
             let spec = match load_spec(&spec) {
                 Ok(spec) => spec,
                 Err(message) => {
@@ -223,8 +281,25 @@ pub async fn main() -> ExitCode {
                     return ExitCode::from(EXIT_INVALID_SPEC);
                 }
             };
-            let options = crate::terminal::RunOptions { approve_all, work_root: data.join("runs") };
+            let opened = match database.database() {
+                Ok(Some(url)) => {
+                    crate::store::open(&url, database.pool_size).await.map(Some).map_err(|e| e.to_string())
+                }
+                Ok(None) => Ok(None),
+                Err(problem) => Err(problem),
+            };
+            let store = match opened {
+                Ok(store) => store,
+                Err(problem) => {
+                    eprintln!("dagstream: {problem}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let options = crate::terminal::RunOptions { approve_all, work_root: data.join("runs"), store };
             return crate::terminal::run(spec, options).await;
+        }
+        Some(Command::Migrate { from, to, append }) => {
+            crate::migrate::migrate(&from, &to, append).await.map(|report| print!("{report}"))
         }
         Some(Command::Schema { protocol: false }) => {
             print!("{}", crate::engine::spec::json_schema());
@@ -249,14 +324,31 @@ pub async fn main() -> ExitCode {
             let settings = crate::bench::fanout::FanoutBench { clients, events, rate, client_threads, floor, outside };
             crate::bench::fanout::fanout(&settings).await.map(|report| print!("{report}"))
         }
-        Some(Command::Bench(BenchCommand::Store { events })) => {
-            crate::bench::store(&crate::bench::StoreBench { events }).await.map(|report| print!("{report}"))
+        Some(Command::Bench(BenchCommand::Store { events, database })) => {
+            crate::bench::store(&crate::bench::StoreBench { events, database }).await.map(|report| print!("{report}"))
         }
-        Some(Command::Bench(BenchCommand::Engine { nodes, edges, max_parallel, shape, seed, store, subscriber })) => {
+        Some(Command::Bench(BenchCommand::Engine {
+            nodes,
+            edges,
+            max_parallel,
+            shape,
+            seed,
+            store,
+            database,
+            subscriber,
+        })) => {
             use crate::bench::{EngineBench, Shape};
             let shapes = if shape.is_empty() { vec![Shape::Wide, Shape::Chain, Shape::Random] } else { shape };
+            let scratch = std::env::temp_dir().join(format!("dagstream-bench-{}.db", std::process::id()));
+            let _ = std::fs::remove_file(&scratch);
+            let store = database.or_else(|| store.then(|| Database::Sqlite(scratch.clone())));
             let settings = EngineBench { nodes, edges, max_parallel, shapes, seed, store, subscriber };
-            crate::bench::engine(&settings).await.map(|results| print!("{}", crate::bench::report(&results)))
+            let result =
+                crate::bench::engine(&settings).await.map(|results| print!("{}", crate::bench::report(&results)));
+            for leftover in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{leftover}", scratch.display()));
+            }
+            result
         }
     };
     match result {
@@ -279,9 +371,6 @@ fn add_user(path: &Path, name: &str, role: Role) -> Result<(), String> {
 
 /// The environment variable that sets the admin token of `serve`.
 pub const ADMIN_TOKEN_VARIABLE: &str = "DAGSTREAM_TOKEN";
-
-/// The database file under `--data`.
-pub const DATABASE_FILE: &str = "dagstream.db";
 
 /// Exit status of `validate` for a spec that cannot run (or cannot be read).
 const EXIT_INVALID_SPEC: u8 = 2;
@@ -327,11 +416,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .site_pkg_dir("pkg")
         .site_addr(args.addr)
         .build();
-    let database = args.data.join(DATABASE_FILE);
-    let store = SqliteStore::open(&database).await.map_err(|e| e.to_string())?;
+    let database = args.database.database()?.unwrap_or_else(|| Database::in_data_dir(&args.data));
+    let store = crate::store::open(&database, args.database.pool_size).await.map_err(|e| e.to_string())?;
     let mut engine = EngineConfig::new(args.data.join("runs"));
     engine.allow_commands = !args.no_commands;
-    let store: Arc<dyn crate::store::Store> = Arc::new(store);
     let runs = Runs::open(RoomLimits::default(), engine, Arc::clone(&store)).await.map_err(|e| e.to_string())?;
     let users = match &args.users {
         Some(path) => UsersFile::load(path)?.users,
@@ -364,7 +452,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let listener =
         tokio::net::TcpListener::bind(args.addr).await.map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
     let local = listener.local_addr().map_err(|e| format!("cannot read the listening address: {e}"))?;
-    tracing::info!(site = %site_root.display(), data = %args.data.display(), "serving");
+    tracing::info!(site = %site_root.display(), data = %args.data.display(), %database, "serving");
     println!("dagstream: dashboard on http://{local}");
     // The sign-in link goes to the terminal only, never to the log.
     if token_given {

@@ -17,7 +17,9 @@
 //! - `hub` (ssr): one room per run: sequenced log, folded state, fan-out to subscribers; the
 //!   writer that stores events before anyone sees them (`hub::writer`).
 //! - `store` (ssr): the database, a leaf behind the `Store` trait; one file per backend
-//!   (`store::sqlite`).
+//!   (`store::sqlite`, `store::postgres`), chosen by the `--database` URL. The database keeps
+//!   one decision per gate round (`Store::claim_decision`).
+//! - `migrate` (ssr): `dagstream migrate`, copying every run from one database to another.
 //! - `runs` (ssr): the registry of runs; loads and resumes them from the store at start.
 //! - `service` (ssr): every operation a user can ask for (start, list, read, command), once;
 //!   REST, the sockets and the server functions are thin adapters over it.
@@ -65,6 +67,8 @@ pub mod engine;
 pub mod external;
 #[cfg(feature = "ssr")]
 pub mod hub;
+#[cfg(feature = "ssr")]
+pub mod migrate;
 #[cfg(feature = "ssr")]
 pub mod runs;
 #[cfg(feature = "ssr")]

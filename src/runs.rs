@@ -87,16 +87,23 @@ impl Runs {
     /// A registry backed by `store`: loads every stored run, resumes the ones that were still
     /// going, and stores everything from now on. Must be called within a tokio runtime.
     pub async fn open(limits: RoomLimits, engine: EngineConfig, store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        let runs = Runs::recording(limits, engine, store);
+        runs.load().await?;
+        Ok(runs)
+    }
+
+    /// A registry that stores the runs it starts in `store` and leaves the runs already there
+    /// alone (`dagstream run --database`, benchmarks): another server may be driving them.
+    /// Must be called within a tokio runtime.
+    pub fn recording(limits: RoomLimits, engine: EngineConfig, store: Arc<dyn Store>) -> Self {
         let writer = Writer::spawn(Arc::clone(&store));
-        let runs = Runs {
+        Runs {
             by_id: RwLock::new(HashMap::new()),
             limits,
             engine,
             storage: Some((store, writer)),
             feed: broadcast::channel(FEED_QUEUE).0,
-        };
-        runs.load().await?;
-        Ok(runs)
+        }
     }
 
     /// The store, if there is one.
@@ -187,42 +194,7 @@ impl Runs {
     /// Rebuilds one run from its record and stored events; resumes it if it had not ended.
     /// A run that cannot be resumed is marked failed with the reason.
     fn restore(&self, record: RunRecord, texts: Vec<String>) -> RunEntry {
-        let value: Result<serde_json::Value, String> = serde_json::from_str(&record.spec).map_err(|e| e.to_string());
-        let external = match &value {
-            Ok(value) if ExternalRun::is_external(value) => Some(ExternalRun::from_value(value.clone())),
-            _ => None,
-        };
-        let spec = value.and_then(|value| DagSpec::from_value(value).map_err(|e| e.to_string()));
-        let mut state = match (&external, &spec) {
-            (Some(Ok(run)), _) => run.initial_state(&record.dag_id, &record.started_at),
-            (None, Ok(spec)) => initial_state(&record.dag_id, spec, &record.started_at),
-            (Some(Err(_)), _) | (None, Err(_)) => {
-                RunState::new(&record.dag_id, &record.name, &record.started_at, 0.0, [])
-            }
-        };
-        // Stored events are numbered 1..=N without a gap (the writer stores them in order).
-        let stored = texts.len() as Seq;
-        let mut log = Vec::with_capacity(texts.len());
-        let mut frames = Vec::new();
-        let mut broken = None;
-        for text in texts {
-            match serde_json::from_str::<ServerEvent>(&text) {
-                Ok(event) if state.apply(&event) == Applied::Folded => {
-                    frames.push(Frame { seq: event.seq, text: text.into() });
-                    log.push(event);
-                }
-                Ok(event) => broken = Some(format!("event {} does not follow event {}", event.seq, state.seq)),
-                Err(error) => broken = Some(format!("event after {} cannot be read: {error}", state.seq)),
-            }
-            if broken.is_some() {
-                break;
-            }
-        }
-        if broken.is_some() {
-            // What follows is numbered after the last stored event, so nothing overwrites the
-            // events that could not be read; the snapshot is the run as far as it could be read.
-            state.seq = stored;
-        }
+        let StoredRun { state, log, mut frames, spec, external, broken } = StoredRun::read(&record, texts);
         let keep = frames.len().saturating_sub(self.limits.log_window);
         let room = self.new_room(state.clone(), frames.split_off(keep));
         if let Some(Ok(_)) = external {
@@ -277,6 +249,66 @@ impl Runs {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, RunEntry>> {
         self.by_id.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A stored run read back: what its spec and its events fold to, without starting anything.
+/// Restarts resume from it; `dagstream migrate` compares it on both sides of a copy.
+pub struct StoredRun {
+    /// The run's record folded with every readable event ([`RunState::apply`]).
+    pub state: RunState,
+    /// The events folded in, in order.
+    pub log: Vec<ServerEvent>,
+    /// The same events as stored, for `since` replay.
+    frames: Vec<Frame>,
+    /// The spec of an engine run, or why it cannot be read.
+    spec: Result<DagSpec, String>,
+    /// Set when the run was created by an external engine (or looks like one and cannot be read).
+    external: Option<Result<ExternalRun, String>>,
+    /// Why the log stops being readable before its end, if it does.
+    pub broken: Option<String>,
+}
+
+impl StoredRun {
+    /// Folds `record`'s spec with its stored events (`texts`, in `seq` order).
+    pub fn read(record: &RunRecord, texts: Vec<String>) -> StoredRun {
+        let value: Result<serde_json::Value, String> = serde_json::from_str(&record.spec).map_err(|e| e.to_string());
+        let external = match &value {
+            Ok(value) if ExternalRun::is_external(value) => Some(ExternalRun::from_value(value.clone())),
+            _ => None,
+        };
+        let spec = value.and_then(|value| DagSpec::from_value(value).map_err(|e| e.to_string()));
+        let mut state = match (&external, &spec) {
+            (Some(Ok(run)), _) => run.initial_state(&record.dag_id, &record.started_at),
+            (None, Ok(spec)) => initial_state(&record.dag_id, spec, &record.started_at),
+            (Some(Err(_)), _) | (None, Err(_)) => {
+                RunState::new(&record.dag_id, &record.name, &record.started_at, 0.0, [])
+            }
+        };
+        // Stored events are numbered 1..=N without a gap (the writer stores them in order).
+        let stored = texts.len() as Seq;
+        let mut log = Vec::with_capacity(texts.len());
+        let mut frames = Vec::new();
+        let mut broken = None;
+        for text in texts {
+            match serde_json::from_str::<ServerEvent>(&text) {
+                Ok(event) if state.apply(&event) == Applied::Folded => {
+                    frames.push(Frame { seq: event.seq, text: text.into() });
+                    log.push(event);
+                }
+                Ok(event) => broken = Some(format!("event {} does not follow event {}", event.seq, state.seq)),
+                Err(error) => broken = Some(format!("event after {} cannot be read: {error}", state.seq)),
+            }
+            if broken.is_some() {
+                break;
+            }
+        }
+        if broken.is_some() {
+            // What follows is numbered after the last stored event, so nothing overwrites the
+            // events that could not be read; the snapshot is the run as far as it could be read.
+            state.seq = stored;
+        }
+        StoredRun { state, log, frames, spec, external, broken }
     }
 }
 

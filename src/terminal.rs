@@ -35,6 +35,8 @@ pub struct RunOptions {
     pub approve_all: bool,
     /// Where the run's working directory goes.
     pub work_root: std::path::PathBuf,
+    /// Where the run is stored, if anywhere (a server on the same database shows it).
+    pub store: Option<Arc<dyn crate::store::Store>>,
 }
 
 /// Runs `spec` to its end; the exit status is 0 completed, 1 failed, 130 cancelled.
@@ -42,10 +44,12 @@ pub async fn run(spec: DagSpec, options: RunOptions) -> ExitCode {
     // Listened for from the start and for the whole run: a Ctrl-C that comes while an event is
     // being shown waits here, where a listener made anew on each turn of the loop would miss it.
     let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
-    let runs = Arc::new(Runs::new(
-        RoomLimits { log_window: 1024, subscriber_queue: 1 << 16 },
-        EngineConfig::new(&options.work_root),
-    ));
+    let limits = RoomLimits { log_window: 1024, subscriber_queue: 1 << 16 };
+    let engine = EngineConfig::new(&options.work_root);
+    let runs = Arc::new(match options.store.clone() {
+        Some(store) => Runs::recording(limits, engine, store),
+        None => Runs::new(limits, engine),
+    });
     let dag_id = match runs.start(spec).await {
         Ok(dag_id) => dag_id,
         Err(error) => {

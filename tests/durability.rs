@@ -8,9 +8,10 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Served, dag_id_of, http, http_get, json_body, stub_site, temp_dir};
+use common::{Backend, Scratch, Served, dag_id_of, http, http_get, json_body, stub_site, temp_dir};
 use dagstream::protocol::{ClientEvent, Decision, RunState, ServerEvent, ServerEventBody};
 use futures::{SinkExt, StreamExt};
+use rstest::rstest;
 use tokio_tungstenite::tungstenite::Message;
 
 const SPEC: &str = r#"
@@ -77,11 +78,15 @@ async fn wait_for(addr: &str, dag_id: &str, what: &str, done: impl Fn(&RunState)
     panic!("{what} did not happen: {:#?}", run_state(addr, dag_id));
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test]
-async fn sigkill_in_the_middle_of_a_run_then_restart_resumes_it_exactly() {
-    let site = stub_site("durable-site");
-    let data = temp_dir("durable-data");
-    let served = Served::start(&site, &data);
+async fn sigkill_in_the_middle_of_a_run_then_restart_resumes_it_exactly(#[case] backend: Backend) {
+    let database = Scratch::new(backend, "sigkill").await;
+    let site = stub_site(&format!("durable-site-{backend:?}"));
+    let data = temp_dir(&format!("durable-data-{backend:?}"));
+    let served = Served::start_on(&site, &data, Some(&database.url()));
     let dag_id = dag_id_of(&http(&served.addr, "POST", "/api/dags", Some("application/toml"), SPEC));
 
     // A dashboard follows the run until the gate waits and the command runs.
@@ -108,7 +113,7 @@ async fn sigkill_in_the_middle_of_a_run_then_restart_resumes_it_exactly() {
     assert!(before.seq >= client.seq);
     served.kill_hard();
 
-    let served = Served::start(&site, &data);
+    let served = Served::start_on(&site, &data, Some(&database.url()));
     let after = run_state(&served.addr, &dag_id);
     assert_eq!(after.nodes["first"].status.as_str(), "completed");
     assert_eq!(after.nodes["review"].status.as_str(), "waiting", "the gate still waits");
@@ -141,7 +146,7 @@ async fn sigkill_in_the_middle_of_a_run_then_restart_resumes_it_exactly() {
 
     // History: after another hard kill the finished run is still listed, as it ended.
     served.kill_hard();
-    let served = Served::start(&site, &data);
+    let served = Served::start_on(&site, &data, Some(&database.url()));
     let listed = json_body(&http_get(&served.addr, "/api/dags"));
     let row = listed.as_array().expect("a list").iter().find(|r| r["dag_id"] == dag_id.as_str()).cloned();
     assert_eq!(row.map(|r| r["state"].clone()), Some("completed".into()));
@@ -172,4 +177,43 @@ fn a_corrupt_database_or_one_that_cannot_be_opened_is_a_clear_startup_error() {
         assert!(stderr.contains("dagstream.db"), "names the file: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+}
+
+/// `serve --database` with a URL dagstream cannot use, a PostgreSQL server that is not there,
+/// or a database whose migration fails: exit 1 with the host and what failed, no panic, no
+/// password, and a failed migration leaves the schema as it was.
+#[tokio::test]
+async fn a_bad_database_url_an_unreachable_server_or_a_failed_migration_stops_the_start() {
+    let site = stub_site("baddb-url-site");
+    let data = temp_dir("baddb-url-data");
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let blocked = Scratch::new(Backend::Postgres, "blocked").await;
+    let pool = sqlx::PgPool::connect(&blocked.url()).await.expect("connects");
+    // A table of the same name as one the first migration makes, but not dagstream's.
+    sqlx::query("CREATE TABLE sessions (unrelated INT)").execute(&pool).await.expect("created");
+    let blocked_at = blocked.url().split('@').nth(1).expect("host part").to_owned();
+    let cases = [
+        ("mysql://someone:s3cret@db.example/runs".to_owned(), "is not a database URL".to_owned()),
+        (format!("postgres://dagstream:s3cret@127.0.0.1:{closed_port}/runs"), format!("127.0.0.1:{closed_port}/runs")),
+        (blocked.url(), format!("cannot prepare the database at {blocked_at}")),
+    ];
+    for (url, says) in cases {
+        let output = Command::new(env!("CARGO_BIN_EXE_dagstream"))
+            .args(["serve", "--addr", "127.0.0.1:0", "--database", &url, "--data"])
+            .arg(&data)
+            .arg("--site-root")
+            .arg(&site)
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{url}: {stderr}");
+        assert!(stderr.contains(&says), "{url}: says {says:?}: {stderr}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("s3cret"), "{stderr}");
+    }
+    let (runs_table, meta_table): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT to_regclass('public.runs')::text, to_regclass('public.meta')::text")
+            .fetch_one(&pool)
+            .await
+            .expect("asked");
+    assert_eq!((runs_table, meta_table), (None, None), "the failed migration left nothing behind");
 }

@@ -719,7 +719,7 @@ mod failing_storage {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
-    use dagstream::store::{DecisionRow, RunRecord, Store, StoreError, StoredEvent};
+    use dagstream::store::{Claim, DecisionRow, RunRecord, Store, StoreError, StoredEvent};
     use futures::future::BoxFuture;
 
     use super::*;
@@ -753,6 +753,9 @@ mod failing_storage {
         }
         fn events(&self, _: &str, _: u64, _: u64) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
             Box::pin(async { Ok(Vec::new()) })
+        }
+        fn claim_decision(&self, _: &str, _: DecisionRow) -> BoxFuture<'_, Result<Claim, StoreError>> {
+            Box::pin(async { Ok(Claim::Won) })
         }
         fn decisions(&self, _: &str) -> BoxFuture<'_, Result<Vec<DecisionRow>, StoreError>> {
             Box::pin(async { Ok(Vec::new()) })

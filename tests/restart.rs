@@ -14,7 +14,9 @@ use dagstream::engine::{DagSpec, EngineConfig, SpecFormat};
 use dagstream::hub::RoomLimits;
 use dagstream::protocol::{ClientEvent, Decision, NodeStatus, RunPhase, RunState};
 use dagstream::runs::Runs;
-use dagstream::store::SqliteStore;
+use dagstream::store::Database;
+use dagstream::store::testing::{Backend, Scratch};
+use rstest::rstest;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -25,6 +27,12 @@ fn data_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A fresh database of `backend` for one test (made on a runtime of its own: the tests'
+/// servers live and die on theirs).
+fn scratch(backend: Backend, name: &str) -> Scratch {
+    tokio::runtime::Runtime::new().expect("rt").block_on(Scratch::new(backend, name))
+}
+
 /// One life of the server: a runtime, and the runs it loaded from `dir`'s database.
 struct Life {
     runtime: tokio::runtime::Runtime,
@@ -32,13 +40,13 @@ struct Life {
 }
 
 impl Life {
-    fn start(dir: &Path) -> Life {
+    fn start(dir: &Path, database: &Database) -> Life {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
         let runs = runtime.block_on(async {
-            let store = SqliteStore::open(&dir.join("dagstream.db")).await.expect("store opens");
+            let store = dagstream::store::open(database, 4).await.expect("store opens");
             let mut engine = EngineConfig::new(dir.join("runs"));
             engine.cancel_grace = Duration::from_millis(200);
-            Runs::open(RoomLimits::default(), engine, Arc::new(store)).await.expect("runs load")
+            Runs::open(RoomLimits::default(), engine, store).await.expect("runs load")
         });
         Life { runtime, runs: Arc::new(runs) }
     }
@@ -81,10 +89,14 @@ fn approve(gate: &str) -> ClientEvent {
     ClientEvent::HumanDecision { node_id: gate.into(), decision: Decision::Approve, feedback: None }
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
 #[test]
-fn a_waiting_gate_keeps_what_is_left_of_its_timeout() {
+fn a_waiting_gate_keeps_what_is_left_of_its_timeout(#[case] backend: Backend) {
     let dir = data_dir("gate-timeout");
-    let first = Life::start(&dir);
+    let scratch = scratch(backend, "gate_timeout");
+    let first = Life::start(&dir, &scratch.database);
     let dag_id = first.start_run(
         "name = \"t\"\n[[nodes]]\nid = \"g\"\nkind = \"gate\"\ntitle = \"Go?\"\nprompt = \"p\"\n\
          timeout = \"2s\"\non_timeout = \"approve\"\n[[nodes]]\nid = \"after\"\nkind = \"simulate\"\nneeds = [\"g\"]\n",
@@ -96,7 +108,7 @@ fn a_waiting_gate_keeps_what_is_left_of_its_timeout() {
     // whole new one (2 s after the restart) are far apart.
     std::thread::sleep(Duration::from_millis(500));
     first.crash();
-    let second = Life::start(&dir);
+    let second = Life::start(&dir, &scratch.database);
     let state = second.state(&dag_id);
     assert_eq!(state.nodes["g"].status, NodeStatus::Waiting, "still waiting after the restart");
     let after_restart = std::time::SystemTime::now();
@@ -115,10 +127,14 @@ fn a_waiting_gate_keeps_what_is_left_of_its_timeout() {
     second.crash();
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
 #[test]
-fn a_paused_run_stays_paused_and_resumes_when_told() {
+fn a_paused_run_stays_paused_and_resumes_when_told(#[case] backend: Backend) {
     let dir = data_dir("paused");
-    let first = Life::start(&dir);
+    let scratch = scratch(backend, "paused");
+    let first = Life::start(&dir, &scratch.database);
     let dag_id = first.start_run(
         "name = \"t\"\n[[nodes]]\nid = \"a\"\nkind = \"simulate\"\nduration = \"50ms\"\n\
          [[nodes]]\nid = \"b\"\nkind = \"simulate\"\nneeds = [\"a\"]\nduration = \"50ms\"\n",
@@ -126,7 +142,7 @@ fn a_paused_run_stays_paused_and_resumes_when_told() {
     first.command(&dag_id, ClientEvent::PauseExecution);
     let paused = first.until(&dag_id, "paused", |s| s.state == RunPhase::Paused);
     first.crash();
-    let second = Life::start(&dir);
+    let second = Life::start(&dir, &scratch.database);
     let state = second.state(&dag_id);
     assert_eq!(state.state, RunPhase::Paused, "still paused after the restart");
     // Nothing that waited starts while the run is paused (a's attempt may finish and b waits).
@@ -141,10 +157,14 @@ fn a_paused_run_stays_paused_and_resumes_when_told() {
     second.crash();
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
 #[test]
-fn a_budget_gate_still_holds_the_rest_after_a_restart() {
+fn a_budget_gate_still_holds_the_rest_after_a_restart(#[case] backend: Backend) {
     let dir = data_dir("budget");
-    let first = Life::start(&dir);
+    let scratch = scratch(backend, "budget");
+    let first = Life::start(&dir, &scratch.database);
     let dag_id = first.start_run(
         "name = \"t\"\nbudget = 1.0\nbudget_step = 2.0\nmax_parallel = 1\n\
          [[nodes]]\nid = \"a\"\nkind = \"simulate\"\nduration = \"10ms\"\ncost = 1.2\n\
@@ -154,7 +174,7 @@ fn a_budget_gate_still_holds_the_rest_after_a_restart() {
         s.nodes.get("budget_1").is_some_and(|n| n.status == NodeStatus::Waiting)
     });
     first.crash();
-    let second = Life::start(&dir);
+    let second = Life::start(&dir, &scratch.database);
     let state = second.state(&dag_id);
     assert_eq!(state.nodes["budget_1"].status, NodeStatus::Waiting, "the budget gate still waits");
     assert_eq!(state.nodes["b"].status, NodeStatus::Pending, "and still holds b");
@@ -167,10 +187,14 @@ fn a_budget_gate_still_holds_the_rest_after_a_restart() {
     second.crash();
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
 #[test]
-fn nodes_added_at_run_time_are_still_there_and_run_after_a_restart() {
+fn nodes_added_at_run_time_are_still_there_and_run_after_a_restart(#[case] backend: Backend) {
     let dir = data_dir("mutated");
-    let first = Life::start(&dir);
+    let scratch = scratch(backend, "mutated");
+    let first = Life::start(&dir, &scratch.database);
     let dag_id = first.start_run(
         "name = \"t\"\n[[nodes]]\nid = \"plan\"\nkind = \"command\"\n\
          run = '''echo '{\"add_node\": {\"id\": \"extra\", \"kind\": \"gate\", \"title\": \"More?\", \"prompt\": \"p\"}, \"after\": [\"plan\"]}' >> \"$DAGSTREAM_REPORT\"'''\n\
@@ -180,7 +204,7 @@ fn nodes_added_at_run_time_are_still_there_and_run_after_a_restart() {
         s.nodes.get("extra").is_some_and(|n| n.status == NodeStatus::Waiting)
     });
     first.crash();
-    let second = Life::start(&dir);
+    let second = Life::start(&dir, &scratch.database);
     let state = second.state(&dag_id);
     assert_eq!(state.nodes["extra"].needs, ["plan"], "the added node and its edge are back");
     assert_eq!(state.nodes["extra"].status, NodeStatus::Waiting);
@@ -191,26 +215,42 @@ fn nodes_added_at_run_time_are_still_there_and_run_after_a_restart() {
     second.crash();
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
 #[test]
-fn a_damaged_log_marks_the_run_failed_with_the_reason() {
+fn a_damaged_log_marks_the_run_failed_with_the_reason(#[case] backend: Backend) {
     let dir = data_dir("damaged");
-    let first = Life::start(&dir);
+    let scratch = scratch(backend, "damaged");
+    let first = Life::start(&dir, &scratch.database);
     let dag_id =
         first.start_run("name = \"t\"\n[[nodes]]\nid = \"g\"\nkind = \"gate\"\ntitle = \"Go?\"\nprompt = \"p\"\n");
     first.until(&dag_id, "the gate waits", |s| s.nodes["g"].status == NodeStatus::Waiting);
     first.crash();
-    // Damage one stored event (as a bad disk or a hand edit would).
-    let damage = std::process::Command::new("python3")
-        .arg("-c")
-        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE events SET body='{\\\"type\\\":' WHERE seq=2\"); c.commit()")
-        .arg(dir.join("dagstream.db"))
-        .status()
-        .expect("python3 runs");
-    assert!(damage.success());
-    let second = Life::start(&dir);
+    // Damage one stored event (as a bad disk or a hand edit would): JSON, but not an event.
+    tokio::runtime::Runtime::new().expect("rt").block_on(damage_event(&scratch.database, &dag_id, 2));
+    let second = Life::start(&dir, &scratch.database);
     let state = second.until(&dag_id, "marked failed", |s| s.results.is_some());
     assert_eq!(state.state, RunPhase::Failed);
     let reason = &state.errors.last().expect("an error says why").message;
     assert!(reason.contains("log is damaged") && reason.contains("event after 1"), "{reason}");
     second.crash();
+}
+
+/// Overwrites event `seq` of `dag_id` with JSON that is not an event, behind the store's back.
+async fn damage_event(database: &Database, dag_id: &str, seq: i64) {
+    const DAMAGE: &str = "UPDATE events SET body = '{\"type\": 1}' WHERE dag_id = ";
+    let changed = match database {
+        Database::Sqlite(path) => {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await.expect("opens");
+            let sql = format!("{DAMAGE}? AND seq = ?");
+            sqlx::query(&sql).bind(dag_id).bind(seq).execute(&pool).await.expect("damaged").rows_affected()
+        }
+        Database::Postgres(url) => {
+            let pool = sqlx::PgPool::connect(url).await.expect("connects");
+            let sql = format!("{DAMAGE}$1 AND seq = $2");
+            sqlx::query(&sql).bind(dag_id).bind(seq).execute(&pool).await.expect("damaged").rows_affected()
+        }
+    };
+    assert_eq!(changed, 1, "one event damaged");
 }

@@ -6,19 +6,19 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use common::{Backend, Scratch};
 use common::{TOKEN, ws_request};
 use dagstream::engine::{DagSpec, EngineConfig, SpecFormat};
 use dagstream::hub::RoomLimits;
 use dagstream::protocol::{ClientEvent, Decision, NodeStatus, RunPhase, RunState, Seq, ServerEvent, ServerEventBody};
 use dagstream::runs::Runs;
 use dagstream::server::{AppState, AuthSettings, StreamConfig, app};
-use dagstream::store::SqliteStore;
 use futures::{SinkExt, StreamExt};
+use rstest::rstest;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
@@ -35,6 +35,8 @@ struct TestServer {
     state: AppState,
     /// Held so streams are not told to shut down.
     _shutdown: watch::Sender<bool>,
+    /// The database of a stored server, dropped with it.
+    _database: Option<Scratch>,
 }
 
 impl TestServer {
@@ -43,19 +45,18 @@ impl TestServer {
         Self::start_with(runs, StreamConfig::default()).await
     }
 
-    /// A server over a SQLite store in a fresh directory, with these room limits.
-    async fn start_stored(name: &str, limits: RoomLimits, stream: StreamConfig) -> Self {
+    /// A server over a fresh database of `backend`, with these room limits.
+    async fn start_stored(backend: Backend, name: &str, limits: RoomLimits, stream: StreamConfig) -> Self {
         let dir = std::env::temp_dir().join(format!("dagstream-stream-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let store = SqliteStore::open(&dir.join("test.db")).await.expect("store opens");
-        let runs = Runs::open(limits, EngineConfig::new(dir.join("runs")), Arc::new(store)).await.expect("runs");
-        Self::start_with(runs, stream).await
+        let (runs, database) = common::stored_runs(backend, name, limits, EngineConfig::new(dir.join("runs"))).await;
+        let mut server = Self::start_with(runs, stream).await;
+        server._database = Some(database);
+        server
     }
 
     async fn start_with(runs: Runs, stream: StreamConfig) -> Self {
         let served = common::serve_in_process(runs, AuthSettings::with_admin_token(TOKEN), stream).await;
-        TestServer { addr: served.addr, state: served.state, _shutdown: served.shutdown }
+        TestServer { addr: served.addr, state: served.state, _shutdown: served.shutdown, _database: None }
     }
 
     async fn start_run(&self, spec: DagSpec) -> String {
@@ -578,12 +579,15 @@ fn wide_random_spec(n: usize, duration: &str, seed: u64) -> DagSpec {
     spec(&text)
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
 #[tokio::test]
-async fn a_hundred_forced_disconnects_never_lose_or_repeat_an_event() {
+async fn a_hundred_forced_disconnects_never_lose_or_repeat_an_event(#[case] backend: Backend) {
     use rand::{Rng, SeedableRng};
     // A small window, so most reconnects replay from the database.
     let limits = RoomLimits { log_window: 16, subscriber_queue: 1024 };
-    let server = TestServer::start_stored("disconnects", limits, StreamConfig::default()).await;
+    let server = TestServer::start_stored(backend, "disconnects", limits, StreamConfig::default()).await;
     let dag_id = server.start_run(wide_random_spec(160, "3ms", 11)).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let mut client: Option<RunState> = None;

@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use crate::engine::{DagSpec, EngineConfig, NodeSpec, NodeWork};
 use crate::hub::RoomLimits;
 use crate::runs::Runs;
-use crate::store::SqliteStore;
+use crate::store::{DEFAULT_POOL_SIZE, Database};
 
 /// The shapes the engine benchmark runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -38,8 +38,9 @@ pub struct EngineBench {
     pub shapes: Vec<Shape>,
     /// Seed of the random shape, so runs are comparable.
     pub seed: u64,
-    /// Persist every event in a SQLite store (in a temporary directory).
-    pub store: bool,
+    /// Persist every event in this database (`None`: no store). The runs are added to what it
+    /// holds; use a scratch database.
+    pub store: Option<Database>,
     /// Attach one subscriber that takes every event.
     pub subscriber: bool,
 }
@@ -107,11 +108,12 @@ pub async fn engine(settings: &EngineBench) -> Result<Vec<ShapeResult>, String> 
     let _ = std::fs::remove_dir_all(&work_root);
     std::fs::create_dir_all(&work_root).map_err(|e| e.to_string())?;
     let engine = EngineConfig::new(work_root.join("runs"));
-    let runs = if settings.store {
-        let store = SqliteStore::open(&work_root.join("bench.db")).await.map_err(|e| e.to_string())?;
-        Arc::new(Runs::open(RoomLimits::default(), engine, Arc::new(store)).await.map_err(|e| e.to_string())?)
-    } else {
-        Arc::new(Runs::new(RoomLimits::default(), engine))
+    let runs = match &settings.store {
+        Some(database) => {
+            let store = crate::store::open(database, DEFAULT_POOL_SIZE).await.map_err(|e| e.to_string())?;
+            Arc::new(Runs::recording(RoomLimits::default(), engine, store))
+        }
+        None => Arc::new(Runs::new(RoomLimits::default(), engine)),
     };
     let subscriber = settings.subscriber;
     let mut results = Vec::new();
@@ -167,18 +169,20 @@ async fn run_to_end(runs: &Runs, spec: DagSpec, subscriber: bool) -> Result<(Dur
 pub struct StoreBench {
     /// Events to persist.
     pub events: usize,
+    /// Where (`None`: a new SQLite file in a temporary directory). The run is added to what the
+    /// database holds.
+    pub database: Option<Database>,
 }
 
-/// Events persisted per second through the group-commit writer into a SQLite file: publishes
+/// Events persisted per second through the group-commit writer into a database: publishes
 /// `events` log lines into one run and waits until the last is stored and committed.
 pub async fn store(settings: &StoreBench) -> Result<String, String> {
     let work_root = std::env::temp_dir().join(format!("dagstream-bench-store-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work_root);
     std::fs::create_dir_all(&work_root).map_err(|e| e.to_string())?;
-    let store = SqliteStore::open(&work_root.join("bench.db")).await.map_err(|e| e.to_string())?;
-    let runs = Runs::open(RoomLimits::default(), EngineConfig::new(work_root.join("runs")), Arc::new(store))
-        .await
-        .map_err(|e| e.to_string())?;
+    let database = settings.database.clone().unwrap_or_else(|| Database::Sqlite(work_root.join("bench.db")));
+    let store = crate::store::open(&database, DEFAULT_POOL_SIZE).await.map_err(|e| e.to_string())?;
+    let runs = Runs::recording(RoomLimits::default(), EngineConfig::new(work_root.join("runs")), store);
     // A run that waits at a gate forever: its room takes the benchmark's events.
     let spec = DagSpec {
         name: "bench-store".into(),
@@ -218,7 +222,7 @@ pub async fn store(settings: &StoreBench) -> Result<String, String> {
     let _ = std::fs::remove_dir_all(work_root);
     let per_second = settings.events as f64 / elapsed.as_secs_f64();
     Ok(format!(
-        "persisted {} events in {:.1} ms: {:.0} events/s ({:.2} µs each, group commit)\n",
+        "{database}: persisted {} events in {:.1} ms: {:.0} events/s ({:.2} µs each, group commit)\n",
         settings.events,
         elapsed.as_secs_f64() * 1e3,
         per_second,

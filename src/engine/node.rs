@@ -52,6 +52,12 @@ pub enum NodeMsg {
         node: usize,
         round: u32,
     },
+    /// The store answered the claim of a decision on gate `node`'s wait `round`.
+    DecisionClaimed {
+        node: usize,
+        round: u32,
+        result: Result<crate::store::Claim, crate::store::StoreError>,
+    },
 }
 
 /// How a node ended.

@@ -18,11 +18,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use axum::extract::ws::Utf8Bytes;
+use futures::future::BoxFuture;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{Applied, RunPhase, RunState, RunSummary, Seq, ServerEvent, ServerEventBody, now_rfc3339};
-use crate::store::{StoreError, StoredEvent};
+use crate::store::{Claim, DecisionRow, StoreError, StoredEvent};
 
 pub use writer::{Pending, Writer};
 
@@ -118,6 +119,30 @@ impl Room {
             live,
             complete,
         })
+    }
+
+    /// Records a gate decision as its round's one decision before it is published
+    /// ([`crate::store::Store::claim_decision`]). `None` when the room stores nothing: there is
+    /// no other decider to race, and the decision stands.
+    pub fn claim_decision(&self, decision: DecisionRow) -> Option<BoxFuture<'static, Result<Claim, StoreError>>> {
+        let store = Arc::clone(self.writer.as_ref()?.store());
+        let dag_id = Arc::clone(&self.dag_id);
+        Some(Box::pin(async move { store.claim_decision(&dag_id, decision).await }))
+    }
+
+    /// The decision the store holds for gate `node_id`'s wait `round`, if any; `None` when the
+    /// room stores nothing.
+    pub fn recorded_decision(
+        &self,
+        node_id: &str,
+        round: i64,
+    ) -> Option<BoxFuture<'static, Result<Option<DecisionRow>, StoreError>>> {
+        let store = Arc::clone(self.writer.as_ref()?.store());
+        let (dag_id, node_id) = (Arc::clone(&self.dag_id), node_id.to_owned());
+        Some(Box::pin(async move {
+            let decisions = store.decisions(&dag_id).await?;
+            Ok(decisions.into_iter().find(|d| d.node_id == node_id && d.round == round))
+        }))
     }
 
     /// Appends an event to the run: next `seq`, serialize once, then store and commit.

@@ -45,6 +45,8 @@ pub struct Writer {
     drained: Arc<Notify>,
     /// Above this many queued events, [`Writer::ready`] waits.
     bound: usize,
+    /// The store the writer commits to, also where rooms record gate decisions.
+    store: Arc<dyn Store>,
 }
 
 impl Writer {
@@ -59,8 +61,8 @@ impl Writer {
         let (queue, pending) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let drained = Arc::new(Notify::new());
-        tokio::spawn(write_loop(store, pending, Arc::clone(&queued), Arc::clone(&drained)));
-        Writer { queue, queued, drained, bound: bound.max(1) }
+        tokio::spawn(write_loop(Arc::clone(&store), pending, Arc::clone(&queued), Arc::clone(&drained)));
+        Writer { queue, queued, drained, bound: bound.max(1), store }
     }
 
     /// Queues an event; gives it back if the writer is gone (then nothing will store it).
@@ -70,6 +72,11 @@ impl Writer {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             Box::new(unsent.0)
         })
+    }
+
+    /// The store events are committed to.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// Events submitted and not yet committed.
@@ -139,7 +146,7 @@ mod tests {
     use crate::engine::{DagSpec, EngineConfig, SpecFormat};
     use crate::hub::RoomLimits;
     use crate::protocol::{GraphNode, NodeKind, NodeStatus, RunState, Seq, ServerEventBody};
-    use crate::store::{DecisionRow, RunRecord, StoreError};
+    use crate::store::{Claim, DecisionRow, RunRecord, StoreError};
 
     /// A disk that stalls: each batch waits for a permit; the test hands them out.
     struct StalledDisk {
@@ -164,6 +171,9 @@ mod tests {
         }
         fn events(&self, _: &str, _: Seq, _: Seq) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
             Box::pin(async { Ok(Vec::new()) })
+        }
+        fn claim_decision(&self, _: &str, _: DecisionRow) -> BoxFuture<'_, Result<Claim, StoreError>> {
+            Box::pin(async { Ok(Claim::Won) })
         }
         fn decisions(&self, _: &str) -> BoxFuture<'_, Result<Vec<DecisionRow>, StoreError>> {
             Box::pin(async { Ok(Vec::new()) })

@@ -1,20 +1,31 @@
 //! Durable storage of runs, their event logs, gate decisions and login sessions, behind the
 //! small [`Store`] trait. A leaf: it knows the wire protocol's types and nothing else of
-//! dagstream. Each backend is one file: [`sqlite`] is the embedded default (one file under
-//! `--data`, WAL mode, migrations in `migrations/`).
+//! dagstream. Each backend is one file, chosen by the `--database` URL ([`Database`], [`open`]):
+//! [`sqlite`] is the embedded default (one file under `--data`, WAL mode, migrations in
+//! `migrations/sqlite/`), [`postgres`] keeps the same logical schema in PostgreSQL
+//! (`migrations/postgres/`).
 //!
-//! The engine never talks to a store: rooms hand their events to the hub's writer
+//! The engine never writes events to a store: rooms hand them to the hub's writer
 //! (`hub::writer`), which commits them in batches (group commit) and only then lets the rooms
-//! fold and broadcast them.
+//! fold and broadcast them. A gate decision is recorded first, by itself, with
+//! [`Store::claim_decision`]: the database keeps one decision per gate round, so of several
+//! deciders, in one process or several, exactly one wins and the others learn who did.
 
+mod postgres;
 mod sqlite;
+#[doc(hidden)]
+pub mod testing;
 
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
 use crate::protocol::{RunPhase, Seq, ServerEvent, ServerEventBody};
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A storage failure, in words for the log and for the run's `error` event.
@@ -26,6 +37,80 @@ impl StoreError {
     fn from_sqlx(context: &str, error: sqlx::Error) -> Self {
         StoreError(format!("{context}: {error}"))
     }
+}
+
+/// Connections a PostgreSQL store keeps open when `--pool-size` does not say.
+pub const DEFAULT_POOL_SIZE: u32 = 8;
+
+/// Which database a `--database` URL names.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Database {
+    /// `sqlite://PATH`: a file on this machine (created when missing).
+    Sqlite(PathBuf),
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?...]` (or `postgresql://`).
+    Postgres(String),
+}
+
+impl Database {
+    /// The default: `dagstream.db` in the data directory.
+    pub fn in_data_dir(data: &Path) -> Self {
+        Database::Sqlite(data.join("dagstream.db"))
+    }
+}
+
+impl FromStr for Database {
+    type Err = String;
+
+    fn from_str(url: &str) -> Result<Self, String> {
+        if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            if path.is_empty() {
+                return Err(format!("{url:?} names no file: write sqlite://PATH"));
+            }
+            return Ok(Database::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // Read it now, so a malformed URL stops the command before anything starts.
+            postgres::connect_options(url)?;
+            return Ok(Database::Postgres(url.to_owned()));
+        }
+        Err(format!(
+            "{:?} is not a database URL dagstream knows: use sqlite://PATH or postgres://USER@HOST:PORT/DATABASE",
+            redacted(url)
+        ))
+    }
+}
+
+/// The URL as it may be shown: without its password.
+impl fmt::Display for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            Database::Postgres(url) => f.write_str(&redacted(url)),
+        }
+    }
+}
+
+/// A URL with the password between `:` and `@` of its authority replaced by `***`.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) if user_info.contains(':') => {
+            let user = user_info.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Opens (and migrates) the store a URL names. `pool_size` is PostgreSQL's connection count;
+/// SQLite keeps its own few connections to the file.
+pub async fn open(database: &Database, pool_size: u32) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match database {
+        Database::Sqlite(path) => Arc::new(SqliteStore::open(path).await?),
+        Database::Postgres(url) => Arc::new(PgStore::open(url, pool_size).await?),
+    })
 }
 
 /// A run as stored.
@@ -47,17 +132,18 @@ pub struct StoredEvent {
     pub dag_id: Arc<str>,
     pub seq: Seq,
     pub json: Arc<str>,
-    /// Set for `gate_resolved`: the row of the decisions table.
-    pub decision: Option<DecisionRow>,
     /// Set for `run_state`: the run's new state.
     pub run_state: Option<RunPhase>,
     pub at: Arc<str>,
 }
 
-/// A gate decision as stored.
+/// A gate decision as stored: the one decision of a gate's round.
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
 pub struct DecisionRow {
     pub node_id: String,
+    /// Which of the gate's waits this decision ends, from 1: a gate that `modify` sent back
+    /// waits again, and that wait gets a decision of its own.
+    pub round: i64,
     pub decision: String,
     pub feedback: Option<String>,
     pub decided_by: String,
@@ -67,23 +153,11 @@ pub struct DecisionRow {
 impl StoredEvent {
     /// The row(s) an event becomes; `at` (RFC 3339) is when it was published.
     pub fn new(dag_id: Arc<str>, event: &ServerEvent, json: Arc<str>, at: Arc<str>) -> Self {
-        let decision = match &event.body {
-            ServerEventBody::GateResolved { node_id, decision, feedback, decided_by, decided_at } => {
-                Some(DecisionRow {
-                    node_id: node_id.clone(),
-                    decision: decision.as_str().to_owned(),
-                    feedback: feedback.clone(),
-                    decided_by: decided_by.clone(),
-                    decided_at: decided_at.clone(),
-                })
-            }
-            _ => None,
-        };
         let run_state = match &event.body {
             ServerEventBody::RunStateChanged { state } => Some(*state),
             _ => None,
         };
-        StoredEvent { dag_id, seq: event.seq, json, decision, run_state, at }
+        StoredEvent { dag_id, seq: event.seq, json, run_state, at }
     }
 }
 
@@ -97,6 +171,10 @@ pub trait Store: Send + Sync + 'static {
     fn runs(&self) -> BoxFuture<'_, Result<Vec<RunRecord>, StoreError>>;
     /// Events of a run with `seq` in `after+1 ..= up_to`, in order, as JSON.
     fn events(&self, dag_id: &str, after: Seq, up_to: Seq) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+    /// Records `decision` as the one decision of its gate round, unless that round already has
+    /// one: then that one is answered and nothing changes. The database decides (a unique key
+    /// on run, gate and round), so this holds across processes.
+    fn claim_decision(&self, dag_id: &str, decision: DecisionRow) -> BoxFuture<'_, Result<Claim, StoreError>>;
     /// Every decision of a run, oldest first.
     fn decisions(&self, dag_id: &str) -> BoxFuture<'_, Result<Vec<DecisionRow>, StoreError>>;
     /// Keeps a login session. A store that does not keep sessions signs users out on restart.
@@ -111,6 +189,15 @@ pub trait Store: Send + Sync + 'static {
     fn sessions(&self) -> BoxFuture<'_, Result<Vec<SessionRow>, StoreError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
+}
+
+/// What [`Store::claim_decision`] found.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Claim {
+    /// This decision is the gate round's decision.
+    Won,
+    /// Another decider was first: its decision stands.
+    Taken(DecisionRow),
 }
 
 /// A login session as stored: the hash of its id, never the id.

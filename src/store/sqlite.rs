@@ -1,4 +1,4 @@
-//! The embedded SQLite store: one file, WAL mode, migrations in `migrations/`.
+//! The embedded SQLite store: one file, WAL mode, migrations in `migrations/sqlite/`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use super::{DecisionRow, RunRecord, SessionRow, Store, StoreError, StoredEvent};
+use super::{Claim, DecisionRow, RunRecord, SessionRow, Store, StoreError, StoredEvent};
 use crate::protocol::Seq;
 
 /// Rows per `INSERT` statement (3 bound values each, far below SQLite's variable limit).
@@ -38,7 +38,7 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| StoreError::from_sqlx(&format!("cannot open the database {what}"), e))?;
-        sqlx::migrate!("./migrations")
+        sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
             .map_err(|e| StoreError(format!("cannot prepare the database {what}: {e}")))?;
@@ -127,22 +127,6 @@ impl Store for SqliteStore {
                 insert.build().execute(&mut *tx).await.map_err(fail)?;
             }
             for event in &events {
-                if let Some(decision) = &event.decision {
-                    sqlx::query(
-                        "INSERT INTO decisions (dag_id, seq, node_id, decision, feedback, decided_by, decided_at) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    )
-                    .bind(&*event.dag_id)
-                    .bind(event.seq as i64)
-                    .bind(&decision.node_id)
-                    .bind(&decision.decision)
-                    .bind(&decision.feedback)
-                    .bind(&decision.decided_by)
-                    .bind(&decision.decided_at)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(fail)?;
-                }
                 if let Some(state) = event.run_state {
                     let finished = state.is_terminal().then(|| event.at.to_string());
                     sqlx::query("UPDATE runs SET state = ?, finished_at = COALESCE(?, finished_at) WHERE dag_id = ?")
@@ -182,11 +166,47 @@ impl Store for SqliteStore {
         })
     }
 
+    fn claim_decision(&self, dag_id: &str, decision: DecisionRow) -> BoxFuture<'_, Result<Claim, StoreError>> {
+        let dag_id = dag_id.to_owned();
+        Box::pin(async move {
+            let fail = |e| StoreError::from_sqlx("cannot record the decision", e);
+            let inserted = sqlx::query(
+                "INSERT INTO decisions (dag_id, node_id, round, decision, feedback, decided_by, decided_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dag_id, node_id, round) DO NOTHING",
+            )
+            .bind(&dag_id)
+            .bind(&decision.node_id)
+            .bind(decision.round)
+            .bind(&decision.decision)
+            .bind(&decision.feedback)
+            .bind(&decision.decided_by)
+            .bind(&decision.decided_at)
+            .execute(&self.pool)
+            .await
+            .map_err(fail)?;
+            if inserted.rows_affected() == 1 {
+                return Ok(Claim::Won);
+            }
+            sqlx::query_as(
+                "SELECT node_id, round, decision, feedback, decided_by, decided_at FROM decisions \
+                 WHERE dag_id = ? AND node_id = ? AND round = ?",
+            )
+            .bind(&dag_id)
+            .bind(&decision.node_id)
+            .bind(decision.round)
+            .fetch_one(&self.pool)
+            .await
+            .map(Claim::Taken)
+            .map_err(fail)
+        })
+    }
+
     fn decisions(&self, dag_id: &str) -> BoxFuture<'_, Result<Vec<DecisionRow>, StoreError>> {
         let dag_id = dag_id.to_owned();
         Box::pin(async move {
             sqlx::query_as(
-                "SELECT node_id, decision, feedback, decided_by, decided_at FROM decisions WHERE dag_id = ? ORDER BY seq",
+                "SELECT node_id, round, decision, feedback, decided_by, decided_at FROM decisions WHERE dag_id = ? \
+                 ORDER BY decided_at, node_id, round",
             )
             .bind(dag_id)
             .fetch_all(&self.pool)

@@ -22,6 +22,22 @@ pub fn ws_request(url: &str) -> tokio_tungstenite::tungstenite::handshake::clien
     request
 }
 
+pub use dagstream::store::testing::{Backend, Scratch};
+
+/// Runs kept in a fresh database of `backend`, loaded the way `serve` loads them; the database
+/// goes when the returned [`Scratch`] is dropped.
+pub async fn stored_runs(
+    backend: Backend,
+    name: &str,
+    limits: dagstream::hub::RoomLimits,
+    engine: dagstream::engine::EngineConfig,
+) -> (dagstream::runs::Runs, Scratch) {
+    let scratch = Scratch::new(backend, name).await;
+    let store = dagstream::store::open(&scratch.database, 4).await.expect("the test database opens");
+    let runs = dagstream::runs::Runs::open(limits, engine, store).await.expect("runs load");
+    (runs, scratch)
+}
+
 /// The app served in this process on port 0, the way `dagstream serve` serves it.
 pub struct InProcess {
     pub addr: std::net::SocketAddr,
@@ -48,9 +64,11 @@ pub async fn serve_in_process_with(
 ) -> InProcess {
     use dagstream::server::{AppState, Auth, app, listen};
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+    // Sessions are kept where the runs are, as `serve` keeps them.
+    let sessions = runs.store().cloned();
     let state = AppState {
         service: dagstream::service::Service::new(std::sync::Arc::new(runs)),
-        auth: std::sync::Arc::new(Auth::new(auth, None).await.expect("auth settings are valid")),
+        auth: std::sync::Arc::new(Auth::new(auth, sessions).await.expect("auth settings are valid")),
         leptos_options: leptos::prelude::LeptosOptions::builder().output_name("dagstream").build(),
         shutdown: shutdown_rx,
         stream,
@@ -95,7 +113,16 @@ impl Drop for Served {
 impl Served {
     /// Starts the binary on port 0 and reads the address it announces.
     pub fn start(site_root: &Path, data: &Path) -> Served {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_dagstream"))
+        Served::start_on(site_root, data, None)
+    }
+
+    /// [`Served::start`] with `--database URL` (the default database under `data` when `None`).
+    pub fn start_on(site_root: &Path, data: &Path, database: Option<&str>) -> Served {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dagstream"));
+        if let Some(url) = database {
+            command.env("DAGSTREAM_DATABASE", url);
+        }
+        let mut child = command
             .args(["serve", "--addr", "127.0.0.1:0", "--data"])
             .arg(data)
             .arg("--site-root")

@@ -5,12 +5,16 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::Coordinator;
+use super::{Coordinator, PendingDecision};
 use crate::engine::node::NodeMsg;
 use crate::engine::policy::{self, CommandEffect, Decider, Gate, GateOutcome, GateStanding, Rejected};
 use crate::engine::schedule::Slot;
 use crate::engine::spec::NodeWork;
 use crate::protocol::{ClientEvent, Decision, NodeMetrics, NodeStatus, RunPhase, ServerEventBody, now_rfc3339};
+use crate::store::{Claim, DecisionRow, StoreError};
+
+/// Who a gate's timeout decides as (`decided_by`).
+const TIMEOUT_DECIDER: &str = "timeout";
 
 impl Coordinator {
     pub(super) fn on_command(&mut self, event: ClientEvent, actor: &str) -> Result<(), Rejected> {
@@ -34,10 +38,14 @@ impl Coordinator {
         }
     }
 
-    /// Where a node stands as a gate, for the decision rule.
+    /// Where a node stands as a gate, for the decision rule. A decision being recorded counts
+    /// as taken: a second decider is told who was first.
     fn gate_standing(&self, node: usize) -> GateStanding<'_> {
         if !self.nodes[node].is_gate() {
             return GateStanding::NotWaiting;
+        }
+        if let Some(claim) = &self.runs[node].claiming {
+            return GateStanding::Decided { by: &claim.decided_by, decision: claim.decision, at: &claim.decided_at };
         }
         match (self.scheduler.slot(node), &self.runs[node].last_decision) {
             (Some(Slot::Started), _) => GateStanding::Waiting,
@@ -46,7 +54,42 @@ impl Coordinator {
         }
     }
 
-    /// Applies a decision to a waiting gate, as [`policy::decide`] rules.
+    /// The gate's work that `modify` sends back to: its upstream nodes, never a budget gate
+    /// that was put in front of it (that spend was approved; the new spend is judged anew).
+    fn upstream_work(&self, node: usize) -> Vec<usize> {
+        self.nodes[node]
+            .needs
+            .iter()
+            .filter_map(|need| self.index.get(need).copied())
+            .filter(|&u| !self.runs[u].budget_gate)
+            .collect()
+    }
+
+    /// Judges a decision on a gate with [`policy::decide`].
+    fn judge(
+        &self,
+        node: usize,
+        decision: Decision,
+        feedback: Option<&str>,
+        decider: Decider,
+    ) -> Result<GateOutcome, Rejected> {
+        let options = match &self.nodes[node].work {
+            NodeWork::Gate { options, .. } => options.as_slice(),
+            NodeWork::Simulate { .. } | NodeWork::Command { .. } => &[],
+        };
+        let gate = Gate {
+            node_id: &self.nodes[node].id,
+            standing: self.gate_standing(node),
+            options,
+            budget_gate: self.runs[node].budget_gate,
+            has_upstream: !self.upstream_work(node).is_empty(),
+        };
+        policy::decide(&gate, decision, feedback, decider)
+    }
+
+    /// A decision on a waiting gate, as [`policy::decide`] rules. With a store, it is first
+    /// recorded as the gate round's one decision ([`crate::hub::Room::claim_decision`]); the gate applies
+    /// whichever decision the store holds once it answers ([`Coordinator::on_decision_claimed`]).
     pub(super) fn decide(
         &mut self,
         node_id: &str,
@@ -56,37 +99,111 @@ impl Coordinator {
         decider: Decider,
     ) -> Result<(), Rejected> {
         let node = self.index.get(node_id).copied().ok_or_else(|| Rejected::UnknownNode(node_id.to_owned()))?;
-        let options = match &self.nodes[node].work {
-            NodeWork::Gate { options, .. } => options.as_slice(),
-            NodeWork::Simulate { .. } | NodeWork::Command { .. } => &[],
+        let outcome = self.judge(node, decision, feedback, decider)?;
+        let claim = PendingDecision {
+            decision,
+            feedback: policy::feedback_text(feedback).map(str::to_owned),
+            decided_by: actor.to_owned(),
+            decided_at: now_rfc3339(),
+            outcome,
         };
-        // What `modify` sends the work back to: the gate's upstream work, never a budget gate
-        // that was put in front of it (that spend was approved; the new spend is judged anew).
-        let upstream: Vec<usize> = self.nodes[node]
-            .needs
-            .iter()
-            .filter_map(|need| self.index.get(need).copied())
-            .filter(|&u| !self.runs[u].budget_gate)
-            .collect();
-        let gate = Gate {
-            node_id,
-            standing: self.gate_standing(node),
-            options,
-            budget_gate: self.runs[node].budget_gate,
-            has_upstream: !upstream.is_empty(),
-        };
-        let outcome = policy::decide(&gate, decision, feedback, decider)?;
-        let feedback = policy::feedback_text(feedback).map(str::to_owned);
-        let decided_at = now_rfc3339();
-        self.runs[node].last_decision = Some((actor.to_owned(), decision, decided_at.clone()));
-        self.room.publish(ServerEventBody::GateResolved {
+        let round = self.runs[node].attempt;
+        let row = DecisionRow {
             node_id: node_id.to_owned(),
+            round: i64::from(round),
+            decision: decision.as_str().to_owned(),
+            feedback: claim.feedback.clone(),
+            decided_by: claim.decided_by.clone(),
+            decided_at: claim.decided_at.clone(),
+        };
+        match self.room.claim_decision(row) {
+            None => self.apply_decision(node, claim),
+            Some(recording) => {
+                self.runs[node].claiming = Some(claim);
+                let to_self = self.to_self.clone();
+                self.timers.spawn(async move {
+                    let result = recording.await;
+                    let _ = to_self.send(NodeMsg::DecisionClaimed { node, round, result }).await;
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The store answered the claim of gate `node`'s decision for its wait `round`: apply the
+    /// decision it holds (ours, or a decider's that was first), or, when it could not record
+    /// one, say so and let the gate wait on.
+    pub(super) fn on_decision_claimed(&mut self, node: usize, round: u32, result: Result<Claim, StoreError>) {
+        let claim = self.runs[node].claiming.take();
+        if round != self.runs[node].attempt || self.scheduler.slot(node) != Some(Slot::Started) {
+            // The gate stopped waiting meanwhile (the run was cancelled).
+            return;
+        }
+        match (result, claim) {
+            (Ok(Claim::Won), Some(claim)) => self.apply_decision(node, claim),
+            // Only a claim of ours can be won; a look-up finds rows or nothing.
+            (Ok(Claim::Won), None) => {}
+            (Ok(Claim::Taken(row)), _) => match self.pending_from_row(node, row) {
+                Ok(first) => self.apply_decision(node, first),
+                Err(problem) => {
+                    self.publish_error(node, format!("the gate's recorded decision cannot apply: {problem}"))
+                }
+            },
+            (Err(error), claim) => {
+                let whose = claim.map(|c| format!("of {} ", c.decided_by)).unwrap_or_default();
+                self.publish_error(
+                    node,
+                    format!("the decision {whose}could not be recorded, the gate still waits: {error}"),
+                );
+            }
+        }
+    }
+
+    /// After a restart: a gate that waits may have a decision that was recorded just before
+    /// the server stopped, with its `gate_resolved` event not yet stored. The store is asked, and
+    /// such a decision applies as if it had just been claimed.
+    pub(super) fn look_up_recorded_decision(&mut self, node: usize) {
+        let round = self.runs[node].attempt;
+        let Some(lookup) = self.room.recorded_decision(&self.nodes[node].id, i64::from(round)) else { return };
+        let to_self = self.to_self.clone();
+        self.timers.spawn(async move {
+            let result = match lookup.await {
+                Ok(Some(row)) => Ok(Claim::Taken(row)),
+                Ok(None) => return,
+                Err(error) => Err(error),
+            };
+            let _ = to_self.send(NodeMsg::DecisionClaimed { node, round, result }).await;
+        });
+    }
+
+    /// A decision another decider recorded first, judged by the same rule.
+    fn pending_from_row(&self, node: usize, row: DecisionRow) -> Result<PendingDecision, String> {
+        let decision: Decision = serde_json::from_value(Value::String(row.decision.clone()))
+            .map_err(|_| format!("unknown decision {:?}", row.decision))?;
+        let decider = if row.decided_by == TIMEOUT_DECIDER { Decider::Timeout } else { Decider::Person };
+        let outcome = self.judge(node, decision, row.feedback.as_deref(), decider).map_err(|e| e.to_string())?;
+        Ok(PendingDecision {
+            decision,
+            feedback: row.feedback,
+            decided_by: row.decided_by,
+            decided_at: row.decided_at,
+            outcome,
+        })
+    }
+
+    /// Publishes a decision that stands and does what it says to the gate and the run.
+    fn apply_decision(&mut self, node: usize, claim: PendingDecision) {
+        let PendingDecision { decision, feedback, decided_by, decided_at, outcome } = claim;
+        let upstream = self.upstream_work(node);
+        self.runs[node].last_decision = Some((decided_by.clone(), decision, decided_at.clone()));
+        self.room.publish(ServerEventBody::GateResolved {
+            node_id: self.nodes[node].id.clone(),
             decision,
             feedback: feedback.clone(),
-            decided_by: actor.to_owned(),
+            decided_by: decided_by.clone(),
             decided_at,
         });
-        let mut output = json!({ "decision": decision.as_str(), "decided_by": actor });
+        let mut output = json!({ "decision": decision.as_str(), "decided_by": decided_by });
         if let Some(feedback) = &feedback {
             output["feedback"] = Value::String(feedback.clone());
         }
@@ -106,7 +223,7 @@ impl Coordinator {
                 // Not a failure of the work: the run stops, so everything left is cancelled.
                 self.open_budget_gate = None;
                 self.cancel_run();
-                return Ok(());
+                return;
             }
             GateOutcome::Fail => self.settle(node, NodeStatus::Failed, Some(output)),
             GateOutcome::SendBack { feedback } => {
@@ -126,7 +243,6 @@ impl Coordinator {
             }
         }
         self.start_ready_nodes();
-        Ok(())
     }
 
     /// A gate's timer fired: its `on_timeout` decides, if the gate still waits in the round the
@@ -138,7 +254,7 @@ impl Coordinator {
             return;
         }
         let (decision, id) = (*decision, self.nodes[node].id.clone());
-        if let Err(refused) = self.decide(&id, decision, None, "timeout", Decider::Timeout) {
+        if let Err(refused) = self.decide(&id, decision, None, TIMEOUT_DECIDER, Decider::Timeout) {
             self.publish_error(node, format!("gate timeout could not apply: {refused}"));
         }
     }

@@ -132,6 +132,19 @@ struct NodeRun {
     budget_gate: bool,
     /// The last decision on this gate: who, what, when (to tell a late second decider).
     last_decision: Option<(String, Decision, String)>,
+    /// A decision on this gate the store is recording; the gate takes no other meanwhile.
+    claiming: Option<PendingDecision>,
+}
+
+/// A decision judged and waiting for the store to record it as its gate round's one decision.
+#[derive(Clone, Debug)]
+struct PendingDecision {
+    decision: Decision,
+    feedback: Option<String>,
+    decided_by: String,
+    decided_at: String,
+    /// What the decision does, as the rule judged it.
+    outcome: crate::engine::policy::GateOutcome,
 }
 
 struct Coordinator {
@@ -152,7 +165,7 @@ struct Coordinator {
     open_budget_gate: Option<usize>,
     /// Node tasks; all end on cancel (through `cancel`).
     tasks: JoinSet<()>,
-    /// Gate timeout timers; aborted when the run ends.
+    /// Gate timeout timers and decisions being recorded; aborted when the run ends.
     timers: JoinSet<()>,
     /// Cancels every node task of the run.
     cancel: CancellationToken,

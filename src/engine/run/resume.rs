@@ -1,4 +1,5 @@
-//! Resuming a run after a restart: the graph as it was mutated, then the state its log folds to.
+//! Resuming a run after a restart: the graph as it was mutated, then the state its log folds to,
+//! then any gate decision the store recorded whose event the log does not have yet.
 
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,9 @@ impl Coordinator {
             }
             if self.runs[node].budget_gate {
                 self.open_budget_gate = Some(node);
+            }
+            if self.nodes[node].is_gate() {
+                self.look_up_recorded_decision(node);
             }
             let timeout_at = state.nodes.get(&self.nodes[node].id).and_then(|v| v.gate.as_ref()?.timeout_at.clone());
             if let Some(at) = timeout_at.and_then(|at| humantime::parse_rfc3339(&at).ok()) {
