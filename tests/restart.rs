@@ -14,7 +14,7 @@ use dagstream::engine::{DagSpec, EngineConfig, SpecFormat};
 use dagstream::hub::RoomLimits;
 use dagstream::protocol::{ClientEvent, Decision, NodeStatus, RunPhase, RunState};
 use dagstream::runs::Runs;
-use dagstream::store::Database;
+use dagstream::store::{Claim, Database, DecisionRow};
 use dagstream::store::testing::{Backend, Scratch};
 use rstest::rstest;
 
@@ -85,6 +85,70 @@ impl Life {
     }
 }
 
+/// Records a decision the way another server on the same database would, behind this one's back.
+fn record_elsewhere(database: &Database, dag_id: &str, decision: &str, by: &str) -> Claim {
+    tokio::runtime::Runtime::new().expect("rt").block_on(async {
+        let store = dagstream::store::open(database, 1).await.expect("opens");
+        let row = DecisionRow {
+            node_id: "g".into(),
+            round: 1,
+            decision: decision.into(),
+            feedback: None,
+            decided_by: by.into(),
+            decided_at: dagstream::protocol::now_rfc3339(),
+        };
+        store.claim_decision(dag_id, row).await.expect("answered")
+    })
+}
+
+const GATE_THEN_WORK: &str =
+    "name = \"t\"\n[[nodes]]\nid = \"g\"\nkind = \"gate\"\ntitle = \"Go?\"\nprompt = \"p\"\n\
+     [[nodes]]\nid = \"after\"\nkind = \"simulate\"\nneeds = [\"g\"]\nduration = \"10ms\"\n";
+
+/// Another server recorded a decision on the gate first: the decision this server's person
+/// sends after it is taken, but the one the database holds is the one that applies.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[test]
+fn the_decision_the_database_holds_wins_over_a_later_one(#[case] backend: Backend) {
+    let dir = data_dir(&format!("elsewhere-{backend:?}"));
+    let scratch = scratch(backend, "elsewhere");
+    let life = Life::start(&dir, &scratch.database);
+    let dag_id = life.start_run(GATE_THEN_WORK);
+    life.until(&dag_id, "the gate waits", |s| s.nodes["g"].status == NodeStatus::Waiting);
+    assert_eq!(record_elsewhere(&scratch.database, &dag_id, "reject", "other-server"), Claim::Won);
+    life.command(&dag_id, approve("g"));
+    let done = life.until(&dag_id, "the run ends", |s| s.results.is_some());
+    let decided: Vec<(&str, Decision)> = done.decisions.iter().map(|d| (d.decided_by.as_str(), d.decision)).collect();
+    assert_eq!(decided, [("other-server", Decision::Reject)], "one decision, the database's");
+    assert_eq!(done.nodes["g"].status, NodeStatus::Failed);
+    assert_eq!(done.nodes["after"].status, NodeStatus::Skipped);
+    life.crash();
+}
+
+/// A decision recorded just before a crash, whose `gate_resolved` event was never stored,
+/// applies when the run is resumed: nobody has to decide again.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[test]
+fn a_decision_recorded_before_a_crash_applies_after_the_restart(#[case] backend: Backend) {
+    let dir = data_dir(&format!("recorded-{backend:?}"));
+    let scratch = scratch(backend, "recorded");
+    let first = Life::start(&dir, &scratch.database);
+    let dag_id = first.start_run(GATE_THEN_WORK);
+    first.until(&dag_id, "the gate waits", |s| s.nodes["g"].status == NodeStatus::Waiting);
+    first.crash();
+    assert_eq!(record_elsewhere(&scratch.database, &dag_id, "approve", "abe"), Claim::Won);
+    let second = Life::start(&dir, &scratch.database);
+    let done = second.until(&dag_id, "the run ends", |s| s.results.is_some());
+    assert_eq!(done.state, RunPhase::Completed);
+    assert_eq!(done.decisions.len(), 1);
+    assert_eq!((done.decisions[0].decided_by.as_str(), done.decisions[0].decision), ("abe", Decision::Approve));
+    second.crash();
+}
+
 fn approve(gate: &str) -> ClientEvent {
     ClientEvent::HumanDecision { node_id: gate.into(), decision: Decision::Approve, feedback: None }
 }
@@ -94,7 +158,7 @@ fn approve(gate: &str) -> ClientEvent {
 #[case::postgres(Backend::Postgres)]
 #[test]
 fn a_waiting_gate_keeps_what_is_left_of_its_timeout(#[case] backend: Backend) {
-    let dir = data_dir("gate-timeout");
+    let dir = data_dir(&format!("gate-timeout-{backend:?}"));
     let scratch = scratch(backend, "gate_timeout");
     let first = Life::start(&dir, &scratch.database);
     let dag_id = first.start_run(
@@ -132,7 +196,7 @@ fn a_waiting_gate_keeps_what_is_left_of_its_timeout(#[case] backend: Backend) {
 #[case::postgres(Backend::Postgres)]
 #[test]
 fn a_paused_run_stays_paused_and_resumes_when_told(#[case] backend: Backend) {
-    let dir = data_dir("paused");
+    let dir = data_dir(&format!("paused-{backend:?}"));
     let scratch = scratch(backend, "paused");
     let first = Life::start(&dir, &scratch.database);
     let dag_id = first.start_run(
@@ -162,7 +226,7 @@ fn a_paused_run_stays_paused_and_resumes_when_told(#[case] backend: Backend) {
 #[case::postgres(Backend::Postgres)]
 #[test]
 fn a_budget_gate_still_holds_the_rest_after_a_restart(#[case] backend: Backend) {
-    let dir = data_dir("budget");
+    let dir = data_dir(&format!("budget-{backend:?}"));
     let scratch = scratch(backend, "budget");
     let first = Life::start(&dir, &scratch.database);
     let dag_id = first.start_run(
@@ -192,7 +256,7 @@ fn a_budget_gate_still_holds_the_rest_after_a_restart(#[case] backend: Backend) 
 #[case::postgres(Backend::Postgres)]
 #[test]
 fn nodes_added_at_run_time_are_still_there_and_run_after_a_restart(#[case] backend: Backend) {
-    let dir = data_dir("mutated");
+    let dir = data_dir(&format!("mutated-{backend:?}"));
     let scratch = scratch(backend, "mutated");
     let first = Life::start(&dir, &scratch.database);
     let dag_id = first.start_run(
@@ -220,7 +284,7 @@ fn nodes_added_at_run_time_are_still_there_and_run_after_a_restart(#[case] backe
 #[case::postgres(Backend::Postgres)]
 #[test]
 fn a_damaged_log_marks_the_run_failed_with_the_reason(#[case] backend: Backend) {
-    let dir = data_dir("damaged");
+    let dir = data_dir(&format!("damaged-{backend:?}"));
     let scratch = scratch(backend, "damaged");
     let first = Life::start(&dir, &scratch.database);
     let dag_id =
