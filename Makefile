@@ -75,7 +75,8 @@ e2e: setup-test
 bench: build
 	$(TARGET_DIR)/release/dagstream bench engine
 	$(TARGET_DIR)/release/dagstream bench engine --store --subscriber
-	$(TARGET_DIR)/release/dagstream bench store
+	# Events stored per second and the engine with a store, on SQLite and on PostgreSQL.
+	scripts/bench-store.sh $(TARGET_DIR)/release/dagstream
 	$(TARGET_DIR)/release/dagstream bench fanout --clients 1000 --events 20000
 	$(TARGET_DIR)/release/dagstream bench fanout --clients 10000 --events 0
 	# Latency at 1 000 subscribers x 20 events/s: the machine's floor, dagstream and the seed's

@@ -65,12 +65,14 @@ if [ ! -x "$ROOT/end2end/node_modules/.bin/wasm-opt" ] || [ ! -d "$ROOT/end2end/
   (cd "$ROOT/end2end" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
 fi
 
-# Debian packages the tests use: Chromium (Playwright drives it) and tmux (the terminal view's
+# Debian packages the tests use: PostgreSQL (scripts/with-postgres.sh starts a throwaway server
+# of it), Chromium (Playwright drives it) and tmux (the terminal view's
 # test draws it in a real pane).
 missing=()
 if [ "$want" = test ]; then
   [ -x /usr/bin/chromium ] || missing+=(chromium)
   command -v tmux >/dev/null || missing+=(tmux)
+  ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing+=(postgresql)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]} from Debian's packages"

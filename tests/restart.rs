@@ -14,8 +14,8 @@ use dagstream::engine::{DagSpec, EngineConfig, SpecFormat};
 use dagstream::hub::RoomLimits;
 use dagstream::protocol::{ClientEvent, Decision, NodeStatus, RunPhase, RunState};
 use dagstream::runs::Runs;
-use dagstream::store::{Claim, Database, DecisionRow};
 use dagstream::store::testing::{Backend, Scratch};
+use dagstream::store::{Claim, Database, DecisionRow};
 use rstest::rstest;
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -101,8 +101,7 @@ fn record_elsewhere(database: &Database, dag_id: &str, decision: &str, by: &str)
     })
 }
 
-const GATE_THEN_WORK: &str =
-    "name = \"t\"\n[[nodes]]\nid = \"g\"\nkind = \"gate\"\ntitle = \"Go?\"\nprompt = \"p\"\n\
+const GATE_THEN_WORK: &str = "name = \"t\"\n[[nodes]]\nid = \"g\"\nkind = \"gate\"\ntitle = \"Go?\"\nprompt = \"p\"\n\
      [[nodes]]\nid = \"after\"\nkind = \"simulate\"\nneeds = [\"g\"]\nduration = \"10ms\"\n";
 
 /// Another server recorded a decision on the gate first: the decision this server's person

@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::{Backend, Scratch};
-use common::{TOKEN, ws_request};
+use common::{Backend, Scratch, TOKEN, ws_request};
 use dagstream::engine::{DagSpec, EngineConfig, SpecFormat};
 use dagstream::hub::RoomLimits;
 use dagstream::protocol::{ClientEvent, Decision, NodeStatus, RunPhase, RunState, Seq, ServerEvent, ServerEventBody};
@@ -740,4 +739,75 @@ async fn an_idle_connection_that_stops_answering_is_closed_within_two_ping_inter
         }
     };
     assert_eq!(closed, Some(1001), "closed for not answering");
+}
+
+/// Ten dashboards approve or reject the same waiting gate at the same moment, each on its own
+/// connection, on a stored server: the database records one decision, the run applies it once,
+/// and each of the nine others is answered with an error naming the winner.
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_deciders_at_once_make_exactly_one_decision(#[case] backend: Backend) {
+    let server =
+        TestServer::start_stored(backend, "ten_deciders", RoomLimits::default(), StreamConfig::default()).await;
+    let dag_id = server.start_run(gated_spec()).await;
+    let mut sockets = Vec::new();
+    for _ in 0..10 {
+        sockets.push(server.connect(&dag_id, None).await);
+    }
+    for socket in &mut sockets {
+        loop {
+            let event = next_event(socket).await;
+            let waiting = match &event.body {
+                ServerEventBody::Snapshot { run } => run.nodes["review"].status == NodeStatus::Waiting,
+                ServerEventBody::HumanGateWaiting { .. } => true,
+                _ => false,
+            };
+            if waiting {
+                break;
+            }
+        }
+    }
+    let decisions = [Decision::Approve, Decision::Reject];
+    let sent = futures::future::join_all(sockets.iter_mut().enumerate().map(|(i, socket)| {
+        let command =
+            ClientEvent::HumanDecision { node_id: "review".into(), decision: decisions[i % 2], feedback: None };
+        socket.send(Message::text(serde_json::to_string(&command).expect("json")))
+    }))
+    .await;
+    assert!(sent.iter().all(Result::is_ok));
+    // Each socket sees the one gate_resolved; the nine losers also get an error naming the
+    // winner. Read round the sockets until that is so (or the patience runs out).
+    let mut resolved: Vec<Option<(String, Decision)>> = vec![None; sockets.len()];
+    let mut refused = vec![false; sockets.len()];
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while (resolved.iter().any(Option::is_none) || refused.iter().filter(|r| **r).count() < 9)
+        && std::time::Instant::now() < deadline
+    {
+        for (i, socket) in sockets.iter_mut().enumerate() {
+            let Ok(Some(Ok(Message::Text(text)))) =
+                tokio::time::timeout(Duration::from_millis(20), socket.next()).await
+            else {
+                continue;
+            };
+            match serde_json::from_str::<ServerEvent>(text.as_str()).expect("valid event").body {
+                ServerEventBody::GateResolved { decided_by, decision, .. } => {
+                    assert!(resolved[i].replace((decided_by, decision)).is_none(), "resolved once")
+                }
+                ServerEventBody::Error { message, .. } => {
+                    assert!(message.contains("already decided by admin"), "{message}");
+                    assert!(!std::mem::replace(&mut refused[i], true), "refused once");
+                }
+                _ => {}
+            }
+        }
+    }
+    let resolved: Vec<(String, Decision)> = resolved.into_iter().map(|r| r.expect("every dashboard sees it")).collect();
+    assert!(resolved.windows(2).all(|pair| pair[0] == pair[1]), "the same decision for all: {resolved:?}");
+    assert_eq!(refused.iter().filter(|r| **r).count(), 9, "nine deciders are told they were late");
+    let state = server.server_state(&dag_id);
+    assert_eq!(state.decisions.len(), 1, "one decision in the run");
+    let store = server.state.service.runs().store().expect("stored").clone();
+    assert_eq!(store.decisions(&dag_id).await.expect("decisions").len(), 1, "one decision in the database");
 }
