@@ -143,6 +143,27 @@ fn run_with_approve_all_completes_with_exit_0() {
     assert!(stdout.contains("run completed: 3 of 3 nodes done"), "{stdout}");
 }
 
+/// `run --database URL` stores the run where a server on that database finds it, ended, with
+/// its decision; on PostgreSQL as on SQLite.
+#[rstest::rstest]
+#[case::sqlite(common::Backend::Sqlite)]
+#[case::postgres(common::Backend::Postgres)]
+#[tokio::test]
+async fn run_with_a_database_stores_the_run(#[case] backend: common::Backend) {
+    let database = common::Scratch::new(backend, "run_stored").await;
+    let spec = spec_file(&format!("run-stored-{backend:?}"), GATED);
+    let output = dagstream(&["run", "--approve-all", "--database", &database.url()], &spec).output().expect("runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let store = dagstream::store::open(&database.database, 1).await.expect("opens");
+    let runs = store.runs().await.expect("runs");
+    assert_eq!(runs.len(), 1);
+    assert_eq!((runs[0].name.as_str(), runs[0].state.as_str()), ("cli", "completed"));
+    let decisions = store.decisions(&runs[0].dag_id).await.expect("decisions");
+    assert_eq!(decisions.len(), 1, "the gate's approval is recorded");
+    let events = store.events(&runs[0].dag_id, 0, u64::MAX).await.expect("events");
+    assert!(events.last().is_some_and(|e| e.contains("execution_complete")), "the whole log, to its end");
+}
+
 #[test]
 fn run_asks_gates_on_stdin_and_a_rejection_exits_1() {
     let spec = spec_file("run-reject", GATED);
