@@ -14,7 +14,7 @@ exec "$root/scripts/with-postgres.sh" bash -c '
   echo "== bench store: SQLite file, then PostgreSQL"
   "$bin" bench store --events "$events"
   "$bin" bench store --events "$events" --database "$DAGSTREAM_TEST_POSTGRES"
-  echo "== bench engine with every event stored: SQLite, then PostgreSQL"
-  "$bin" bench engine --store
-  "$bin" bench engine --database "$DAGSTREAM_TEST_POSTGRES"
+  echo "== bench engine with every event stored (median of 5): SQLite, then PostgreSQL"
+  "$bin" bench engine --store --repeat 5
+  "$bin" bench engine --database "$DAGSTREAM_TEST_POSTGRES" --repeat 5
 ' bench-store "$bin" "$events"

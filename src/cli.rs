@@ -149,6 +149,9 @@ enum BenchCommand {
         /// Attach one subscriber that receives every event.
         #[arg(long)]
         subscriber: bool,
+        /// Runs of each shape; the median is reported.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
     },
     /// Delivery to many subscribers of one run: a `serve` child process, `clients` dashboards
     /// and an external engine publishing `events`; messages/s, latency, RSS per connection.
@@ -336,13 +339,14 @@ pub async fn main() -> ExitCode {
             store,
             database,
             subscriber,
+            repeat,
         })) => {
             use crate::bench::{EngineBench, Shape};
             let shapes = if shape.is_empty() { vec![Shape::Wide, Shape::Chain, Shape::Random] } else { shape };
             let scratch = std::env::temp_dir().join(format!("dagstream-bench-{}.db", std::process::id()));
             let _ = std::fs::remove_file(&scratch);
             let store = database.or_else(|| store.then(|| Database::Sqlite(scratch.clone())));
-            let settings = EngineBench { nodes, edges, max_parallel, shapes, seed, store, subscriber };
+            let settings = EngineBench { nodes, edges, max_parallel, shapes, seed, store, subscriber, repeat };
             let result =
                 crate::bench::engine(&settings).await.map(|results| print!("{}", crate::bench::report(&results)));
             for leftover in ["", "-wal", "-shm"] {

@@ -50,6 +50,10 @@ pub async fn run(spec: DagSpec, options: RunOptions) -> ExitCode {
         Some(store) => Runs::recording(limits, engine, store),
         None => Runs::new(limits, engine),
     });
+    // The run as it starts, so the view can replay every event from the first: a command may
+    // print before the view subscribes, and a snapshot would fold that line in unprinted.
+    let (name, budget) = (spec.name.clone(), spec.budget.unwrap_or(0.0));
+    let graph: Vec<_> = spec.nodes.iter().map(|node| (node.graph_node(), node.needs.clone())).collect();
     let dag_id = match runs.start(spec).await {
         Ok(dag_id) => dag_id,
         Err(error) => {
@@ -58,9 +62,9 @@ pub async fn run(spec: DagSpec, options: RunOptions) -> ExitCode {
         }
     };
     let Some(run) = runs.get(&dag_id) else { return ExitCode::FAILURE };
-    let subscription = run.room.subscribe(None);
+    let subscription = run.room.subscribe(Some(0));
     let mut view = View::new(std::io::stderr().is_terminal());
-    let mut state = RunState::new(&dag_id, "", "", 0.0, []);
+    let mut state = RunState::new(&dag_id, name, "", budget, graph);
     for frame in &subscription.backlog {
         fold(&mut state, &mut view, frame);
     }

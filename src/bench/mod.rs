@@ -43,6 +43,8 @@ pub struct EngineBench {
     pub store: Option<Database>,
     /// Attach one subscriber that takes every event.
     pub subscriber: bool,
+    /// Runs of each shape; the median is reported.
+    pub repeat: usize,
 }
 
 /// What one shape took.
@@ -123,7 +125,16 @@ pub async fn engine(settings: &EngineBench) -> Result<Vec<ShapeResult>, String> 
         let mut spec = dag(shape, settings.nodes, settings.edges, settings.seed);
         spec.max_parallel = settings.max_parallel;
         let edges = spec.nodes.iter().map(|n| n.needs.len()).sum();
-        let (elapsed, events) = run_to_end(&runs, spec, subscriber).await?;
+        // The median of the repeats: one run on a busy machine says little.
+        let mut timings = Vec::new();
+        let mut events = 0;
+        for _ in 0..settings.repeat.max(1) {
+            let (elapsed, counted) = run_to_end(&runs, spec.clone(), subscriber).await?;
+            timings.push(elapsed);
+            events = counted;
+        }
+        timings.sort();
+        let elapsed = timings[timings.len() / 2];
         results.push(ShapeResult { shape, nodes: settings.nodes, edges, events, elapsed });
     }
     let _ = std::fs::remove_dir_all(work_root);

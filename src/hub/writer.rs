@@ -97,15 +97,20 @@ impl Writer {
     }
 }
 
+/// Stores batch after batch. A stored batch goes to the committer task, which folds and
+/// broadcasts it while the next batch is being stored: the database and the fold overlap, and
+/// the committer still takes batches in the order they were stored.
 async fn write_loop(
     store: Arc<dyn Store>,
     mut pending: mpsc::UnboundedReceiver<Pending>,
     queued: Arc<AtomicUsize>,
     drained: Arc<Notify>,
 ) {
+    // One batch folding while the next is stored (and one more ready to go).
+    let (to_committer, stored) = mpsc::channel::<Vec<Pending>>(1);
+    let committer = tokio::spawn(commit_loop(stored, queued, drained));
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let taken = batch.len();
         // Events of a run whose storage already failed are shown but no longer stored, so its
         // stored log stays a gap-free prefix.
         let rows: Vec<StoredEvent> = batch
@@ -113,20 +118,36 @@ async fn write_loop(
             .filter(|p| p.room.upgrade().is_some_and(|room| !room.storage_failed()))
             .map(|p| p.stored.clone())
             .collect();
-        let result = store.append(rows).await;
-        let mut failed_rooms: Vec<Arc<Room>> = Vec::new();
-        for Pending { room, event, frame, .. } in batch.drain(..) {
-            let Some(room) = room.upgrade() else { continue };
-            // Either way the event is shown: after a failure it is not durable, and the run stops.
-            room.commit(event, frame);
-            if result.is_err() && !failed_rooms.iter().any(|r| Arc::ptr_eq(r, &room)) {
-                failed_rooms.push(room);
-            }
-        }
-        if let Err(error) = result {
+        if let Err(error) = store.append(rows).await {
             tracing::error!(%error, "storage failed; stopping the affected runs");
+            // Marked before the next batch is taken, so none of their later events is stored.
+            let mut failed_rooms: Vec<Arc<Room>> = Vec::new();
+            for room in batch.iter().filter_map(|p| p.room.upgrade()) {
+                if !failed_rooms.iter().any(|r| Arc::ptr_eq(r, &room)) {
+                    failed_rooms.push(room);
+                }
+            }
             for room in failed_rooms {
                 room.fail_storage(&error);
+            }
+        }
+        let full = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        if to_committer.send(full).await.is_err() {
+            break;
+        }
+    }
+    drop(to_committer);
+    let _ = committer.await;
+}
+
+/// Folds and broadcasts each stored batch in its rooms, in order (after a storage failure too:
+/// those events are shown, not durable, and their runs stop), then lets waiting publishers go on.
+async fn commit_loop(mut stored: mpsc::Receiver<Vec<Pending>>, queued: Arc<AtomicUsize>, drained: Arc<Notify>) {
+    while let Some(batch) = stored.recv().await {
+        let taken = batch.len();
+        for Pending { room, event, frame, .. } in batch {
+            if let Some(room) = room.upgrade() {
+                room.commit(event, frame);
             }
         }
         queued.fetch_sub(taken, Ordering::AcqRel);

@@ -121,33 +121,31 @@ impl Store for PgStore {
     fn append(&self, events: Vec<StoredEvent>) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let fail = |e| StoreError::from_sqlx("cannot store events", e);
-            let dag_ids: Vec<&str> = events.iter().map(|e| &*e.dag_id).collect();
-            let seqs: Vec<i64> = events.iter().map(|e| e.seq as i64).collect();
-            let bodies: Vec<&str> = events.iter().map(|e| &*e.json).collect();
-            let mut tx = self.pool.begin().await.map_err(fail)?;
-            sqlx::query(
-                "INSERT INTO events (dag_id, seq, body) \
-                 SELECT dag_id, seq, body::json FROM UNNEST($1::text[], $2::int8[], $3::text[]) AS e (dag_id, seq, body)",
-            )
-            .bind(&dag_ids)
-            .bind(&seqs)
-            .bind(&bodies)
-            .execute(&mut *tx)
-            .await
-            .map_err(fail)?;
+            // Each run's last state in the batch, and when it ended if it did: only the last one
+            // of a batch stands.
+            let mut states: Vec<(&str, &str, Option<&str>)> = Vec::new();
             for event in &events {
-                if let Some(state) = event.run_state {
-                    let finished = state.is_terminal().then(|| event.at.to_string());
-                    sqlx::query(
-                        "UPDATE runs SET state = $1, finished_at = COALESCE($2, finished_at) WHERE dag_id = $3",
-                    )
-                    .bind(state.as_str())
+                let Some(state) = event.run_state else { continue };
+                let finished = state.is_terminal().then_some(&*event.at);
+                match states.iter_mut().find(|(dag_id, ..)| *dag_id == &*event.dag_id) {
+                    Some(last) => *last = (last.0, state.as_str(), finished.or(last.2)),
+                    None => states.push((&*event.dag_id, state.as_str(), finished)),
+                }
+            }
+            let mut tx = self.pool.begin().await.map_err(fail)?;
+            // COPY, the cheapest way into PostgreSQL: half the server's time of an INSERT that
+            // unnests arrays (measured with `dagstream bench store`).
+            let mut copy = tx.copy_in_raw("COPY events (dag_id, seq, body) FROM STDIN").await.map_err(fail)?;
+            copy.send(copy_rows(&events)).await.map_err(fail)?;
+            copy.finish().await.map_err(fail)?;
+            for (dag_id, state, finished) in states {
+                sqlx::query("UPDATE runs SET state = $1, finished_at = COALESCE($2, finished_at) WHERE dag_id = $3")
+                    .bind(state)
                     .bind(finished)
-                    .bind(&*event.dag_id)
+                    .bind(dag_id)
                     .execute(&mut *tx)
                     .await
                     .map_err(fail)?;
-                }
             }
             tx.commit().await.map_err(fail)
         })
@@ -229,5 +227,51 @@ impl Store for PgStore {
             .await
             .map_err(|e| StoreError::from_sqlx("cannot read decisions", e))
         })
+    }
+}
+
+/// The events as rows of COPY's text format: tab-separated columns, one row per line, with
+/// backslash, tab, newline and carriage return escaped.
+fn copy_rows(events: &[StoredEvent]) -> Vec<u8> {
+    let mut rows = Vec::with_capacity(events.iter().map(|e| e.dag_id.len() + e.json.len() + 24).sum());
+    let field = |rows: &mut Vec<u8>, text: &str| {
+        for byte in text.bytes() {
+            match byte {
+                b'\\' => rows.extend_from_slice(b"\\\\"),
+                b'\t' => rows.extend_from_slice(b"\\t"),
+                b'\n' => rows.extend_from_slice(b"\\n"),
+                b'\r' => rows.extend_from_slice(b"\\r"),
+                other => rows.push(other),
+            }
+        }
+    };
+    for event in events {
+        field(&mut rows, &event.dag_id);
+        rows.push(b'\t');
+        rows.extend_from_slice(event.seq.to_string().as_bytes());
+        rows.push(b'\t');
+        field(&mut rows, &event.json);
+        rows.push(b'\n');
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_rows_escape_what_the_text_format_reads_as_special() {
+        let event = StoredEvent {
+            dag_id: "run".into(),
+            seq: 7,
+            json: r#"{"line":"a\\b\"c","raw":"tab\there"}"#.into(),
+            run_state: None,
+            at: "t".into(),
+        };
+        let mut raw = event.clone();
+        raw.json = "x\ty\nz\r".into();
+        let rows = String::from_utf8(copy_rows(&[event, raw])).expect("utf-8");
+        assert_eq!(rows, "run\t7\t{\"line\":\"a\\\\\\\\b\\\\\"c\",\"raw\":\"tab\\\\there\"}\nrun\t7\tx\\ty\\nz\\r\n");
     }
 }
