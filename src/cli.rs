@@ -26,7 +26,7 @@ use crate::engine::{DagSpec, EngineConfig, SpecFormat};
 use crate::hub::RoomLimits;
 use crate::protocol::Role;
 use crate::runs::Runs;
-use crate::server::auth::{UsersFile, new_secret};
+use crate::server::auth::{UserRecord, UsersFile, new_secret};
 use crate::server::{AppState, Auth, AuthSettings, StreamConfig, app};
 use crate::store::{DEFAULT_POOL_SIZE, Database};
 
@@ -104,20 +104,17 @@ enum UserCommand {
         /// start runs and submit specs) or engine (watch, create and drive external runs).
         #[arg(long, value_parser = parse_role)]
         role: Role,
-        /// The users file; created if missing.
+        /// The users file; created if missing. Not used with --database.
         #[arg(long, default_value = "users.toml")]
         users: PathBuf,
+        /// Keep the user in this database instead (every server on it knows them).
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
-    match text {
-        "viewer" => Ok(Role::Viewer),
-        "approver" => Ok(Role::Approver),
-        "admin" => Ok(Role::Admin),
-        "engine" => Ok(Role::Engine),
-        other => Err(format!("{other:?} is not a role: use viewer, approver, admin or engine")),
-    }
+    Role::from_name(text).ok_or_else(|| format!("{text:?} is not a role: use viewer, approver, admin or engine"))
 }
 
 #[derive(Subcommand)]
@@ -312,7 +309,9 @@ pub async fn main() -> ExitCode {
             print!("{}", crate::protocol::json_schema());
             Ok(())
         }
-        Some(Command::User(UserCommand::Add { name, role, users })) => add_user(&users, &name, role),
+        Some(Command::User(UserCommand::Add { name, role, users, database })) => {
+            add_user(&users, &database, &name, role).await
+        }
         Some(Command::Bench(BenchCommand::Fanout {
             clients,
             events,
@@ -364,11 +363,30 @@ pub async fn main() -> ExitCode {
     }
 }
 
-fn add_user(path: &Path, name: &str, role: Role) -> Result<(), String> {
-    let mut file = if path.exists() { UsersFile::load(path)? } else { UsersFile::default() };
-    let token = file.add(name, role)?;
-    file.save(path)?;
-    println!("added {name} ({}) to {}", role.as_str(), path.display());
+/// `user add`: into the database when one is named, else into the users file.
+async fn add_user(path: &Path, database: &DatabaseArgs, name: &str, role: Role) -> Result<(), String> {
+    let (token, place) = match database.database()? {
+        Some(url) => {
+            let (user, token) = UserRecord::new(name, role)?;
+            let store = crate::store::open(&url, 1).await.map_err(|e| e.to_string())?;
+            let row = crate::store::UserRow {
+                name: user.name,
+                token_sha256: user.token_sha256,
+                role: role.as_str().to_owned(),
+            };
+            if !store.add_user(row).await.map_err(|e| e.to_string())? {
+                return Err(format!("there is already a user called {name:?} in {url}"));
+            }
+            (token, url.to_string())
+        }
+        None => {
+            let mut file = if path.exists() { UsersFile::load(path)? } else { UsersFile::default() };
+            let token = file.add(name, role)?;
+            file.save(path)?;
+            (token, path.display().to_string())
+        }
+    };
+    println!("added {name} ({}) to {place}", role.as_str());
     println!("token (shown once, only its hash is kept): {token}");
     Ok(())
 }

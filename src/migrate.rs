@@ -1,7 +1,8 @@
 //! `dagstream migrate --from URL --to URL`: moving up from one database to another (SQLite to
-//! PostgreSQL, or back). Every run record, its events (byte for byte, same `seq`) and its gate
-//! decisions are copied through the [`Store`] trait, so any pair of backends works. Login
-//! sessions are not copied: people sign in again on the new database.
+//! PostgreSQL, or back). Every run record, its events (byte for byte, same `seq`), its gate
+//! decisions and the users kept in the database are copied through the [`Store`] trait, so any
+//! pair of backends works. Login sessions are not copied: people sign in again on the new
+//! database.
 //!
 //! Idempotent: a run the target already has gets only the events it lacks, and a decision is
 //! recorded with [`Store::claim_decision`], which keeps the one already there. A target that
@@ -30,6 +31,8 @@ pub struct Copied {
     pub runs: usize,
     pub events: usize,
     pub decisions: usize,
+    /// Users added to the target.
+    pub users: usize,
     /// Runs the target already had, completed rather than created.
     pub completed: usize,
 }
@@ -49,13 +52,14 @@ pub async fn migrate(from: &Database, to: &Database, append: bool) -> Result<Str
     let copied = copy(source.as_ref(), target.as_ref(), append).await?;
     let checked = check(source.as_ref(), target.as_ref()).await?;
     Ok(format!(
-        "copied {} runs ({} new, {} completed), {} events and {} decisions from {from} to {to}\n\
+        "copied {} runs ({} new, {} completed), {} events, {} decisions and {} users from {from} to {to}\n\
          checked: each of the {checked} runs folds to the same state on both sides\n",
         copied.runs,
         copied.runs - copied.completed,
         copied.completed,
         copied.events,
         copied.decisions,
+        copied.users,
     ))
 }
 
@@ -75,6 +79,19 @@ pub async fn copy(source: &dyn Store, target: &dyn Store, append: bool) -> Resul
         ));
     }
     let mut copied = Copied::default();
+    let users_there = target.users().await.map_err(|e| format!("cannot list the target's users: {e}"))?;
+    for user in source.users().await.map_err(|e| format!("cannot list the users to copy: {e}"))? {
+        match users_there.iter().find(|there| there.name == user.name) {
+            Some(there) if *there == user => {}
+            Some(_) => {
+                return Err(format!("user {:?} is in the target already, with another token or role", user.name));
+            }
+            None => {
+                target.add_user(user).await.map_err(|e| e.to_string())?;
+                copied.users += 1;
+            }
+        }
+    }
     for record in source.runs().await.map_err(|e| format!("cannot list the runs to copy: {e}"))? {
         let dag_id: Arc<str> = record.dag_id.as_str().into();
         let texts = source.events(&dag_id, 0, Seq::MAX).await.map_err(|e| format!("run {dag_id}: {e}"))?;
@@ -155,6 +172,11 @@ pub async fn check(source: &dyn Store, target: &dyn Store) -> Result<usize, Stri
             return Err(format!("run {dag_id}: the target's decisions differ"));
         }
         checked += 1;
+    }
+    let users = source.users().await.map_err(|e| e.to_string())?;
+    let copied_users = target.users().await.map_err(|e| e.to_string())?;
+    if let Some(missing) = users.iter().find(|user| !copied_users.contains(user)) {
+        return Err(format!("user {:?} is missing from the target", missing.name));
     }
     Ok(checked)
 }

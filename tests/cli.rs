@@ -217,6 +217,38 @@ fn run_of_a_failing_command_exits_1_and_ctrl_c_exits_130() {
     assert_eq!(status.code(), Some(130));
 }
 
+/// `user add --database URL` keeps the user in the database, where every server on it finds
+/// them; a name is taken once.
+#[rstest::rstest]
+#[case::sqlite(common::Backend::Sqlite)]
+#[case::postgres(common::Backend::Postgres)]
+#[tokio::test]
+async fn user_add_with_a_database_is_known_to_a_server_on_it(#[case] backend: common::Backend) {
+    let database = common::Scratch::new(backend, "users_db").await;
+    let add = |name: &str| {
+        Command::new(env!("CARGO_BIN_EXE_dagstream"))
+            .args(["user", "add", name, "--role", "approver", "--database", &database.url()])
+            .output()
+            .expect("runs")
+    };
+    let output = add("ana");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let token =
+        stdout.lines().find_map(|l| l.split("token (shown once, only its hash is kept): ").nth(1)).expect("token");
+    let again = add("ana");
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already a user called \"ana\""));
+    let site = stub_site(&format!("users-db-site-{backend:?}"));
+    let data = temp_dir(&format!("users-db-data-{backend:?}"));
+    let served = common::Served::start_on(&site, &data, Some(&database.url()));
+    let me = common::http_as(&served.addr, token, "GET", "/api/me", None, "");
+    assert!(
+        me.starts_with("HTTP/1.1 200") && me.contains(r#""name":"ana""#) && me.contains(r#""role":"approver""#),
+        "{me}"
+    );
+}
+
 #[test]
 fn user_add_prints_a_token_once_stores_its_hash_and_serve_accepts_it() {
     let dir = temp_dir("users");

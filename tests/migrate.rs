@@ -1,5 +1,5 @@
-//! `dagstream migrate`: a SQLite database with a finished run (a decision in it) and a run
-//! waiting at a gate is copied to PostgreSQL by the real binary; the copy folds to the same
+//! `dagstream migrate`: a SQLite database with a user, a finished run (a decision in it) and a
+//! run waiting at a gate is copied to PostgreSQL by the real binary; the copy folds to the same
 //! states, a server on the copy shows the same runs, a second copy is refused without
 //! `--append` and copies nothing with it.
 
@@ -57,6 +57,9 @@ async fn sqlite_to_postgres_copies_every_run_and_checks_the_copy() {
     let work = std::env::temp_dir().join(format!("dagstream-migrate-{}", std::process::id()));
     let (finished, waiting, before) = {
         let store = dagstream::store::open(&source.database, 2).await.expect("opens");
+        let ana =
+            dagstream::store::UserRow { name: "ana".into(), token_sha256: "ab".repeat(32), role: "viewer".into() };
+        assert!(store.add_user(ana).await.expect("added"));
         let runs = Runs::open(RoomLimits::default(), EngineConfig::new(work.join("runs")), store).await.expect("runs");
         let spec = || DagSpec::parse(GATED, SpecFormat::Toml).expect("valid");
         let finished = runs.start(spec()).await.expect("starts");
@@ -80,7 +83,7 @@ async fn sqlite_to_postgres_copies_every_run_and_checks_the_copy() {
     let (from, to) = (source.url(), target.url());
     let (code, out, err) = migrate(&["--from", &from, "--to", &to]);
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.contains("copied 2 runs (2 new, 0 completed)") && out.contains("1 decisions"), "{out}");
+    assert!(out.contains("copied 2 runs (2 new, 0 completed)") && out.contains("1 decisions and 1 users"), "{out}");
     assert!(out.contains("each of the 2 runs folds to the same state"), "{out}");
 
     let (code, _, err) = migrate(&["--from", &from, "--to", &to]);
@@ -88,11 +91,12 @@ async fn sqlite_to_postgres_copies_every_run_and_checks_the_copy() {
     assert!(err.contains("already holds 2 runs") && err.contains("--append"), "{err}");
     let (code, out, err) = migrate(&["--from", &from, "--to", &to, "--append"]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("copied 2 runs (0 new, 2 completed), 0 events and 0 decisions"), "idempotent: {out}");
+    assert!(out.contains("copied 2 runs (0 new, 2 completed), 0 events, 0 decisions and 0 users"), "idempotent: {out}");
 
     // A server on the copy has the same runs: the finished one as it ended, the waiting one
     // still waiting (resumed), with the decision where it was.
     let store = dagstream::store::open(&target.database, 2).await.expect("opens");
+    assert_eq!(store.users().await.expect("users").len(), 1, "the user came along");
     let decisions = store.decisions(&finished).await.expect("decisions");
     assert_eq!(decisions.len(), 1);
     assert_eq!((decisions[0].decided_by.as_str(), decisions[0].round), ("abe", 1));

@@ -31,6 +31,14 @@ macro_rules! wire_names {
                     $($ty::$variant => $name),+
                 }
             }
+
+            /// The value of a snake_case name, if it is one.
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $($name => Some($ty::$variant),)+
+                    _ => None,
+                }
+            }
         }
 
         impl<'de> serde::Deserialize<'de> for $ty {

@@ -35,6 +35,18 @@ pub struct UserRecord {
     pub role: Role,
 }
 
+impl UserRecord {
+    /// A new user with a new random token; answers the token too (shown once, kept hashed).
+    pub fn new(name: &str, role: Role) -> Result<(UserRecord, String), String> {
+        check_name(name)?;
+        if name == ADMIN_NAME {
+            return Err(format!("there is already a user called {name:?}"));
+        }
+        let token = new_secret();
+        Ok((UserRecord { name: name.to_owned(), token_sha256: hex(&sha256(&token)), role }, token))
+    }
+}
+
 /// The users file (`--users FILE`), TOML: `[[users]]` tables of name, token_sha256 and role.
 #[derive(Serialize, Deserialize, Default, Debug, PartialEq)]
 pub struct UsersFile {
@@ -63,12 +75,11 @@ impl UsersFile {
 
     /// Adds a user with a new random token and returns the token (shown once, stored hashed).
     pub fn add(&mut self, name: &str, role: Role) -> Result<String, String> {
-        check_name(name)?;
-        if name == ADMIN_NAME || self.users.iter().any(|u| u.name == name) {
+        if self.users.iter().any(|u| u.name == name) {
             return Err(format!("there is already a user called {name:?}"));
         }
-        let token = new_secret();
-        self.users.push(UserRecord { name: name.to_owned(), token_sha256: hex(&sha256(&token)), role });
+        let (user, token) = UserRecord::new(name, role)?;
+        self.users.push(user);
         Ok(token)
     }
 
@@ -260,6 +271,22 @@ impl Auth {
         for user in settings.users {
             let hash = parse_hash(&user.token_sha256).ok_or_else(|| format!("user {:?}: bad token hash", user.name))?;
             known.push(Known { name: user.name, role: user.role, hash });
+        }
+        if let Some(store) = &store {
+            for user in store.users().await.map_err(|e| e.to_string())? {
+                let role = Role::from_name(&user.role).ok_or_else(|| {
+                    format!("user {:?} in the database has an unknown role {:?}", user.name, user.role)
+                })?;
+                let hash = parse_hash(&user.token_sha256)
+                    .ok_or_else(|| format!("user {:?} in the database: bad token hash", user.name))?;
+                if known.iter().any(|k| k.name == user.name) {
+                    return Err(format!(
+                        "user {:?} is in the users file and in the database: keep one of them",
+                        user.name
+                    ));
+                }
+                known.push(Known { name: user.name, role, hash });
+            }
         }
         let mut sessions = HashMap::new();
         if let Some(store) = &store {

@@ -189,6 +189,25 @@ pub trait Store: Send + Sync + 'static {
     fn sessions(&self) -> BoxFuture<'_, Result<Vec<SessionRow>, StoreError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
+    /// Adds a user; `false` when one of that name exists (nothing changes then).
+    fn add_user(&self, _user: UserRow) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async { Err(StoreError("this store keeps no users".into())) })
+    }
+    /// Every user kept in the database, by name.
+    fn users(&self) -> BoxFuture<'_, Result<Vec<UserRow>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+/// A user who may sign in, as stored: the hash of their token, never the token. Every instance
+/// on the database knows them (the users file is one machine's).
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct UserRow {
+    pub name: String,
+    /// SHA-256 of the token, hex.
+    pub token_sha256: String,
+    /// `viewer`, `approver`, `admin` or `engine`.
+    pub role: String,
 }
 
 /// What [`Store::claim_decision`] found.

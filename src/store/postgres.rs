@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use super::{Claim, DecisionRow, RunRecord, SessionRow, Store, StoreError, StoredEvent};
+use super::{Claim, DecisionRow, RunRecord, SessionRow, Store, StoreError, StoredEvent, UserRow};
 use crate::protocol::Seq;
 
 /// How long opening waits for a connection before it says the server cannot be reached.
@@ -96,6 +96,30 @@ impl Store for PgStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| StoreError::from_sqlx("cannot read sessions", e))
+        })
+    }
+
+    fn add_user(&self, user: UserRow) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO users (name, token_sha256, role) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(&user.name)
+            .bind(&user.token_sha256)
+            .bind(&user.role)
+            .execute(&self.pool)
+            .await
+            .map(|done| done.rows_affected() == 1)
+            .map_err(|e| StoreError::from_sqlx("cannot add the user", e))
+        })
+    }
+
+    fn users(&self) -> BoxFuture<'_, Result<Vec<UserRow>, StoreError>> {
+        Box::pin(async move {
+            sqlx::query_as("SELECT name, token_sha256, role FROM users ORDER BY name")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| StoreError::from_sqlx("cannot read users", e))
         })
     }
 

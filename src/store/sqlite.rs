@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use super::{Claim, DecisionRow, RunRecord, SessionRow, Store, StoreError, StoredEvent};
+use super::{Claim, DecisionRow, RunRecord, SessionRow, Store, StoreError, StoredEvent, UserRow};
 use crate::protocol::Seq;
 
 /// Rows per `INSERT` statement (3 bound values each, far below SQLite's variable limit).
@@ -93,6 +93,28 @@ impl Store for SqliteStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(|e| StoreError::from_sqlx("cannot read sessions", e))
+        })
+    }
+
+    fn add_user(&self, user: UserRow) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            sqlx::query("INSERT INTO users (name, token_sha256, role) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING")
+                .bind(&user.name)
+                .bind(&user.token_sha256)
+                .bind(&user.role)
+                .execute(&self.pool)
+                .await
+                .map(|done| done.rows_affected() == 1)
+                .map_err(|e| StoreError::from_sqlx("cannot add the user", e))
+        })
+    }
+
+    fn users(&self) -> BoxFuture<'_, Result<Vec<UserRow>, StoreError>> {
+        Box::pin(async move {
+            sqlx::query_as("SELECT name, token_sha256, role FROM users ORDER BY name")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| StoreError::from_sqlx("cannot read users", e))
         })
     }
 

@@ -146,6 +146,22 @@ async fn sessions_are_kept_and_forgotten(#[case] backend: Backend) {
     assert!(store.sessions().await.expect("sessions").is_empty());
 }
 
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn users_are_kept_once_by_name(#[case] backend: Backend) {
+    let scratch = Scratch::new(backend, "users").await;
+    let store = open(&scratch.database, 2).await.expect("opens");
+    let ana = UserRow { name: "ana".into(), token_sha256: "ab".repeat(32), role: "approver".into() };
+    let bo = UserRow { name: "bo".into(), token_sha256: "cd".repeat(32), role: "viewer".into() };
+    assert!(store.add_user(bo.clone()).await.expect("added"));
+    assert!(store.add_user(ana.clone()).await.expect("added"));
+    let again = UserRow { role: "admin".into(), ..ana.clone() };
+    assert!(!store.add_user(again).await.expect("answered"), "a name is taken once");
+    assert_eq!(store.users().await.expect("users"), [ana, bo], "by name, the first one kept");
+}
+
 #[tokio::test]
 async fn a_corrupt_or_read_only_file_is_a_clear_error() {
     let scratch = Scratch::new(Backend::Sqlite, "corrupt").await;

@@ -178,8 +178,8 @@ impl Coordinator {
 
     /// A decision another decider recorded first, judged by the same rule.
     fn pending_from_row(&self, node: usize, row: DecisionRow) -> Result<PendingDecision, String> {
-        let decision: Decision = serde_json::from_value(Value::String(row.decision.clone()))
-            .map_err(|_| format!("unknown decision {:?}", row.decision))?;
+        let decision =
+            Decision::from_name(&row.decision).ok_or_else(|| format!("unknown decision {:?}", row.decision))?;
         let decider = if row.decided_by == TIMEOUT_DECIDER { Decider::Timeout } else { Decider::Person };
         let outcome = self.judge(node, decision, row.feedback.as_deref(), decider).map_err(|e| e.to_string())?;
         Ok(PendingDecision {
