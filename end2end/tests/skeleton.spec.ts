@@ -16,11 +16,12 @@ const CHAIN = `
 name = "chain-e2e"
 max_parallel = 1
 ${[1, 2, 3, 4, 5, 6]
-  .map((i) => `[[nodes]]\nid = "step${i}"\nkind = "simulate"\nduration = "1200ms"\n${i > 1 ? `needs = ["step${i - 1}"]\n` : ''}`)
+  .map((i) => `[[nodes]]\nid = "step${i}"\nkind = "simulate"\nduration = "${i === 1 ? 4000 : 1200}ms"\n${i > 1 ? `needs = ["step${i - 1}"]\n` : ''}`)
   .join('\n')}
 `;
 
-/** Starts the six-step chain (1.2 s a step, one at a time) over REST; answers its dag_id. */
+/** Starts the six-step chain (one step at a time: 4 s, then 1.2 s each, so a page that loads
+ * slowly on a busy machine still sees step 4 before it starts) over REST; answers its dag_id. */
 async function startChain(request: APIRequestContext): Promise<string> {
   return startSpec(request, CHAIN);
 }
