@@ -210,6 +210,11 @@ pub struct UserRow {
     pub role: String,
 }
 
+/// Now in Unix seconds, as sessions store their expiry.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
 /// What [`Store::claim_decision`] found.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Claim {

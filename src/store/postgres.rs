@@ -57,10 +57,7 @@ impl Store for PgStore {
     fn save_session(&self, session: SessionRow) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             // Expired sessions go when a new one comes: the table stays as small as the logins.
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
+            let now = super::unix_now();
             let mut tx = self.pool.begin().await.map_err(|e| StoreError::from_sqlx("cannot store the session", e))?;
             sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
                 .bind(now)

@@ -55,10 +55,7 @@ impl Store for SqliteStore {
     fn save_session(&self, session: SessionRow) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             // Expired sessions go when a new one comes: the table stays as small as the logins.
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
+            let now = super::unix_now();
             sqlx::query("DELETE FROM sessions WHERE expires_at <= ?")
                 .bind(now)
                 .execute(&self.pool)
