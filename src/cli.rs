@@ -209,6 +209,14 @@ impl DatabaseArgs {
     fn database(&self) -> Result<Option<Database>, String> {
         self.database.as_deref().map(str::parse).transpose()
     }
+
+    /// The store of the database named, opened and migrated, if one is named.
+    async fn open(&self) -> Result<Option<Arc<dyn crate::store::Store>>, String> {
+        match self.database()? {
+            Some(url) => crate::store::open(&url, self.pool_size).await.map(Some).map_err(|e| e.to_string()),
+            None => Ok(None),
+        }
+    }
 }
 
 fn parse_database(url: &str) -> Result<Database, String> {
@@ -281,14 +289,7 @@ pub async fn main() -> ExitCode {
                     return ExitCode::from(EXIT_INVALID_SPEC);
                 }
             };
-            let opened = match database.database() {
-                Ok(Some(url)) => {
-                    crate::store::open(&url, database.pool_size).await.map(Some).map_err(|e| e.to_string())
-                }
-                Ok(None) => Ok(None),
-                Err(problem) => Err(problem),
-            };
-            let store = match opened {
+            let store = match database.open().await {
                 Ok(store) => store,
                 Err(problem) => {
                     eprintln!("dagstream: {problem}");
@@ -342,16 +343,9 @@ pub async fn main() -> ExitCode {
         })) => {
             use crate::bench::{EngineBench, Shape};
             let shapes = if shape.is_empty() { vec![Shape::Wide, Shape::Chain, Shape::Random] } else { shape };
-            let scratch = std::env::temp_dir().join(format!("dagstream-bench-{}.db", std::process::id()));
-            let _ = std::fs::remove_file(&scratch);
-            let store = database.or_else(|| store.then(|| Database::Sqlite(scratch.clone())));
-            let settings = EngineBench { nodes, edges, max_parallel, shapes, seed, store, subscriber, repeat };
-            let result =
-                crate::bench::engine(&settings).await.map(|results| print!("{}", crate::bench::report(&results)));
-            for leftover in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{leftover}", scratch.display()));
-            }
-            result
+            let settings =
+                EngineBench { nodes, edges, max_parallel, shapes, seed, store, database, subscriber, repeat };
+            crate::bench::engine(&settings).await.map(|results| print!("{}", crate::bench::report(&results)))
         }
     };
     match result {

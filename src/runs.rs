@@ -313,7 +313,7 @@ impl StoredRun {
 }
 
 /// A run's state before its first event: every node of the spec pending.
-fn initial_state(dag_id: &str, spec: &DagSpec, started_at: &str) -> RunState {
+pub fn initial_state(dag_id: &str, spec: &DagSpec, started_at: &str) -> RunState {
     let nodes = spec.nodes.iter().map(|node| (node.graph_node(), node.needs.clone()));
     RunState::new(dag_id, spec.name.clone(), started_at, spec.budget.unwrap_or(0.0), nodes)
 }

@@ -52,9 +52,7 @@ pub async fn run(spec: DagSpec, options: RunOptions) -> ExitCode {
     });
     // The run as it starts, so the view can replay every event from the first: a command may
     // print before the view subscribes, and a snapshot would fold that line in unprinted.
-    let (name, budget) = (spec.name.clone(), spec.budget.unwrap_or(0.0));
-    let graph: Vec<_> = spec.nodes.iter().map(|node| (node.graph_node(), node.needs.clone())).collect();
-    let dag_id = match runs.start(spec).await {
+    let dag_id = match runs.start(spec.clone()).await {
         Ok(dag_id) => dag_id,
         Err(error) => {
             eprintln!("dagstream: {error}");
@@ -64,7 +62,7 @@ pub async fn run(spec: DagSpec, options: RunOptions) -> ExitCode {
     let Some(run) = runs.get(&dag_id) else { return ExitCode::FAILURE };
     let subscription = run.room.subscribe(Some(0));
     let mut view = View::new(std::io::stderr().is_terminal());
-    let mut state = RunState::new(&dag_id, name, "", budget, graph);
+    let mut state = crate::runs::initial_state(&dag_id, &spec, "");
     for frame in &subscription.backlog {
         fold(&mut state, &mut view, frame);
     }

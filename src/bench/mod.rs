@@ -38,9 +38,11 @@ pub struct EngineBench {
     pub shapes: Vec<Shape>,
     /// Seed of the random shape, so runs are comparable.
     pub seed: u64,
-    /// Persist every event in this database (`None`: no store). The runs are added to what it
+    /// Persist every event in a new SQLite file in the bench's temporary directory.
+    pub store: bool,
+    /// Persist into this database instead (implies `store`). The runs are added to what it
     /// holds; use a scratch database.
-    pub store: Option<Database>,
+    pub database: Option<Database>,
     /// Attach one subscriber that takes every event.
     pub subscriber: bool,
     /// Runs of each shape; the median is reported.
@@ -110,7 +112,9 @@ pub async fn engine(settings: &EngineBench) -> Result<Vec<ShapeResult>, String> 
     let _ = std::fs::remove_dir_all(&work_root);
     std::fs::create_dir_all(&work_root).map_err(|e| e.to_string())?;
     let engine = EngineConfig::new(work_root.join("runs"));
-    let runs = match &settings.store {
+    let database =
+        settings.database.clone().or_else(|| settings.store.then(|| Database::Sqlite(work_root.join("bench.db"))));
+    let runs = match &database {
         Some(database) => {
             let store = crate::store::open(database, DEFAULT_POOL_SIZE).await.map_err(|e| e.to_string())?;
             Arc::new(Runs::recording(RoomLimits::default(), engine, store))

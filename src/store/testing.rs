@@ -100,7 +100,7 @@ pub fn admin_url() -> String {
 }
 
 /// The same server URL with another database name.
-fn with_database(url: &str, database: &str) -> String {
+pub fn with_database(url: &str, database: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, Some(query)),
         None => (url, None),

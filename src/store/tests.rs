@@ -196,9 +196,7 @@ async fn an_unreachable_or_refused_postgres_is_a_clear_error() {
     assert!(error.contains(&format!("127.0.0.1:{closed_port}/runs")), "{error}");
     assert!(!error.contains("s3cret"), "{error}");
 
-    let missing = testing::admin_url();
-    let missing =
-        format!("{}/no_such_database_here", missing.rsplit_once('/').map(|(server, _)| server).unwrap_or(&missing));
+    let missing = testing::with_database(&testing::admin_url(), "no_such_database_here");
     let error = open(&missing.parse().expect("URL"), 1).await.err().expect("refused").to_string();
     assert!(error.contains("no_such_database_here") && error.contains("does not exist"), "{error}");
 }

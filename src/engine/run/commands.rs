@@ -108,15 +108,7 @@ impl Coordinator {
             outcome,
         };
         let round = self.runs[node].attempt;
-        let row = DecisionRow {
-            node_id: node_id.to_owned(),
-            round: i64::from(round),
-            decision: decision.as_str().to_owned(),
-            feedback: claim.feedback.clone(),
-            decided_by: claim.decided_by.clone(),
-            decided_at: claim.decided_at.clone(),
-        };
-        match self.room.claim_decision(row) {
+        match self.room.claim_decision(claim.row(node_id, round)) {
             None => self.apply_decision(node, claim),
             Some(recording) => {
                 self.runs[node].claiming = Some(claim);

@@ -147,6 +147,20 @@ struct PendingDecision {
     outcome: crate::engine::policy::GateOutcome,
 }
 
+impl PendingDecision {
+    /// The decision as the store records it, for gate `node_id`'s wait `round`.
+    fn row(&self, node_id: &str, round: u32) -> crate::store::DecisionRow {
+        crate::store::DecisionRow {
+            node_id: node_id.to_owned(),
+            round: i64::from(round),
+            decision: self.decision.as_str().to_owned(),
+            feedback: self.feedback.clone(),
+            decided_by: self.decided_by.clone(),
+            decided_at: self.decided_at.clone(),
+        }
+    }
+}
+
 struct Coordinator {
     /// The nodes, including ones added while running; indices are scheduler indices.
     nodes: Vec<NodeSpec>,
