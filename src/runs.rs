@@ -2,15 +2,17 @@
 //! every run is recorded, and at start-up every stored run is loaded again and resumed.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
-use tokio::sync::broadcast;
+use futures::future::BoxFuture;
+
+use tokio::sync::{broadcast, mpsc};
 
 use crate::engine::{self, DagSpec, EngineConfig, RunHandle, SpecError};
 use crate::external::{EngineLink, ExternalRun};
 use crate::hub::Writer;
-use crate::hub::{Frame, Room, RoomLimits};
-use crate::protocol::{Applied, RunPhase, RunState, RunSummary, Seq, ServerEvent, ServerEventBody};
+use crate::hub::{Authority, Frame, Room, RoomLimits};
+use crate::protocol::{Applied, ClientEvent, RunPhase, RunState, RunSummary, Seq, ServerEvent, ServerEventBody};
 use crate::store::{RunRecord, Store, StoreError};
 
 /// Changes the run list feed holds for a slow reader before it must reload the whole list.
@@ -32,6 +34,9 @@ pub enum Driver {
     Engine(RunHandle),
     /// An external engine, through its link (commands wait for it while it is away).
     External(Arc<EngineLink>),
+    /// Another instance of the cluster: this one mirrors the run, and hands its commands to
+    /// that instance ([`ClusterLink::forward`]).
+    Remote,
     /// Nothing: the run ended before this server loaded it, or could not be resumed.
     Ended,
 }
@@ -41,7 +46,7 @@ impl RunEntry {
     pub fn handle(&self) -> Option<&RunHandle> {
         match &self.driver {
             Driver::Engine(handle) => Some(handle),
-            Driver::External(_) | Driver::Ended => None,
+            Driver::External(_) | Driver::Remote | Driver::Ended => None,
         }
     }
 }
@@ -58,6 +63,26 @@ pub enum StartError {
     Refused(String),
 }
 
+/// What a registry that is one instance of a cluster asks of the cluster
+/// (`cluster::Member` answers).
+pub trait ClusterLink: Send + Sync + 'static {
+    /// Places a new, recorded run on a live instance: answers the lease epoch when this
+    /// instance is to drive it, `None` when another one was chosen (and told).
+    fn place(&self, dag_id: &str) -> BoxFuture<'_, Result<Option<i64>, StoreError>>;
+    /// Hands a command on a run another instance drives to that instance and answers its
+    /// verdict, or why it could not be asked (in words for the user).
+    fn forward(&self, dag_id: &str, event: ClientEvent, actor: &str) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// A registry's ties to its cluster.
+struct Membership {
+    link: Arc<dyn ClusterLink>,
+    /// Where every room hands its committed events, for the other instances.
+    relay: mpsc::UnboundedSender<(Arc<str>, Frame)>,
+    /// Where rooms report a lost lease.
+    fenced: mpsc::UnboundedSender<Arc<str>>,
+}
+
 /// The registry of runs. Cheap to share behind an `Arc`.
 pub struct Runs {
     /// Runs by `dag_id`.
@@ -70,6 +95,8 @@ pub struct Runs {
     storage: Option<(Arc<dyn Store>, Writer)>,
     /// The id of every run whose line in the run list changed (new runs included).
     feed: broadcast::Sender<Arc<str>>,
+    /// Set when this registry is one instance of a cluster ([`Runs::join`]).
+    cluster: OnceLock<Membership>,
 }
 
 impl Runs {
@@ -81,6 +108,7 @@ impl Runs {
             engine,
             storage: None,
             feed: broadcast::channel(FEED_QUEUE).0,
+            cluster: OnceLock::new(),
         }
     }
 
@@ -103,6 +131,7 @@ impl Runs {
             engine,
             storage: Some((store, writer)),
             feed: broadcast::channel(FEED_QUEUE).0,
+            cluster: OnceLock::new(),
         }
     }
 
@@ -137,9 +166,23 @@ impl Runs {
             };
             store.create_run(record).await?;
         }
-        let room = self.new_room(initial_state(&dag_id, &spec, &started_at), Vec::new());
-        let handle = engine::run::spawn(&dag_id, spec, Arc::clone(&room), &self.engine);
-        self.write().insert(dag_id.clone(), RunEntry { room: Arc::clone(&room), driver: Driver::Engine(handle) });
+        let state = initial_state(&dag_id, &spec, &started_at);
+        let driver = match self.cluster.get() {
+            None => {
+                let room = self.new_room(state, Vec::new());
+                (Driver::Engine(engine::run::spawn(&dag_id, spec, Arc::clone(&room), &self.engine)), room)
+            }
+            Some(member) => match member.link.place(&dag_id).await? {
+                Some(epoch) => {
+                    let room = self.new_room(state, Vec::new());
+                    room.take_over(epoch);
+                    (Driver::Engine(engine::run::spawn(&dag_id, spec, Arc::clone(&room), &self.engine)), room)
+                }
+                None => (Driver::Remote, self.new_mirror(state, Vec::new())?),
+            },
+        };
+        let (driver, room) = driver;
+        self.write().entry(dag_id.clone()).or_insert(RunEntry { room: Arc::clone(&room), driver });
         room.announce();
         Ok(dag_id)
     }
@@ -179,30 +222,46 @@ impl Runs {
         summaries
     }
 
-    /// Loads every stored run: finished ones as they ended, unfinished ones resumed.
+    /// Loads every stored run: finished ones as they ended, unfinished ones resumed. In a
+    /// cluster every run is loaded as a mirror: instances claim the unfinished ones.
     async fn load(&self) -> Result<(), StoreError> {
         let Some((store, _)) = &self.storage else { return Ok(()) };
         for record in store.runs().await? {
             let texts = store.events(&record.dag_id, 0, u64::MAX).await?;
-            let entry = self.restore(record, texts);
+            let entry = self.restore(record, texts)?;
             let dag_id = entry.room.dag_id().to_owned();
             self.write().insert(dag_id, entry);
         }
         Ok(())
     }
 
-    /// Rebuilds one run from its record and stored events; resumes it if it had not ended.
-    /// A run that cannot be resumed is marked failed with the reason.
-    fn restore(&self, record: RunRecord, texts: Vec<String>) -> RunEntry {
-        let StoredRun { state, log, mut frames, spec, external, broken } = StoredRun::read(&record, texts);
-        let keep = frames.len().saturating_sub(self.limits.log_window);
-        let room = self.new_room(state.clone(), frames.split_off(keep));
+    /// Rebuilds one run from its record and stored events; resumes it if it had not ended
+    /// (alone; in a cluster it is mirrored until an instance claims it).
+    fn restore(&self, record: RunRecord, texts: Vec<String>) -> Result<RunEntry, StoreError> {
+        let mut stored = StoredRun::read(&record, texts);
+        let keep = stored.frames.len().saturating_sub(self.limits.log_window);
+        let recent = stored.frames.split_off(keep);
+        if self.cluster.get().is_some() {
+            let ended = stored.state.results.is_some();
+            let room = self.new_mirror(stored.state, recent)?;
+            return Ok(RunEntry { room, driver: if ended { Driver::Ended } else { Driver::Remote } });
+        }
+        let room = self.new_room(stored.state.clone(), recent);
+        let driver = self.drive(&record, stored, &room);
+        Ok(RunEntry { room, driver })
+    }
+
+    /// What drives a stored run from now on: nothing if it ended, its external engine, or this
+    /// server's engine, resumed from the log. A run that cannot be resumed is marked failed
+    /// with the reason.
+    fn drive(&self, record: &RunRecord, stored: StoredRun, room: &Arc<Room>) -> Driver {
+        let StoredRun { state, log, spec, external, broken, .. } = stored;
         if let Some(Ok(_)) = external {
             // Not ours to resume: the engine reconnects and goes on.
-            return RunEntry { room, driver: Driver::External(Arc::default()) };
+            return Driver::External(Arc::default());
         }
         if state.results.is_some() {
-            return RunEntry { room, driver: Driver::Ended };
+            return Driver::Ended;
         }
         let spec = match external {
             Some(Err(problem)) => Err(problem),
@@ -211,12 +270,15 @@ impl Runs {
         let resumed = match (spec, broken) {
             (Err(problem), _) => Err(format!("its spec cannot be read: {problem}")),
             (Ok(_), Some(problem)) => Err(format!("its log is damaged: {problem}")),
-            (Ok(spec), None) => {
-                engine::run::resume(&record.dag_id, spec, &log, &state, Arc::clone(&room), &self.engine)
+            // Nothing was stored yet (the run was placed on this instance, or its first
+            // owner died at once): it starts as new.
+            (Ok(spec), None) if log.is_empty() => {
+                Ok(engine::run::spawn(&record.dag_id, spec, Arc::clone(room), &self.engine))
             }
+            (Ok(spec), None) => engine::run::resume(&record.dag_id, spec, &log, &state, Arc::clone(room), &self.engine),
         };
         match resumed {
-            Ok(handle) => RunEntry { room, driver: Driver::Engine(handle) },
+            Ok(handle) => Driver::Engine(handle),
             Err(problem) => {
                 tracing::error!(dag_id = %record.dag_id, %problem, "run cannot be resumed");
                 room.publish(ServerEventBody::Error {
@@ -225,15 +287,160 @@ impl Runs {
                 });
                 room.publish(ServerEventBody::RunStateChanged { state: RunPhase::Failed });
                 room.publish(ServerEventBody::ExecutionComplete { results: Default::default() });
-                RunEntry { room, driver: Driver::Ended }
+                Driver::Ended
             }
+        }
+    }
+
+    /// Makes this registry one instance of a cluster: new runs are placed through `link`, and
+    /// every room hands its committed events to `relay` and reports a lost lease to `fenced`.
+    /// Call before [`Runs::open_member`] loads anything.
+    pub fn join(
+        &self,
+        link: Arc<dyn ClusterLink>,
+        relay: mpsc::UnboundedSender<(Arc<str>, Frame)>,
+        fenced: mpsc::UnboundedSender<Arc<str>>,
+    ) {
+        let _ = self.cluster.set(Membership { link, relay, fenced });
+    }
+
+    /// A registry that is one instance of a cluster on `store`: [`Runs::recording`], joined
+    /// with [`Runs::join`], with every stored run loaded as a mirror.
+    pub async fn open_member(
+        limits: RoomLimits,
+        engine: EngineConfig,
+        store: Arc<dyn Store>,
+        link: Arc<dyn ClusterLink>,
+        relay: mpsc::UnboundedSender<(Arc<str>, Frame)>,
+        fenced: mpsc::UnboundedSender<Arc<str>>,
+    ) -> Result<Self, StoreError> {
+        let runs = Runs::recording(limits, engine, store);
+        runs.join(link, relay, fenced);
+        runs.load().await?;
+        Ok(runs)
+    }
+
+    /// Mirrors a run another instance created, from the store, unless it is known already.
+    pub async fn mirror_stored(&self, dag_id: &str) -> Result<(), StoreError> {
+        if self.get(dag_id).is_some() {
+            return Ok(());
+        }
+        let store = self.store_or_fail()?;
+        let Some(record) = store.run(dag_id).await? else { return Ok(()) };
+        let texts = store.events(dag_id, 0, u64::MAX).await?;
+        let entry = self.restore(record, texts)?;
+        let mut runs = self.write();
+        if !runs.contains_key(dag_id) {
+            runs.insert(dag_id.to_owned(), entry.clone());
+            drop(runs);
+            entry.room.announce();
+        }
+        Ok(())
+    }
+
+    /// This instance claimed run `dag_id` with lease `epoch`: reads its whole log from the
+    /// store (the claim waited for the last owner's last append), brings the run's room up to
+    /// it, and resumes the run here as a restart would.
+    pub async fn adopt(&self, dag_id: &str, epoch: i64) -> Result<(), StoreError> {
+        let store = self.store_or_fail()?;
+        let record = store.run(dag_id).await?.ok_or_else(|| StoreError(format!("run {dag_id} is not stored")))?;
+        let texts = store.events(dag_id, 0, u64::MAX).await?;
+        let stored = StoredRun::read(&record, texts);
+        let room = match self.get(dag_id) {
+            Some(entry) => entry.room,
+            None => {
+                let entry = self.restore(record.clone(), Vec::new())?;
+                self.write().entry(dag_id.to_owned()).or_insert(entry).room.clone()
+            }
+        };
+        for (event, frame) in stored.log.iter().zip(&stored.frames) {
+            room.follow(event.clone(), frame.clone());
+        }
+        if room.seq() != stored.state.seq {
+            return Err(StoreError(format!(
+                "run {dag_id}: its room is at event {} but the store at {}",
+                room.seq(),
+                stored.state.seq
+            )));
+        }
+        room.take_over(epoch);
+        tracing::info!(dag_id, epoch, seq = room.seq(), "run claimed: driving it here");
+        let driver = self.drive(&record, stored, &room);
+        if let Some(entry) = self.write().get_mut(dag_id) {
+            entry.driver = driver;
+        }
+        room.announce();
+        Ok(())
+    }
+
+    /// This instance lost run `dag_id`'s lease: its room already follows the new owner; its
+    /// commands go there from now on.
+    pub fn let_go(&self, dag_id: &str) {
+        if let Some(entry) = self.write().get_mut(dag_id)
+            && entry.room.authority() == Authority::Mirror
+            && matches!(entry.driver, Driver::Engine(_))
+        {
+            entry.driver = Driver::Remote;
+        }
+    }
+
+    /// (run, epoch) of every lease this instance holds, for renewal.
+    pub fn leases(&self) -> Vec<(String, i64)> {
+        self.read()
+            .iter()
+            .filter_map(|(dag_id, entry)| match entry.room.authority() {
+                Authority::Leased(epoch) => Some((dag_id.clone(), epoch)),
+                Authority::Sole | Authority::Mirror => None,
+            })
+            .collect()
+    }
+
+    /// Rooms of runs driven elsewhere that have not completed yet, for catching up from the
+    /// store.
+    pub fn followed(&self) -> Vec<Arc<Room>> {
+        self.read()
+            .values()
+            .filter(|entry| entry.room.authority() == Authority::Mirror && !entry.room.is_complete())
+            .map(|entry| Arc::clone(&entry.room))
+            .collect()
+    }
+
+    /// Ids of every run this registry knows.
+    pub fn ids(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
+    }
+
+    /// Hands a command on a run driven elsewhere to its owner.
+    pub async fn forward(&self, dag_id: &str, event: ClientEvent, actor: &str) -> Result<(), String> {
+        match self.cluster.get() {
+            Some(member) => member.link.forward(dag_id, event, actor).await,
+            None => Err("this run is driven by another server".into()),
+        }
+    }
+
+    fn store_or_fail(&self) -> Result<&Arc<dyn Store>, StoreError> {
+        self.store().ok_or_else(|| StoreError("this server keeps no store".into()))
+    }
+
+    /// A room for a run another instance drives.
+    fn new_mirror(&self, state: RunState, recent: Vec<Frame>) -> Result<Arc<Room>, StoreError> {
+        let (_, writer) = self.storage.as_ref().ok_or_else(|| StoreError("a cluster needs a store".into()))?;
+        let room = Room::mirror(state, self.limits, writer.clone(), recent);
+        self.link_room(&room);
+        Ok(room)
+    }
+
+    fn link_room(&self, room: &Room) {
+        room.set_feed(self.feed.clone());
+        if let Some(member) = self.cluster.get() {
+            room.set_cluster_links(member.relay.clone(), member.fenced.clone());
         }
     }
 
     fn new_room(&self, state: RunState, recent: Vec<Frame>) -> Arc<Room> {
         let writer = self.storage.as_ref().map(|(_, writer)| writer.clone());
         let room = Room::new(state, self.limits, writer, recent);
-        room.set_feed(self.feed.clone());
+        self.link_room(&room);
         room
     }
 
@@ -260,7 +467,7 @@ pub struct StoredRun {
     /// The events folded in, in order.
     pub log: Vec<ServerEvent>,
     /// The same events as stored, for `since` replay.
-    frames: Vec<Frame>,
+    pub frames: Vec<Frame>,
     /// The spec of an engine run, or why it cannot be read.
     spec: Result<DagSpec, String>,
     /// Set when the run was created by an external engine (or looks like one and cannot be read).

@@ -162,6 +162,9 @@ impl Service {
                 crate::external::check_command(&run.room.snapshot(), &event).map_err(ServiceError::Refused)?;
                 link.forward(&event, &caller.name).map_err(ServiceError::Refused)
             }
+            Driver::Remote => {
+                self.runs.forward(run.room.dag_id(), event, &caller.name).await.map_err(ServiceError::Refused)
+            }
             Driver::Ended => Err(ServiceError::Refused(format!(
                 "the run is {}: it takes no more commands",
                 run.room.summary().state.as_str()

@@ -719,7 +719,7 @@ mod failing_storage {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
-    use dagstream::store::{Claim, DecisionRow, RunRecord, Store, StoreError, StoredEvent};
+    use dagstream::store::{Appended, Claim, DecisionRow, RunRecord, Store, StoreError, StoredEvent};
     use futures::future::BoxFuture;
 
     use super::*;
@@ -737,11 +737,11 @@ mod failing_storage {
             self.runs.lock().expect("lock").push(run);
             Box::pin(async { Ok(()) })
         }
-        fn append(&self, events: Vec<StoredEvent>) -> BoxFuture<'_, Result<(), StoreError>> {
+        fn append(&self, events: Vec<StoredEvent>) -> BoxFuture<'_, Result<Appended, StoreError>> {
             let batch = self.batches.fetch_add(1, Ordering::SeqCst);
             let result = if batch < self.ok_batches {
                 self.stored.lock().expect("lock").extend(events);
-                Ok(())
+                Ok(Appended::default())
             } else {
                 Err(StoreError("disk full".into()))
             };

@@ -636,7 +636,9 @@ async fn each_role_may_do_exactly_what_its_role_allows(#[case] backend: Backend)
                 let deadline = tokio::time::Instant::now() + PATIENCE;
                 while server.state.service.entry(&external_id).map(|run| match run.driver {
                     dagstream::runs::Driver::External(link) => link.is_attached(),
-                    dagstream::runs::Driver::Engine(_) | dagstream::runs::Driver::Ended => false,
+                    dagstream::runs::Driver::Engine(_)
+                    | dagstream::runs::Driver::Remote
+                    | dagstream::runs::Driver::Ended => false,
                 }) == Ok(true)
                 {
                     assert!(tokio::time::Instant::now() < deadline, "the engine detaches");

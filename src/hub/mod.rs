@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use axum::extract::ws::Utf8Bytes;
 use futures::future::BoxFuture;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{Applied, RunPhase, RunState, RunSummary, Seq, ServerEvent, ServerEventBody, now_rfc3339};
@@ -60,8 +60,13 @@ pub struct Room {
     writer: Option<Writer>,
     /// Set once storing failed: later events are shown but not stored, and the run stops.
     storage_failed: AtomicBool,
-    /// Cancelled when the run must stop at once (storage failed); its coordinator watches it.
-    pub halt: CancellationToken,
+    /// Cancelled when this instance must stop driving the run at once (storage failed, or the
+    /// run's lease was lost); its coordinator watches it. A new one comes with each take-over.
+    halt: Mutex<CancellationToken>,
+    /// Where committed events go besides this room's subscribers (a cluster's other instances).
+    relay: OnceLock<mpsc::UnboundedSender<(Arc<str>, Frame)>>,
+    /// Told this run's id when the store fenced this instance out of it (its lease was lost).
+    on_fenced: OnceLock<mpsc::UnboundedSender<Arc<str>>>,
     /// Told this run's id whenever a committed event changes its line in the run list.
     feed: OnceLock<broadcast::Sender<Arc<str>>>,
     inner: Mutex<RoomInner>,
@@ -73,6 +78,8 @@ pub struct Room {
 }
 
 struct RoomInner {
+    /// Whether and how events are published here.
+    authority: Authority,
     /// `seq` of the last event published (committed or not).
     published: Seq,
     /// Every committed event folded in; source of snapshots.
@@ -81,6 +88,30 @@ struct RoomInner {
     log: VecDeque<Frame>,
     /// Capacity of `log`.
     log_window: usize,
+}
+
+/// Who appends to a run's log, as seen by one room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Authority {
+    /// This process is the only one that drives the run (a single server): no lease.
+    Sole,
+    /// This instance of a cluster holds the run's lease with this epoch. Its events carry the
+    /// epoch, and the store refuses them once another instance has claimed the run.
+    Leased(i64),
+    /// Another instance drives the run. Its committed events arrive through [`Room::follow`];
+    /// nothing is published here.
+    Mirror,
+}
+
+/// What [`Room::follow`] did with an event another instance committed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Followed {
+    /// Folded and broadcast: it was the next one.
+    Folded,
+    /// Already here (or this instance drives the run now): nothing changed.
+    Known,
+    /// Events after `after` and before this one are missing: read them from the store first.
+    Gap { after: Seq },
 }
 
 /// What a new subscriber gets: everything it missed, then the live stream.
@@ -101,6 +132,22 @@ impl Room {
     /// committed once stored.
     /// `recent` are the newest committed frames (after a restart), for `since` replay.
     pub fn new(state: RunState, limits: RoomLimits, writer: Option<Writer>, recent: Vec<Frame>) -> Arc<Self> {
+        Room::with_authority(Authority::Sole, state, limits, writer, recent)
+    }
+
+    /// A room of a run another instance drives ([`Authority::Mirror`]); `writer` is this
+    /// instance's, for replays from the store and for taking the run over later.
+    pub fn mirror(state: RunState, limits: RoomLimits, writer: Writer, recent: Vec<Frame>) -> Arc<Self> {
+        Room::with_authority(Authority::Mirror, state, limits, Some(writer), recent)
+    }
+
+    fn with_authority(
+        authority: Authority,
+        state: RunState,
+        limits: RoomLimits,
+        writer: Option<Writer>,
+        recent: Vec<Frame>,
+    ) -> Arc<Self> {
         let (live, _) = broadcast::channel(limits.subscriber_queue.max(1));
         let complete = watch::Sender::new(state.results.is_some());
         Arc::new_cyclic(|me| Room {
@@ -108,9 +155,12 @@ impl Room {
             me: me.clone(),
             writer,
             storage_failed: AtomicBool::new(false),
-            halt: CancellationToken::new(),
+            halt: Mutex::new(CancellationToken::new()),
+            relay: OnceLock::new(),
+            on_fenced: OnceLock::new(),
             feed: OnceLock::new(),
             inner: Mutex::new(RoomInner {
+                authority,
                 published: state.seq,
                 state,
                 log: recent.into_iter().collect(),
@@ -148,6 +198,16 @@ impl Room {
     /// Appends an event to the run: next `seq`, serialize once, then store and commit.
     pub fn publish(&self, body: ServerEventBody) -> Seq {
         let mut inner = self.lock();
+        let epoch = match inner.authority {
+            Authority::Sole => None,
+            Authority::Leased(epoch) => Some(epoch),
+            Authority::Mirror => {
+                // The coordinator of a run this instance was fenced out of, between losing the
+                // lease and seeing its halt: the run's owner publishes now.
+                tracing::debug!(dag_id = %self.dag_id, "event of a run driven elsewhere dropped");
+                return inner.published;
+            }
+        };
         inner.published += 1;
         let event = ServerEvent { seq: inner.published, body };
         let text = encode(&event);
@@ -155,7 +215,8 @@ impl Room {
         let seq = event.seq;
         match &self.writer {
             Some(writer) => {
-                let stored = StoredEvent::new(Arc::clone(&self.dag_id), &event, text.into(), now_rfc3339().into());
+                let mut stored = StoredEvent::new(Arc::clone(&self.dag_id), &event, text.into(), now_rfc3339().into());
+                stored.epoch = epoch;
                 let pending = Pending { room: self.me.clone(), event, frame, stored };
                 // Handed over under the lock, so the writer sees this room's events in order.
                 if let Err(pending) = writer.submit(pending) {
@@ -176,13 +237,104 @@ impl Room {
         seq
     }
 
-    /// Folds, logs and broadcasts an event (the writer calls this once it is stored).
+    /// Folds, logs and broadcasts an event (the writer calls this once it is stored), and hands
+    /// it to the relay, if there is one.
     pub fn commit(&self, event: ServerEvent, frame: Frame) {
         let changes_summary = changes_summary(&event.body);
-        self.lock().commit(event, frame, &self.live, &self.complete);
+        self.lock().commit(event, frame.clone(), &self.live, &self.complete);
+        if let Some(relay) = self.relay.get() {
+            // The relay ends only when the cluster shuts down; then nobody needs the event.
+            let _ = relay.send((Arc::clone(&self.dag_id), frame));
+        }
         if changes_summary {
             self.announce();
         }
+    }
+
+    /// Takes in an event the run's owner (another instance) committed: folds and broadcasts it
+    /// if it is the next one. Events this room already has, and every event while this
+    /// instance drives the run itself, change nothing.
+    pub fn follow(&self, event: ServerEvent, frame: Frame) -> Followed {
+        let changes_summary = changes_summary(&event.body);
+        let mut inner = self.lock();
+        if inner.authority != Authority::Mirror || event.seq <= inner.state.seq {
+            return Followed::Known;
+        }
+        if event.seq > inner.state.seq + 1 {
+            return Followed::Gap { after: inner.state.seq };
+        }
+        inner.commit(event, frame, &self.live, &self.complete);
+        inner.published = inner.state.seq;
+        drop(inner);
+        if changes_summary {
+            self.announce();
+        }
+        Followed::Folded
+    }
+
+    /// How events are published here now.
+    pub fn authority(&self) -> Authority {
+        self.lock().authority
+    }
+
+    /// This instance now holds the run's lease with `epoch` and drives the run from the state
+    /// the room has folded (which must be the whole stored log). Answers the halt token of the
+    /// new coordinator.
+    pub fn take_over(&self, epoch: i64) -> CancellationToken {
+        let mut inner = self.lock();
+        inner.authority = Authority::Leased(epoch);
+        inner.published = inner.state.seq;
+        let halt = CancellationToken::new();
+        *self.halt.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = halt.clone();
+        halt
+    }
+
+    /// The store refused this instance's events of lease `epoch`: another instance claimed the
+    /// run. If this room still drives it with that epoch, it becomes a mirror, its coordinator
+    /// is halted (publishing nothing more) and the registry is told. Events published and not
+    /// stored are forgotten: the new owner numbers its own from the stored log.
+    pub fn fence(&self, epoch: i64) {
+        if self.stop_driving(epoch) {
+            tracing::warn!(dag_id = %self.dag_id, epoch, "lease lost: another instance drives this run now");
+        }
+    }
+
+    /// Like [`Room::fence`], when this instance gives the run up itself (it leaves the cluster).
+    pub fn hand_over(&self, epoch: i64) {
+        if self.stop_driving(epoch) {
+            tracing::info!(dag_id = %self.dag_id, epoch, "run handed over to the other instances");
+        }
+    }
+
+    fn stop_driving(&self, epoch: i64) -> bool {
+        let mut inner = self.lock();
+        if inner.authority != Authority::Leased(epoch) {
+            return false;
+        }
+        inner.authority = Authority::Mirror;
+        inner.published = inner.state.seq;
+        drop(inner);
+        self.halt().cancel();
+        if let Some(on_fenced) = self.on_fenced.get() {
+            let _ = on_fenced.send(Arc::clone(&self.dag_id));
+        }
+        true
+    }
+
+    /// The token the run's current coordinator stops on.
+    pub fn halt(&self) -> CancellationToken {
+        self.halt.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Where committed events are handed on, and who hears of a lost lease (set once, by a
+    /// cluster member).
+    pub fn set_cluster_links(
+        &self,
+        relay: mpsc::UnboundedSender<(Arc<str>, Frame)>,
+        on_fenced: mpsc::UnboundedSender<Arc<str>>,
+    ) {
+        let _ = self.relay.set(relay);
+        let _ = self.on_fenced.set(on_fenced);
     }
 
     /// Where to announce changes of this run's line in the run list (set once).
@@ -213,11 +365,19 @@ impl Room {
 
     /// Stops the run because its events cannot be stored: says so to every viewer (these last
     /// events are not stored either) and halts the coordinator. Only the first call acts.
+    ///
+    /// In a cluster the run is not failed: this instance lets it go (as if fenced) and stops
+    /// renewing its lease, so an instance that can store claims it once the lease runs out.
     pub fn fail_storage(&self, error: &StoreError) {
+        if let Authority::Leased(epoch) = self.authority() {
+            tracing::error!(dag_id = %self.dag_id, %error, "storage failed; letting the run go to another instance");
+            self.fence(epoch);
+            return;
+        }
         if self.storage_failed.swap(true, Ordering::AcqRel) {
             return;
         }
-        self.halt.cancel();
+        self.halt().cancel();
         self.publish(ServerEventBody::Error {
             node_id: None,
             message: format!("storage failed, run stopped: {error}"),
@@ -272,6 +432,11 @@ impl Room {
         // A panic while holding this lock leaves at worst a partly folded event; the state is
         // still usable, so recover the guard rather than poisoning every later caller.
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// True once the run has sent `execution_complete`.
+    pub fn is_complete(&self) -> bool {
+        *self.complete.borrow()
     }
 
     /// Waits until the run has sent `execution_complete`.

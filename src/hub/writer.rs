@@ -21,6 +21,10 @@ use crate::store::{Store, StoredEvent};
 /// stays well below a subscriber's queue (`RoomLimits::subscriber_queue`).
 const MAX_BATCH: usize = 1024;
 
+/// A stored batch on its way to the committer, with the (run, epoch) whose events the store
+/// refused because the run's lease was lost ([`crate::store::Appended::fenced`]).
+type StoredBatch = (Vec<Pending>, Vec<(Arc<str>, i64)>);
+
 /// An event waiting for its commit, and the room that folds and broadcasts it after.
 pub struct Pending {
     pub room: Weak<Room>,
@@ -107,7 +111,7 @@ async fn write_loop(
     drained: Arc<Notify>,
 ) {
     // One batch folding while the next is stored (and one more ready to go).
-    let (to_committer, stored) = mpsc::channel::<Vec<Pending>>(1);
+    let (to_committer, stored) = mpsc::channel::<StoredBatch>(1);
     let committer = tokio::spawn(commit_loop(stored, queued, drained));
     let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     while pending.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -118,21 +122,15 @@ async fn write_loop(
             .filter(|p| p.room.upgrade().is_some_and(|room| !room.storage_failed()))
             .map(|p| p.stored.clone())
             .collect();
-        if let Err(error) = store.append(rows).await {
-            tracing::error!(%error, "storage failed; stopping the affected runs");
-            // Marked before the next batch is taken, so none of their later events is stored.
-            let mut failed_rooms: Vec<Arc<Room>> = Vec::new();
-            for room in batch.iter().filter_map(|p| p.room.upgrade()) {
-                if !failed_rooms.iter().any(|r| Arc::ptr_eq(r, &room)) {
-                    failed_rooms.push(room);
-                }
+        let fenced = match store.append(rows).await {
+            Ok(appended) => appended.fenced,
+            Err(error) => {
+                fail_rooms(&batch, &error);
+                Vec::new()
             }
-            for room in failed_rooms {
-                room.fail_storage(&error);
-            }
-        }
+        };
         let full = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
-        if to_committer.send(full).await.is_err() {
+        if to_committer.send((full, fenced)).await.is_err() {
             break;
         }
     }
@@ -140,14 +138,36 @@ async fn write_loop(
     let _ = committer.await;
 }
 
+/// Storing `batch` failed: stops every run it has events of.
+fn fail_rooms(batch: &[Pending], error: &crate::store::StoreError) {
+    tracing::error!(%error, "storage failed; stopping the affected runs");
+    // Marked before the next batch is taken, so none of their later events is stored.
+    let mut failed_rooms: Vec<Arc<Room>> = Vec::new();
+    for room in batch.iter().filter_map(|p| p.room.upgrade()) {
+        if !failed_rooms.iter().any(|r| Arc::ptr_eq(r, &room)) {
+            failed_rooms.push(room);
+        }
+    }
+    for room in failed_rooms {
+        room.fail_storage(error);
+    }
+}
+
 /// Folds and broadcasts each stored batch in its rooms, in order (after a storage failure too:
 /// those events are shown, not durable, and their runs stop), then lets waiting publishers go on.
-async fn commit_loop(mut stored: mpsc::Receiver<Vec<Pending>>, queued: Arc<AtomicUsize>, drained: Arc<Notify>) {
-    while let Some(batch) = stored.recv().await {
+///
+/// Events the store refused because their run's lease was lost (`fenced`) are not committed:
+/// their room stops driving the run ([`Room::fence`]) and follows the new owner instead.
+async fn commit_loop(mut stored: mpsc::Receiver<StoredBatch>, queued: Arc<AtomicUsize>, drained: Arc<Notify>) {
+    while let Some((batch, fenced)) = stored.recv().await {
         let taken = batch.len();
-        for Pending { room, event, frame, .. } in batch {
-            if let Some(room) = room.upgrade() {
-                room.commit(event, frame);
+        for Pending { room, event, frame, stored } in batch {
+            let Some(room) = room.upgrade() else { continue };
+            match stored.epoch {
+                Some(epoch) if fenced.iter().any(|(dag_id, stale)| *dag_id == stored.dag_id && *stale == epoch) => {
+                    room.fence(epoch);
+                }
+                Some(_) | None => room.commit(event, frame),
             }
         }
         queued.fetch_sub(taken, Ordering::AcqRel);
@@ -167,7 +187,7 @@ mod tests {
     use crate::engine::{DagSpec, EngineConfig, SpecFormat};
     use crate::hub::RoomLimits;
     use crate::protocol::{GraphNode, NodeKind, NodeStatus, RunState, Seq, ServerEventBody};
-    use crate::store::{Claim, DecisionRow, RunRecord, StoreError};
+    use crate::store::{Appended, Claim, DecisionRow, RunRecord, StoreError};
 
     /// A disk that stalls: each batch waits for a permit; the test hands them out.
     struct StalledDisk {
@@ -179,12 +199,12 @@ mod tests {
         fn create_run(&self, _: RunRecord) -> BoxFuture<'_, Result<(), StoreError>> {
             Box::pin(async { Ok(()) })
         }
-        fn append(&self, events: Vec<StoredEvent>) -> BoxFuture<'_, Result<(), StoreError>> {
+        fn append(&self, events: Vec<StoredEvent>) -> BoxFuture<'_, Result<Appended, StoreError>> {
             Box::pin(async move {
                 let permit = self.permits.acquire().await.map_err(|e| StoreError(e.to_string()))?;
                 permit.forget();
                 self.stored.lock().map_err(|e| StoreError(e.to_string()))?.extend(events.iter().map(|e| e.seq));
-                Ok(())
+                Ok(Appended::default())
             })
         }
         fn runs(&self) -> BoxFuture<'_, Result<Vec<RunRecord>, StoreError>> {

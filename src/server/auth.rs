@@ -395,6 +395,37 @@ impl Auth {
         })
     }
 
+    /// [`Auth::identify`], and for a session cookie this server does not know, a look in the
+    /// store: the session may have been opened by another instance of the cluster.
+    pub async fn identify_anywhere(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
+        match self.identify(headers) {
+            Err(AuthError::NoSession) => {}
+            known => return known,
+        }
+        let (Some(store), Some(id)) = (&self.store, session_cookie(headers)) else {
+            return Err(AuthError::NoSession);
+        };
+        let id_hash = hex(&sha256(&id));
+        let row = match store.session(&id_hash).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return Err(AuthError::NoSession),
+            Err(error) => {
+                tracing::warn!(%error, "cannot look a session up");
+                return Err(AuthError::NoSession);
+            }
+        };
+        let expires_at = u64::try_from(row.expires_at).unwrap_or(0);
+        if expires_at <= unix_now() {
+            return Err(AuthError::NoSession);
+        }
+        lock(&self.sessions).entry(id_hash).or_insert_with(|| Session {
+            user: row.user_name,
+            expires_at,
+            ended: CancellationToken::new(),
+        });
+        self.identify(headers)
+    }
+
     /// Refuses a WebSocket upgrade from a page of another site (cross-site WebSocket hijacking):
     /// its `Origin` must be this server's own (same host as `Host`) or in `--allow-origin`.
     /// Without `Origin` (not a browser), only a bearer token is accepted.

@@ -26,7 +26,7 @@ pub async fn require_login(State(state): State<AppState>, mut request: Request, 
     if is_public(request.uri().path()) {
         return next.run(request).await;
     }
-    match state.auth.identify(request.headers()) {
+    match state.auth.identify_anywhere(request.headers()).await {
         Ok(identity) => {
             request.extensions_mut().insert(identity.signed_in());
             request.extensions_mut().insert(identity);
@@ -85,7 +85,7 @@ async fn sign_in(auth: &Auth, headers: &HeaderMap, token: &str) -> Response {
 
 /// `POST /logout`: ends the session (its open sockets close) and clears the cookie.
 pub async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Ok(identity) = state.auth.identify(&headers)
+    if let Ok(identity) = state.auth.identify_anywhere(&headers).await
         && let Credential::Session { id_hash } = &identity.credential
     {
         state.auth.logout(id_hash).await;

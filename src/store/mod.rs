@@ -135,6 +135,10 @@ pub struct StoredEvent {
     /// Set for `run_state`: the run's new state.
     pub run_state: Option<RunPhase>,
     pub at: Arc<str>,
+    /// In a cluster: the epoch of the lease its run's owner holds. The store refuses the event
+    /// when the run has been claimed since (a newer epoch): the writer was fenced out.
+    /// `None` on a single server, which owns every run it drives.
+    pub epoch: Option<i64>,
 }
 
 /// A gate decision as stored: the one decision of a gate's round.
@@ -157,7 +161,7 @@ impl StoredEvent {
             ServerEventBody::RunStateChanged { state } => Some(*state),
             _ => None,
         };
-        StoredEvent { dag_id, seq: event.seq, json, run_state, at }
+        StoredEvent { dag_id, seq: event.seq, json, run_state, at, epoch: None }
     }
 }
 
@@ -165,8 +169,15 @@ impl StoredEvent {
 pub trait Store: Send + Sync + 'static {
     /// Records a new run before any of its events.
     fn create_run(&self, run: RunRecord) -> BoxFuture<'_, Result<(), StoreError>>;
-    /// Appends events (of any runs, each run's in `seq` order) in one transaction.
-    fn append(&self, events: Vec<StoredEvent>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Appends events (of any runs, each run's in `seq` order) in one transaction. Events that
+    /// carry an epoch are stored only if it is still their run's epoch; the runs whose events
+    /// were refused for that are answered ([`Appended::fenced`]), the others' are stored.
+    fn append(&self, events: Vec<StoredEvent>) -> BoxFuture<'_, Result<Appended, StoreError>>;
+    /// One run's record, if it exists.
+    fn run(&self, dag_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, StoreError>> {
+        let dag_id = dag_id.to_owned();
+        Box::pin(async move { Ok(self.runs().await?.into_iter().find(|run| run.dag_id == dag_id)) })
+    }
     /// Every run, oldest first.
     fn runs(&self) -> BoxFuture<'_, Result<Vec<RunRecord>, StoreError>>;
     /// Events of a run with `seq` in `after+1 ..= up_to`, in order, as JSON.
@@ -188,6 +199,12 @@ pub trait Store: Send + Sync + 'static {
     /// Every kept session; expired ones are dropped by the caller.
     fn sessions(&self) -> BoxFuture<'_, Result<Vec<SessionRow>, StoreError>> {
         Box::pin(async { Ok(Vec::new()) })
+    }
+    /// One kept session, by the hash of its id: how an instance of a cluster learns of a
+    /// sign-in on another.
+    fn session(&self, id_hash: &str) -> BoxFuture<'_, Result<Option<SessionRow>, StoreError>> {
+        let id_hash = id_hash.to_owned();
+        Box::pin(async move { Ok(self.sessions().await?.into_iter().find(|row| row.id_hash == id_hash)) })
     }
     /// Adds a user; `false` when one of that name exists (nothing changes then).
     fn add_user(&self, _user: UserRow) -> BoxFuture<'_, Result<bool, StoreError>> {
@@ -213,6 +230,14 @@ pub struct UserRow {
 /// Now in Unix seconds, as sessions store their expiry.
 fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// What [`Store::append`] did besides storing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Appended {
+    /// (run, epoch) of the events that were not stored because the run was claimed by another
+    /// instance since (the epoch is stale). Whoever drives the run with that epoch must stop.
+    pub fenced: Vec<(Arc<str>, i64)>,
 }
 
 /// What [`Store::claim_decision`] found.

@@ -5,13 +5,14 @@
 //! round trip per batch, whatever its size.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use super::{Claim, DecisionRow, RunRecord, SessionRow, Store, StoreError, StoredEvent, UserRow};
+use super::{Appended, Claim, DecisionRow, RunRecord, SessionRow, Store, StoreError, StoredEvent, UserRow};
 use crate::protocol::Seq;
 
 /// How long opening waits for a connection before it says the server cannot be reached.
@@ -96,6 +97,17 @@ impl Store for PgStore {
         })
     }
 
+    fn session(&self, id_hash: &str) -> BoxFuture<'_, Result<Option<SessionRow>, StoreError>> {
+        let id_hash = id_hash.to_owned();
+        Box::pin(async move {
+            sqlx::query_as::<_, SessionRow>("SELECT id_hash, user_name, expires_at FROM sessions WHERE id_hash = $1")
+                .bind(id_hash)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| StoreError::from_sqlx("cannot read the session", e))
+        })
+    }
+
     fn add_user(&self, user: UserRow) -> BoxFuture<'_, Result<bool, StoreError>> {
         Box::pin(async move {
             sqlx::query(
@@ -139,9 +151,15 @@ impl Store for PgStore {
         })
     }
 
-    fn append(&self, events: Vec<StoredEvent>) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn append(&self, events: Vec<StoredEvent>) -> BoxFuture<'_, Result<Appended, StoreError>> {
         Box::pin(async move {
             let fail = |e| StoreError::from_sqlx("cannot store events", e);
+            let mut tx = self.pool.begin().await.map_err(fail)?;
+            let fenced = fence(&mut tx, &events).await.map_err(fail)?;
+            let events: Vec<&StoredEvent> = events
+                .iter()
+                .filter(|event| !fenced.iter().any(|(run, epoch)| *run == event.dag_id && Some(*epoch) == event.epoch))
+                .collect();
             // Each run's last state in the batch, and when it ended if it did: only the last one
             // of a batch stands.
             let mut states: Vec<(&str, &str, Option<&str>)> = Vec::new();
@@ -153,12 +171,13 @@ impl Store for PgStore {
                     None => states.push((&*event.dag_id, state.as_str(), finished)),
                 }
             }
-            let mut tx = self.pool.begin().await.map_err(fail)?;
-            // COPY, the cheapest way into PostgreSQL: half the server's time of an INSERT that
-            // unnests arrays (measured with `dagstream bench store`).
-            let mut copy = tx.copy_in_raw("COPY events (dag_id, seq, body) FROM STDIN").await.map_err(fail)?;
-            copy.send(copy_rows(&events)).await.map_err(fail)?;
-            copy.finish().await.map_err(fail)?;
+            if !events.is_empty() {
+                // COPY, the cheapest way into PostgreSQL: half the server's time of an INSERT
+                // that unnests arrays (measured with `dagstream bench store`).
+                let mut copy = tx.copy_in_raw("COPY events (dag_id, seq, body) FROM STDIN").await.map_err(fail)?;
+                copy.send(copy_rows(&events)).await.map_err(fail)?;
+                copy.finish().await.map_err(fail)?;
+            }
             for (dag_id, state, finished) in states {
                 sqlx::query("UPDATE runs SET state = $1, finished_at = COALESCE($2, finished_at) WHERE dag_id = $3")
                     .bind(state)
@@ -168,7 +187,21 @@ impl Store for PgStore {
                     .await
                     .map_err(fail)?;
             }
-            tx.commit().await.map_err(fail)
+            tx.commit().await.map_err(fail)?;
+            Ok(Appended { fenced })
+        })
+    }
+
+    fn run(&self, dag_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, StoreError>> {
+        let dag_id = dag_id.to_owned();
+        Box::pin(async move {
+            sqlx::query_as(
+                "SELECT dag_id, name, spec::text AS spec, state, started_at, finished_at FROM runs WHERE dag_id = $1",
+            )
+            .bind(dag_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx("cannot read the run", e))
         })
     }
 
@@ -251,9 +284,211 @@ impl Store for PgStore {
     }
 }
 
+/// The (run, epoch) of `events` whose epoch is no longer the run's: their owner was fenced out
+/// by a newer claim. The rows of the others are locked (`FOR SHARE`) until the transaction
+/// ends, so a claim, which updates the row, waits for this append to commit: no event of an old
+/// epoch is stored after a new owner read the log.
+async fn fence(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    events: &[StoredEvent],
+) -> Result<Vec<(Arc<str>, i64)>, sqlx::Error> {
+    let mut leases: Vec<(&Arc<str>, i64)> = Vec::new();
+    for event in events {
+        if let Some(epoch) = event.epoch
+            && !leases.iter().any(|(dag_id, held)| **dag_id == event.dag_id && *held == epoch)
+        {
+            leases.push((&event.dag_id, epoch));
+        }
+    }
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = leases.iter().map(|(dag_id, _)| &***dag_id).collect();
+    let epochs: Vec<i64> = leases.iter().map(|(_, epoch)| *epoch).collect();
+    let current: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT r.dag_id, r.epoch FROM runs r JOIN UNNEST($1::text[], $2::bigint[]) AS held (dag_id, epoch) \
+         ON r.dag_id = held.dag_id AND r.epoch = held.epoch FOR SHARE OF r",
+    )
+    .bind(&ids)
+    .bind(&epochs)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(leases
+        .into_iter()
+        .filter(|(dag_id, epoch)| !current.iter().any(|(id, current)| id.as_str() == &***dag_id && current == epoch))
+        .map(|(dag_id, epoch)| (Arc::clone(dag_id), epoch))
+        .collect())
+}
+
+/// A duration as PostgreSQL reads `$n::float8 * interval '1 millisecond'`.
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+/// The condition under which `$me` may claim a run: it is unfinished, driven by dagstream's
+/// engine (not an external one), and its lease is free or expired, or it was placed on `$me`
+/// and not claimed yet (epoch 0).
+const CLAIMABLE: &str = "finished_at IS NULL AND NOT COALESCE((spec->>'external')::boolean, false) \
+     AND (lease_until IS NULL OR lease_until < clock_timestamp() OR (owner = $me AND epoch = 0))";
+
+/// Run leases and cluster membership (`dagstream serve --nats`): what several instances on one
+/// database agree through. Every time is the database's clock.
+impl PgStore {
+    /// Says instance `id` (answering at `address`) is alive now.
+    pub async fn heartbeat(&self, id: &str, address: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO instances (id, address, seen_at) VALUES ($1, $2, clock_timestamp()) \
+             ON CONFLICT (id) DO UPDATE SET address = EXCLUDED.address, seen_at = EXCLUDED.seen_at",
+        )
+        .bind(id)
+        .bind(address)
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+        .map_err(|e| StoreError::from_sqlx("cannot record the instance", e))
+    }
+
+    /// Instance `id` leaves: it is no longer a candidate for new runs, and the leases it holds
+    /// end now, so other instances claim its runs at once rather than after the lease time.
+    pub async fn leave(&self, id: &str) -> Result<(), StoreError> {
+        let fail = |e| StoreError::from_sqlx("cannot leave the cluster", e);
+        let mut tx = self.pool.begin().await.map_err(fail)?;
+        sqlx::query("DELETE FROM instances WHERE id = $1").bind(id).execute(&mut *tx).await.map_err(fail)?;
+        sqlx::query("UPDATE runs SET lease_until = NULL WHERE owner = $1 AND finished_at IS NULL")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+        tx.commit().await.map_err(fail)
+    }
+
+    /// Every instance seen within `ttl`, with its address.
+    pub async fn live_instances(&self, ttl: Duration) -> Result<Vec<(String, String)>, StoreError> {
+        sqlx::query_as(
+            "SELECT id, address FROM instances \
+             WHERE seen_at > clock_timestamp() - $1::float8 * interval '1 millisecond' ORDER BY id",
+        )
+        .bind(millis(ttl))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx("cannot read instances", e))
+    }
+
+    /// Places a new run (epoch 0) on the live instance (seen within `ttl`) that owns the fewest
+    /// unfinished runs, holding it for that instance for `ttl`; answers its id, or `None` when
+    /// no instance is live. The instance then claims it ([`PgStore::claim_run`]); if it never
+    /// does, the lease runs out and any instance may.
+    pub async fn place_run(&self, dag_id: &str, ttl: Duration) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar(
+            "WITH chosen AS ( \
+                SELECT i.id FROM instances i \
+                WHERE i.seen_at > clock_timestamp() - $2::float8 * interval '1 millisecond' \
+                ORDER BY (SELECT count(*) FROM runs r WHERE r.owner = i.id AND r.finished_at IS NULL), random() \
+                LIMIT 1) \
+             UPDATE runs SET owner = chosen.id, lease_until = clock_timestamp() + $2::float8 * interval '1 millisecond' \
+             FROM chosen WHERE runs.dag_id = $1 AND runs.epoch = 0 RETURNING runs.owner",
+        )
+        .bind(dag_id)
+        .bind(millis(ttl))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx("cannot place the run", e))
+    }
+
+    /// Claims run `dag_id` for instance `me` for `ttl` if it is claimable (see [`CLAIMABLE`]):
+    /// answers the new epoch, or `None` when another instance holds it or it has ended. One
+    /// conditional `UPDATE`: of several claimers, exactly one gets the row.
+    pub async fn claim_run(&self, dag_id: &str, me: &str, ttl: Duration) -> Result<Option<i64>, StoreError> {
+        let claim = format!(
+            "UPDATE runs SET owner = $2, epoch = epoch + 1, \
+             lease_until = clock_timestamp() + $3::float8 * interval '1 millisecond' \
+             WHERE dag_id = $1 AND {} RETURNING epoch",
+            CLAIMABLE.replace("$me", "$2")
+        );
+        sqlx::query_scalar(&claim)
+            .bind(dag_id)
+            .bind(me)
+            .bind(millis(ttl))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx("cannot claim the run", e))
+    }
+
+    /// Runs instance `me` could claim now, oldest first.
+    pub async fn claimable_runs(&self, me: &str) -> Result<Vec<String>, StoreError> {
+        let query =
+            format!("SELECT dag_id FROM runs WHERE {} ORDER BY started_at, dag_id", CLAIMABLE.replace("$me", "$1"));
+        sqlx::query_scalar(&query)
+            .bind(me)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx("cannot look for runs to claim", e))
+    }
+
+    /// Extends by `ttl` the leases `me` holds on `held` (run, epoch); answers the runs whose
+    /// lease it still holds. A run missing from the answer was claimed by another instance:
+    /// `me` must stop driving it.
+    pub async fn renew_leases(
+        &self,
+        me: &str,
+        held: &[(String, i64)],
+        ttl: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = held.iter().map(|(dag_id, _)| dag_id.as_str()).collect();
+        let epochs: Vec<i64> = held.iter().map(|(_, epoch)| *epoch).collect();
+        sqlx::query_scalar(
+            "UPDATE runs r SET lease_until = clock_timestamp() + $4::float8 * interval '1 millisecond' \
+             FROM UNNEST($1::text[], $2::bigint[]) AS held (dag_id, epoch) \
+             WHERE r.dag_id = held.dag_id AND r.epoch = held.epoch AND r.owner = $3 RETURNING r.dag_id",
+        )
+        .bind(&ids)
+        .bind(&epochs)
+        .bind(me)
+        .bind(millis(ttl))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx("cannot renew leases", e))
+    }
+
+    /// The instance holding run `dag_id`'s lease now, if any.
+    pub async fn owner(&self, dag_id: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT owner FROM runs WHERE dag_id = $1 AND owner IS NOT NULL AND lease_until > clock_timestamp()",
+        )
+        .bind(dag_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx("cannot read the run's owner", e))
+    }
+
+    /// The `seq` of the last stored event of each of `dag_ids` that has events.
+    pub async fn last_seqs(&self, dag_ids: &[String]) -> Result<Vec<(String, i64)>, StoreError> {
+        sqlx::query_as(
+            "SELECT run.dag_id, last.seq FROM UNNEST($1::text[]) AS run (dag_id) \
+             CROSS JOIN LATERAL (SELECT max(seq) AS seq FROM events e WHERE e.dag_id = run.dag_id) AS last \
+             WHERE last.seq IS NOT NULL",
+        )
+        .bind(dag_ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx("cannot read the runs' positions", e))
+    }
+
+    /// Ids of every run, oldest first.
+    pub async fn run_ids(&self) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT dag_id FROM runs ORDER BY started_at, dag_id")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx("cannot list runs", e))
+    }
+}
+
 /// The events as rows of COPY's text format: tab-separated columns, one row per line, with
 /// backslash, tab, newline and carriage return escaped.
-fn copy_rows(events: &[StoredEvent]) -> Vec<u8> {
+fn copy_rows(events: &[&StoredEvent]) -> Vec<u8> {
     let mut rows = Vec::with_capacity(events.iter().map(|e| e.dag_id.len() + e.json.len() + 24).sum());
     let field = |rows: &mut Vec<u8>, text: &str| {
         for byte in text.bytes() {
@@ -289,10 +524,11 @@ mod tests {
             json: r#"{"line":"a\\b\"c","raw":"tab\there"}"#.into(),
             run_state: None,
             at: "t".into(),
+            epoch: None,
         };
         let mut raw = event.clone();
         raw.json = "x\ty\nz\r".into();
-        let rows = String::from_utf8(copy_rows(&[event, raw])).expect("utf-8");
+        let rows = String::from_utf8(copy_rows(&[&event, &raw])).expect("utf-8");
         assert_eq!(rows, "run\t7\t{\"line\":\"a\\\\\\\\b\\\\\"c\",\"raw\":\"tab\\\\there\"}\nrun\t7\tx\\ty\\nz\\r\n");
     }
 }

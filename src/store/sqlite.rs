@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use super::{Claim, DecisionRow, RunRecord, SessionRow, Store, StoreError, StoredEvent, UserRow};
+use super::{Appended, Claim, DecisionRow, RunRecord, SessionRow, Store, StoreError, StoredEvent, UserRow};
 use crate::protocol::Seq;
 
 /// Rows per `INSERT` statement (3 bound values each, far below SQLite's variable limit).
@@ -133,9 +133,13 @@ impl Store for SqliteStore {
         })
     }
 
-    fn append(&self, events: Vec<StoredEvent>) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn append(&self, events: Vec<StoredEvent>) -> BoxFuture<'_, Result<Appended, StoreError>> {
         Box::pin(async move {
             let fail = |e| StoreError::from_sqlx("cannot store events", e);
+            if events.iter().any(|event| event.epoch.is_some()) {
+                // Leases are a cluster's, and a cluster keeps its runs in PostgreSQL.
+                return Err(StoreError("SQLite keeps no run leases: a cluster needs PostgreSQL".into()));
+            }
             let mut tx = self.pool.begin().await.map_err(fail)?;
             // Many rows per statement: one round trip to SQLite per chunk, not per event.
             for chunk in events.chunks(ROWS_PER_INSERT) {
@@ -157,7 +161,19 @@ impl Store for SqliteStore {
                         .map_err(fail)?;
                 }
             }
-            tx.commit().await.map_err(fail)
+            tx.commit().await.map_err(fail)?;
+            Ok(Appended::default())
+        })
+    }
+
+    fn run(&self, dag_id: &str) -> BoxFuture<'_, Result<Option<RunRecord>, StoreError>> {
+        let dag_id = dag_id.to_owned();
+        Box::pin(async move {
+            sqlx::query_as("SELECT dag_id, name, spec, state, started_at, finished_at FROM runs WHERE dag_id = ?")
+                .bind(dag_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| StoreError::from_sqlx("cannot read the run", e))
         })
     }
 

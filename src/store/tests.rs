@@ -225,3 +225,126 @@ fn database_urls_are_read_or_refused_with_a_reason() {
     let shown = "postgres://u:pw@h:5/db".parse::<Database>().expect("URL").to_string();
     assert_eq!(shown, "postgres://u:***@h:5/db");
 }
+
+mod leases {
+    //! Run leases and fencing, PostgreSQL's alone (a cluster keeps its runs there).
+
+    use std::time::Duration;
+
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(30);
+
+    async fn pg(name: &str) -> (Scratch, Arc<PgStore>) {
+        let scratch = Scratch::new(Backend::Postgres, name).await;
+        let Database::Postgres(url) = &scratch.database else { unreachable!("a PostgreSQL scratch") };
+        let store = Arc::new(PgStore::open(url, 12).await.expect("opens"));
+        (scratch, store)
+    }
+
+    fn leased(dag_id: &str, seq: Seq, epoch: i64) -> StoredEvent {
+        let mut event = stored(dag_id, seq, ServerEventBody::RunStateChanged { state: RunPhase::Running });
+        event.epoch = Some(epoch);
+        event
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn of_ten_instances_claiming_a_run_at_once_exactly_one_gets_it() {
+        let (_scratch, store) = pg("claim").await;
+        store.create_run(record("r")).await.expect("run");
+        let claims: Vec<_> = (0..10)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move { store.claim_run("r", &format!("i{i}"), TTL).await.expect("claim") })
+            })
+            .collect();
+        let mut won = Vec::new();
+        for claim in claims {
+            if let Some(epoch) = claim.await.expect("ran") {
+                won.push(epoch);
+            }
+        }
+        assert_eq!(won, [1], "one claim, epoch 1");
+        assert_eq!(store.claim_run("r", "late", TTL).await.expect("claim"), None, "a held lease is not claimable");
+        assert!(store.claimable_runs("late").await.expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_is_claimed_with_a_new_epoch_and_the_old_owner_is_fenced() {
+        let (_scratch, store) = pg("fence").await;
+        store.create_run(record("r")).await.expect("run r");
+        store.create_run(record("other")).await.expect("run other");
+        let old = store.claim_run("r", "a", Duration::from_millis(50)).await.expect("claim").expect("free");
+        let other = store.claim_run("other", "a", TTL).await.expect("claim").expect("free");
+        store.append(vec![leased("r", 1, old)]).await.expect("the owner appends");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(store.claimable_runs("b").await.expect("list"), ["r"], "the lease ran out");
+        let new = store.claim_run("r", "b", TTL).await.expect("claim").expect("expired");
+        assert_eq!(new, old + 1);
+        assert_eq!(store.owner("r").await.expect("owner").as_deref(), Some("b"));
+
+        // The old owner wakes up: its events of r are refused, its events of a run it still
+        // holds are stored, in the same batch.
+        let appended =
+            store.append(vec![leased("r", 2, old), leased("other", 1, other)]).await.expect("the batch is stored");
+        assert_eq!(appended.fenced, [(Arc::from("r"), old)]);
+        assert_eq!(store.events("r", 0, u64::MAX).await.expect("events").len(), 1, "nothing of the old epoch");
+        assert_eq!(store.events("other", 0, u64::MAX).await.expect("events").len(), 1);
+        assert_eq!(
+            store.renew_leases("a", &[("r".into(), old), ("other".into(), other)], TTL).await.expect("renew"),
+            ["other"],
+            "renewal answers only the leases still held"
+        );
+        assert!(store.append(vec![leased("r", 2, new)]).await.expect("stored").fenced.is_empty());
+    }
+
+    #[tokio::test]
+    async fn new_runs_go_to_the_live_instance_with_the_fewest_and_leaving_frees_its_runs() {
+        let (_scratch, store) = pg("place").await;
+        store.heartbeat("a", "http://a").await.expect("a lives");
+        store.heartbeat("b", "http://b").await.expect("b lives");
+        store.create_run(record("r1")).await.expect("run");
+        store.claim_run("r1", "a", TTL).await.expect("claim").expect("free");
+        store.create_run(record("r2")).await.expect("run");
+        assert_eq!(store.place_run("r2", TTL).await.expect("placed").as_deref(), Some("b"), "b drives fewer");
+        assert_eq!(store.claimable_runs("a").await.expect("list"), Vec::<String>::new(), "held for b");
+        assert_eq!(store.claimable_runs("b").await.expect("list"), ["r2"], "b may claim what was placed on it");
+        assert_eq!(store.claim_run("r2", "b", TTL).await.expect("claim"), Some(1));
+        assert_eq!(store.live_instances(TTL).await.expect("live").len(), 2);
+
+        store.leave("a").await.expect("a leaves");
+        assert_eq!(store.live_instances(TTL).await.expect("live"), [("b".to_owned(), "http://b".to_owned())]);
+        assert_eq!(store.owner("r1").await.expect("owner"), None, "a's lease ended with it");
+        assert_eq!(
+            store.claim_run("r1", "b", TTL).await.expect("claim"),
+            Some(2),
+            "claimed at once, not after the TTL"
+        );
+    }
+
+    #[tokio::test]
+    async fn finished_and_external_runs_are_never_claimed() {
+        let (_scratch, store) = pg("unclaimable").await;
+        store.create_run(record("done")).await.expect("run");
+        store
+            .append(vec![stored("done", 1, ServerEventBody::RunStateChanged { state: RunPhase::Completed })])
+            .await
+            .expect("stored");
+        let mut external = record("ext");
+        external.spec = r#"{"external": true, "name": "e", "nodes": []}"#.into();
+        store.create_run(external).await.expect("run");
+        assert!(store.claimable_runs("a").await.expect("list").is_empty());
+        assert_eq!(store.claim_run("done", "a", TTL).await.expect("claim"), None);
+        assert_eq!(store.claim_run("ext", "a", TTL).await.expect("claim"), None);
+        assert_eq!(store.last_seqs(&["done".into(), "ext".into()]).await.expect("seqs"), [("done".to_owned(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn sqlite_refuses_leased_events_rather_than_ignoring_the_epoch() {
+        let scratch = Scratch::new(Backend::Sqlite, "sqlite_epoch").await;
+        let store = open(&scratch.database, 1).await.expect("opens");
+        store.create_run(record("r")).await.expect("run");
+        assert!(store.append(vec![leased("r", 1, 1)]).await.is_err());
+        assert!(store.events("r", 0, u64::MAX).await.expect("events").is_empty());
+    }
+}

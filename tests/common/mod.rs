@@ -118,12 +118,19 @@ impl Served {
 
     /// [`Served::start`] with `--database URL` (the default database under `data` when `None`).
     pub fn start_on(site_root: &Path, data: &Path, database: Option<&str>) -> Served {
+        Served::start_with(site_root, data, database, &[])
+    }
+
+    /// [`Served::start_on`] with more `serve` arguments (`--nats`, ...).
+    pub fn start_with(site_root: &Path, data: &Path, database: Option<&str>, more: &[&str]) -> Served {
         let mut command = Command::new(env!("CARGO_BIN_EXE_dagstream"));
         if let Some(url) = database {
             command.env("DAGSTREAM_DATABASE", url);
         }
         let mut child = command
-            .args(["serve", "--addr", "127.0.0.1:0", "--data"])
+            .args(["serve", "--addr", "127.0.0.1:0"])
+            .args(more)
+            .arg("--data")
             .arg(data)
             .arg("--site-root")
             .arg(site_root)
@@ -144,6 +151,11 @@ impl Served {
         // Keep draining the output so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Served { child, addr }
+    }
+
+    /// The server's process id, for signals.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
     }
 
     /// SIGKILL: no chance to flush or say goodbye.

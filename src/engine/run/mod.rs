@@ -223,6 +223,7 @@ impl Coordinator {
     }
 
     async fn drive(mut self, mut inbox: mpsc::Receiver<Command>, resumed: bool) {
+        let halt = self.room.halt();
         if !resumed {
             self.room.publish(ServerEventBody::RunStateChanged { state: RunPhase::Running });
             self.publish_cost();
@@ -245,8 +246,9 @@ impl Coordinator {
                     None => break,
                 },
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
-                // Storage failed: the room has said so; stop without publishing anything more.
-                _ = self.room.halt.cancelled() => break,
+                // Storage failed (the room has said so) or the lease was lost: stop without
+                // publishing anything more.
+                _ = halt.cancelled() => break,
             }
             self.finish_if_done();
         }

@@ -1,0 +1,344 @@
+//! The cluster against real processes: three `dagstream serve --nats` instances on one
+//! PostgreSQL database (`DAGSTREAM_TEST_POSTGRES`) and a NATS server this test starts itself
+//! (the binary `scripts/with-nats.sh` exports as `DAGSTREAM_NATS_SERVER`), so it can restart it.
+//!
+//! Three runs of 40 command nodes and a gate each, a viewer of every run on every instance from
+//! `since=0`; meanwhile: three decisions at once on three instances, SIGKILL of one run's
+//! owner, SIGSTOP of another's past its lease (then SIGCONT), and a NATS restart. Every viewer
+//! must see `seq` 1..=end with no gap and no duplicate and end equal to the stored fold; every
+//! gate has one decision; every node completed once; every run finishes.
+
+#![cfg(all(feature = "ssr", unix))]
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Backend, Scratch, Served, dag_id_of, http, http_get, json_body, stub_site, temp_dir};
+use dagstream::protocol::{ClientEvent, Decision, NodeStatus, RunState, ServerEvent, ServerEventBody};
+use dagstream::runs::StoredRun;
+use dagstream::store::{PgStore, Store};
+use futures::{SinkExt, StreamExt};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Leases this short keep the test quick; takeover is bounded by it.
+const LEASE_TTL: Duration = Duration::from_secs(2);
+const COMMAND_NODES: usize = 40;
+
+/// A run of `COMMAND_NODES` command nodes (the first, then the rest in parallel, three at a
+/// time) and a gate after the first, which the last node waits for.
+fn spec() -> String {
+    let mut spec = String::from("name = \"clustered\"\nmax_parallel = 3\n\n");
+    spec.push_str(
+        "[[nodes]]\nid = \"w0\"\nkind = \"command\"\nrun = \"sleep 0.3; echo w0 attempt $DAGSTREAM_ATTEMPT\"\n\n",
+    );
+    spec.push_str("[[nodes]]\nid = \"review\"\nkind = \"gate\"\nneeds = [\"w0\"]\ntitle = \"Ship it?\"\n\n");
+    for i in 1..COMMAND_NODES - 1 {
+        spec.push_str(&format!(
+            "[[nodes]]\nid = \"w{i}\"\nkind = \"command\"\nneeds = [\"w0\"]\nrun = \"sleep 0.3; echo w{i} attempt $DAGSTREAM_ATTEMPT\"\n\n"
+        ));
+    }
+    let last = COMMAND_NODES - 1;
+    let needs: Vec<String> = (0..last).map(|i| format!("\"w{i}\"")).chain(["\"review\"".to_owned()]).collect();
+    spec.push_str(&format!(
+        "[[nodes]]\nid = \"w{last}\"\nkind = \"command\"\nneeds = [{}]\nrun = \"echo done\"\n",
+        needs.join(", ")
+    ));
+    spec
+}
+
+/// A NATS server of this test, on a fixed port, so it can be restarted where it was.
+struct Nats {
+    child: Option<Child>,
+    binary: PathBuf,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let binary = std::env::var_os("DAGSTREAM_NATS_SERVER").map(PathBuf::from).unwrap_or_else(|| {
+            panic!(
+                "DAGSTREAM_NATS_SERVER is not set: run the tests with `make test`, or with \
+                 scripts/with-postgres.sh scripts/with-nats.sh cargo test --features ssr"
+            )
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let mut nats = Nats { child: None, binary, port, dir: temp_dir("cluster-nats") };
+        nats.spawn();
+        nats
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(&self.binary)
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nats-server did not listen on {}", self.port);
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        std::thread::sleep(Duration::from_millis(500));
+        self.spawn();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An instance of the cluster, by name.
+fn member(site: &std::path::Path, name: &str, database: &str, nats: &str) -> Served {
+    let data = temp_dir(&format!("cluster-{name}"));
+    let ttl = format!("{}s", LEASE_TTL.as_secs());
+    Served::start_with(site, &data, Some(database), &["--nats", nats, "--instance-id", name, "--lease-ttl", &ttl])
+}
+
+/// Follows a run from `since=0`, starting at `addrs[first]`; when a connection ends (its
+/// instance died or stalls), goes on at the next instance with `since` = the last `seq` seen.
+/// Answers every event seen, in order; fails on a gap, a duplicate or a snapshot.
+async fn view(addrs: Vec<String>, first: usize, dag_id: String) -> Vec<ServerEvent> {
+    let mut seen: Vec<ServerEvent> = Vec::new();
+    let mut at = first;
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        assert!(Instant::now() < deadline, "run {dag_id} did not finish for its viewer");
+        let since = seen.last().map_or(0, |event| event.seq);
+        let url = format!("ws://{}/api/dags/{dag_id}/stream?since={since}", addrs[at]);
+        let connected =
+            tokio::time::timeout(Duration::from_secs(3), tokio_tungstenite::connect_async(common::ws_request(&url)))
+                .await;
+        let mut socket = match connected {
+            Ok(Ok((socket, _))) => socket,
+            Ok(Err(_)) | Err(_) => {
+                at = (at + 1) % addrs.len();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        loop {
+            let message = match tokio::time::timeout(Duration::from_secs(6), socket.next()).await {
+                Ok(Some(Ok(message))) => message,
+                // Closed, broken, or silent for longer than a ping interval: another instance.
+                Ok(Some(Err(_))) | Ok(None) | Err(_) => break,
+            };
+            let Message::Text(text) = message else { continue };
+            let event: ServerEvent = serde_json::from_str(text.as_str()).expect("a valid event");
+            assert!(
+                !matches!(event.body, ServerEventBody::Snapshot { .. }),
+                "{dag_id}: a viewer with since={since} got a snapshot, not the events"
+            );
+            let expected = seen.last().map_or(1, |last| last.seq + 1);
+            assert_eq!(event.seq, expected, "{dag_id}: a gap or a duplicate at instance {}", addrs[at]);
+            let complete = matches!(event.body, ServerEventBody::ExecutionComplete { .. });
+            seen.push(event);
+            if complete {
+                return seen;
+            }
+        }
+        at = (at + 1) % addrs.len();
+    }
+}
+
+/// The run's state as one instance serves it.
+fn run_state(addr: &str, dag_id: &str) -> RunState {
+    serde_json::from_value(json_body(&http_get(addr, &format!("/api/dags/{dag_id}")))).expect("a run state")
+}
+
+/// Waits until `done` holds for the run as `addr` serves it.
+async fn wait_until(addr: &str, dag_id: &str, what: &str, done: impl Fn(&RunState) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if done(&run_state(addr, dag_id)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} did not happen: {:#?}", run_state(addr, dag_id));
+}
+
+/// Sends a decision on gate `review` over a stream of `addr`; answers the refusal the sender
+/// got, if any, once the gate's decision has been seen.
+async fn decide(addr: String, dag_id: String) -> Option<String> {
+    let url = format!("ws://{addr}/api/dags/{dag_id}/stream");
+    let (mut socket, _) = tokio_tungstenite::connect_async(common::ws_request(&url)).await.expect("a stream");
+    let decision = ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Approve, feedback: None };
+    socket.send(Message::text(serde_json::to_string(&decision).expect("json"))).await.expect("sent");
+    let mut resolved = false;
+    let mut refusal = None;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && !(resolved && refusal.is_some()) {
+        let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(2));
+        let message = match tokio::time::timeout(left, socket.next()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(_) => break,
+            // Two quiet seconds after the decision was seen: no refusal is coming.
+            Err(_) if resolved => break,
+            Err(_) => continue,
+        };
+        let Message::Text(text) = message else { continue };
+        let event: ServerEvent = serde_json::from_str(text.as_str()).expect("a valid event");
+        match event.body {
+            ServerEventBody::GateResolved { node_id, .. } if node_id == "review" => resolved = true,
+            ServerEventBody::Snapshot { run } if run.nodes["review"].gate.is_none() => resolved = true,
+            ServerEventBody::Error { message, .. } if message.contains("review") => refusal = Some(message),
+            _ => {}
+        }
+    }
+    assert!(resolved, "the decision on {dag_id} was not seen at {addr}");
+    refusal
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_keep_every_run_going_through_kills_stalls_and_a_nats_restart() {
+    let database = Scratch::new(Backend::Postgres, "cluster").await;
+    let url = database.url();
+    let mut nats = Nats::start();
+    let site = stub_site("cluster-site");
+    let mut members: HashMap<String, Served> =
+        ["a", "b", "c"].into_iter().map(|name| (name.to_owned(), member(&site, name, &url, &nats.url()))).collect();
+    let addrs: Vec<String> = ["a", "b", "c"].iter().map(|name| members[*name].addr.clone()).collect();
+    let name_of = |addr: &str| ["a", "b", "c"][addrs.iter().position(|a| a == addr).expect("a member")].to_owned();
+    let store = PgStore::open(&url, 2).await.expect("the test reads the database");
+
+    // Three runs, all started on a; the cluster spreads them.
+    let runs: Vec<String> =
+        (0..3).map(|_| dag_id_of(&http(&addrs[0], "POST", "/api/dags", Some("application/toml"), &spec()))).collect();
+    let mut viewers = Vec::new();
+    for dag_id in &runs {
+        for first in 0..addrs.len() {
+            viewers.push((dag_id.clone(), first, tokio::spawn(view(addrs.clone(), first, dag_id.clone()))));
+        }
+    }
+    for dag_id in &runs {
+        wait_until(&addrs[1], dag_id, "the gate waits", |s| s.nodes["review"].gate.is_some()).await;
+    }
+    let mut owners = Vec::new();
+    for dag_id in &runs {
+        owners.push(store.owner(dag_id).await.expect("readable").expect("an owner"));
+    }
+    eprintln!("owners: {owners:?}");
+
+    // Three decisions at once, one per instance: one wins, the others are told who did.
+    let deciders: Vec<_> = addrs.iter().map(|addr| tokio::spawn(decide(addr.clone(), runs[0].clone()))).collect();
+    let mut refusals = Vec::new();
+    for decider in deciders {
+        refusals.push(decider.await.expect("the decider ran"));
+    }
+    let refused: Vec<&String> = refusals.iter().flatten().collect();
+    assert_eq!(refused.len(), 2, "exactly one of three deciders wins: {refusals:?}");
+    for refusal in refused {
+        assert!(refusal.contains("already decided by admin"), "the loser learns who decided: {refusal}");
+    }
+
+    // SIGKILL the owner of the second run while its nodes run.
+    wait_until(&addrs[1], &runs[1], "nodes run", |s| {
+        s.nodes.values().filter(|n| n.status == NodeStatus::Completed).count() >= 3
+    })
+    .await;
+    let killed = store.owner(&runs[1]).await.expect("readable").expect("an owner");
+    let killed_at = Instant::now();
+    members.remove(&killed).expect("a member").kill_hard();
+    let takeover = loop {
+        match store.owner(&runs[1]).await.expect("readable") {
+            Some(owner) if owner != killed => break killed_at.elapsed(),
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    eprintln!("takeover after SIGKILL of {killed}: {takeover:?} (lease {LEASE_TTL:?})");
+    let live: Vec<String> = addrs.iter().filter(|addr| name_of(addr) != killed).cloned().collect();
+
+    // SIGSTOP the owner of the third run past its lease, then let it go on: it must find its
+    // appends refused and only follow the run from then on.
+    let stalled = store.owner(&runs[2]).await.expect("readable").expect("an owner");
+    let stalled_pid = Pid::from_raw(members[&stalled].pid());
+    kill(stalled_pid, Signal::SIGSTOP).expect("SIGSTOP");
+    let stalled_at = Instant::now();
+    loop {
+        match store.owner(&runs[2]).await.expect("readable") {
+            Some(owner) if owner != stalled => break,
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    eprintln!("takeover after SIGSTOP of {stalled}: {:?}", stalled_at.elapsed());
+    tokio::time::sleep(LEASE_TTL).await;
+    kill(stalled_pid, Signal::SIGCONT).expect("SIGCONT");
+
+    // NATS goes away and comes back while the runs go on.
+    nats.restart();
+
+    // The other gates, decided on whichever instance is alive; the decision goes to the owner.
+    for dag_id in &runs[1..] {
+        let refusal = decide(live[0].clone(), dag_id.clone()).await;
+        assert_eq!(refusal, None, "the only decider of {dag_id} wins");
+    }
+
+    let mut finals: HashMap<String, Vec<ServerEvent>> = HashMap::new();
+    for (dag_id, first, viewer) in viewers {
+        let events =
+            viewer.await.unwrap_or_else(|e| panic!("the viewer of {dag_id} from {} failed: {e}", addrs[first]));
+        match finals.get(&dag_id) {
+            Some(other) => assert_eq!(other.len(), events.len(), "{dag_id}: every viewer saw the same log"),
+            None => {
+                finals.insert(dag_id.clone(), events);
+            }
+        }
+    }
+    for dag_id in &runs {
+        let record = store.run(dag_id).await.expect("readable").expect("stored");
+        let texts = store.events(dag_id, 0, u64::MAX).await.expect("readable");
+        let stored = StoredRun::read(&record, texts);
+        let events = &finals[dag_id];
+        let mut folded = dagstream::runs::initial_state(
+            dag_id,
+            &dagstream::engine::DagSpec::parse(&spec(), dagstream::engine::SpecFormat::Toml).expect("the spec"),
+            &record.started_at,
+        );
+        for event in events {
+            folded.apply(event);
+        }
+        assert_eq!(folded, stored.state, "{dag_id}: what the viewers folded is the stored log's fold");
+        assert_eq!(stored.state.state.as_str(), "completed", "{dag_id} finished");
+        let decisions = store.decisions(dag_id).await.expect("readable");
+        assert_eq!(decisions.len(), 1, "{dag_id}: one decision for its one gate");
+        // Every node completed exactly once: one accepted result each.
+        let mut completions: HashMap<&str, usize> = HashMap::new();
+        for event in events {
+            if let ServerEventBody::NodeState { node_id, status: NodeStatus::Completed, .. } = &event.body {
+                *completions.entry(node_id.as_str()).or_default() += 1;
+            }
+        }
+        assert_eq!(completions.len(), COMMAND_NODES + 1, "{dag_id}: every node completed");
+        assert!(completions.values().all(|&n| n == 1), "{dag_id}: a node completed twice: {completions:?}");
+    }
+    drop(members);
+}
