@@ -88,6 +88,9 @@ bench: build
 	# Latency at 1 000 subscribers x 20 events/s: the machine's floor, dagstream and the seed's
 	# Node ws server, side by side on the same clients.
 	scripts/bench-fanout.sh $(TARGET_DIR)/release/dagstream 1000 200 20
+	# The cluster: fan-out over three instances against one, and the takeover time after a
+	# SIGKILL of a run's owner (median of 10), on a throwaway PostgreSQL and NATS.
+	scripts/bench-cluster.sh $(TARGET_DIR)/release/dagstream 1000 200 20 10 2s
 
 bench-dashboard: build setup-test
 	cd end2end && DAGSTREAM_TOKEN=$(E2E_TOKEN) DAGSTREAM_BIN=$(TARGET_DIR)/release/dagstream node bench/dashboard.mjs

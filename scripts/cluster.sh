@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make cluster`: a whole cluster on this machine in one command. A throwaway PostgreSQL
-# (scripts/with-postgres.sh), a NATS server with JetStream (scripts/with-nats.sh) and three
-# `dagstream serve --nats` instances on 127.0.0.1:3001-3003, each printing its sign-in link.
+# (scripts/with-postgres.sh), a NATS server with JetStream (scripts/with-nats.sh), three
+# `dagstream serve --nats` instances on 127.0.0.1:3001-3003, each printing its sign-in link, and
+# two `dagstream worker`s of pool "batch" (command nodes with `pool = "batch"` run there).
 # Ctrl-C stops the instances (each hands its runs over), then NATS and PostgreSQL, and deletes
 # their data.
 #
@@ -30,6 +31,11 @@ exec "$ROOT/scripts/with-postgres.sh" "$ROOT/scripts/with-nats.sh" bash -c '
       --instance-id "instance-$n" >"$DAGSTREAM_CLUSTER_DATA/instance-$n.log" 2>&1 &
     pids+=($!)
   done
+  for n in 1 2; do
+    "$DAGSTREAM_BIN" worker --nats "$DAGSTREAM_TEST_NATS" --pool batch --id "worker-$n" \
+      --work "$DAGSTREAM_CLUSTER_DATA/worker-$n" >"$DAGSTREAM_CLUSTER_DATA/worker-$n.log" 2>&1 &
+    pids+=($!)
+  done
   for n in 1 2 3; do
     for _ in $(seq 1 100); do
       curl -sf "http://127.0.0.1:300$n/healthz" >/dev/null 2>&1 && break
@@ -39,6 +45,7 @@ exec "$ROOT/scripts/with-postgres.sh" "$ROOT/scripts/with-nats.sh" bash -c '
       || { echo "instance $n did not start:"; cat "$DAGSTREAM_CLUSTER_DATA/instance-$n.log"; exit 1; }
     echo "dagstream instance-$n: sign in at http://127.0.0.1:300$n/login?token=$DAGSTREAM_TOKEN"
   done
-  echo "logs in $DAGSTREAM_CLUSTER_DATA/instance-N.log; Ctrl-C stops the cluster"
+  echo "two workers of pool \"batch\" run the command nodes with pool = \"batch\""
+  echo "logs in $DAGSTREAM_CLUSTER_DATA/{instance,worker}-N.log; Ctrl-C stops the cluster"
   wait
 '

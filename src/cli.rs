@@ -90,9 +90,36 @@ enum Command {
         #[arg(long)]
         append: bool,
     },
+    /// Run the command nodes of one pool (`pool = "NAME"` in a spec) for a cluster: takes jobs
+    /// from NATS JetStream and sends their output back. Needs only NATS and the spec's files,
+    /// not the database (docs/cluster.md).
+    Worker(WorkerArgs),
     /// Benchmarks, run on demand.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// The cluster's NATS server.
+    #[arg(long, env = "DAGSTREAM_NATS")]
+    nats: String,
+    /// The pool whose jobs this worker runs (letters, digits, - and _).
+    #[arg(long)]
+    pool: String,
+    /// Jobs run at the same time.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Each job runs in WORK/<dag_id>; created if missing.
+    #[arg(long, default_value = "./worker-data")]
+    work: PathBuf,
+    /// This worker's name, in the run's log when it takes a job (default: a random one).
+    #[arg(long)]
+    id: Option<String>,
+    /// How long a job may go without a sign of life before it goes to another worker; set on
+    /// the pool when its first worker starts.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    ack_wait: std::time::Duration,
 }
 
 #[derive(Subcommand)]
@@ -179,6 +206,17 @@ enum BenchCommand {
         /// events (dagstream's engine socket, or a peer's publish socket).
         #[arg(long, requires = "url")]
         publish_url: Option<String>,
+        /// Measure a cluster: three `serve --nats` instances on the database of --database (a
+        /// scratch PostgreSQL) and the NATS server of --nats; the engine publishes on the first,
+        /// the clients are spread over all three.
+        #[arg(long, requires_all = ["database", "nats"], conflicts_with_all = ["floor", "url"])]
+        cluster: bool,
+        /// With --cluster: the instances' PostgreSQL database.
+        #[arg(long, requires = "cluster")]
+        database: Option<String>,
+        /// With --cluster: the instances' NATS server.
+        #[arg(long, requires = "cluster")]
+        nats: Option<String>,
     },
     /// Events persisted per second through the group-commit writer (into a new SQLite file
     /// unless --database says where).
@@ -285,6 +323,7 @@ pub async fn main() -> ExitCode {
             | Command::Migrate { .. }
             | Command::User(_),
         ) => "warn",
+        Some(Command::Worker(_)) => "info",
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -323,6 +362,7 @@ pub async fn main() -> ExitCode {
             print!("{}", crate::protocol::json_schema());
             Ok(())
         }
+        Some(Command::Worker(args)) => worker(args).await,
         Some(Command::User(UserCommand::Add { name, role, users, database })) => {
             add_user(&users, &database, &name, role).await
         }
@@ -334,10 +374,18 @@ pub async fn main() -> ExitCode {
             floor,
             url,
             publish_url,
+            cluster,
+            database,
+            nats,
         })) => {
             let outside =
                 url.zip(publish_url).map(|(subscribe, publish)| crate::bench::fanout::Outside { subscribe, publish });
-            let settings = crate::bench::fanout::FanoutBench { clients, events, rate, client_threads, floor, outside };
+            let cluster = match (cluster, database, nats) {
+                (true, Some(database), Some(nats)) => Some(crate::bench::fanout::ClusterBench { database, nats }),
+                _ => None,
+            };
+            let settings =
+                crate::bench::fanout::FanoutBench { clients, events, rate, client_threads, floor, outside, cluster };
             crate::bench::fanout::fanout(&settings).await.map(|report| print!("{report}"))
         }
         Some(Command::Bench(BenchCommand::Store { events, database })) => {
@@ -528,6 +576,31 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         cluster.leave().await;
     }
     Ok(())
+}
+
+async fn worker(args: WorkerArgs) -> Result<(), String> {
+    if !crate::engine::spec::is_valid_id(&args.pool) {
+        return Err(format!("pool {:?}: use letters, digits, - and _", args.pool));
+    }
+    std::fs::create_dir_all(&args.work)
+        .map_err(|e| format!("cannot create the work directory {}: {e}", args.work.display()))?;
+    let work_root = std::path::absolute(&args.work).unwrap_or(args.work.clone());
+    let config = crate::jobs::WorkerConfig {
+        nats_url: args.nats,
+        pool: args.pool,
+        id: args.id.unwrap_or_else(|| format!("worker-{}", &new_secret()[..6])),
+        concurrency: args.concurrency,
+        work_root,
+        ack_wait: args.ack_wait,
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping: running jobs finish first");
+        stop.cancel();
+    });
+    crate::jobs::work(config, shutdown).await
 }
 
 /// How long shutdown waits for open streams to close.

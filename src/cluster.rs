@@ -22,6 +22,9 @@
 //!   users' commands; a gate decision is recorded with the database's one-decision-per-gate
 //!   write, so of deciders on several instances exactly one wins and the others are told who.
 //!
+//! - **Remote workers.** Command nodes with a `pool` run on `dagstream worker`s of that pool,
+//!   through JetStream (`crate::jobs`).
+//!
 //! See `docs/cluster.md` for what is exactly once, what is at least once, and what a partition
 //! does.
 
@@ -39,7 +42,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::EngineConfig;
+use crate::engine::remote::WorkerPools;
 use crate::hub::{Followed, Frame, Room, RoomLimits};
+use crate::jobs::JetStreamWorkers;
 use crate::protocol::{ClientEvent, ServerEvent};
 use crate::runs::{ClusterLink, Runs};
 use crate::store::{PgStore, Store, StoreError};
@@ -118,7 +123,7 @@ pub struct Joined {
 pub async fn join(
     config: ClusterConfig,
     limits: RoomLimits,
-    engine: EngineConfig,
+    mut engine: EngineConfig,
     store: Arc<PgStore>,
 ) -> Result<Joined, String> {
     let nats = async_nats::ConnectOptions::new()
@@ -142,6 +147,8 @@ pub async fn join(
         nats.subscribe(command_subject(&member.id)).await.map_err(|e| format!("cannot subscribe on NATS: {e}"))?;
     let claims =
         nats.subscribe(claim_subject(&member.id)).await.map_err(|e| format!("cannot subscribe on NATS: {e}"))?;
+    // Command nodes with a `pool` go to `dagstream worker`s (crate::jobs).
+    engine.workers = Some(WorkerPools(Arc::new(JetStreamWorkers::new(nats.clone()).await?)));
     let (relay, relayed) = mpsc::unbounded_channel();
     let (fenced, lost) = mpsc::unbounded_channel();
     let link: Arc<dyn ClusterLink> = member.clone();

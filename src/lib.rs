@@ -24,6 +24,7 @@
 //! - `cluster` (ssr): one instance of a cluster on PostgreSQL and NATS (`serve --nats`): run
 //!   leases with fencing, events relayed to every instance, commands forwarded to the owner.
 //!   The design is `docs/cluster.md`.
+//! - `jobs` (ssr): command nodes on remote workers (`dagstream worker`), through JetStream.
 //! - `service` (ssr): every operation a user can ask for (start, list, read, command), once;
 //!   REST, the sockets and the server functions are thin adapters over it.
 //! - `server` (ssr): the axum router, REST, the WebSocket streams (dashboards and engines),
@@ -72,6 +73,8 @@ pub mod engine;
 pub mod external;
 #[cfg(feature = "ssr")]
 pub mod hub;
+#[cfg(feature = "ssr")]
+pub mod jobs;
 #[cfg(feature = "ssr")]
 pub mod migrate;
 #[cfg(feature = "ssr")]

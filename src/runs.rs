@@ -152,6 +152,19 @@ impl Runs {
                 node.id
             )));
         }
+        if self.engine.workers.is_none()
+            && let Some((node, pool)) = spec.nodes.iter().find_map(|n| match &n.work {
+                engine::spec::NodeWork::Command { pool: Some(pool), .. } => Some((n, pool)),
+                engine::spec::NodeWork::Command { pool: None, .. }
+                | engine::spec::NodeWork::Simulate { .. }
+                | engine::spec::NodeWork::Gate { .. } => None,
+            })
+        {
+            return Err(StartError::Refused(format!(
+                "node {:?} runs on pool {pool:?}, and this server has no workers: pools need a cluster (serve --nats) with `dagstream worker --pool {pool}`",
+                node.id
+            )));
+        }
         let dag_id = new_run_id();
         let started_at = crate::protocol::now_rfc3339();
         if let Some((store, _)) = &self.storage {

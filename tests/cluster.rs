@@ -2,9 +2,10 @@
 //! PostgreSQL database (`DAGSTREAM_TEST_POSTGRES`) and a NATS server this test starts itself
 //! (the binary `scripts/with-nats.sh` exports as `DAGSTREAM_NATS_SERVER`), so it can restart it.
 //!
-//! Three runs of 40 command nodes and a gate each, a viewer of every run on every instance from
-//! `since=0`; meanwhile: three decisions at once on three instances, SIGKILL of one run's
-//! owner, SIGSTOP of another's past its lease (then SIGCONT), and a NATS restart. Every viewer
+//! Three runs of 40 command nodes (some on two `dagstream worker`s) and a gate each, a viewer
+//! of every run on every instance from `since=0`; meanwhile: three decisions at once on three
+//! instances, SIGKILL of one run's owner, SIGSTOP of another's past its lease (then SIGCONT),
+//! SIGKILL of a worker, and a NATS restart. Every viewer
 //! must see `seq` 1..=end with no gap and no duplicate and end equal to the stored fold; every
 //! gate has one decision; every node completed once; every run finishes.
 
@@ -26,12 +27,17 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio_tungstenite::tungstenite::Message;
 
+/// The tests of this file each run several servers and many commands: one at a time, so
+/// neither starves the other of the machine's cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Leases this short keep the test quick; takeover is bounded by it.
 const LEASE_TTL: Duration = Duration::from_secs(2);
 const COMMAND_NODES: usize = 40;
 
 /// A run of `COMMAND_NODES` command nodes (the first, then the rest in parallel, three at a
-/// time) and a gate after the first, which the last node waits for.
+/// time; every third on the workers of pool `gpu`) and a gate after the first, which the last
+/// node waits for.
 fn spec() -> String {
     let mut spec = String::from("name = \"clustered\"\nmax_parallel = 3\n\n");
     spec.push_str(
@@ -39,8 +45,10 @@ fn spec() -> String {
     );
     spec.push_str("[[nodes]]\nid = \"review\"\nkind = \"gate\"\nneeds = [\"w0\"]\ntitle = \"Ship it?\"\n\n");
     for i in 1..COMMAND_NODES - 1 {
+        // Every third runs on the workers of pool "gpu".
+        let pool = if i % 3 == 0 { "pool = \"gpu\"\n" } else { "" };
         spec.push_str(&format!(
-            "[[nodes]]\nid = \"w{i}\"\nkind = \"command\"\nneeds = [\"w0\"]\nrun = \"sleep 0.3; echo w{i} attempt $DAGSTREAM_ATTEMPT\"\n\n"
+            "[[nodes]]\nid = \"w{i}\"\nkind = \"command\"\nneeds = [\"w0\"]\n{pool}run = \"sleep 0.3; echo w{i} attempt $DAGSTREAM_ATTEMPT\"\n\n"
         ));
     }
     let last = COMMAND_NODES - 1;
@@ -187,16 +195,30 @@ async fn wait_until(addr: &str, dag_id: &str, what: &str, done: impl Fn(&RunStat
 }
 
 /// Sends a decision on gate `review` over a stream of `addr`; answers the refusal the sender
-/// got, if any, once the gate's decision has been seen.
+/// got, if any, once the gate's decision has been seen. While no instance can take the
+/// decision (its run is changing owner, NATS is reconnecting), tries again, as a person would.
 async fn decide(addr: String, dag_id: String) -> Option<String> {
+    loop {
+        match decide_once(&addr, &dag_id).await {
+            Err(refusal) if refusal.contains("try again") => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(refusal) => return Some(refusal),
+            Ok(()) => return None,
+        }
+    }
+}
+
+async fn decide_once(addr: &str, dag_id: &str) -> Result<(), String> {
     let url = format!("ws://{addr}/api/dags/{dag_id}/stream");
     let (mut socket, _) = tokio_tungstenite::connect_async(common::ws_request(&url)).await.expect("a stream");
     let decision = ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Approve, feedback: None };
     socket.send(Message::text(serde_json::to_string(&decision).expect("json"))).await.expect("sent");
     let mut resolved = false;
-    let mut refusal = None;
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut refusal: Option<String> = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline && !(resolved && refusal.is_some()) {
+        if refusal.as_deref().is_some_and(|r| r.contains("try again")) {
+            return Err(refusal.unwrap_or_default());
+        }
         let left = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(2));
         let message = match tokio::time::timeout(left, socket.next()).await {
             Ok(Some(Ok(message))) => message,
@@ -210,16 +232,20 @@ async fn decide(addr: String, dag_id: String) -> Option<String> {
         match event.body {
             ServerEventBody::GateResolved { node_id, .. } if node_id == "review" => resolved = true,
             ServerEventBody::Snapshot { run } if run.nodes["review"].gate.is_none() => resolved = true,
-            ServerEventBody::Error { message, .. } if message.contains("review") => refusal = Some(message),
+            // A private reply about this client's own decision.
+            ServerEventBody::Error { message, .. } if message.contains("review") || message.contains("try again") => {
+                refusal = Some(message)
+            }
             _ => {}
         }
     }
-    assert!(resolved, "the decision on {dag_id} was not seen at {addr}");
-    refusal
+    assert!(resolved, "the decision on {dag_id} was not seen at {addr} (refusal: {refusal:?})");
+    refusal.map_or(Ok(()), Err)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_instances_keep_every_run_going_through_kills_stalls_and_a_nats_restart() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let database = Scratch::new(Backend::Postgres, "cluster").await;
     let url = database.url();
     let mut nats = Nats::start();
@@ -227,6 +253,7 @@ async fn three_instances_keep_every_run_going_through_kills_stalls_and_a_nats_re
     let mut members: HashMap<String, Served> =
         ["a", "b", "c"].into_iter().map(|name| (name.to_owned(), member(&site, name, &url, &nats.url()))).collect();
     let addrs: Vec<String> = ["a", "b", "c"].iter().map(|name| members[*name].addr.clone()).collect();
+    let mut workers: Vec<Worker> = ["w1", "w2"].iter().map(|id| Worker::start(&nats.url(), "gpu", id)).collect();
     let name_of = |addr: &str| ["a", "b", "c"][addrs.iter().position(|a| a == addr).expect("a member")].to_owned();
     let store = PgStore::open(&url, 2).await.expect("the test reads the database");
 
@@ -293,6 +320,10 @@ async fn three_instances_keep_every_run_going_through_kills_stalls_and_a_nats_re
     tokio::time::sleep(LEASE_TTL).await;
     kill(stalled_pid, Signal::SIGCONT).expect("SIGCONT");
 
+    // A worker dies in the middle of its jobs: they go to the other one.
+    let mut dead = workers.remove(0);
+    dead.child.kill().expect("SIGKILL the worker");
+
     // NATS goes away and comes back while the runs go on.
     nats.restart();
 
@@ -341,4 +372,145 @@ async fn three_instances_keep_every_run_going_through_kills_stalls_and_a_nats_re
         assert!(completions.values().all(|&n| n == 1), "{dag_id}: a node completed twice: {completions:?}");
     }
     drop(members);
+    drop(workers);
+}
+
+/// A `dagstream worker` child process, killed when dropped.
+struct Worker {
+    child: Child,
+}
+
+impl Worker {
+    fn start(nats: &str, pool: &str, id: &str) -> Worker {
+        let work = temp_dir(&format!("cluster-worker-{id}"));
+        let child = Command::new(env!("CARGO_BIN_EXE_dagstream"))
+            .args(["worker", "--nats", nats, "--pool", pool, "--id", id, "--ack-wait", "2s", "--concurrency", "2"])
+            .arg("--work")
+            .arg(&work)
+            .env("RUST_LOG", std::env::var("WORKER_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the worker starts");
+        Worker { child }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for a file a command writes; answers its text.
+async fn wait_for_file(path: &std::path::Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && text.ends_with('\n')
+        {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} was not written", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pool_nodes_run_on_workers_a_killed_workers_job_goes_to_another_and_cancel_and_timeout_reach_them() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let database = Scratch::new(Backend::Postgres, "workers").await;
+    let nats = Nats::start();
+    let site = stub_site("workers-site");
+    let server = member(&site, "solo", &database.url(), &nats.url());
+    let marks = temp_dir("workers-marks");
+    let mut workers: HashMap<String, Worker> =
+        ["w1", "w2"].into_iter().map(|id| (id.to_owned(), Worker::start(&nats.url(), "gpu", id))).collect();
+
+    // A pool node whose worker dies mid-node: the job goes to the other worker after ack_wait,
+    // and the node's attempt counter shows it.
+    let spec = format!(
+        r#"
+name = "on-workers"
+[[nodes]]
+id = "train"
+kind = "command"
+pool = "gpu"
+env = {{ MARK = "{marks}" }}
+run = '''
+echo "$DAGSTREAM_WORKER" > "$MARK/train-$DAGSTREAM_ATTEMPT"
+sleep 3
+echo '{{"cost": 0.5}}' >> "$DAGSTREAM_REPORT"
+echo "trained by $DAGSTREAM_WORKER"
+'''
+[[nodes]]
+id = "local"
+kind = "command"
+needs = ["train"]
+run = "echo here"
+"#,
+        marks = marks.display()
+    );
+    let dag_id = dag_id_of(&http(&server.addr, "POST", "/api/dags", Some("application/toml"), &spec));
+    let first = wait_for_file(&marks.join("train-1")).await.trim().to_owned();
+    workers.remove(&first).expect("one of the workers took it").child.kill().expect("SIGKILL");
+    let second = wait_for_file(&marks.join("train-2")).await.trim().to_owned();
+    assert_ne!(second, first, "the job went to the other worker");
+    wait_until(&server.addr, &dag_id, "the run completes", |s| s.state.as_str() == "completed").await;
+    let state = run_state(&server.addr, &dag_id);
+    assert_eq!(state.nodes["train"].metrics.attempt, Some(2), "the redelivery is the node's second attempt");
+    assert!((state.cost.spent - 0.5).abs() < 1e-9, "the worker's report counts once: {}", state.cost.spent);
+    let log: Vec<&str> = state.nodes["train"].log_tail.iter().map(|l| l.line.as_str()).collect();
+    assert!(log.contains(&format!("trained by {second}").as_str()), "the worker's output streams back: {log:?}");
+    assert!(
+        !log.iter().any(|l| l.contains(&format!("trained by {first}"))),
+        "the dead worker's attempt sent no result"
+    );
+
+    // Cancelling the run kills the command on the worker.
+    let spec = format!(
+        r#"
+name = "cancelled-on-workers"
+[[nodes]]
+id = "long"
+kind = "command"
+pool = "gpu"
+env = {{ MARK = "{marks}" }}
+run = 'echo $$ > "$MARK/long.pid"; exec sleep 60'
+"#,
+        marks = marks.display()
+    );
+    let dag_id = dag_id_of(&http(&server.addr, "POST", "/api/dags", Some("application/toml"), &spec));
+    let pid: i32 = wait_for_file(&marks.join("long.pid")).await.trim().parse().expect("a pid");
+    let url = format!("ws://{}/api/dags/{dag_id}/stream", server.addr);
+    let (mut socket, _) = tokio_tungstenite::connect_async(common::ws_request(&url)).await.expect("a stream");
+    let cancel = serde_json::to_string(&ClientEvent::CancelExecution).expect("json");
+    socket.send(Message::text(cancel)).await.expect("sent");
+    wait_until(&server.addr, &dag_id, "the run is cancelled", |s| s.state.as_str() == "cancelled").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kill(Pid::from_raw(pid), None).is_ok() {
+        assert!(Instant::now() < deadline, "the command on the worker was not killed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The node's timeout is applied on the worker.
+    let spec = "name = \"timed-out-on-workers\"\n[[nodes]]\nid = \"slow\"\nkind = \"command\"\npool = \"gpu\"\ntimeout = \"1s\"\nrun = \"sleep 30\"\n";
+    let dag_id = dag_id_of(&http(&server.addr, "POST", "/api/dags", Some("application/toml"), spec));
+    wait_until(&server.addr, &dag_id, "the run fails", |s| s.state.as_str() == "failed").await;
+    let failed = run_state(&server.addr, &dag_id);
+    let errors: Vec<&str> =
+        failed.errors.iter().filter(|e| e.node_id.as_deref() == Some("slow")).map(|e| e.message.as_str()).collect();
+    assert!(errors.iter().any(|e| e.contains("timed out")), "the timeout is reported: {errors:?}");
+}
+
+#[test]
+fn a_server_without_workers_refuses_a_pool_node_with_the_reason() {
+    let site = stub_site("no-workers-site");
+    let server = Served::start(&site, &temp_dir("no-workers"));
+    let spec = "name = \"p\"\n[[nodes]]\nid = \"a\"\nkind = \"command\"\npool = \"gpu\"\nrun = \"true\"\n";
+    let response = http(&server.addr, "POST", "/api/dags", Some("application/toml"), spec);
+    assert_eq!(common::status_of(&response), 403, "{response}");
+    assert!(response.contains("pools need a cluster"), "{response}");
+    assert_eq!(json_body(&http_get(&server.addr, "/api/dags")), serde_json::json!([]), "nothing started");
 }

@@ -36,7 +36,21 @@ pub struct FanoutBench {
     /// Measure a server already running (dagstream elsewhere, or a peer such as
     /// `bench/peers/seed-server.mjs`) instead of a `serve` child.
     pub outside: Option<Outside>,
+    /// Measure a cluster of three `serve` children on this database and NATS server: the
+    /// engine publishes on the first, the clients are spread over all three.
+    pub cluster: Option<ClusterBench>,
 }
+
+/// Where the instances of `bench fanout --cluster` keep their runs and talk.
+#[derive(Clone, Debug)]
+pub struct ClusterBench {
+    /// `postgres://…` (a scratch database: the bench's run is added to it).
+    pub database: String,
+    pub nats: String,
+}
+
+/// Instances `bench fanout --cluster` starts.
+const CLUSTER_INSTANCES: usize = 3;
 
 /// A server the bench did not start: where the clients subscribe, where it publishes.
 #[derive(Clone, Debug)]
@@ -68,6 +82,8 @@ pub struct FanoutReport {
     pub floor: bool,
     /// Measured on a server this bench did not start (its memory is not known).
     pub outside: bool,
+    /// Instances the clients were spread over (1 unless `--cluster`).
+    pub instances: usize,
 }
 
 impl std::fmt::Display for FanoutReport {
@@ -79,6 +95,13 @@ impl std::fmt::Display for FanoutReport {
         } else if self.outside {
             writeln!(f, "a server this bench did not start: its memory is not measured")?;
         } else {
+            if self.instances > 1 {
+                writeln!(
+                    f,
+                    "a cluster of {} instances: the engine publishes on the first, the clients are spread over all (RSS: all instances)",
+                    self.instances
+                )?;
+            }
             writeln!(
                 f,
                 "server RSS: {} KiB idle, {} KiB with every client connected: {:.1} KiB per connection",
@@ -135,15 +158,30 @@ impl Drop for TempDir {
 }
 
 impl Server {
-    async fn start(clients: usize) -> Result<Server, String> {
-        let dir = TempDir(std::env::temp_dir().join(format!("dagstream-fanout-{}", std::process::id())));
+    /// Starts `serve`; in a cluster as instance `instance` on its database and NATS, with
+    /// `token` as every instance's admin token.
+    async fn start(clients: usize, cluster: Option<(&ClusterBench, usize)>, token: &str) -> Result<Server, String> {
+        let name = cluster.map_or(String::new(), |(_, instance)| format!("-{instance}"));
+        let dir = TempDir(std::env::temp_dir().join(format!("dagstream-fanout-{}{name}", std::process::id())));
         let site = dir.0.join("site");
         std::fs::create_dir_all(site.join("pkg")).map_err(|e| e.to_string())?;
         std::fs::write(site.join("pkg/dagstream.js"), "// no site needed").map_err(|e| e.to_string())?;
-        let token = crate::server::auth::new_secret();
+        let token = token.to_owned();
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut child = tokio::process::Command::new(exe)
-            .args(["serve", "--addr", "127.0.0.1:0", "--max-connections-per-user"])
+        let mut command = tokio::process::Command::new(exe);
+        if let Some((cluster, instance)) = cluster {
+            command.env("DAGSTREAM_DATABASE", &cluster.database).args([
+                "serve",
+                "--nats",
+                &cluster.nats,
+                "--instance-id",
+                &format!("bench-{instance}"),
+            ]);
+        } else {
+            command.arg("serve");
+        }
+        let mut child = command
+            .args(["--addr", "127.0.0.1:0", "--max-connections-per-user"])
             .arg((clients + 16).to_string())
             .arg("--data")
             .arg(dir.0.join("data"))
@@ -197,6 +235,25 @@ impl Server {
         value["dag_id"].as_str().map(str::to_owned).ok_or_else(|| format!("no run created: {response}"))
     }
 
+    /// Waits until this instance serves run `dag_id` (another instance created it).
+    async fn wait_for_run(&self, dag_id: &str) -> Result<(), String> {
+        for _ in 0..100 {
+            let mut stream = TcpStream::connect(&self.addr).await.map_err(|e| e.to_string())?;
+            let request = format!(
+                "GET /api/dags/{dag_id} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+                self.addr, self.token
+            );
+            stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
+            if response.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!("instance {} never showed run {dag_id}", self.addr))
+    }
+
     fn request(&self, path: &str) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, String> {
         let mut request = format!("ws://{}{path}", self.addr).into_client_request().map_err(|e| e.to_string())?;
         let bearer = format!("Bearer {}", self.token).parse().map_err(|_| "bad token header".to_owned())?;
@@ -222,23 +279,44 @@ pub async fn fanout(settings: &FanoutBench) -> Result<FanoutReport, String> {
     if let Some(outside) = &settings.outside {
         return fanout_outside(settings, outside).await;
     }
-    let server = Server::start(settings.clients).await?;
+    let token = crate::server::auth::new_secret();
+    let servers = match &settings.cluster {
+        None => vec![Server::start(settings.clients, None, &token).await?],
+        Some(cluster) => {
+            let mut servers = Vec::with_capacity(CLUSTER_INSTANCES);
+            for instance in 0..CLUSTER_INSTANCES {
+                servers.push(Server::start(settings.clients, Some((cluster, instance)), &token).await?);
+            }
+            servers
+        }
+    };
+    let server = &servers[0];
     let dag_id = server.create_run().await?;
+    // Every instance must know the run before its clients subscribe.
+    for other in &servers[1..] {
+        other.wait_for_run(&dag_id).await?;
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_before = server.rss();
+    let rss = || servers.iter().map(Server::rss).sum::<u64>();
+    let rss_before = rss();
 
-    // The dashboards: connected one by one (each gets its snapshot), then read by plain threads.
+    // The dashboards: connected one by one (each gets its snapshot), spread over the instances,
+    // then read by plain threads.
     let stream_path = format!("/api/dags/{dag_id}/stream");
-    let (addr, token, clients) = (server.addr.clone(), server.token.clone(), settings.clients);
+    let addrs: Vec<String> = servers.iter().map(|s| s.addr.clone()).collect();
+    let clients = settings.clients;
     let subscribers = tokio::task::spawn_blocking(move || {
         (0..clients)
-            .map(|i| Subscriber::connect(&addr, &stream_path, Some(&token)).map_err(|e| format!("client {i}: {e}")))
+            .map(|i| {
+                Subscriber::connect(&addrs[i % addrs.len()], &stream_path, Some(&token))
+                    .map_err(|e| format!("client {i}: {e}"))
+            })
             .collect::<Result<Vec<_>, String>>()
     })
     .await
     .map_err(|e| e.to_string())??;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_connected = server.rss();
+    let rss_connected = rss();
     // With no events there is nothing to read: the memory is measured, the clients may go.
     let readers = if settings.events == 0 { Vec::new() } else { start_readers(subscribers, settings) };
 
@@ -252,6 +330,7 @@ pub async fn fanout(settings: &FanoutBench) -> Result<FanoutReport, String> {
         .map_err(|e| e.to_string())??;
     report.rss_before = rss_before;
     report.rss_connected = rss_connected;
+    report.instances = servers.len();
     Ok(report)
 }
 
@@ -366,6 +445,7 @@ impl FanoutReport {
             rss_connected: 0,
             floor: false,
             outside: false,
+            instances: 1,
         })
     }
 }

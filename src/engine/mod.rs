@@ -8,6 +8,7 @@
 pub mod node;
 pub mod policy;
 pub mod process;
+pub mod remote;
 pub mod run;
 pub mod schedule;
 pub mod spec;

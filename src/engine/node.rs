@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::process::{self, CommandAttempt, Report};
+use super::remote::{RemoteJob, WorkerPools};
 use super::spec::NodeWork;
 use crate::protocol::LogStream;
 
@@ -96,6 +97,11 @@ pub struct NodeJob {
     /// The run's working directory.
     pub workdir: PathBuf,
     pub cancel_grace: Duration,
+    /// The run's id, for jobs sent to workers.
+    pub dag_id: String,
+    /// Where a command node with a `pool` runs; `None` on a server without workers (which
+    /// refuses such specs).
+    pub workers: Option<WorkerPools>,
 }
 
 /// Delay before retry number `retry` (1 for the first): 250 ms, 500 ms, 1 s, ... capped at 10 s.
@@ -119,7 +125,10 @@ async fn attempts(job: &NodeJob, events: &mpsc::Sender<NodeMsg>, cancel: &Cancel
         }
         let result = match &job.work {
             NodeWork::Simulate { .. } => simulate(job, events, cancel).await,
-            NodeWork::Command { run, env } => {
+            NodeWork::Command { run, env, pool: Some(pool) } => {
+                remote(job, pool, run, env, &mut attempt, events, cancel).await.map(|()| None)
+            }
+            NodeWork::Command { run, env, pool: None } => {
                 let attempt = CommandAttempt {
                     node: job.node,
                     node_id: &job.id,
@@ -151,6 +160,34 @@ async fn attempts(job: &NodeJob, events: &mpsc::Sender<NodeMsg>, cancel: &Cancel
             }
         }
     }
+}
+
+/// One attempt on a worker of `pool`; a redelivery to another worker counts `attempt` up.
+async fn remote(
+    job: &NodeJob,
+    pool: &str,
+    run: &str,
+    env: &std::collections::BTreeMap<String, String>,
+    attempt: &mut u32,
+    events: &mpsc::Sender<NodeMsg>,
+    cancel: &CancellationToken,
+) -> Result<(), AttemptError> {
+    let Some(WorkerPools(workers)) = &job.workers else {
+        return Err(AttemptError::Failed(format!("no workers here for pool {pool:?}: pools need a cluster")));
+    };
+    let remote_job = RemoteJob {
+        job_id: uuid::Uuid::new_v4().simple().to_string(),
+        dag_id: job.dag_id.clone(),
+        node_id: job.id.clone(),
+        attempt: *attempt,
+        run: run.to_owned(),
+        env: env.clone(),
+        inputs: job.inputs.clone(),
+        feedback: job.feedback.clone(),
+        timeout_ms: job.timeout.map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
+        cancel_grace_ms: job.cancel_grace.as_millis().min(u128::from(u64::MAX)) as u64,
+    };
+    workers.run(pool, remote_job, job.node, attempt, events, cancel).await
 }
 
 /// One simulated attempt: waits, spends, maybe fails, and produces the spec's output.

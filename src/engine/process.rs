@@ -293,7 +293,8 @@ impl LogLineRate {
 }
 
 /// One line of a report file.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Report {
     /// Adds to the node's cost.
     Cost(f64),

@@ -49,6 +49,9 @@ pub struct EngineConfig {
     pub cancel_grace: Duration,
     /// False with `serve --no-commands`: specs with command nodes are refused.
     pub allow_commands: bool,
+    /// Remote workers for command nodes with a `pool` (a cluster's); `None`: such specs are
+    /// refused.
+    pub workers: Option<super::remote::WorkerPools>,
 }
 
 impl EngineConfig {
@@ -56,7 +59,7 @@ impl EngineConfig {
     pub fn new(work_root: impl Into<PathBuf>) -> Self {
         let work_root = work_root.into();
         let work_root = std::path::absolute(&work_root).unwrap_or(work_root);
-        EngineConfig { work_root, cancel_grace: Duration::from_secs(5), allow_commands: true }
+        EngineConfig { work_root, cancel_grace: Duration::from_secs(5), allow_commands: true, workers: None }
     }
 }
 
@@ -190,6 +193,8 @@ struct Coordinator {
     outputs: Map<String, Value>,
     workdir: PathBuf,
     cancel_grace: Duration,
+    /// Where pool nodes run.
+    workers: Option<super::remote::WorkerPools>,
 }
 
 impl Coordinator {
@@ -219,6 +224,7 @@ impl Coordinator {
             outputs: Map::new(),
             workdir: config.work_root.join(dag_id),
             cancel_grace: config.cancel_grace,
+            workers: config.workers.clone(),
         }
     }
 

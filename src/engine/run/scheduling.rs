@@ -74,6 +74,8 @@ impl Coordinator {
                     feedback: run.feedback.clone(),
                     workdir: self.workdir.clone(),
                     cancel_grace: self.cancel_grace,
+                    dag_id: self.room.dag_id().to_owned(),
+                    workers: self.workers.clone(),
                 };
                 self.tasks.spawn(node::run(job, self.to_self.clone(), self.cancel.child_token()));
             }

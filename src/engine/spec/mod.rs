@@ -67,6 +67,11 @@ pub struct NodeFile {
     /// `command`: the shell command (`sh -c`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// `command`: the pool of remote workers that runs it (`dagstream worker --pool NAME`;
+    /// letters, digits, `-` and `_`). Default: the instance that drives the run. Pools need a
+    /// cluster (`serve --nats`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
     /// `simulate`: how long the node takes (`"2s"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
@@ -157,8 +162,9 @@ pub struct NodeSpec {
 /// What a node does when it runs.
 #[derive(Clone, Debug, PartialEq)]
 pub enum NodeWork {
-    /// Runs `sh -c run` with `env` added to a scrubbed environment.
-    Command { run: String, env: BTreeMap<String, String> },
+    /// Runs `sh -c run` with `env` added to a scrubbed environment: here, or on a worker of
+    /// `pool`.
+    Command { run: String, env: BTreeMap<String, String>, pool: Option<String> },
     /// Takes `duration`, costs `cost`, fails with probability `fail_rate`; stands in for real work.
     Simulate {
         duration: Duration,
@@ -197,9 +203,10 @@ impl NodeSpec {
             ..NodeFile::default()
         };
         match &self.work {
-            NodeWork::Command { run, env } => {
+            NodeWork::Command { run, env, pool } => {
                 file.kind = KindName::Command;
                 file.run = Some(run.clone());
+                file.pool = pool.clone();
                 file.env = (!env.is_empty()).then(|| env.clone());
                 file.retries = Some(self.retries).filter(|r| *r > 0);
             }
@@ -390,7 +397,7 @@ impl NodeFile {
             KindName::Gate => "gate",
         };
         let allowed: &[&str] = match self.kind {
-            KindName::Command => &["timeout", "retries", "env", "run"],
+            KindName::Command => &["timeout", "retries", "env", "run", "pool"],
             KindName::Simulate => {
                 &["timeout", "retries", "duration", "cost", "tokens_in", "tokens_out", "fail_rate", "output"]
             }
@@ -414,7 +421,13 @@ impl NodeFile {
                 if let Some(name) = env.keys().find(|k| !is_valid_env_name(k)) {
                     return Err(bad("env", format!("{name:?} is not a valid variable name")));
                 }
-                NodeWork::Command { run, env }
+                let pool = self.pool.clone();
+                if let Some(pool) = &pool
+                    && !is_valid_id(pool)
+                {
+                    return Err(bad("pool", format!("{pool:?}: use letters, digits, - and _")));
+                }
+                NodeWork::Command { run, env, pool }
             }
             KindName::Simulate => {
                 let duration = match self.duration.as_deref() {
@@ -459,11 +472,12 @@ impl NodeFile {
 
     /// Names of the kind-specific fields this node sets.
     fn present_kind_fields(&self) -> Vec<&'static str> {
-        let fields: [(&'static str, bool); 14] = [
+        let fields: [(&'static str, bool); 15] = [
             ("timeout", self.timeout.is_some()),
             ("retries", self.retries.is_some()),
             ("env", self.env.is_some()),
             ("run", self.run.is_some()),
+            ("pool", self.pool.is_some()),
             ("duration", self.duration.is_some()),
             ("cost", self.cost.is_some()),
             ("tokens_in", self.tokens_in.is_some()),

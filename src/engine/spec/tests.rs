@@ -46,7 +46,7 @@ fn the_documented_example_parses_into_what_it_says() {
     let fetch = &spec.nodes[0];
     assert_eq!(fetch.timeout, Some(Duration::from_secs(30)));
     assert_eq!(fetch.retries, 2);
-    assert_eq!(fetch.work, NodeWork::Command { run: "python3 fetch.py".into(), env: BTreeMap::new() });
+    assert_eq!(fetch.work, NodeWork::Command { run: "python3 fetch.py".into(), env: BTreeMap::new(), pool: None });
     assert_eq!(
         spec.nodes[1].work,
         NodeWork::Simulate {
@@ -108,6 +108,11 @@ fn every_mistake_gets_a_message_naming_the_node_and_field() {
         ),
         (format!("{head}{}", node("a", "kind = \"llm\"")), &["\"a\"", "unknown variant `llm`"]),
         (format!("{head}{}", node("a", "kind = \"command\"\nrunn = \"ls\"")), &["\"a\"", "unknown field `runn`"]),
+        (format!("{head}{}", node("a", "kind = \"simulate\"\npool = \"gpu\"")), &["\"a\"", "pool"]),
+        (
+            format!("{head}{}", node("a", "kind = \"command\"\nrun = \"ls\"\npool = \"g p u\"")),
+            &["\"a\"", "pool", "letters"],
+        ),
         (
             format!("{head}{}", node("a", "kind = \"simulate\"\nduration = \"2 parsecs\"")),
             &["\"a\"", "\"duration\"", "2 parsecs"],
