@@ -540,12 +540,19 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         session_ttl: args.session_ttl,
         max_connections_per_user: args.max_connections_per_user,
     };
-    let auth = Auth::new(settings, Some(store)).await?;
+    let auth = Arc::new(Auth::new(settings, Some(store)).await?);
+    let mut cluster = cluster;
+    if let Some(joined) = &mut cluster {
+        let (logouts, ended_here) = tokio::sync::mpsc::unbounded_channel();
+        auth.share_logouts(logouts);
+        let shared = Arc::clone(&auth);
+        joined.share_logouts(ended_here, move |id_hash| shared.forget_session(id_hash)).await?;
+    }
     let (shutdown_tx, shutdown) = watch::channel(false);
     let streams = TaskTracker::new();
     let state = AppState {
         service: crate::service::Service::new(runs),
-        auth: Arc::new(auth),
+        auth,
         leptos_options,
         shutdown,
         stream: StreamConfig { client_events_per_second: args.client_event_rate, ..StreamConfig::default() },

@@ -79,6 +79,9 @@ fn command_subject(instance: &str) -> String {
     format!("dagstream.instance.{instance}.command")
 }
 
+/// NATS subject that tells every instance a session ended (signed out) on one of them.
+const LOGOUTS: &str = "dagstream.sessions.ended";
+
 /// NATS subject that tells an instance a new run was placed on it.
 fn claim_subject(instance: &str) -> String {
     format!("dagstream.instance.{instance}.claim")
@@ -170,6 +173,39 @@ pub async fn join(
 }
 
 impl Joined {
+    /// Shares sign-outs with the other instances: the id hash of every session that ends here
+    /// (from `ended_here`) is published, and `forget` is called with each one that ended on
+    /// another instance, so its cookie stops working and its sockets close everywhere.
+    pub async fn share_logouts(
+        &mut self,
+        mut ended_here: mpsc::UnboundedReceiver<String>,
+        forget: impl Fn(&str) + Send + Sync + 'static,
+    ) -> Result<(), String> {
+        let mut ended_elsewhere =
+            self.member.nats.subscribe(LOGOUTS).await.map_err(|e| format!("cannot subscribe on NATS: {e}"))?;
+        let nats = self.member.nats.clone();
+        self.tasks.spawn(async move {
+            while let Some(id_hash) = ended_here.recv().await {
+                if let Err(error) = nats.publish(LOGOUTS, Bytes::from(id_hash)).await {
+                    tracing::warn!(%error, "a sign-out was not shared with the other instances");
+                }
+            }
+        });
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    message = ended_elsewhere.next() => match message {
+                        Some(message) => forget(&String::from_utf8_lossy(&message.payload)),
+                        None => return,
+                    },
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+        Ok(())
+    }
+
     /// Leaves the cluster: stops driving runs here (their coordinators halt, publishing
     /// nothing more), ends this instance's leases so others claim the runs at once, and waits
     /// for the relay to hand on what was committed.
@@ -203,12 +239,12 @@ impl ClusterLink for Member {
                     tracing::info!(%dag_id, %chosen, "run placed on another instance");
                     Ok(None)
                 }
-                Some(_) | None => self
-                    .store
-                    .claim_run(&dag_id, &self.id, self.ttl)
-                    .await?
-                    .map(Some)
-                    .ok_or_else(|| StoreError(format!("run {dag_id} could not be claimed"))),
+                Some(_) | None => match self.store.claim_run(&dag_id, &self.id, self.ttl).await? {
+                    Some(epoch) => Ok(Some(epoch)),
+                    // Another instance's lease loop found the new run first and drives it.
+                    None if self.store.owner(&dag_id).await?.is_some() => Ok(None),
+                    None => Err(StoreError(format!("run {dag_id} could not be claimed"))),
+                },
             }
         })
     }

@@ -397,10 +397,11 @@ impl Runs {
         }
     }
 
-    /// (run, epoch) of every lease this instance holds, for renewal.
+    /// (run, epoch) of every lease this instance holds on a run still going, for renewal.
     pub fn leases(&self) -> Vec<(String, i64)> {
         self.read()
             .iter()
+            .filter(|(_, entry)| !entry.room.is_complete())
             .filter_map(|(dag_id, entry)| match entry.room.authority() {
                 Authority::Leased(epoch) => Some((dag_id.clone(), epoch)),
                 Authority::Sole | Authority::Mirror => None,
@@ -416,6 +417,11 @@ impl Runs {
             .filter(|entry| entry.room.authority() == Authority::Mirror && !entry.room.is_complete())
             .map(|entry| Arc::clone(&entry.room))
             .collect()
+    }
+
+    /// True when this registry is one instance of a cluster.
+    pub fn is_member(&self) -> bool {
+        self.cluster.get().is_some()
     }
 
     /// Ids of every run this registry knows.

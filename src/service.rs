@@ -114,16 +114,28 @@ impl Service {
         self.runs.get(dag_id).ok_or_else(|| ServiceError::NotFound(format!("no run {dag_id:?}")))
     }
 
+    /// One run, by id; in a cluster also a run another instance created a moment ago and this
+    /// one has not heard of yet (it is read from the database).
+    pub async fn find(&self, dag_id: &str) -> Result<RunEntry, ServiceError> {
+        if let Some(run) = self.runs.get(dag_id) {
+            return Ok(run);
+        }
+        if self.runs.is_member() {
+            self.runs.mirror_stored(dag_id).await.map_err(|e| ServiceError::Internal(e.to_string()))?;
+        }
+        self.entry(dag_id)
+    }
+
     /// The whole state of one run, as a `snapshot` carries it.
-    pub fn state(&self, dag_id: &str) -> Result<RunState, ServiceError> {
-        Ok(self.entry(dag_id)?.room.snapshot())
+    pub async fn state(&self, dag_id: &str) -> Result<RunState, ServiceError> {
+        Ok(self.find(dag_id).await?.room.snapshot())
     }
 
     /// The run's events after `after`, oldest first, at most `limit` (capped at
     /// [`MAX_EVENTS_PER_READ`]), as the stream sent them: from the store when there is one,
     /// else from the run's window in memory.
     pub async fn events(&self, dag_id: &str, after: Seq, limit: usize) -> Result<Vec<String>, ServiceError> {
-        let run = self.entry(dag_id)?;
+        let run = self.find(dag_id).await?;
         let limit = limit.clamp(1, MAX_EVENTS_PER_READ);
         let up_to = run.room.seq().min(after.saturating_add(limit as Seq));
         match self.runs.store() {
@@ -139,8 +151,8 @@ impl Service {
     }
 
     /// Every gate decision of the run, oldest first.
-    pub fn decisions(&self, dag_id: &str) -> Result<Vec<GateDecisionRecord>, ServiceError> {
-        Ok(self.state(dag_id)?.decisions)
+    pub async fn decisions(&self, dag_id: &str) -> Result<Vec<GateDecisionRecord>, ServiceError> {
+        Ok(self.state(dag_id).await?.decisions)
     }
 
     /// Hands a client event to whatever drives the run, if the caller's role allows it; `Err`

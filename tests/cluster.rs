@@ -77,7 +77,8 @@ impl Nats {
             )
         });
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
-        let mut nats = Nats { child: None, binary, port, dir: temp_dir("cluster-nats") };
+        // A store directory of its own: tests of this file run their servers side by side.
+        let mut nats = Nats { child: None, binary, port, dir: temp_dir(&format!("cluster-nats-{port}")) };
         nats.spawn();
         nats
     }
@@ -382,7 +383,9 @@ struct Worker {
 
 impl Worker {
     fn start(nats: &str, pool: &str, id: &str) -> Worker {
-        let work = temp_dir(&format!("cluster-worker-{id}"));
+        static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let work = temp_dir(&format!("cluster-worker-{id}-{n}"));
         let child = Command::new(env!("CARGO_BIN_EXE_dagstream"))
             .args(["worker", "--nats", nats, "--pool", pool, "--id", id, "--ack-wait", "2s", "--concurrency", "2"])
             .arg("--work")
@@ -513,4 +516,48 @@ fn a_server_without_workers_refuses_a_pool_node_with_the_reason() {
     assert_eq!(common::status_of(&response), 403, "{response}");
     assert!(response.contains("pools need a cluster"), "{response}");
     assert_eq!(json_body(&http_get(&server.addr, "/api/dags")), serde_json::json!([]), "nothing started");
+}
+
+#[test]
+fn signing_in_on_one_instance_works_on_another_and_signing_out_ends_it_on_both() {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let database = runtime.block_on(Scratch::new(Backend::Postgres, "sessions"));
+    let nats = Nats::start();
+    let site = stub_site("sessions-site");
+    let a = member(&site, "sa", &database.url(), &nats.url());
+    let b = member(&site, "sb", &database.url(), &nats.url());
+    let login = common::raw_http(
+        &a.addr,
+        &format!("GET /login?token={} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", common::TOKEN, a.addr),
+    );
+    assert_eq!(common::status_of(&login), 303, "{login}");
+    let cookie = login
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .and_then(|l| l.split_once(':'))
+        .and_then(|(_, v)| v.split(';').next())
+        .expect("a session cookie")
+        .trim()
+        .to_owned();
+    let me = |addr: &str| {
+        common::raw_http(
+            addr,
+            &format!("GET /api/me HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    assert_eq!(common::status_of(&me(&b.addr)), 200, "the session opened on a works on b");
+    let logout = common::raw_http(
+        &a.addr,
+        &format!(
+            "POST /logout HTTP/1.1\r\nHost: {}\r\nCookie: {cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            a.addr
+        ),
+    );
+    assert_eq!(common::status_of(&logout), 303, "{logout}");
+    assert_eq!(common::status_of(&me(&a.addr)), 401, "signed out on a");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while common::status_of(&me(&b.addr)) != 401 {
+        assert!(Instant::now() < deadline, "the sign-out on a did not reach b");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -675,7 +675,7 @@ async fn each_role_may_do_exactly_what_its_role_allows(#[case] backend: Backend)
                 (allowed, answer) => panic!("{role:?} (allowed: {allowed}) sent {command}: {answer:?}"),
             }
         }
-        let state = server.state.service.state(&dag_id).expect("run");
+        let state = server.state.service.state(&dag_id).await.expect("run");
         assert_eq!(state.decisions.len(), usize::from(role.allows(Role::Approver)), "{role:?}'s decision");
     }
 }

@@ -169,7 +169,7 @@ pub async fn list_runs() -> Result<Vec<RunSummary>, ServerFnError> {
 #[server(endpoint = "get_run", output = json_text::JsonText)]
 pub async fn get_run(dag_id: String) -> Result<Option<live_run::RunHead>, ServerFnError> {
     use crate::service::ServiceError;
-    match service()?.state(&dag_id) {
+    match service()?.state(&dag_id).await {
         Ok(state) => Ok(Some(live_run::RunHead::new(state))),
         // The page says so itself (with a 404 status for the document).
         Err(ServiceError::NotFound(_)) => Ok(None),

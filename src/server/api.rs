@@ -92,7 +92,7 @@ pub async fn list_runs(State(state): State<AppState>) -> Json<Vec<RunSummary>> {
 
 /// `GET /api/dags/{dag_id}`: the whole state of one run, as a `snapshot` would carry it.
 pub async fn get_run(State(state): State<AppState>, Path(dag_id): Path<String>) -> Result<Json<RunState>, AppError> {
-    Ok(Json(state.service.state(&dag_id)?))
+    Ok(Json(state.service.state(&dag_id).await?))
 }
 
 #[derive(Deserialize)]
@@ -122,7 +122,7 @@ pub async fn decisions(
     State(state): State<AppState>,
     Path(dag_id): Path<String>,
 ) -> Result<Json<Vec<GateDecisionRecord>>, AppError> {
-    Ok(Json(state.service.decisions(&dag_id)?))
+    Ok(Json(state.service.decisions(&dag_id).await?))
 }
 
 /// `GET /api/me`: who the credentials belong to, and their role.

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, header};
@@ -16,6 +16,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{Role, SignedIn};
@@ -253,6 +254,9 @@ pub struct Auth {
     /// Open WebSocket connections per user name, for the cap.
     connections: Mutex<HashMap<String, usize>>,
     max_connections_per_user: usize,
+    /// In a cluster: told the id hash of every session that ends here, so the other instances
+    /// end it too ([`Auth::forget_session`]).
+    logouts: OnceLock<mpsc::UnboundedSender<String>>,
 }
 
 /// Locks a mutex whose data stays valid even if a holder panicked (plain maps, no invariants
@@ -309,6 +313,7 @@ impl Auth {
             allowed_origins: settings.allowed_origins,
             connections: Mutex::new(HashMap::new()),
             max_connections_per_user: settings.max_connections_per_user.max(1),
+            logouts: OnceLock::new(),
         })
     }
 
@@ -351,10 +356,12 @@ impl Auth {
         Ok((id, signed_in))
     }
 
-    /// Ends a session: its cookie stops working and its open sockets close.
+    /// Ends a session: its cookie stops working and its open sockets close, here and (in a
+    /// cluster) on every instance.
     pub async fn logout(&self, id_hash: &str) {
-        if let Some(session) = lock(&self.sessions).remove(id_hash) {
-            session.ended.cancel();
+        self.forget_session(id_hash);
+        if let Some(logouts) = self.logouts.get() {
+            let _ = logouts.send(id_hash.to_owned());
         }
         if let Some(store) = &self.store
             && let Err(error) = store.delete_session(id_hash).await
@@ -393,6 +400,19 @@ impl Auth {
             ended: session.ended.clone(),
             expires_in: Some(Duration::from_secs(session.expires_at - now)),
         })
+    }
+
+    /// Ends a session on this server only (it ended on another instance of the cluster): its
+    /// cookie stops working here and its open sockets close.
+    pub fn forget_session(&self, id_hash: &str) {
+        if let Some(session) = lock(&self.sessions).remove(id_hash) {
+            session.ended.cancel();
+        }
+    }
+
+    /// Where the id hash of each session that ends here goes (set once, by a cluster member).
+    pub fn share_logouts(&self, logouts: mpsc::UnboundedSender<String>) {
+        let _ = self.logouts.set(logouts);
     }
 
     /// [`Auth::identify`], and for a session cookie this server does not know, a look in the

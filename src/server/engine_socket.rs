@@ -35,7 +35,7 @@ pub async fn handler(
 ) -> Result<Response, AppError> {
     identity.require(Role::Engine, "drive external runs").map_err(AppError::Forbidden)?;
     let slot = admit_socket(&state, &identity, &headers)?;
-    let run = state.service.entry(&dag_id)?;
+    let run = state.service.find(&dag_id).await?;
     let Driver::External(link) = run.driver else {
         return Err(AppError::Conflict(format!("run {dag_id} is executed by dagstream, not by an external engine")));
     };

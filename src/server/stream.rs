@@ -81,7 +81,7 @@ pub async fn handler(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, AppError> {
     let slot = admit_socket(&state, &identity, &headers)?;
-    let run = state.service.entry(&dag_id)?;
+    let run = state.service.find(&dag_id).await?;
     let Query(query) = query.map_err(|e| AppError::BadRequest(format!("since must be a sequence number: {e}")))?;
     let upgrade = upgrade.map_err(|e| AppError::BadRequest(e.body_text()))?;
     let connection = Connection {
