@@ -6,7 +6,8 @@
 //!   The workers of a pool share one durable pull consumer (`pool-NAME`): each job goes to one
 //!   worker, with explicit ack, progress acks every third of `ack_wait` while the command runs,
 //!   redelivery after `ack_wait` when a worker stops answering (killed, cut off), at most
-//!   [`MAX_DELIVER`] deliveries, with growing back-off between them.
+//!   [`MAX_DELIVER`] deliveries, each waiting twice as long as the one before (the consumer's
+//!   `backoff`: `ack_wait`, 2 × `ack_wait`, ...).
 //! - **Updates.** The worker sends what the command does (started, log lines, report lines,
 //!   how it ended) to the stream `DAGSTREAM_JOB_UPDATES`, subject
 //!   `dagstream.jobs.updates.JOB`; the owner reads them with an ordered consumer, so a NATS
@@ -240,6 +241,11 @@ pub async fn work(config: WorkerConfig, shutdown: CancellationToken) -> Result<(
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: config.ack_wait,
                 max_deliver: MAX_DELIVER,
+                // Each redelivery waits longer: a job that keeps losing its worker does not
+                // take the pool down with it.
+                backoff: (0..u32::try_from(MAX_DELIVER - 1).unwrap_or(0))
+                    .map(|n| config.ack_wait * 2u32.pow(n))
+                    .collect(),
                 ..Default::default()
             },
         )
