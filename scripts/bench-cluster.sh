@@ -22,12 +22,18 @@ echo "== one instance"
 "$BENCH_BIN" "${common[@]}" | tee "$log/single"
 echo "== three instances"
 "$BENCH_BIN" "${common[@]}" --cluster --database "$(db_url bench_fanout)" --nats "$DAGSTREAM_TEST_NATS" | tee "$log/cluster"
+# Throughput: as many events as the servers take, no rate.
+burst=(bench fanout --clients "$BENCH_CLIENTS" --events 5000)
+echo "== one instance, as fast as it takes them"
+"$BENCH_BIN" "${burst[@]}" | tee "$log/single-burst"
+echo "== three instances, as fast as they take them"
+"$BENCH_BIN" "${burst[@]}" --cluster --database "$(db_url bench_fanout)" --nats "$DAGSTREAM_TEST_NATS" | tee "$log/cluster-burst"
 p99() { sed -n "s/.*p99 \([0-9.]*\) ms.*/\1/p" "$log/$1"; }
 rate_of() { sed -n "s/.*: \([0-9]*\) messages\/s/\1/p" "$log/$1"; }
 echo
-printf "%-16s %10s %14s\n" "" "p99 (ms)" "messages/s"
-printf "%-16s %10s %14s\n" "one instance" "$(p99 single)" "$(rate_of single)"
-printf "%-16s %10s %14s\n" "three instances" "$(p99 cluster)" "$(rate_of cluster)"
+printf "%-16s %14s %14s %22s\n" "" "p99 (ms)" "messages/s" "burst messages/s"
+printf "%-16s %14s %14s %22s\n" "one instance" "$(p99 single)" "$(rate_of single)" "$(rate_of single-burst)"
+printf "%-16s %14s %14s %22s\n" "three instances" "$(p99 cluster)" "$(rate_of cluster)" "$(rate_of cluster-burst)"
 python3 -c "import sys; a, b = map(float, sys.argv[1:]); print(f\"cluster p99 / single p99: {b / a:.2f}x\")" "$(p99 single)" "$(p99 cluster)"
 
 # Takeover: two instances; a run with a command of 20 s starts, its owner is killed, and the time
@@ -57,6 +63,7 @@ for round in $(seq 1 "$BENCH_ROUNDS"); do
   until [ -n "$owner" ]; do owner=$(psql -tAq "$url" -c "SELECT owner FROM runs WHERE dag_id = '\''$dag'\'' AND epoch > 0"); sleep 0.05; done
   sleep 1
   kill -9 "${pid[$owner]}"; t0=$(date +%s%N)
+  wait "${pid[$owner]}" 2>/dev/null || true
   while :; do
     now=$(psql -tAq "$url" -c "SELECT owner FROM runs WHERE dag_id = '\''$dag'\''")
     [ "$now" != "$owner" ] && break
