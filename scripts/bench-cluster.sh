@@ -52,7 +52,7 @@ start() {
   echo "instance $1 did not start" >&2; cat "$log/$1.log" >&2; exit 1
 }
 port_of() { if [ "$1" = a ]; then echo 3201; else echo 3202; fi; }
-trap "kill \${pid[a]:-} \${pid[b]:-} 2>/dev/null || true" EXIT
+trap "kill \${pid[a]:-} \${pid[b]:-} 2>/dev/null; wait" EXIT
 start a 3201; start b 3202
 spec=$(printf "name = \"takeover\"\n[[nodes]]\nid = \"long\"\nkind = \"command\"\nrun = \"sleep 20\"\n")
 times=()

@@ -15,12 +15,25 @@ export DAGSTREAM_SITE=${2:-$ROOT/target/site}
 export DAGSTREAM_CLUSTER_DATA=${DATA:-$ROOT/data}/cluster
 export DAGSTREAM_TOKEN=${DAGSTREAM_TOKEN:-$(python3 -c 'import secrets; print(secrets.token_hex(16))')}
 
-exec "$ROOT/scripts/with-postgres.sh" "$ROOT/scripts/with-nats.sh" bash -c '
+# Ctrl-C reaches every process of the terminal's group; a SIGINT or SIGTERM sent to this script
+# alone is passed on to the whole group the same way, so nothing is left running.
+trap 'trap - INT TERM; kill -INT 0 2>/dev/null; wait' INT TERM
+"$ROOT/scripts/with-postgres.sh" "$ROOT/scripts/with-nats.sh" bash -c '
   set -euo pipefail
   pids=()
   stop() {
     trap - INT TERM EXIT
-    [ ${#pids[@]} -gt 0 ] && kill -INT "${pids[@]}" 2>/dev/null
+    [ ${#pids[@]} -gt 0 ] || return 0
+    kill -INT "${pids[@]}" 2>/dev/null
+    # Each instance hands its runs over and each worker finishes its jobs; whatever is still
+    # running after 15 s is killed.
+    for _ in $(seq 1 150); do
+      alive=0
+      for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+      [ "$alive" = 0 ] && break
+      sleep 0.1
+    done
+    kill -KILL "${pids[@]}" 2>/dev/null
     wait
   }
   trap stop INT TERM EXIT
@@ -48,4 +61,5 @@ exec "$ROOT/scripts/with-postgres.sh" "$ROOT/scripts/with-nats.sh" bash -c '
   echo "two workers of pool \"batch\" run the command nodes with pool = \"batch\""
   echo "logs in $DAGSTREAM_CLUSTER_DATA/{instance,worker}-N.log; Ctrl-C stops the cluster"
   wait
-'
+' &
+wait

@@ -53,6 +53,8 @@ use crate::store::{PgStore, Store, StoreError};
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 /// How long a forwarded command waits for the run's owner to answer.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long leaving the cluster waits for PostgreSQL and NATS.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often followed runs are compared with the store (events NATS did not bring).
 const CATCH_UP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -216,11 +218,18 @@ impl Joined {
                 entry.room.hand_over(epoch);
             }
         }
-        if let Err(error) = self.member.store.leave(&self.member.id).await {
-            tracing::warn!(%error, "could not hand the runs over; other instances claim them when the leases run out");
+        // Bounded: PostgreSQL or NATS may be gone already (everything stops at once on Ctrl-C).
+        match tokio::time::timeout(LEAVE_TIMEOUT, self.member.store.leave(&self.member.id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "could not hand the runs over; other instances claim them when the leases run out");
+            }
+            Err(_) => {
+                tracing::warn!("the database did not answer; other instances claim the runs when the leases run out")
+            }
         }
         // What the relay has not sent yet is stored: the other instances read it from there.
-        let _ = self.member.nats.flush().await;
+        let _ = tokio::time::timeout(LEAVE_TIMEOUT, self.member.nats.flush()).await;
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
     }

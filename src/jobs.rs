@@ -272,7 +272,14 @@ pub async fn work(config: WorkerConfig, shutdown: CancellationToken) -> Result<(
                 continue;
             }
         };
-        while let Some(message) = batch.next().await {
+        loop {
+            let message = tokio::select! {
+                message = batch.next() => match message {
+                    Some(message) => message,
+                    None => break,
+                },
+                _ = shutdown.cancelled() => break,
+            };
             match message {
                 Ok(message) => {
                     let (nats, js, config) = (nats.clone(), js.clone(), Arc::clone(&config));
