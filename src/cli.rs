@@ -295,6 +295,10 @@ struct ServeArgs {
     /// Open WebSocket connections per user.
     #[arg(long, default_value_t = 64)]
     max_connections_per_user: usize,
+    /// The server's config file (TOML): `public_url`, `[[notify]]` webhook targets, `[delivery]`
+    /// (see README, Notifications).
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Join a cluster through this NATS server (nats://HOST:PORT): every instance on the same
     /// PostgreSQL database and NATS serves every run (docs/cluster.md). Needs --database
     /// postgres://…
@@ -499,11 +503,20 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let listener =
         tokio::net::TcpListener::bind(args.addr).await.map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
     let local = listener.local_addr().map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let config = match &args.config {
+        Some(path) => crate::notify::ServerConfig::load(path)?,
+        None => crate::notify::ServerConfig::default(),
+    };
+    let first_retry = config.delivery.first_retry()?;
+    let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
+    let config = Arc::new(config);
+    let (milestones, milestones_in) = tokio::sync::mpsc::unbounded_channel();
     let (store, runs, cluster) = match &args.nats {
         None => {
             let store = crate::store::open(&database, args.database.pool_size).await.map_err(|e| e.to_string())?;
-            let runs =
-                Runs::open(RoomLimits::default(), engine, Arc::clone(&store)).await.map_err(|e| e.to_string())?;
+            let runs = Runs::open_notifying(RoomLimits::default(), engine, Arc::clone(&store), Some(milestones))
+                .await
+                .map_err(|e| e.to_string())?;
             (store, Arc::new(runs), None)
         }
         Some(nats_url) => {
@@ -513,13 +526,15 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
                 ));
             };
             let store = Arc::new(PgStore::open(url, args.database.pool_size).await.map_err(|e| e.to_string())?);
-            let config = ClusterConfig {
+            let cluster_config = ClusterConfig {
                 nats_url: nats_url.clone(),
                 instance_id: args.instance_id.clone().unwrap_or_else(|| new_secret()[..8].to_owned()),
                 lease_ttl: args.lease_ttl,
                 address: format!("http://{local}"),
             };
-            let joined = cluster::join(config, RoomLimits::default(), engine, Arc::clone(&store)).await?;
+            let joined =
+                cluster::join(cluster_config, RoomLimits::default(), engine, Arc::clone(&store), Some(milestones))
+                    .await?;
             let store: Arc<dyn crate::store::Store> = store;
             (store, Arc::clone(&joined.runs), Some(joined))
         }
@@ -540,6 +555,19 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         session_ttl: args.session_ttl,
         max_connections_per_user: args.max_connections_per_user,
     };
+    // Notifications: queued from the milestones of the runs driven here, sent by the delivery
+    // loop (which a cluster's every instance runs).
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let deliveries = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(crate::notify::outbox::notify_loop(
+        milestones_in,
+        Arc::clone(&store),
+        Arc::clone(&config),
+        public_url,
+        Arc::clone(&wake),
+    ));
+    let delivery =
+        tokio::spawn(crate::notify::outbox::delivery_loop(Arc::clone(&store), first_retry, wake, deliveries.clone()));
     let auth = Arc::new(Auth::new(settings, Some(store)).await?);
     let mut cluster = cluster;
     if let Some(joined) = &mut cluster {
@@ -582,6 +610,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if let Some(cluster) = cluster {
         cluster.leave().await;
     }
+    deliveries.cancel();
+    let _ = tokio::time::timeout(STREAM_CLOSE_GRACE, delivery).await;
     Ok(())
 }
 

@@ -130,6 +130,7 @@ pub async fn join(
     limits: RoomLimits,
     mut engine: EngineConfig,
     store: Arc<PgStore>,
+    milestones: Option<mpsc::UnboundedSender<crate::notify::outbox::Milestone>>,
 ) -> Result<Joined, String> {
     let nats = async_nats::ConnectOptions::new()
         .name(format!("dagstream {}", config.instance_id))
@@ -157,7 +158,7 @@ pub async fn join(
     let (relay, relayed) = mpsc::unbounded_channel();
     let (fenced, lost) = mpsc::unbounded_channel();
     let link: Arc<dyn ClusterLink> = member.clone();
-    let runs = Runs::open_member(limits, engine, store as Arc<dyn Store>, link, relay, fenced)
+    let runs = Runs::open_member(limits, engine, store as Arc<dyn Store>, link, relay, fenced, milestones)
         .await
         .map_err(|e| format!("cannot load the runs: {e}"))?;
     let runs = Arc::new(runs);

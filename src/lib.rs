@@ -20,6 +20,9 @@
 //!   (`store::sqlite`, `store::postgres`), chosen by the `--database` URL. The database keeps
 //!   one decision per gate round (`Store::claim_decision`).
 //! - `migrate` (ssr): `dagstream migrate`, copying every run from one database to another.
+//! - `notify` (ssr): webhook notifications (gates waiting and decided, spend, run ends): which
+//!   events notify (`notify::notice`), signed bodies (`notify::payload`), the outbox and its
+//!   delivery loop (`notify::outbox`).
 //! - `runs` (ssr): the registry of runs; loads and resumes them from the store at start.
 //! - `cluster` (ssr): one instance of a cluster on PostgreSQL and NATS (`serve --nats`): run
 //!   leases with fencing, events relayed to every instance, commands forwarded to the owner.
@@ -77,6 +80,8 @@ pub mod hub;
 pub mod jobs;
 #[cfg(feature = "ssr")]
 pub mod migrate;
+#[cfg(feature = "ssr")]
+pub mod notify;
 #[cfg(feature = "ssr")]
 pub mod runs;
 #[cfg(feature = "ssr")]

@@ -97,6 +97,8 @@ pub struct Runs {
     feed: broadcast::Sender<Arc<str>>,
     /// Set when this registry is one instance of a cluster ([`Runs::join`]).
     cluster: OnceLock<Membership>,
+    /// Where every room hands its milestones, when notifications are on ([`Runs::notify_into`]).
+    milestones: OnceLock<mpsc::UnboundedSender<crate::notify::outbox::Milestone>>,
 }
 
 impl Runs {
@@ -109,15 +111,34 @@ impl Runs {
             storage: None,
             feed: broadcast::channel(FEED_QUEUE).0,
             cluster: OnceLock::new(),
+            milestones: OnceLock::new(),
         }
     }
 
     /// A registry backed by `store`: loads every stored run, resumes the ones that were still
     /// going, and stores everything from now on. Must be called within a tokio runtime.
     pub async fn open(limits: RoomLimits, engine: EngineConfig, store: Arc<dyn Store>) -> Result<Self, StoreError> {
+        Runs::open_notifying(limits, engine, store, None).await
+    }
+
+    /// [`Runs::open`], with every room handing its milestones to `milestones` (notifications).
+    pub async fn open_notifying(
+        limits: RoomLimits,
+        engine: EngineConfig,
+        store: Arc<dyn Store>,
+        milestones: Option<mpsc::UnboundedSender<crate::notify::outbox::Milestone>>,
+    ) -> Result<Self, StoreError> {
         let runs = Runs::recording(limits, engine, store);
+        if let Some(milestones) = milestones {
+            runs.notify_into(milestones);
+        }
         runs.load().await?;
         Ok(runs)
+    }
+
+    /// Every room, from now on, hands its milestones to `milestones`. Call before loading.
+    pub fn notify_into(&self, milestones: mpsc::UnboundedSender<crate::notify::outbox::Milestone>) {
+        let _ = self.milestones.set(milestones);
     }
 
     /// A registry that stores the runs it starts in `store` and leaves the runs already there
@@ -132,6 +153,7 @@ impl Runs {
             storage: Some((store, writer)),
             feed: broadcast::channel(FEED_QUEUE).0,
             cluster: OnceLock::new(),
+            milestones: OnceLock::new(),
         }
     }
 
@@ -326,9 +348,13 @@ impl Runs {
         link: Arc<dyn ClusterLink>,
         relay: mpsc::UnboundedSender<(Arc<str>, Frame)>,
         fenced: mpsc::UnboundedSender<Arc<str>>,
+        milestones: Option<mpsc::UnboundedSender<crate::notify::outbox::Milestone>>,
     ) -> Result<Self, StoreError> {
         let runs = Runs::recording(limits, engine, store);
         runs.join(link, relay, fenced);
+        if let Some(milestones) = milestones {
+            runs.notify_into(milestones);
+        }
         runs.load().await?;
         Ok(runs)
     }
@@ -451,6 +477,9 @@ impl Runs {
 
     fn link_room(&self, room: &Room) {
         room.set_feed(self.feed.clone());
+        if let Some(milestones) = self.milestones.get() {
+            room.set_milestones(milestones.clone());
+        }
         if let Some(member) = self.cluster.get() {
             room.set_cluster_links(member.relay.clone(), member.fenced.clone());
         }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::engine::{DagSpec, SpecFormat};
 use crate::examples;
 use crate::external::ExternalRun;
+use crate::notify::outbox::rfc3339_ms;
 use crate::protocol::{ClientEvent, GateDecisionRecord, Role, RunState, RunSummary, Seq, SignedIn};
 use crate::runs::{Driver, RunEntry, Runs, StartError};
 
@@ -155,6 +156,40 @@ impl Service {
         Ok(self.state(dag_id).await?.decisions)
     }
 
+    /// Who the run's notifications went to, what they said, and how each attempt went: oldest
+    /// first.
+    pub async fn notifications(&self, dag_id: &str) -> Result<Vec<NotificationRecord>, ServiceError> {
+        self.find(dag_id).await?;
+        let Some(store) = self.runs.store() else { return Ok(Vec::new()) };
+        let (rows, attempts) = store.notifications(dag_id).await.map_err(|e| ServiceError::Internal(e.to_string()))?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let attempts = attempts
+                    .iter()
+                    .filter(|a| a.notification_id == row.id)
+                    .map(|a| DeliveryAttempt {
+                        attempt: a.attempt,
+                        at: rfc3339_ms(a.at),
+                        status: a.status,
+                        error: a.error.clone(),
+                    })
+                    .collect();
+                NotificationRecord {
+                    id: row.id,
+                    seq: row.seq,
+                    topic: row.topic,
+                    url: row.url,
+                    format: row.format,
+                    created_at: rfc3339_ms(row.created_at),
+                    outcome: row.outcome,
+                    next_attempt_at: row.next_attempt_at.map(rfc3339_ms),
+                    attempts,
+                }
+            })
+            .collect())
+    }
+
     /// Hands a client event to whatever drives the run, if the caller's role allows it; `Err`
     /// says why not (and nothing changed).
     pub async fn command(&self, run: &RunEntry, caller: &SignedIn, event: ClientEvent) -> Result<(), ServiceError> {
@@ -183,6 +218,39 @@ impl Service {
             ))),
         }
     }
+}
+
+/// One notification of a run, as `GET /api/dags/{dag_id}/notifications` lists it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct NotificationRecord {
+    /// What the receiver deduplicates on.
+    pub id: String,
+    /// The event that raised it.
+    pub seq: i64,
+    pub topic: String,
+    /// Who was told.
+    pub url: String,
+    pub format: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// `pending`, `delivered` or `failed` (given up).
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    pub attempts: Vec<DeliveryAttempt>,
+}
+
+/// One try at delivering a notification, and the answer.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DeliveryAttempt {
+    pub attempt: i64,
+    /// RFC 3339.
+    pub at: String,
+    /// The receiver's HTTP status, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 fn start_error(error: StartError) -> ServiceError {

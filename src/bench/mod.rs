@@ -103,7 +103,14 @@ pub fn dag(shape: Shape, nodes: usize, edges: usize, seed: u64) -> DagSpec {
             },
         })
         .collect();
-    DagSpec { name: format!("bench-{shape:?}").to_lowercase(), budget: None, budget_step: 0.0, max_parallel: 0, nodes }
+    DagSpec {
+        name: format!("bench-{shape:?}").to_lowercase(),
+        budget: None,
+        budget_step: 0.0,
+        max_parallel: 0,
+        nodes,
+        notify: Vec::new(),
+    }
 }
 
 /// Runs every shape once (after a small warm-up run) and answers the timings.
@@ -204,6 +211,7 @@ pub async fn store(settings: &StoreBench) -> Result<String, String> {
         budget: None,
         budget_step: 0.0,
         max_parallel: 1,
+        notify: Vec::new(),
         nodes: vec![NodeSpec {
             id: "hold".into(),
             label: None,

@@ -67,6 +67,9 @@ pub struct Room {
     relay: OnceLock<mpsc::UnboundedSender<(Arc<str>, Frame)>>,
     /// Told this run's id when the store fenced this instance out of it (its lease was lost).
     on_fenced: OnceLock<mpsc::UnboundedSender<Arc<str>>>,
+    /// Where the committed events that change the run's course (gates, spend, run state) go,
+    /// for notifications; only the instance that drives the run commits here.
+    milestones: OnceLock<mpsc::UnboundedSender<(Arc<str>, ServerEvent)>>,
     /// Told this run's id whenever a committed event changes its line in the run list.
     feed: OnceLock<broadcast::Sender<Arc<str>>>,
     inner: Mutex<RoomInner>,
@@ -158,6 +161,7 @@ impl Room {
             halt: Mutex::new(CancellationToken::new()),
             relay: OnceLock::new(),
             on_fenced: OnceLock::new(),
+            milestones: OnceLock::new(),
             feed: OnceLock::new(),
             inner: Mutex::new(RoomInner {
                 authority,
@@ -241,6 +245,10 @@ impl Room {
     /// it to the relay, if there is one.
     pub fn commit(&self, event: ServerEvent, frame: Frame) {
         let changes_summary = changes_summary(&event.body);
+        if changes_summary && let Some(milestones) = self.milestones.get() {
+            // Nobody listening (the server is stopping) is fine.
+            let _ = milestones.send((Arc::clone(&self.dag_id), event.clone()));
+        }
         self.lock().commit(event, frame.clone(), &self.live, &self.complete);
         if let Some(relay) = self.relay.get() {
             // The relay ends only when the cluster shuts down; then nobody needs the event.
@@ -324,6 +332,11 @@ impl Room {
     /// The token the run's current coordinator stops on.
     pub fn halt(&self) -> CancellationToken {
         self.halt.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Where this room's milestones go (set once, when notifications are on).
+    pub fn set_milestones(&self, milestones: mpsc::UnboundedSender<(Arc<str>, ServerEvent)>) {
+        let _ = self.milestones.set(milestones);
     }
 
     /// Where committed events are handed on, and who hears of a lost lease (set once, by a

@@ -125,6 +125,15 @@ pub async fn decisions(
     Ok(Json(state.service.decisions(&dag_id).await?))
 }
 
+/// `GET /api/dags/{dag_id}/notifications`: who the run's notifications went to and every
+/// delivery attempt, oldest first.
+pub async fn notifications(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+) -> Result<Json<Vec<crate::service::NotificationRecord>>, AppError> {
+    Ok(Json(state.service.notifications(&dag_id).await?))
+}
+
 /// `GET /api/me`: who the credentials belong to, and their role.
 pub async fn me(Extension(identity): Extension<Identity>) -> Json<SignedIn> {
     Json(identity.signed_in())

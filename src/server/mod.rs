@@ -95,6 +95,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/dags/{dag_id}", get(api::get_run))
         .route("/api/dags/{dag_id}/events", get(api::events))
         .route("/api/dags/{dag_id}/decisions", get(api::decisions))
+        .route("/api/dags/{dag_id}/notifications", get(api::notifications))
         .route("/api/dags/{dag_id}/stream", get(stream::handler))
         .route("/api/dags/{dag_id}/engine", get(engine_socket::handler))
         .route("/api/runs/stream", get(runs_feed::handler))

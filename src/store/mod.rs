@@ -214,6 +214,74 @@ pub trait Store: Send + Sync + 'static {
     fn users(&self) -> BoxFuture<'_, Result<Vec<UserRow>, StoreError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
+    /// Adds notifications to the outbox; one whose id is there already is left as it is.
+    /// Answers how many were new.
+    fn queue_notifications(&self, _rows: Vec<NotificationRow>) -> BoxFuture<'_, Result<usize, StoreError>> {
+        Box::pin(async { Err(StoreError("this store keeps no notifications".into())) })
+    }
+    /// Takes up to `limit` pending notifications due at `now` (Unix ms) for sending: each is
+    /// held until `hold_until`, so no other sender takes it meanwhile (in a cluster, every
+    /// instance sends); if its sender dies, it is due again then.
+    fn due_notifications(
+        &self,
+        _now: i64,
+        _hold_until: i64,
+        _limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<NotificationRow>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    /// Records one attempt of a notification, and what follows: another attempt at
+    /// `next_attempt_at`, or none (`outcome` delivered or failed; the secret is then forgotten).
+    fn record_attempt(
+        &self,
+        _attempt: AttemptRow,
+        _next_attempt_at: Option<i64>,
+        _outcome: &str,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// A run's notifications (oldest first) and all their attempts.
+    fn notifications(&self, _dag_id: &str) -> BoxFuture<'_, Result<RunNotifications, StoreError>> {
+        Box::pin(async { Ok((Vec::new(), Vec::new())) })
+    }
+}
+
+/// A run's notifications (oldest first) and every attempt of each.
+pub type RunNotifications = (Vec<NotificationRow>, Vec<AttemptRow>);
+
+/// A notification as the outbox keeps it (`notify::outbox`).
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct NotificationRow {
+    /// The same for every attempt: receivers deduplicate on it.
+    pub id: String,
+    pub dag_id: String,
+    pub seq: i64,
+    pub topic: String,
+    pub url: String,
+    pub format: String,
+    /// Kept while pending.
+    pub secret: Option<String>,
+    pub body: String,
+    /// Unix ms.
+    pub created_at: i64,
+    pub next_attempt_at: Option<i64>,
+    pub attempts: i64,
+    /// `pending`, `delivered` or `failed`.
+    pub outcome: String,
+}
+
+/// One attempt to deliver a notification.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct AttemptRow {
+    pub notification_id: String,
+    /// From 1.
+    pub attempt: i64,
+    /// Unix ms.
+    pub at: i64,
+    /// The receiver's HTTP status, if it answered.
+    pub status: Option<i64>,
+    /// What went wrong, when it did.
+    pub error: Option<String>,
 }
 
 /// A user who may sign in, as stored: the hash of their token, never the token. Every instance

@@ -12,7 +12,10 @@ use futures::future::BoxFuture;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use super::{Appended, Claim, DecisionRow, RunRecord, SessionRow, Store, StoreError, StoredEvent, UserRow};
+use super::{
+    Appended, AttemptRow, Claim, DecisionRow, NotificationRow, RunNotifications, RunRecord, SessionRow, Store,
+    StoreError, StoredEvent, UserRow,
+};
 use crate::protocol::Seq;
 
 /// How long opening waits for a connection before it says the server cannot be reached.
@@ -266,6 +269,119 @@ impl Store for PgStore {
             .await
             .map(Claim::Taken)
             .map_err(fail)
+        })
+    }
+
+    fn queue_notifications(&self, rows: Vec<NotificationRow>) -> BoxFuture<'_, Result<usize, StoreError>> {
+        Box::pin(async move {
+            let fail = |e| StoreError::from_sqlx("cannot queue notifications", e);
+            let mut tx = self.pool.begin().await.map_err(fail)?;
+            let mut new = 0;
+            for row in rows {
+                let done = sqlx::query(
+                    "INSERT INTO notifications (id, dag_id, seq, topic, url, format, secret, body, created_at, next_attempt_at, attempts, outcome) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, 'pending') ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&row.id)
+                .bind(&row.dag_id)
+                .bind(row.seq)
+                .bind(&row.topic)
+                .bind(&row.url)
+                .bind(&row.format)
+                .bind(&row.secret)
+                .bind(&row.body)
+                .bind(row.created_at)
+                .bind(row.next_attempt_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(fail)?;
+                new += done.rows_affected() as usize;
+            }
+            tx.commit().await.map_err(fail)?;
+            Ok(new)
+        })
+    }
+
+    fn due_notifications(
+        &self,
+        now: i64,
+        hold_until: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<NotificationRow>, StoreError>> {
+        Box::pin(async move {
+            sqlx::query_as(
+                "UPDATE notifications SET next_attempt_at = $1 WHERE id IN ( \
+                   SELECT id FROM notifications WHERE outcome = 'pending' AND next_attempt_at <= $2 \
+                   ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+                 RETURNING id, dag_id, seq, topic, url, format, secret, body, created_at, next_attempt_at, attempts, outcome",
+            )
+            .bind(hold_until)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx("cannot take due notifications", e))
+        })
+    }
+
+    fn record_attempt(
+        &self,
+        attempt: AttemptRow,
+        next_attempt_at: Option<i64>,
+        outcome: &str,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        let outcome = outcome.to_owned();
+        Box::pin(async move {
+            let fail = |e| StoreError::from_sqlx("cannot record a delivery attempt", e);
+            let mut tx = self.pool.begin().await.map_err(fail)?;
+            sqlx::query(
+                "INSERT INTO notification_attempts (notification_id, attempt, at, status, error) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (notification_id, attempt) DO NOTHING",
+            )
+            .bind(&attempt.notification_id)
+            .bind(attempt.attempt)
+            .bind(attempt.at)
+            .bind(attempt.status)
+            .bind(&attempt.error)
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+            sqlx::query(
+                "UPDATE notifications SET attempts = $1, next_attempt_at = $2, outcome = $3, \
+                 secret = CASE WHEN $3 = 'pending' THEN secret ELSE NULL END WHERE id = $4",
+            )
+            .bind(attempt.attempt)
+            .bind(next_attempt_at)
+            .bind(&outcome)
+            .bind(&attempt.notification_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+            tx.commit().await.map_err(fail)
+        })
+    }
+
+    fn notifications(&self, dag_id: &str) -> BoxFuture<'_, Result<RunNotifications, StoreError>> {
+        let dag_id = dag_id.to_owned();
+        Box::pin(async move {
+            let fail = |e| StoreError::from_sqlx("cannot read notifications", e);
+            let rows: Vec<NotificationRow> = sqlx::query_as(
+                "SELECT id, dag_id, seq, topic, url, format, NULL::text AS secret, body, created_at, next_attempt_at, attempts, outcome \
+                 FROM notifications WHERE dag_id = $1 ORDER BY seq, id",
+            )
+            .bind(&dag_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(fail)?;
+            let attempts = sqlx::query_as(
+                "SELECT a.notification_id, a.attempt, a.at, a.status, a.error FROM notification_attempts a \
+                 JOIN notifications n ON n.id = a.notification_id WHERE n.dag_id = $1 ORDER BY a.notification_id, a.attempt",
+            )
+            .bind(&dag_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(fail)?;
+            Ok((rows, attempts))
         })
     }
 

@@ -348,3 +348,58 @@ mod leases {
         assert!(store.events("r", 0, u64::MAX).await.expect("events").is_empty());
     }
 }
+
+fn notification(id: &str, seq: i64, now: i64) -> NotificationRow {
+    NotificationRow {
+        id: id.into(),
+        dag_id: "a".into(),
+        seq,
+        topic: "gate_waiting".into(),
+        url: "http://receiver/hook".into(),
+        format: "json".into(),
+        secret: Some("0123456789abcdef".into()),
+        body: format!(r#"{{"id":"{id}"}}"#),
+        created_at: now,
+        next_attempt_at: Some(now),
+        attempts: 0,
+        outcome: "pending".into(),
+    }
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn the_outbox_keeps_a_notification_once_holds_what_is_taken_and_records_attempts(#[case] backend: Backend) {
+    let scratch = Scratch::new(backend, "outbox").await;
+    let store = open(&scratch.database, 2).await.expect("opens");
+    store.create_run(record("a")).await.expect("run");
+    let now = 1_000_000;
+    let queued = store
+        .queue_notifications(vec![notification("n1", 3, now), notification("n2", 4, now), notification("n1", 3, now)])
+        .await
+        .expect("queued");
+    assert_eq!(queued, 2, "the same id is stored once");
+    assert_eq!(store.queue_notifications(vec![notification("n1", 3, now)]).await.expect("queued"), 0);
+
+    let taken = store.due_notifications(now, now + 60_000, 10).await.expect("due");
+    assert_eq!(taken.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(), ["n1", "n2"]);
+    assert!(store.due_notifications(now + 1, now + 60_000, 10).await.expect("due").is_empty(), "held for their sender");
+
+    let attempt = |n: i64, status: i64| AttemptRow {
+        notification_id: "n1".into(),
+        attempt: n,
+        at: now + n,
+        status: Some(status),
+        error: (status != 200).then(|| format!("the receiver answered {status}")),
+    };
+    store.record_attempt(attempt(1, 500), Some(now + 5), "pending").await.expect("recorded");
+    assert_eq!(store.due_notifications(now + 10, now + 60_000, 10).await.expect("due").len(), 1, "n1 is due again");
+    store.record_attempt(attempt(2, 200), None, "delivered").await.expect("recorded");
+    let (rows, attempts) = store.notifications("a").await.expect("listed");
+    let n1 = rows.iter().find(|n| n.id == "n1").expect("n1");
+    assert_eq!((n1.outcome.as_str(), n1.attempts, n1.next_attempt_at), ("delivered", 2, None));
+    assert_eq!(n1.secret, None, "the listing never shows a secret");
+    assert_eq!(attempts.iter().map(|a| a.status).collect::<Vec<_>>(), [Some(500), Some(200)]);
+    assert!(store.due_notifications(now + 120_000, now + 180_000, 10).await.expect("due").iter().all(|n| n.id != "n1"));
+}

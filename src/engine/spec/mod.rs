@@ -38,6 +38,10 @@ pub struct SpecFile {
     pub max_parallel: Option<usize>,
     /// The nodes, in any order.
     pub nodes: Vec<NodeFile>,
+    /// Where this run's notifications go besides the server's (`[[notify]]`: `url`, `secret`,
+    /// optional `format` and `events`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<crate::notify::NotifyTarget>,
 }
 
 /// One node as written. Which fields apply depends on `kind`; a field of another kind is an error.
@@ -142,6 +146,8 @@ pub struct DagSpec {
     /// How many slot-taking nodes may run at once (gates take no slot).
     pub max_parallel: usize,
     pub nodes: Vec<NodeSpec>,
+    /// Where this run's notifications go besides the server's.
+    pub notify: Vec<crate::notify::NotifyTarget>,
 }
 
 /// One validated node.
@@ -187,6 +193,7 @@ impl DagSpec {
             budget_step: Some(self.budget_step).filter(|step| *step > 0.0),
             max_parallel: Some(self.max_parallel),
             nodes: self.nodes.iter().map(NodeSpec::to_file).collect(),
+            notify: self.notify.clone(),
         }
     }
 }
@@ -370,6 +377,9 @@ impl SpecFile {
             Some(n) => n,
             None => DEFAULT_MAX_PARALLEL,
         };
+        for target in &self.notify {
+            target.check().map_err(|problem| SpecError::BadRunField { field: "notify", problem })?;
+        }
         let mut ids = HashSet::new();
         let mut nodes = Vec::with_capacity(self.nodes.len());
         for (index, node) in self.nodes.iter().enumerate() {
@@ -382,7 +392,7 @@ impl SpecFile {
             nodes.push(node.to_spec()?);
         }
         check_graph(&nodes)?;
-        Ok(DagSpec { name: self.name.clone(), budget, budget_step, max_parallel, nodes })
+        Ok(DagSpec { name: self.name.clone(), budget, budget_step, max_parallel, nodes, notify: self.notify.clone() })
     }
 }
 

@@ -1,0 +1,230 @@
+//! Notifications against the real binary and a local receiver: every delivery is signed, a
+//! receiver that answers 500 three times gets the fourth try, a notification keeps its id
+//! across tries and is delivered once, a spec's own Slack target gets a Slack message, and the
+//! run lists who was told what and how each attempt went.
+
+#![cfg(all(feature = "ssr", unix))]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use common::{Served, dag_id_of, http, http_get, json_body, stub_site, temp_dir};
+use dagstream::protocol::{ClientEvent, Decision};
+use futures::SinkExt;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "receiver-secret-0123456789";
+const SLACK_SECRET: &str = "slack-secret-0123456789";
+
+/// One request the receiver got, and what it answered.
+#[derive(Clone, Debug)]
+struct Received {
+    path: String,
+    id: String,
+    topic: String,
+    timestamp: String,
+    signature: String,
+    body: String,
+    answered: u16,
+}
+
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+/// Answers 500 to the first three tries of every `gate_waiting` notification, 200 otherwise.
+async fn receive(
+    State(receiver): State<Receiver>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let mut got = receiver.got.lock().expect("lock");
+    let id = header("x-dagstream-delivery");
+    let topic = header("x-dagstream-topic");
+    let tries = got.iter().filter(|r| r.id == id).count();
+    let answered = if topic == "gate_waiting" && tries < 3 { 500 } else { 200 };
+    got.push(Received {
+        path: uri.path().to_owned(),
+        id,
+        topic,
+        timestamp: header("x-dagstream-timestamp"),
+        signature: header("x-dagstream-signature"),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        answered,
+    });
+    StatusCode::from_u16(answered).expect("a status")
+}
+
+fn expected_signature(secret: &str, timestamp: &str, body: &str) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("any key");
+    mac.update(format!("{timestamp}.{body}").as_bytes());
+    let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_are_signed_retried_until_taken_and_listed_with_every_attempt() {
+    let receiver = Receiver::default();
+    let app = Router::new().route("/hook", post(receive)).route("/slack", post(receive)).with_state(receiver.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let receiver_addr = listener.local_addr().expect("an address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = temp_dir("notify");
+    let config = dir.join("dagstream.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "public_url = \"https://dagstream.example.com\"\n\n[[notify]]\nurl = \"http://{receiver_addr}/hook\"\nsecret = \"{SECRET}\"\n\n[delivery]\nfirst_retry = \"50ms\"\n"
+        ),
+    )
+    .expect("config");
+    let server = Served::start_with(
+        &stub_site("notify-site"),
+        &dir.join("data"),
+        None,
+        &["--config", config.to_str().expect("utf-8")],
+    );
+
+    let spec = format!(
+        r#"
+name = "notified"
+budget = 1.0
+
+[[notify]]
+url = "http://{receiver_addr}/slack"
+secret = "{SLACK_SECRET}"
+format = "slack"
+events = ["run_completed"]
+
+[[nodes]]
+id = "spend"
+kind = "simulate"
+duration = "20ms"
+cost = 0.9
+
+[[nodes]]
+id = "review"
+kind = "gate"
+needs = ["spend"]
+title = "Ship it?"
+prompt = "Check the spend first"
+
+[[nodes]]
+id = "last"
+kind = "simulate"
+needs = ["review"]
+duration = "10ms"
+"#
+    );
+    let dag_id = dag_id_of(&http(&server.addr, "POST", "/api/dags", Some("application/toml"), &spec));
+
+    // The gate's notification arrives on its fourth try; then the gate is approved.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let delivered =
+        |topic: &str| receiver.got.lock().expect("lock").iter().any(|r| r.topic == topic && r.answered == 200);
+    while !delivered("gate_waiting") {
+        assert!(Instant::now() < deadline, "the gate's notification was not delivered: {:#?}", receiver.got.lock());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("ws://{}/api/dags/{dag_id}/stream", server.addr);
+    let (mut socket, _) = tokio_tungstenite::connect_async(common::ws_request(&url)).await.expect("a stream");
+    let approve = ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Approve, feedback: None };
+    socket.send(Message::text(serde_json::to_string(&approve).expect("json"))).await.expect("sent");
+    while !(delivered("gate_decided") && delivered("run_completed")) {
+        assert!(Instant::now() < deadline, "not every notification arrived: {:#?}", receiver.got.lock());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let got = receiver.got.lock().expect("lock").clone();
+    for request in &got {
+        let secret = if request.path == "/slack" { SLACK_SECRET } else { SECRET };
+        assert_eq!(request.signature, expected_signature(secret, &request.timestamp, &request.body), "{request:?}");
+        let timestamp: i64 = request.timestamp.parse().expect("a Unix time");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("time").as_secs() as i64;
+        assert!((now - timestamp).abs() < 120, "a fresh timestamp: {timestamp}");
+    }
+    let gate: Vec<&Received> = got.iter().filter(|r| r.topic == "gate_waiting").collect();
+    assert_eq!(gate.iter().map(|r| r.answered).collect::<Vec<_>>(), [500, 500, 500, 200], "the fourth try is taken");
+    assert!(gate.iter().all(|r| r.id == gate[0].id), "every try carries the same id");
+    // One id per notification and target, delivered once.
+    let mut ids: HashMap<(String, String), Vec<String>> = HashMap::new();
+    for request in &got {
+        ids.entry((request.path.clone(), request.topic.clone())).or_default().push(request.id.clone());
+    }
+    for ((path, topic), seen) in &ids {
+        assert!(seen.iter().all(|id| id == &seen[0]), "{path} {topic}: more than one id: {seen:?}");
+        let taken = got.iter().filter(|r| r.id == seen[0] && r.answered == 200).count();
+        assert_eq!(taken, 1, "{path} {topic} delivered once");
+    }
+    let topics: Vec<&str> = got.iter().filter(|r| r.path == "/hook").map(|r| r.topic.as_str()).collect();
+    for topic in ["budget_80", "gate_waiting", "gate_decided", "run_completed"] {
+        assert!(topics.contains(&topic), "{topic} in {topics:?}");
+    }
+
+    // The payload: the run, the gate card, links.
+    let gate_body: serde_json::Value = serde_json::from_str(&gate[3].body).expect("JSON");
+    assert_eq!(gate_body["id"], gate[3].id.as_str());
+    assert_eq!(gate_body["run"]["name"], "notified");
+    assert_eq!(gate_body["gate"]["presentation"]["title"], "Ship it?");
+    assert_eq!(gate_body["links"]["run"], format!("https://dagstream.example.com/dags/{dag_id}").as_str());
+    // The spec's Slack target: only the run's end, as a Slack message.
+    let slack: Vec<&Received> = got.iter().filter(|r| r.path == "/slack").collect();
+    assert_eq!(slack.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>(), ["run_completed"]);
+    let message: serde_json::Value = serde_json::from_str(&slack[0].body).expect("JSON");
+    assert!(message["blocks"].as_array().is_some_and(|b| !b.is_empty()), "{message}");
+    assert!(message["text"].as_str().is_some_and(|t| t.contains("notified")), "{message}");
+
+    // The run lists who was told what, when, with which answer.
+    let listed = json_body(&http_get(&server.addr, &format!("/api/dags/{dag_id}/notifications")));
+    let rows = listed.as_array().expect("a list");
+    let waiting = rows.iter().find(|n| n["topic"] == "gate_waiting").expect("the gate's notification");
+    assert_eq!(waiting["outcome"], "delivered");
+    assert_eq!(waiting["url"], format!("http://{receiver_addr}/hook").as_str());
+    let statuses: Vec<i64> = waiting["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| a["status"].as_i64().expect("a status"))
+        .collect();
+    assert_eq!(statuses, [500, 500, 500, 200]);
+    assert!(rows.iter().all(|n| n.get("secret").is_none()), "no secret is ever listed");
+}
+
+#[test]
+fn a_config_or_spec_with_a_bad_target_is_refused_with_the_reason() {
+    let dir = temp_dir("notify-bad");
+    let config = dir.join("bad.toml");
+    std::fs::write(&config, "[[notify]]\nurl = \"ftp://x\"\nsecret = \"0123456789abcdef\"\n").expect("config");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_dagstream"))
+        .args(["serve", "--addr", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data")
+        .arg(dir.join("data"))
+        .arg("--site-root")
+        .arg(stub_site("notify-bad-config-site"))
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("must start with http:// or https://"), "{stderr}");
+
+    let server = Served::start(&stub_site("notify-bad-site"), &dir.join("data2"));
+    let spec = "name = \"n\"\n[[notify]]\nurl = \"http://x/h\"\nsecret = \"short\"\n[[nodes]]\nid = \"a\"\nkind = \"simulate\"\n";
+    let response = http(&server.addr, "POST", "/api/dags", Some("application/toml"), spec);
+    assert_eq!(common::status_of(&response), 400, "{response}");
+    assert!(response.contains("at least 16 characters"), "{response}");
+}
