@@ -11,7 +11,9 @@ use crate::engine::{DagSpec, SpecFormat};
 use crate::examples;
 use crate::external::ExternalRun;
 use crate::notify::outbox::rfc3339_ms;
-use crate::protocol::{ClientEvent, GateDecisionRecord, Role, RunState, RunSummary, Seq, SignedIn};
+use crate::protocol::{
+    ClientEvent, DeliveryAttempt, GateDecisionRecord, NotificationRecord, Role, RunState, RunSummary, Seq, SignedIn,
+};
 use crate::runs::{Driver, RunEntry, Runs, StartError};
 
 /// Events one read of a run's log answers at most.
@@ -218,39 +220,6 @@ impl Service {
             ))),
         }
     }
-}
-
-/// One notification of a run, as `GET /api/dags/{dag_id}/notifications` lists it.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct NotificationRecord {
-    /// What the receiver deduplicates on.
-    pub id: String,
-    /// The event that raised it.
-    pub seq: i64,
-    pub topic: String,
-    /// Who was told.
-    pub url: String,
-    pub format: String,
-    /// RFC 3339.
-    pub created_at: String,
-    /// `pending`, `delivered` or `failed` (given up).
-    pub outcome: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_attempt_at: Option<String>,
-    pub attempts: Vec<DeliveryAttempt>,
-}
-
-/// One try at delivering a notification, and the answer.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct DeliveryAttempt {
-    pub attempt: i64,
-    /// RFC 3339.
-    pub at: String,
-    /// The receiver's HTTP status, when it answered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 fn start_error(error: StartError) -> ServiceError {

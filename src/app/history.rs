@@ -4,7 +4,7 @@
 use leptos::prelude::*;
 
 use super::live_run::LiveRun;
-use crate::protocol::{DagMutation, Seq, ServerEvent, ServerEventBody};
+use crate::protocol::{DagMutation, NotificationRecord, Seq, ServerEvent, ServerEventBody};
 
 /// Live events the timeline keeps at most (the newest).
 pub const TIMELINE_LENGTH: usize = 300;
@@ -24,6 +24,12 @@ pub async fn run_events(dag_id: String, up_to: Seq) -> Result<Vec<ServerEvent>, 
     let limit = usize::try_from(up_to - after).unwrap_or(TIMELINE_LOADED);
     let texts = super::service()?.events(&dag_id, after, limit).await.map_err(super::server_error)?;
     Ok(texts.iter().filter_map(|text| serde_json::from_str(text).ok()).collect())
+}
+
+/// Who the run's notifications went to, and how each delivery went.
+#[server(endpoint = "run_notifications", output = super::json_text::JsonText)]
+pub async fn run_notifications(dag_id: String) -> Result<Vec<NotificationRecord>, ServerFnError> {
+    super::service()?.notifications(&dag_id).await.map_err(super::server_error)
 }
 
 /// One line of the timeline.
@@ -97,6 +103,62 @@ pub fn Decisions(live_run: LiveRun) -> impl IntoView {
                     }}
                 </ol>
             </Show>
+        </section>
+    }
+}
+
+/// The run's notifications: target, topic, outcome, and every attempt with its answer. Read
+/// again when a gate is decided, when the run's state changes, and on request.
+#[component]
+pub fn Notifications(live_run: LiveRun) -> impl IntoView {
+    let dag_id = live_run.dag_id.get_value();
+    let asked = RwSignal::new(0u32);
+    let listed = Resource::new(
+        move || (dag_id.clone(), asked.get(), live_run.decisions.with(Vec::len), live_run.phase.get()),
+        |(dag_id, ..)| run_notifications(dag_id),
+    );
+    let row = |n: NotificationRecord| {
+        let answers = n
+            .attempts
+            .iter()
+            .map(|a| match (a.status, &a.error) {
+                (Some(status), _) => status.to_string(),
+                (None, Some(error)) => error.clone(),
+                (None, None) => "?".to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let host = n.url.split("://").nth(1).and_then(|rest| rest.split('/').next()).unwrap_or(&n.url).to_owned();
+        view! {
+            <li data-testid="notification" data-topic=n.topic.clone() data-outcome=n.outcome.clone()>
+                <span class=format!("badge outcome-{}", n.outcome)>{n.outcome.clone()}</span>
+                " " <strong>{n.topic.clone()}</strong> " → " <span class="mono">{host}</span>
+                <span class="muted small mono">" " {short_time(&n.created_at)}</span>
+                <span class="muted small" data-testid="attempts">
+                    " · " {n.attempts.len()} " attempt(s): " {answers}
+                </span>
+            </li>
+        }
+    };
+    view! {
+        <section class="panel" data-testid="notifications">
+            <h3>
+                "Notifications "
+                <button class="link small" data-testid="refresh-notifications" on:click=move |_| asked.update(|n| *n += 1)>
+                    "refresh"
+                </button>
+            </h3>
+            <Suspense fallback=|| view! { <p class="muted small">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    match listed.await {
+                        Ok(list) if list.is_empty() => {
+                            view! { <p class="muted small">"No notification was sent for this run."</p> }.into_any()
+                        }
+                        Ok(list) => view! { <ol class="notification-list">{list.into_iter().map(row).collect_view()}</ol> }.into_any(),
+                        Err(error) => view! { <p class="muted small">"Unavailable: " {error.to_string()}</p> }.into_any(),
+                    }
+                })}
+            </Suspense>
         </section>
     }
 }

@@ -6,7 +6,7 @@ use leptos::prelude::*;
 use super::clock::{format_elapsed, parse_ms, use_now};
 use super::get_run;
 use super::graph::Graph;
-use super::history::{Decisions, Timeline};
+use super::history::{Decisions, Notifications, Timeline};
 use super::live_run::{GateCard, LiveRun, NodeSignal, RunHead};
 use super::node_panel::NodePanel;
 use super::spend::{SpendPanel, budget_level, budget_used_percent, remaining_text};
@@ -89,6 +89,7 @@ fn RunView(head: RunHead, may_steer: bool) -> impl IntoView {
                 <div class="history">
                     <SpendPanel live_run/>
                     <Decisions live_run/>
+                    <Notifications live_run/>
                 </div>
                 <Timeline live_run up_to=initial_seq/>
             </AfterFirstFrame>

@@ -402,6 +402,39 @@ pub fn json_schema() -> String {
     serde_json::to_string_pretty(&text).unwrap_or_default() + "\n"
 }
 
+/// One notification of a run, as `GET /api/dags/{dag_id}/notifications` lists it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct NotificationRecord {
+    /// What the receiver deduplicates on.
+    pub id: String,
+    /// The event that raised it.
+    pub seq: i64,
+    pub topic: String,
+    /// Who was told.
+    pub url: String,
+    pub format: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// `pending`, `delivered` or `failed` (given up).
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    pub attempts: Vec<DeliveryAttempt>,
+}
+
+/// One try at delivering a notification, and the answer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DeliveryAttempt {
+    pub attempt: i64,
+    /// RFC 3339.
+    pub at: String,
+    /// The receiver's HTTP status, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 #[cfg(test)]
 mod tests;
 

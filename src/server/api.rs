@@ -130,7 +130,7 @@ pub async fn decisions(
 pub async fn notifications(
     State(state): State<AppState>,
     Path(dag_id): Path<String>,
-) -> Result<Json<Vec<crate::service::NotificationRecord>>, AppError> {
+) -> Result<Json<Vec<crate::protocol::NotificationRecord>>, AppError> {
     Ok(Json(state.service.notifications(&dag_id).await?))
 }
 
