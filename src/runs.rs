@@ -282,8 +282,23 @@ impl Runs {
             return Ok(RunEntry { room, driver: if ended { Driver::Ended } else { Driver::Remote } });
         }
         let room = self.new_room(stored.state.clone(), recent);
+        if finished_within(&record, RENOTIFY_WINDOW) {
+            self.renotify(&record.dag_id, &stored.log);
+        }
         let driver = self.drive(&record, stored, &room);
         Ok(RunEntry { room, driver })
+    }
+
+    /// Hands the milestones of a stored log to the notifier again, so a notification whose
+    /// event was stored just before a crash is queued now. Queueing is idempotent (the same
+    /// notification has the same id), so what was queued already is not queued twice.
+    fn renotify(&self, dag_id: &str, log: &[ServerEvent]) {
+        let Some(milestones) = self.milestones.get() else { return };
+        let dag_id: Arc<str> = dag_id.into();
+        for event in log.iter().filter(|event| crate::hub::is_milestone(&event.body)) {
+            // The notifier ends only with the server.
+            let _ = milestones.send((Arc::clone(&dag_id), event.clone()));
+        }
     }
 
     /// What drives a stored run from now on: nothing if it ended, its external engine, or this
@@ -404,6 +419,7 @@ impl Runs {
         }
         room.take_over(epoch);
         tracing::info!(dag_id, epoch, seq = room.seq(), "run claimed: driving it here");
+        self.renotify(dag_id, &stored.log);
         let driver = self.drive(&record, stored, &room);
         if let Some(entry) = self.write().get_mut(dag_id) {
             entry.driver = driver;
@@ -571,6 +587,19 @@ impl StoredRun {
 pub fn initial_state(dag_id: &str, spec: &DagSpec, started_at: &str) -> RunState {
     let nodes = spec.nodes.iter().map(|node| (node.graph_node(), node.needs.clone()));
     RunState::new(dag_id, spec.name.clone(), started_at, spec.budget.unwrap_or(0.0), nodes)
+}
+
+/// How long after its end a run's notifications are looked at again when the server starts
+/// (longer than a notification is retried).
+const RENOTIFY_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// True for a run still going, or one that ended within `window` of now.
+fn finished_within(record: &RunRecord, window: std::time::Duration) -> bool {
+    let Some(finished_at) = &record.finished_at else { return true };
+    humantime::parse_rfc3339_weak(finished_at)
+        .ok()
+        .and_then(|at| std::time::SystemTime::now().duration_since(at).ok())
+        .is_none_or(|ago| ago <= window)
 }
 
 /// A short, URL-safe, random run id.

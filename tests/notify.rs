@@ -228,3 +228,61 @@ fn a_config_or_spec_with_a_bad_target_is_refused_with_the_reason() {
     assert_eq!(common::status_of(&response), 400, "{response}");
     assert!(response.contains("at least 16 characters"), "{response}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notification_lost_in_a_crash_is_queued_again_at_restart_with_the_same_id() {
+    let receiver = Receiver::default();
+    let app = Router::new().route("/hook", post(receive)).with_state(receiver.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let receiver_addr = listener.local_addr().expect("an address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = temp_dir("notify-crash");
+    let config = dir.join("dagstream.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[notify]]\nurl = \"http://{receiver_addr}/hook\"\nsecret = \"{SECRET}\"\nevents = [\"gate_decided\", \"run_completed\"]\n\n[delivery]\nfirst_retry = \"50ms\"\n"
+        ),
+    )
+    .expect("config");
+    let site = stub_site("notify-crash-site");
+    let data = dir.join("data");
+    let args = ["--config", config.to_str().expect("utf-8")];
+    let server = Served::start_with(&site, &data, None, &args);
+    let spec = "name = \"crash\"\n[[nodes]]\nid = \"review\"\nkind = \"gate\"\ntitle = \"Go?\"\n";
+    let dag_id = dag_id_of(&http(&server.addr, "POST", "/api/dags", Some("application/toml"), spec));
+    let url = format!("ws://{}/api/dags/{dag_id}/stream", server.addr);
+    let (mut socket, _) = tokio_tungstenite::connect_async(common::ws_request(&url)).await.expect("a stream");
+    let approve = ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Approve, feedback: None };
+    socket.send(Message::text(serde_json::to_string(&approve).expect("json"))).await.expect("sent");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let taken = |topic: &str| {
+        receiver.got.lock().expect("lock").iter().filter(|r| r.topic == topic && r.answered == 200).count()
+    };
+    while taken("run_completed") < 1 || taken("gate_decided") < 1 {
+        assert!(Instant::now() < deadline, "not delivered: {:#?}", receiver.got.lock());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first_id =
+        receiver.got.lock().expect("lock").iter().find(|r| r.topic == "run_completed").expect("sent").id.clone();
+    server.kill_hard();
+
+    // The crash came between storing the run's end and queueing its notification.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", data.join("dagstream.db").display()))
+        .await
+        .expect("the database");
+    sqlx::query("DELETE FROM notifications WHERE topic = 'run_completed'").execute(&pool).await.expect("deleted");
+    pool.close().await;
+
+    let server = Served::start_with(&site, &data, None, &args);
+    while taken("run_completed") < 2 {
+        assert!(Instant::now() < deadline + Duration::from_secs(20), "not queued again: {:#?}", receiver.got.lock());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = receiver.got.lock().expect("lock").clone();
+    let ends: Vec<&Received> = got.iter().filter(|r| r.topic == "run_completed").collect();
+    assert!(ends.iter().all(|r| r.id == first_id), "the same id again, for the receiver to deduplicate");
+    assert_eq!(taken("gate_decided"), 1, "what was queued already is not sent again");
+    let listed = json_body(&http_get(&server.addr, &format!("/api/dags/{dag_id}/notifications")));
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+}

@@ -460,6 +460,12 @@ impl Room {
     }
 }
 
+/// True for events that change a run's course (gates, spend, its state, its end): they change
+/// its line in the run list, and they are what notifications are made of.
+pub fn is_milestone(body: &ServerEventBody) -> bool {
+    changes_summary(body)
+}
+
 /// True for events that change a run's line in the run list.
 fn changes_summary(body: &ServerEventBody) -> bool {
     match body {

@@ -13,6 +13,10 @@
 //!   `X-Dagstream-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`), retries
 //!   what did not get a 2xx with exponential backoff for at least 10 minutes, and stores every
 //!   attempt (`GET /api/dags/{dag_id}/notifications`).
+//! - **Nothing lost in a crash.** The outbox row is written after the event is stored, so a
+//!   crash between the two would lose it: the server that resumes a run (or restarts soon after
+//!   its end) hands the run's stored milestones to the notifier again
+//!   (`runs::Runs::renotify`); the ids make that idempotent.
 //! - **Never blocks a run.** Rooms hand their milestones to the notifier through an unbounded
 //!   channel; the notifier and the delivery loop talk to the store and the network on their own.
 
