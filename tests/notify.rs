@@ -43,6 +43,19 @@ struct Receiver {
     got: Arc<Mutex<Vec<Received>>>,
 }
 
+impl Receiver {
+    /// A receiver on a free loopback port, taking `/hook` and `/slack`.
+    async fn start() -> (Receiver, std::net::SocketAddr) {
+        let receiver = Receiver::default();
+        let app =
+            Router::new().route("/hook", post(receive)).route("/slack", post(receive)).with_state(receiver.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let addr = listener.local_addr().expect("an address");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (receiver, addr)
+    }
+}
+
 /// Answers 500 to the first three tries of every `gate_waiting` notification, 200 otherwise.
 async fn receive(
     State(receiver): State<Receiver>,
@@ -77,11 +90,7 @@ fn expected_signature(secret: &str, timestamp: &str, body: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_are_signed_retried_until_taken_and_listed_with_every_attempt() {
-    let receiver = Receiver::default();
-    let app = Router::new().route("/hook", post(receive)).route("/slack", post(receive)).with_state(receiver.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
-    let receiver_addr = listener.local_addr().expect("an address");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (receiver, receiver_addr) = Receiver::start().await;
 
     let dir = temp_dir("notify");
     let config = dir.join("dagstream.toml");
@@ -231,11 +240,7 @@ fn a_config_or_spec_with_a_bad_target_is_refused_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_lost_in_a_crash_is_queued_again_at_restart_with_the_same_id() {
-    let receiver = Receiver::default();
-    let app = Router::new().route("/hook", post(receive)).with_state(receiver.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
-    let receiver_addr = listener.local_addr().expect("an address");
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (receiver, receiver_addr) = Receiver::start().await;
     let dir = temp_dir("notify-crash");
     let config = dir.join("dagstream.toml");
     std::fs::write(

@@ -254,7 +254,9 @@ mod tests {
         });
         let not_waiting = Err(Rejected::GateNotWaiting("review".into()));
         let feedback = Some("shorter");
-        let table: &[(GateStanding<'static>, Decision, Option<&str>, Result<GateOutcome, Rejected>)] = &[
+        // (where the gate stands, the decision, its feedback, what the rule says)
+        type Row = (GateStanding<'static>, Decision, Option<&'static str>, Result<GateOutcome, Rejected>);
+        let table: &[Row] = &[
             (GateStanding::Waiting, Decision::Approve, None, Ok(Complete)),
             (GateStanding::Waiting, Decision::Reject, None, Ok(Fail)),
             (GateStanding::Waiting, Decision::Modify, feedback, Ok(SendBack { feedback: "shorter".into() })),
