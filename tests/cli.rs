@@ -247,6 +247,25 @@ async fn user_add_with_a_database_is_known_to_a_server_on_it(#[case] backend: co
         me.starts_with("HTTP/1.1 200") && me.contains(r#""name":"ana""#) && me.contains(r#""role":"approver""#),
         "{me}"
     );
+
+    // A user added while the server runs signs in without a restart, with a bearer token and
+    // on the login page.
+    let output = add("bo");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let token =
+        stdout.lines().find_map(|l| l.split("token (shown once, only its hash is kept): ").nth(1)).expect("token");
+    // Unknown tokens make the server read the database again at most once a second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let me = common::http_as(&served.addr, token, "GET", "/api/me", None, "");
+    assert!(me.starts_with("HTTP/1.1 200") && me.contains(r#""name":"bo""#), "{me}");
+    let login = common::raw_http(
+        &served.addr,
+        &format!("GET /login?token={token} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", served.addr),
+    );
+    assert_eq!(common::status_of(&login), 303, "{login}");
+    let wrong = common::http_as(&served.addr, "not-anyones-token-at-all", "GET", "/api/me", None, "");
+    assert_eq!(common::status_of(&wrong), 401, "{wrong}");
 }
 
 #[test]

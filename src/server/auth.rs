@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, header};
 use rand::RngCore;
@@ -228,6 +228,7 @@ impl AuthSettings {
 }
 
 /// Someone who may sign in.
+#[derive(Clone)]
 struct Known {
     name: String,
     role: Role,
@@ -243,8 +244,13 @@ struct Session {
 
 /// Tokens, users and sessions of one server.
 pub struct Auth {
-    /// Everyone who may sign in: the admin token's user first, then the users file.
+    /// Who may sign in by the admin token and the users file (fixed at start).
     known: Vec<Known>,
+    /// Who may sign in as kept in the database: read at start, and again when a token nobody
+    /// here knows is presented (a user added meanwhile), at most once per [`USERS_REREAD`].
+    from_store: RwLock<Vec<Known>>,
+    /// When the database's users were last read.
+    users_read: Mutex<Instant>,
     /// Live sessions by id hash.
     sessions: Mutex<HashMap<String, Session>>,
     /// Where sessions are kept across restarts (none in tests without a store).
@@ -257,6 +263,26 @@ pub struct Auth {
     /// In a cluster: told the id hash of every session that ends here, so the other instances
     /// end it too ([`Auth::forget_session`]).
     logouts: OnceLock<mpsc::UnboundedSender<String>>,
+}
+
+/// How often, at most, a token nobody knows makes the server read the database's users again.
+const USERS_REREAD: Duration = Duration::from_secs(1);
+
+/// The users kept in `store`, checked: a known role, a readable hash, and no name that `fixed`
+/// (the admin and the users file) has too.
+async fn store_users(store: &dyn Store, fixed: &[Known]) -> Result<Vec<Known>, String> {
+    let mut users = Vec::new();
+    for user in store.users().await.map_err(|e| e.to_string())? {
+        let role = Role::from_name(&user.role)
+            .ok_or_else(|| format!("user {:?} in the database has an unknown role {:?}", user.name, user.role))?;
+        let hash = parse_hash(&user.token_sha256)
+            .ok_or_else(|| format!("user {:?} in the database: bad token hash", user.name))?;
+        if fixed.iter().any(|k| k.name == user.name) {
+            return Err(format!("user {:?} is in the users file and in the database: keep one of them", user.name));
+        }
+        users.push(Known { name: user.name, role, hash });
+    }
+    Ok(users)
 }
 
 /// Locks a mutex whose data stays valid even if a holder panicked (plain maps, no invariants
@@ -276,22 +302,10 @@ impl Auth {
             let hash = parse_hash(&user.token_sha256).ok_or_else(|| format!("user {:?}: bad token hash", user.name))?;
             known.push(Known { name: user.name, role: user.role, hash });
         }
-        if let Some(store) = &store {
-            for user in store.users().await.map_err(|e| e.to_string())? {
-                let role = Role::from_name(&user.role).ok_or_else(|| {
-                    format!("user {:?} in the database has an unknown role {:?}", user.name, user.role)
-                })?;
-                let hash = parse_hash(&user.token_sha256)
-                    .ok_or_else(|| format!("user {:?} in the database: bad token hash", user.name))?;
-                if known.iter().any(|k| k.name == user.name) {
-                    return Err(format!(
-                        "user {:?} is in the users file and in the database: keep one of them",
-                        user.name
-                    ));
-                }
-                known.push(Known { name: user.name, role, hash });
-            }
-        }
+        let from_store = match &store {
+            Some(store) => store_users(store.as_ref(), &known).await?,
+            None => Vec::new(),
+        };
         let mut sessions = HashMap::new();
         if let Some(store) = &store {
             let now = unix_now();
@@ -307,6 +321,8 @@ impl Auth {
         }
         Ok(Auth {
             known,
+            from_store: RwLock::new(from_store),
+            users_read: Mutex::new(Instant::now()),
             sessions: Mutex::new(sessions),
             store,
             session_ttl: settings.session_ttl,
@@ -318,24 +334,47 @@ impl Auth {
     }
 
     /// The user a token belongs to. Every known hash is compared, in constant time each.
-    fn by_token(&self, token: &str) -> Option<&Known> {
+    fn by_token(&self, token: &str) -> Option<Known> {
         let presented = sha256(token);
+        let from_store = self.from_store.read().unwrap_or_else(PoisonError::into_inner);
         let mut found = None;
-        for known in &self.known {
+        for known in self.known.iter().chain(from_store.iter()) {
             if bool::from(known.hash.ct_eq(&presented)) && found.is_none() {
-                found = Some(known);
+                found = Some(known.clone());
             }
         }
         found
     }
 
+    /// [`Auth::by_token`]; for a token nobody here knows, the database's users are read again
+    /// first (a user added with `user add --database` while this server runs).
+    async fn by_token_anywhere(&self, token: &str) -> Option<Known> {
+        if let Some(known) = self.by_token(token) {
+            return Some(known);
+        }
+        let store = self.store.as_ref()?;
+        {
+            let mut read = lock(&self.users_read);
+            if read.elapsed() < USERS_REREAD {
+                return None;
+            }
+            *read = Instant::now();
+        }
+        match store_users(store.as_ref(), &self.known).await {
+            Ok(users) => *self.from_store.write().unwrap_or_else(PoisonError::into_inner) = users,
+            Err(error) => tracing::warn!(%error, "cannot read the database's users again"),
+        }
+        self.by_token(token)
+    }
+
     fn role_of(&self, name: &str) -> Option<Role> {
-        self.known.iter().find(|k| k.name == name).map(|k| k.role)
+        let from_store = self.from_store.read().unwrap_or_else(PoisonError::into_inner);
+        self.known.iter().chain(from_store.iter()).find(|k| k.name == name).map(|k| k.role)
     }
 
     /// Checks a token and opens a session: the session id (for the cookie) and who signed in.
     pub async fn login(&self, token: &str) -> Result<(String, SignedIn), AuthError> {
-        let known = self.by_token(token.trim()).ok_or(AuthError::BadToken)?;
+        let known = self.by_token_anywhere(token.trim()).await.ok_or(AuthError::BadToken)?;
         let signed_in = SignedIn { name: known.name.clone(), role: known.role };
         let id = new_secret();
         let id_hash = hex(&sha256(&id));
@@ -420,6 +459,13 @@ impl Auth {
     pub async fn identify_anywhere(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
         match self.identify(headers) {
             Err(AuthError::NoSession) => {}
+            Err(AuthError::BadToken) => {
+                // A bearer token of a user added to the database while this server runs.
+                let bearer = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+                let token = bearer.and_then(|v| v.strip_prefix("Bearer ")).ok_or(AuthError::BadToken)?;
+                self.by_token_anywhere(token.trim()).await.ok_or(AuthError::BadToken)?;
+                return self.identify(headers);
+            }
             known => return known,
         }
         let (Some(store), Some(id)) = (&self.store, session_cookie(headers)) else {
