@@ -511,7 +511,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
     let config = Arc::new(config);
     let (milestones, milestones_in) = tokio::sync::mpsc::unbounded_channel();
-    let (store, runs, cluster) = match &args.nats {
+    let (store, runs, mut cluster) = match &args.nats {
         None => {
             let store = crate::store::open(&database, args.database.pool_size).await.map_err(|e| e.to_string())?;
             let runs = Runs::open_notifying(RoomLimits::default(), engine, Arc::clone(&store), Some(milestones))
@@ -569,7 +569,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let delivery =
         tokio::spawn(crate::notify::outbox::delivery_loop(Arc::clone(&store), first_retry, wake, deliveries.clone()));
     let auth = Arc::new(Auth::new(settings, Some(store)).await?);
-    let mut cluster = cluster;
     if let Some(joined) = &mut cluster {
         let (logouts, ended_here) = tokio::sync::mpsc::unbounded_channel();
         auth.share_logouts(logouts);

@@ -53,10 +53,17 @@ use crate::store::{PgStore, Store, StoreError};
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 /// How long a forwarded command waits for the run's owner to answer.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// What the sender of a command hears while no instance can take it.
+const NO_OWNER: &str =
+    "no instance drives this run at the moment (its owner is being replaced): try again in a few seconds";
+
 /// How long leaving the cluster waits for PostgreSQL and NATS.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often followed runs are compared with the store (events NATS did not bring).
 const CATCH_UP_INTERVAL: Duration = Duration::from_secs(1);
+/// Every this many catch-ups, finished runs are looked for too (a run that began and ended
+/// while NATS brought nothing here); the others look at unfinished runs only.
+const FINISHED_EVERY: u32 = 60;
 
 /// How this instance joins its cluster.
 #[derive(Clone, Debug)]
@@ -262,10 +269,7 @@ impl ClusterLink for Member {
     fn forward(&self, dag_id: &str, event: ClientEvent, actor: &str) -> BoxFuture<'_, Result<(), String>> {
         let forwarded = Forwarded { dag_id: dag_id.to_owned(), event, actor: actor.to_owned() };
         Box::pin(async move {
-            let unavailable = || {
-                "no instance drives this run at the moment (its owner is being replaced): try again in a few seconds"
-                    .to_owned()
-            };
+            let unavailable = || NO_OWNER.to_owned();
             let owner = match self.store.owner(&forwarded.dag_id).await {
                 Ok(Some(owner)) if owner != self.id => owner,
                 Ok(Some(_)) | Ok(None) => return Err(unavailable()),
@@ -353,25 +357,26 @@ async fn catch_up(runs: &Runs, room: &Room, after: u64, up_to: u64) -> Result<()
     Ok(())
 }
 
-/// Each second: mirrors runs created elsewhere that this instance has not heard of, and brings
-/// every followed run up to its stored log (events NATS did not deliver).
+/// Each second: mirrors runs created elsewhere that this instance has not heard of (unfinished
+/// ones; finished ones every [`FINISHED_EVERY`] seconds), and brings every followed run up to its
+/// stored log (events NATS did not deliver).
 async fn catch_up_loop(runs: Arc<Runs>, member: Arc<Member>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(CATCH_UP_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for round in (0..FINISHED_EVERY).cycle() {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.cancelled() => return,
         }
-        if let Err(error) = catch_up_all(&runs, &member).await {
+        if let Err(error) = catch_up_all(&runs, &member, round != 0).await {
             tracing::warn!(%error, "catching up with the store failed; trying again");
         }
     }
 }
 
-async fn catch_up_all(runs: &Runs, member: &Member) -> Result<(), StoreError> {
+async fn catch_up_all(runs: &Runs, member: &Member, unfinished_only: bool) -> Result<(), StoreError> {
     let known: HashSet<String> = runs.ids().into_iter().collect();
-    for dag_id in member.store.run_ids().await? {
+    for dag_id in member.store.run_ids(unfinished_only).await? {
         if !known.contains(&dag_id) {
             runs.mirror_stored(&dag_id).await?;
         }
@@ -413,10 +418,7 @@ async fn command_loop(
                 Err(error) => Some(format!("unreadable command: {error}")),
                 Ok(Forwarded { dag_id, event, actor }) => match runs.get(&dag_id).and_then(|e| e.handle().cloned()) {
                     Some(handle) => handle.command(event, &actor).await.err().map(|rejected| rejected.to_string()),
-                    None => Some(
-                        "no instance drives this run at the moment (its owner is being replaced): try again in a few seconds"
-                            .to_owned(),
-                    ),
+                    None => Some(NO_OWNER.to_owned()),
                 },
             };
             match serde_json::to_vec(&Verdict { refused }) {

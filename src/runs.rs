@@ -202,21 +202,23 @@ impl Runs {
             store.create_run(record).await?;
         }
         let state = initial_state(&dag_id, &spec, &started_at);
-        let driver = match self.cluster.get() {
-            None => {
-                let room = self.new_room(state, Vec::new());
-                (Driver::Engine(engine::run::spawn(&dag_id, spec, Arc::clone(&room), &self.engine)), room)
-            }
-            Some(member) => match member.link.place(&dag_id).await? {
-                Some(epoch) => {
-                    let room = self.new_room(state, Vec::new());
-                    room.take_over(epoch);
-                    (Driver::Engine(engine::run::spawn(&dag_id, spec, Arc::clone(&room), &self.engine)), room)
-                }
-                None => (Driver::Remote, self.new_mirror(state, Vec::new())?),
-            },
+        // In a cluster the run is placed on a live instance: this one (with a lease) or another
+        // (which this one then mirrors).
+        let placed = match self.cluster.get() {
+            Some(member) => Some(member.link.place(&dag_id).await?),
+            None => None,
         };
-        let (driver, room) = driver;
+        let (room, driver) = match placed {
+            Some(None) => (self.new_mirror(state, Vec::new())?, Driver::Remote),
+            Some(Some(_)) | None => {
+                let room = self.new_room(state, Vec::new());
+                if let Some(Some(epoch)) = placed {
+                    room.take_over(epoch);
+                }
+                let handle = engine::run::spawn(&dag_id, spec, Arc::clone(&room), &self.engine);
+                (room, Driver::Engine(handle))
+            }
+        };
         self.write().entry(dag_id.clone()).or_insert(RunEntry { room: Arc::clone(&room), driver });
         room.announce();
         Ok(dag_id)

@@ -230,10 +230,10 @@ impl Room {
                 }
             }
             None => {
-                let changes_summary = changes_summary(&event.body);
+                let milestone = is_milestone(&event.body);
                 inner.commit(event, frame, &self.live, &self.complete);
                 drop(inner);
-                if changes_summary {
+                if milestone {
                     self.announce();
                 }
             }
@@ -244,8 +244,8 @@ impl Room {
     /// Folds, logs and broadcasts an event (the writer calls this once it is stored), and hands
     /// it to the relay, if there is one.
     pub fn commit(&self, event: ServerEvent, frame: Frame) {
-        let changes_summary = changes_summary(&event.body);
-        if changes_summary && let Some(milestones) = self.milestones.get() {
+        let milestone = is_milestone(&event.body);
+        if milestone && let Some(milestones) = self.milestones.get() {
             // Nobody listening (the server is stopping) is fine.
             let _ = milestones.send((Arc::clone(&self.dag_id), event.clone()));
         }
@@ -254,7 +254,7 @@ impl Room {
             // The relay ends only when the cluster shuts down; then nobody needs the event.
             let _ = relay.send((Arc::clone(&self.dag_id), frame));
         }
-        if changes_summary {
+        if milestone {
             self.announce();
         }
     }
@@ -263,7 +263,7 @@ impl Room {
     /// if it is the next one. Events this room already has, and every event while this
     /// instance drives the run itself, change nothing.
     pub fn follow(&self, event: ServerEvent, frame: Frame) -> Followed {
-        let changes_summary = changes_summary(&event.body);
+        let milestone = is_milestone(&event.body);
         let mut inner = self.lock();
         if inner.authority != Authority::Mirror || event.seq <= inner.state.seq {
             return Followed::Known;
@@ -274,7 +274,7 @@ impl Room {
         inner.commit(event, frame, &self.live, &self.complete);
         inner.published = inner.state.seq;
         drop(inner);
-        if changes_summary {
+        if milestone {
             self.announce();
         }
         Followed::Folded
@@ -463,11 +463,6 @@ impl Room {
 /// True for events that change a run's course (gates, spend, its state, its end): they change
 /// its line in the run list, and they are what notifications are made of.
 pub fn is_milestone(body: &ServerEventBody) -> bool {
-    changes_summary(body)
-}
-
-/// True for events that change a run's line in the run list.
-fn changes_summary(body: &ServerEventBody) -> bool {
     match body {
         ServerEventBody::NodeState { status, .. } => status.is_terminal(),
         ServerEventBody::RunStateChanged { .. }

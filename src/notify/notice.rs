@@ -4,10 +4,7 @@
 use serde_json::{Value, json};
 
 use super::Topic;
-use crate::protocol::{RunPhase, Seq, ServerEvent, ServerEventBody};
-
-/// Who a gate's timeout decides as (`decided_by` of its `gate_resolved`).
-pub const TIMEOUT_DECIDER: &str = "timeout";
+use crate::protocol::{RunPhase, Seq, ServerEvent, ServerEventBody, TIMEOUT_DECIDER};
 
 /// What the notifier remembers of one run between its events.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -370,6 +370,9 @@ pub struct RunSummary {
     pub cost: Cost,
 }
 
+/// Who a gate's timeout decides as: the `decided_by` of the `gate_resolved` it sends.
+pub const TIMEOUT_DECIDER: &str = "timeout";
+
 /// The current time as RFC 3339 with milliseconds, as every timestamp on the wire.
 #[cfg(feature = "ssr")]
 pub fn now_rfc3339() -> String {

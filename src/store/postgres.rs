@@ -593,9 +593,10 @@ impl PgStore {
         .map_err(|e| StoreError::from_sqlx("cannot read the runs' positions", e))
     }
 
-    /// Ids of every run, oldest first.
-    pub async fn run_ids(&self) -> Result<Vec<String>, StoreError> {
-        sqlx::query_scalar("SELECT dag_id FROM runs ORDER BY started_at, dag_id")
+    /// Ids of every run (or of the unfinished ones only), oldest first.
+    pub async fn run_ids(&self, unfinished_only: bool) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT dag_id FROM runs WHERE finished_at IS NULL OR NOT $1 ORDER BY started_at, dag_id")
+            .bind(unfinished_only)
             .fetch_all(&self.pool)
             .await
             .map_err(|e| StoreError::from_sqlx("cannot list runs", e))

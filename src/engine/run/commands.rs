@@ -10,11 +10,10 @@ use crate::engine::node::NodeMsg;
 use crate::engine::policy::{self, CommandEffect, Decider, Gate, GateOutcome, GateStanding, Rejected};
 use crate::engine::schedule::Slot;
 use crate::engine::spec::NodeWork;
-use crate::protocol::{ClientEvent, Decision, NodeMetrics, NodeStatus, RunPhase, ServerEventBody, now_rfc3339};
+use crate::protocol::{
+    ClientEvent, Decision, NodeMetrics, NodeStatus, RunPhase, ServerEventBody, TIMEOUT_DECIDER, now_rfc3339,
+};
 use crate::store::{Claim, DecisionRow, StoreError};
-
-/// Who a gate's timeout decides as (`decided_by`).
-const TIMEOUT_DECIDER: &str = "timeout";
 
 impl Coordinator {
     pub(super) fn on_command(&mut self, event: ClientEvent, actor: &str) -> Result<(), Rejected> {
