@@ -560,8 +560,20 @@ fn the_terminal_view_redraws_one_frame_around_its_questions() {
     let asked = wait_for("answer>", 1);
     one_frame(&asked, "first question");
     tmux(&["send-keys", "-t", "view", "modify shorter please", "Enter"]);
-    let asked_again = wait_for("gate review: modify (shorter please)", 1);
-    let asked_again = if asked_again.contains("answer>") { asked_again } else { wait_for("answer>", 1) };
+    // Asked again: the decision is shown and a fresh prompt is open (the typed answer's own
+    // line also reads `answer> modify …` until it is redrawn, so that one does not count).
+    let asked_again = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let shown = screen();
+            let open_prompt = shown.lines().any(|line| line.trim_end().ends_with("answer>"));
+            if shown.contains("gate review: modify (shorter please)") && open_prompt {
+                break shown;
+            }
+            assert!(Instant::now() < deadline, "waited for the question again; the screen:\n{shown}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
     one_frame(&asked_again, "after modify, asked again");
     assert_eq!(asked_again.matches("? gate review").count(), 1, "one open question:\n{asked_again}");
     tmux(&["send-keys", "-t", "view", "approve", "Enter"]);
