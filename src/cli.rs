@@ -555,20 +555,23 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         session_ttl: args.session_ttl,
         max_connections_per_user: args.max_connections_per_user,
     };
+    let auth = Arc::new(Auth::new(settings, Some(Arc::clone(&store))).await?);
     // Notifications: queued from the milestones of the runs driven here, sent by the delivery
-    // loop (which a cluster's every instance runs).
+    // loop (which a cluster's every instance runs). A waiting gate's carry approval links for
+    // everyone who may decide it.
     let wake = Arc::new(tokio::sync::Notify::new());
     let deliveries = tokio_util::sync::CancellationToken::new();
+    let deciders: Arc<dyn crate::links::Deciders> = auth.clone();
     tokio::spawn(crate::notify::outbox::notify_loop(
         milestones_in,
         Arc::clone(&store),
         Arc::clone(&config),
         public_url,
         Arc::clone(&wake),
+        Some(deciders),
     ));
     let delivery =
         tokio::spawn(crate::notify::outbox::delivery_loop(Arc::clone(&store), first_retry, wake, deliveries.clone()));
-    let auth = Arc::new(Auth::new(settings, Some(store)).await?);
     if let Some(joined) = &mut cluster {
         let (logouts, ended_here) = tokio::sync::mpsc::unbounded_channel();
         auth.share_logouts(logouts);

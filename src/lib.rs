@@ -23,6 +23,8 @@
 //! - `notify` (ssr): webhook notifications (gates waiting and decided, spend, run ends): which
 //!   events notify (`notify::notice`), signed bodies (`notify::payload`), the outbox and its
 //!   delivery loop (`notify::outbox`).
+//! - `links` (ssr): approval links, `/gates/{token}`: one per person who may decide a waiting
+//!   gate, sent in its notification, usable once while the gate waits.
 //! - `runs` (ssr): the registry of runs; loads and resumes them from the store at start.
 //! - `cluster` (ssr): one instance of a cluster on PostgreSQL and NATS (`serve --nats`): run
 //!   leases with fencing, events relayed to every instance, commands forwarded to the owner.
@@ -78,6 +80,8 @@ pub mod external;
 pub mod hub;
 #[cfg(feature = "ssr")]
 pub mod jobs;
+#[cfg(feature = "ssr")]
+pub mod links;
 #[cfg(feature = "ssr")]
 pub mod migrate;
 #[cfg(feature = "ssr")]

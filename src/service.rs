@@ -10,9 +10,11 @@ use std::sync::Arc;
 use crate::engine::{DagSpec, SpecFormat};
 use crate::examples;
 use crate::external::ExternalRun;
+use crate::links::{self, Standing};
 use crate::notify::outbox::rfc3339_ms;
 use crate::protocol::{
-    ClientEvent, DeliveryAttempt, GateDecisionRecord, NotificationRecord, Role, RunState, RunSummary, Seq, SignedIn,
+    ClientEvent, Cost, Decision, DeliveryAttempt, GateDecisionRecord, GatePresentation, NotificationRecord, Role,
+    RunState, RunSummary, Seq, SignedIn,
 };
 use crate::runs::{Driver, RunEntry, Runs, StartError};
 
@@ -34,6 +36,9 @@ pub enum ServiceError {
     /// The run's state does not allow it now (a gate already decided, a run that ended, ...).
     #[error("{0}")]
     Refused(String),
+    /// What was asked for existed and has expired or been used up (an approval link).
+    #[error("{0}")]
+    Gone(String),
     /// Our fault (storage failed, ...): logged in full by the adapter; the caller only learns
     /// that it was ours.
     #[error("internal error")]
@@ -49,6 +54,7 @@ impl ServiceError {
             ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
             ServiceError::Forbidden(_) => StatusCode::FORBIDDEN,
             ServiceError::Refused(_) => StatusCode::CONFLICT,
+            ServiceError::Gone(_) => StatusCode::GONE,
             ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -221,6 +227,101 @@ impl Service {
         }
     }
 }
+
+/// The gate an approval link may decide, as it stands now: what its page shows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinkedGate {
+    /// Whose link it is: their name signs the decision.
+    pub person: String,
+    pub dag_id: String,
+    /// The run's name.
+    pub run_name: String,
+    pub node_id: String,
+    /// The gate's card while it waits.
+    pub presentation: Option<GatePresentation>,
+    pub cost: Cost,
+    pub standing: Standing,
+}
+
+/// What an approval link asks for: a decision on its gate, from its page's form.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinkDecision {
+    /// The gate the page was for; a form sent for another gate is refused.
+    pub node_id: String,
+    pub decision: Decision,
+    pub feedback: Option<String>,
+}
+
+impl Service {
+    /// The gate of an approval link (`links`), as its page shows it. Opening a link decides
+    /// nothing and uses nothing up.
+    pub async fn linked_gate(&self, token: &str) -> Result<LinkedGate, ServiceError> {
+        let (_, gate) = self.read_link(token).await?;
+        Ok(gate)
+    }
+
+    /// Decides a gate with an approval link, in the name of the link's person: once, while the
+    /// gate waits in the wait the link was made for. Answers the gate as it stands after.
+    pub async fn decide_by_link(&self, token: &str, asked: LinkDecision) -> Result<LinkedGate, ServiceError> {
+        let (hash, gate) = self.read_link(token).await?;
+        if asked.node_id != gate.node_id {
+            return Err(ServiceError::Forbidden(format!(
+                "this link decides gate {:?} only, not {:?}",
+                gate.node_id, asked.node_id
+            )));
+        }
+        if let Some(refusal) = gate.standing.refusal() {
+            return Err(ServiceError::Gone(refusal));
+        }
+        let store = self.runs.store().ok_or_else(|| ServiceError::NotFound(NO_SUCH_LINK.into()))?;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        if !store.use_gate_link(&hash, now).await.map_err(|e| ServiceError::Internal(e.to_string()))? {
+            return Err(ServiceError::Gone(Standing::Used.refusal().unwrap_or_default()));
+        }
+        let run = self.find(&gate.dag_id).await?;
+        let person = SignedIn { name: gate.person.clone(), role: Role::Approver };
+        let event =
+            ClientEvent::HumanDecision { node_id: asked.node_id, decision: asked.decision, feedback: asked.feedback };
+        if let Err(refused) = self.command(&run, &person, event).await {
+            // Nothing was decided: the link stays good for another try while the gate waits.
+            if let Err(error) = store.release_gate_link(&hash).await {
+                tracing::warn!(%error, "a refused approval link stays used");
+            }
+            return Err(refused);
+        }
+        let mut after = gate;
+        after.standing = Standing::Used;
+        Ok(after)
+    }
+
+    /// An approval link's stored row (by the token's hash) and its gate now.
+    async fn read_link(&self, token: &str) -> Result<(String, LinkedGate), ServiceError> {
+        let store = self.runs.store().ok_or_else(|| ServiceError::NotFound(NO_SUCH_LINK.into()))?;
+        let hash = crate::server::auth::hash_secret(token.trim());
+        let link = store
+            .gate_link(&hash)
+            .await
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+            .ok_or_else(|| ServiceError::NotFound(NO_SUCH_LINK.into()))?;
+        let state = self.state(&link.dag_id).await?;
+        let standing = links::standing(&link, &state);
+        let presentation = state.nodes.get(&link.node_id).and_then(|node| node.gate.clone());
+        let gate = LinkedGate {
+            person: link.person.clone(),
+            dag_id: state.dag_id.clone(),
+            run_name: state.name.clone(),
+            node_id: link.node_id.clone(),
+            presentation,
+            cost: state.cost,
+            standing,
+        };
+        Ok((hash, gate))
+    }
+}
+
+/// What an unknown approval link is told (an unknown token and a missing one look the same).
+const NO_SUCH_LINK: &str = "This approval link is not valid: check that it was copied whole.";
 
 fn start_error(error: StartError) -> ServiceError {
     match error {

@@ -291,3 +291,175 @@ async fn a_notification_lost_in_a_crash_is_queued_again_at_restart_with_the_same
     let listed = json_body(&http_get(&server.addr, &format!("/api/dags/{dag_id}/notifications")));
     assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
 }
+
+/// A request with no credentials at all, as a person who follows a link.
+fn anonymous(addr: &str, method: &str, path: &str, form: Option<&str>) -> String {
+    let body = form.unwrap_or_default();
+    let content_type = form.map(|_| "Content-Type: application/x-www-form-urlencoded\r\n").unwrap_or_default();
+    common::raw_http(
+        addr,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_links_decide_once_in_their_persons_name_and_only_while_their_gate_waits() {
+    let (receiver, receiver_addr) = Receiver::start().await;
+    let dir = temp_dir("notify-links");
+    let config = dir.join("dagstream.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "public_url = \"http://links.example.com/\"\n[[notify]]\nurl = \"http://{receiver_addr}/hook\"\nsecret = \"{SECRET}\"\nevents = [\"gate_waiting\"]\n\n[delivery]\nfirst_retry = \"20ms\"\n"
+        ),
+    )
+    .expect("config");
+    let users = dir.join("users.toml");
+    let mut file = dagstream::server::auth::UsersFile::default();
+    file.add("ana", dagstream::protocol::Role::Approver).expect("ana");
+    file.add("vic", dagstream::protocol::Role::Viewer).expect("vic");
+    file.save(&users).expect("users file");
+    let server = Served::start_with(
+        &stub_site("notify-links-site"),
+        &dir.join("data"),
+        None,
+        &["--config", config.to_str().expect("utf-8"), "--users", users.to_str().expect("utf-8")],
+    );
+    let spec = r#"
+name = "linked"
+[[nodes]]
+id = "first"
+kind = "gate"
+title = "Ship the first?"
+prompt = "Look at <b>this</b>"
+[[nodes]]
+id = "second"
+kind = "gate"
+title = "Ship the second?"
+[[nodes]]
+id = "slow"
+kind = "gate"
+title = "Nobody answers"
+timeout = "1500ms"
+on_timeout = "approve"
+"#;
+    let dag_id = dag_id_of(&http(&server.addr, "POST", "/api/dags", Some("application/toml"), spec));
+
+    // Every waiting gate's notification carries one link per person who may decide: the admin
+    // and the approver, not the viewer.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let links = |gate: &str| -> Option<HashMap<String, String>> {
+        let got = receiver.got.lock().expect("lock");
+        let body = got.iter().filter(|r| r.answered == 200).find_map(|r| {
+            let body: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+            (body["gate"]["node_id"] == gate).then_some(body)
+        })?;
+        let decide = body["links"]["decide"].as_array()?;
+        Some(
+            decide
+                .iter()
+                .map(|l| (l["person"].as_str().unwrap_or("").to_owned(), l["url"].as_str().unwrap_or("").to_owned()))
+                .collect(),
+        )
+    };
+    let (first, second) = loop {
+        if let (Some(first), Some(second)) = (links("first"), links("second")) {
+            break (first, second);
+        }
+        assert!(Instant::now() < deadline, "no links: {:#?}", receiver.got.lock());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut people: Vec<&String> = first.keys().collect();
+    people.sort();
+    assert_eq!(people, ["admin", "ana"], "one link per person who may decide");
+    let path = |url: &String| {
+        assert!(url.starts_with("http://links.example.com/gates/"), "{url}");
+        url.trim_start_matches("http://links.example.com").to_owned()
+    };
+    let ana_first = path(&first["ana"]);
+    let ana_second = path(&second["ana"]);
+    assert_ne!(ana_first, ana_second, "a link per gate");
+
+    // Opening a link needs no sign-in and decides nothing, however often.
+    for _ in 0..2 {
+        let page = anonymous(&server.addr, "GET", &ana_first, None);
+        assert_eq!(common::status_of(&page), 200, "{page}");
+        assert!(page.contains(r#"data-standing="open""#), "{page}");
+        assert!(page.contains("Ship the first?") && page.contains("Look at &lt;b&gt;this&lt;/b&gt;"), "{page}");
+        assert!(page.contains(r#"data-testid="link-person">ana<"#), "{page}");
+        assert!(page.to_ascii_lowercase().contains("referrer-policy: no-referrer"), "{page}");
+    }
+    let waiting = |node: &str| {
+        json_body(&http_get(&server.addr, &format!("/api/dags/{dag_id}")))["nodes"][node]["status"] == "waiting"
+    };
+    assert!(waiting("first"), "opening decided nothing");
+
+    // A form sent for another gate than the link's is refused, and changes nothing.
+    let other = anonymous(&server.addr, "POST", &ana_first, Some("node_id=second&decision=approve"));
+    assert_eq!(common::status_of(&other), 403, "{other}");
+    assert!(waiting("second") && waiting("first"));
+    let nonsense = anonymous(&server.addr, "POST", &ana_first, Some("node_id=first&decision=maybe"));
+    assert_eq!(common::status_of(&nonsense), 400, "{nonsense}");
+    let unknown = anonymous(&server.addr, "GET", &format!("/gates/{}", "0".repeat(64)), None);
+    assert_eq!(common::status_of(&unknown), 404, "{unknown}");
+
+    // Approve: signed with ana's name.
+    let approved = anonymous(&server.addr, "POST", &ana_first, Some("node_id=first&decision=approve"));
+    assert_eq!(common::status_of(&approved), 200, "{approved}");
+    assert!(approved.contains("Approved as ana"), "{approved}");
+    let decision_of = |node: &str| {
+        let decisions = json_body(&http_get(&server.addr, &format!("/api/dags/{dag_id}/decisions")));
+        decisions.as_array().expect("a list").iter().find(|d| d["node_id"] == node).cloned()
+    };
+    let decided = loop {
+        if let Some(decided) = decision_of("first") {
+            break decided;
+        }
+        assert!(Instant::now() < deadline, "the decision was not applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((decided["decision"].as_str(), decided["decided_by"].as_str()), (Some("approve"), Some("ana")));
+
+    // Used once: ana's link again, and the admin's link of the decided gate, are refused.
+    let again = anonymous(&server.addr, "POST", &ana_first, Some("node_id=first&decision=reject"));
+    assert_eq!(common::status_of(&again), 410, "{again}");
+    assert!(again.contains("already used"), "{again}");
+    let admins = anonymous(&server.addr, "GET", &path(&first["admin"]), None);
+    assert_eq!(common::status_of(&admins), 410, "{admins}");
+    assert!(admins.contains("already decided by ana (approve)"), "{admins}");
+    let late = anonymous(&server.addr, "POST", &path(&first["admin"]), Some("node_id=first&decision=reject"));
+    assert_eq!(common::status_of(&late), 410, "{late}");
+
+    // The other gate's link still works: reject with feedback.
+    let rejected =
+        anonymous(&server.addr, "POST", &ana_second, Some("node_id=second&decision=reject&feedback=not+today"));
+    assert_eq!(common::status_of(&rejected), 200, "{rejected}");
+
+    // A gate that timed out: its links have expired.
+    let slow = loop {
+        if let Some(slow) = links("slow") {
+            break slow;
+        }
+        assert!(Instant::now() < deadline, "no links for the slow gate");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    while waiting("slow") {
+        assert!(Instant::now() < deadline, "the slow gate never timed out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let expired = anonymous(&server.addr, "POST", &path(&slow["ana"]), Some("node_id=slow&decision=reject"));
+    assert_eq!(common::status_of(&expired), 410, "{expired}");
+    assert!(expired.contains("timed out"), "{expired}");
+    let decisions = json_body(&http_get(&server.addr, &format!("/api/dags/{dag_id}/decisions")));
+    let by: Vec<(&str, &str)> = decisions
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|d| (d["node_id"].as_str().unwrap_or(""), d["decided_by"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(by.len(), 3, "one decision per gate: {by:?}");
+    assert!(by.contains(&("second", "ana")) && by.contains(&("slow", "timeout")), "{by:?}");
+}

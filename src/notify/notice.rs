@@ -24,6 +24,8 @@ pub struct Notice {
     pub key: String,
     /// What the notice is about, as the payload carries it (`gate`, `decision`, `spend`, ...).
     pub detail: Value,
+    /// The gate whose wait it announces (`gate_waiting`): its messages carry approval links.
+    pub gate: Option<String>,
 }
 
 /// The notices `event` raises, given what came before; updates `memory`.
@@ -35,6 +37,7 @@ pub fn notices(memory: &mut RunMemory, event: &ServerEvent) -> Vec<Notice> {
             seq,
             key: format!("{seq}"),
             detail: json!({ "gate": { "node_id": node_id, "presentation": presentation } }),
+            gate: Some(node_id.clone()),
         }],
         ServerEventBody::GateResolved { node_id, decision, feedback, decided_by, decided_at } => {
             let topic = if decided_by == TIMEOUT_DECIDER { Topic::GateTimedOut } else { Topic::GateDecided };
@@ -46,6 +49,7 @@ pub fn notices(memory: &mut RunMemory, event: &ServerEvent) -> Vec<Notice> {
                     "node_id": node_id, "decision": decision, "feedback": feedback,
                     "decided_by": decided_by, "decided_at": decided_at,
                 } }),
+                gate: None,
             }]
         }
         ServerEventBody::CostUpdate { spent, budget, .. } => {
@@ -69,6 +73,7 @@ pub fn notices(memory: &mut RunMemory, event: &ServerEvent) -> Vec<Notice> {
                     // is news again.
                     key: format!("{}-{budget}", topic.as_str()),
                     detail: json!({ "spend": { "spent": spent, "budget": budget, "share": share } }),
+                    gate: None,
                 })
                 .collect()
         }
@@ -79,7 +84,7 @@ pub fn notices(memory: &mut RunMemory, event: &ServerEvent) -> Vec<Notice> {
                 RunPhase::Cancelled => Topic::RunCancelled,
                 RunPhase::Running | RunPhase::Paused | RunPhase::Cancelling => return Vec::new(),
             };
-            vec![Notice { topic, seq, key: topic.as_str().to_owned(), detail: json!({ "state": state }) }]
+            vec![Notice { topic, seq, key: topic.as_str().to_owned(), detail: json!({ "state": state }), gate: None }]
         }
         ServerEventBody::NodeState { .. }
         | ServerEventBody::EdgeActive { .. }

@@ -19,8 +19,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::notice::{self, RunMemory};
-use super::payload::{self, RunCard};
+use super::payload::{self, DecideLink, RunCard};
 use super::{NotifyTarget, ServerConfig};
+use crate::links::{self, Deciders};
 use crate::protocol::{ServerEvent, ServerEventBody, now_rfc3339};
 use crate::store::{AttemptRow, NotificationRow, Store};
 
@@ -68,6 +69,7 @@ pub async fn notify_loop(
     config: Arc<ServerConfig>,
     public_url: String,
     wake: Arc<Notify>,
+    deciders: Option<Arc<dyn Deciders>>,
 ) {
     let mut runs: HashMap<Arc<str>, Known> = HashMap::new();
     while let Some((dag_id, event)) = milestones.recv().await {
@@ -96,9 +98,32 @@ pub async fn notify_loop(
         };
         let mut rows = Vec::new();
         for notice in &notices {
-            for target in config.notify.iter().chain(&known.targets).filter(|t| t.wants(notice.topic)) {
+            let targets: Vec<&NotifyTarget> =
+                config.notify.iter().chain(&known.targets).filter(|t| t.wants(notice.topic)).collect();
+            if targets.is_empty() {
+                continue;
+            }
+            let decide = match (&notice.gate, &deciders) {
+                (Some(node_id), Some(deciders)) => {
+                    let people = deciders.who_may_decide();
+                    let (made, kept) = links::make(&dag_id, node_id, notice.seq as i64, &people, now_ms());
+                    // Kept before any message carries them; a link that cannot be kept is not sent.
+                    match store.add_gate_links(kept).await {
+                        Ok(()) => made
+                            .into_iter()
+                            .map(|link| DecideLink { url: links::url(&public_url, &link.token), person: link.person })
+                            .collect(),
+                        Err(error) => {
+                            tracing::warn!(%error, %dag_id, "approval links not kept: the notification goes without them");
+                            Vec::new()
+                        }
+                    }
+                }
+                (Some(_), None) | (None, _) => Vec::new(),
+            };
+            for target in targets {
                 let id = notification_id(&dag_id, &notice.key, target);
-                let body = payload::body(target.format, &id, &now_rfc3339(), &card, notice);
+                let body = payload::body(target.format, &id, &now_rfc3339(), &card, notice, &decide);
                 let now = now_ms();
                 rows.push(NotificationRow {
                     id,

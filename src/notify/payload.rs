@@ -19,29 +19,42 @@ pub struct RunCard {
     pub url: String,
 }
 
-/// The body of one delivery, in the target's format.
-pub fn body(format: Format, id: &str, at: &str, run: &RunCard, notice: &Notice) -> Value {
+/// An approval link (`crate::links`): the page where `person` decides the gate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecideLink {
+    pub person: String,
+    pub url: String,
+}
+
+/// The body of one delivery, in the target's format; `decide` are the approval links of a
+/// waiting gate (none for other topics).
+pub fn body(format: Format, id: &str, at: &str, run: &RunCard, notice: &Notice, decide: &[DecideLink]) -> Value {
     match format {
         Format::Json => {
+            let mut links = json!({ "run": run.url });
+            if !decide.is_empty() {
+                links["decide"] =
+                    decide.iter().map(|link| json!({ "person": link.person, "url": link.url })).collect::<Value>();
+            }
             let mut body = json!({
                 "id": id,
                 "topic": notice.topic.as_str(),
                 "at": at,
                 "seq": notice.seq,
                 "run": { "dag_id": run.dag_id, "name": run.name, "spent": run.spent, "budget": run.budget, "url": run.url },
-                "links": { "run": run.url },
+                "links": links,
             });
             if let (Value::Object(fields), Value::Object(detail)) = (&mut body, &notice.detail) {
                 fields.extend(detail.clone());
             }
             body
         }
-        Format::Slack => slack(run, notice),
+        Format::Slack => slack(run, notice, decide),
     }
 }
 
 /// A Slack message (`text` for notifications, `blocks` for the message).
-fn slack(run: &RunCard, notice: &Notice) -> Value {
+fn slack(run: &RunCard, notice: &Notice, decide: &[DecideLink]) -> Value {
     let detail = &notice.detail;
     let (title, text) = match notice.topic {
         super::Topic::GateWaiting => {
@@ -77,6 +90,11 @@ fn slack(run: &RunCard, notice: &Notice) -> Value {
     blocks.push(json!({ "type": "context", "elements": [
         { "type": "mrkdwn", "text": format!("*{}* · {spend}", run.name) }
     ] }));
+    if !decide.is_empty() {
+        // Each link is one person's: the message says whose, so nobody decides in another's name.
+        let list: Vec<String> = decide.iter().map(|link| format!("<{}|Decide as {}>", link.url, link.person)).collect();
+        blocks.push(json!({ "type": "section", "text": { "type": "mrkdwn", "text": list.join(" · ") } }));
+    }
     blocks.push(json!({ "type": "actions", "elements": [
         { "type": "button", "text": { "type": "plain_text", "text": "Open the run" }, "url": run.url }
     ] }));
@@ -128,13 +146,38 @@ mod tests {
             seq: 4,
             key: "budget_80-10".into(),
             detail: json!({ "spend": { "spent": 8.0, "budget": 10.0, "share": 0.8 } }),
+            gate: None,
         };
-        let body = body(Format::Json, "id-1", "2026-12-07T10:00:00Z", &run(), &notice);
+        let body = body(Format::Json, "id-1", "2026-12-07T10:00:00Z", &run(), &notice, &[]);
         assert_eq!(body["id"], "id-1");
         assert_eq!(body["topic"], "budget_80");
         assert_eq!(body["run"]["name"], "nightly");
         assert_eq!(body["spend"]["share"], 0.8);
         assert_eq!(body["links"]["run"], "http://x/dags/r1");
+        assert!(body["links"].get("decide").is_none(), "no approval links but for a waiting gate");
+    }
+
+    #[test]
+    fn a_waiting_gate_carries_one_approval_link_per_person() {
+        let notice = Notice {
+            topic: Topic::GateWaiting,
+            seq: 3,
+            key: "3".into(),
+            detail: json!({ "gate": { "node_id": "review", "presentation": { "title": "Ship it?", "prompt": "p" } } }),
+            gate: Some("review".into()),
+        };
+        let decide = [
+            DecideLink { person: "ana".into(), url: "http://x/gates/t1".into() },
+            DecideLink { person: "bo".into(), url: "http://x/gates/t2".into() },
+        ];
+        let json = body(Format::Json, "id", "t", &run(), &notice, &decide);
+        assert_eq!(
+            json["links"]["decide"],
+            json!([{ "person": "ana", "url": "http://x/gates/t1" }, { "person": "bo", "url": "http://x/gates/t2" }])
+        );
+        let slack = body(Format::Slack, "id", "t", &run(), &notice, &decide).to_string();
+        assert!(slack.contains("<http://x/gates/t1|Decide as ana>"), "{slack}");
+        assert!(slack.contains("<http://x/gates/t2|Decide as bo>"), "{slack}");
     }
 
     #[test]
@@ -144,8 +187,9 @@ mod tests {
             seq: 3,
             key: "3".into(),
             detail: json!({ "gate": { "node_id": "review", "presentation": { "title": "Ship it?", "prompt": "Look at the diff" } } }),
+            gate: Some("review".into()),
         };
-        let body = body(Format::Slack, "id-2", "t", &run(), &notice);
+        let body = body(Format::Slack, "id-2", "t", &run(), &notice, &[]);
         let text = body.to_string();
         for expected in
             ["Ship it?", "Look at the diff", "spent 8.00 of 10.00", "http://x/dags/r1", "\"type\":\"header\""]

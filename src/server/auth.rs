@@ -113,6 +113,11 @@ pub fn new_secret() -> String {
     hex(&bytes)
 }
 
+/// The SHA-256 of a secret, hex: how tokens and session ids are kept.
+pub fn hash_secret(secret: &str) -> String {
+    hex(&sha256(secret))
+}
+
 fn sha256(text: &str) -> [u8; 32] {
     Sha256::digest(text.as_bytes()).into()
 }
@@ -285,6 +290,12 @@ async fn store_users(store: &dyn Store, fixed: &[Known]) -> Result<Vec<Known>, S
     Ok(users)
 }
 
+impl crate::links::Deciders for Auth {
+    fn who_may_decide(&self) -> Vec<String> {
+        self.deciders()
+    }
+}
+
 /// Locks a mutex whose data stays valid even if a holder panicked (plain maps, no invariants
 /// across entries).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -365,6 +376,17 @@ impl Auth {
             Err(error) => tracing::warn!(%error, "cannot read the database's users again"),
         }
         self.by_token(token)
+    }
+
+    /// Everyone who may sign in with a role that decides gates.
+    fn deciders(&self) -> Vec<String> {
+        let from_store = self.from_store.read().unwrap_or_else(PoisonError::into_inner);
+        self.known
+            .iter()
+            .chain(from_store.iter())
+            .filter(|k| k.role.allows(Role::Approver))
+            .map(|k| k.name.clone())
+            .collect()
     }
 
     fn role_of(&self, name: &str) -> Option<Role> {

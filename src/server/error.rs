@@ -22,6 +22,9 @@ pub enum AppError {
     /// The request does not fit the resource's state (an engine already connected, ...).
     #[error("{0}")]
     Conflict(String),
+    /// It existed and has expired or been used up.
+    #[error("{0}")]
+    Gone(String),
     /// Logged in full; the caller only learns that it was our fault.
     #[error("internal error")]
     Internal(String),
@@ -35,6 +38,7 @@ impl From<crate::service::ServiceError> for AppError {
             ServiceError::Invalid(message) => AppError::BadRequest(message),
             ServiceError::Forbidden(message) => AppError::Forbidden(message),
             ServiceError::Refused(message) => AppError::Conflict(message),
+            ServiceError::Gone(message) => AppError::Gone(message),
             ServiceError::Internal(detail) => AppError::Internal(detail),
         }
     }
@@ -49,6 +53,7 @@ impl IntoResponse for AppError {
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::Conflict(_) => StatusCode::CONFLICT,
+            AppError::Gone(_) => StatusCode::GONE,
             AppError::Internal(detail) => {
                 tracing::error!(%detail, "request failed");
                 StatusCode::INTERNAL_SERVER_ERROR

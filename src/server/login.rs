@@ -13,9 +13,10 @@ use serde_json::json;
 use super::AppState;
 use super::auth::{Auth, AuthError, Credential};
 
-/// Paths anyone may fetch: health, the login itself, and the built assets (no data in them).
+/// Paths anyone may fetch: health, the login itself, the built assets (no data in them), and
+/// approval links (their token is the credential: `gate_page`).
 fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/login" | "/favicon.ico") || path.starts_with("/pkg/")
+    matches!(path, "/healthz" | "/login" | "/favicon.ico") || path.starts_with("/pkg/") || path.starts_with("/gates/")
 }
 
 /// Lets a request through only with a valid bearer token or session cookie, and hands the
@@ -116,8 +117,7 @@ fn login_page(notice: Option<&str>) -> String {
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Sign in · dagstream</title>
 <style>
-:root {{ color-scheme: light dark; --bg: #f6f7f9; --panel: #fff; --text: #1c2330; --muted: #5d6778; --line: #dde1e8; --accent: #3b6fe0; --bad: #c63c3c; }}
-@media (prefers-color-scheme: dark) {{ :root {{ --bg: #11151c; --panel: #181e28; --text: #e4e8ef; --muted: #98a2b3; --line: #2a3240; --accent: #6d9bff; --bad: #ff7b7b; }} }}
+{PALETTE}
 body {{ margin: 0; min-height: 100vh; display: grid; place-items: center; background: var(--bg); color: var(--text); font: 15px/1.5 system-ui, sans-serif; }}
 form {{ background: var(--panel); border: 1px solid var(--line); border-radius: 10px; padding: 1.6rem; width: min(24rem, 90vw); display: grid; gap: 0.8rem; }}
 h1 {{ margin: 0; font-size: 1.2rem; }} p {{ margin: 0; color: var(--muted); }}
@@ -135,6 +135,13 @@ button {{ font: inherit; padding: 0.5rem; border: 0; border-radius: 6px; backgro
     )
 }
 
-fn escape(text: &str) -> String {
+/// The colours of the pages served without the app (sign-in, approval links), light and dark.
+pub(super) const PALETTE: &str = ":root { color-scheme: light dark; --bg: #f6f7f9; --panel: #fff; --text: #1c2330; \
+--muted: #5d6778; --line: #dde1e8; --accent: #3b6fe0; --bad: #c63c3c; --good: #2f8a4c; }
+@media (prefers-color-scheme: dark) { :root { --bg: #11151c; --panel: #181e28; --text: #e4e8ef; --muted: #98a2b3; \
+--line: #2a3240; --accent: #6d9bff; --bad: #ff7b7b; --good: #5fcf85; } }";
+
+/// Text made safe to put in HTML, in an element or a quoted attribute.
+pub(super) fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }

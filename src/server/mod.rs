@@ -5,6 +5,7 @@ mod api;
 pub mod auth;
 mod engine_socket;
 mod error;
+mod gate_page;
 pub mod listen;
 mod login;
 mod runs_feed;
@@ -99,6 +100,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/dags/{dag_id}/stream", get(stream::handler))
         .route("/api/dags/{dag_id}/engine", get(engine_socket::handler))
         .route("/api/runs/stream", get(runs_feed::handler))
+        .route("/gates/{token}", get(gate_page::page).post(gate_page::decide))
         .route("/", get(page.clone()))
         .route("/dags/{dag_id}", get(page))
         .nest_service("/pkg", site_files(site_pkg_dir))
@@ -118,12 +120,17 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, state.request_timeout))
         .layer(CompressionLayer::new())
-        // Logs the method and path only: query strings (a login token) and headers (a bearer
-        // token, a session cookie) never reach the log.
+        // Logs the method and path only: query strings (a login token), headers (a bearer
+        // token, a session cookie) and approval links' tokens never reach the log.
         .layer(TraceLayer::new_for_http().make_span_with(|request: &axum::http::Request<_>| {
-            tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
+            tracing::debug_span!("request", method = %request.method(), path = %loggable_path(request.uri().path()))
         }))
         .with_state(state)
+}
+
+/// A request's path as the log shows it: an approval link's token is its credential.
+fn loggable_path(path: &str) -> &str {
+    if path.starts_with("/gates/") { "/gates/…" } else { path }
 }
 
 /// The built code and styles (`/pkg/…`): the precompressed files of `make build` when the browser

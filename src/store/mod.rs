@@ -231,7 +231,8 @@ pub trait Store: Send + Sync + 'static {
         Box::pin(async { Ok(Vec::new()) })
     }
     /// Records one attempt of a notification, and what follows: another attempt at
-    /// `next_attempt_at`, or none (`outcome` delivered or failed; the secret is then forgotten).
+    /// `next_attempt_at`, or none (`outcome` delivered or failed; the secret and the body, with
+    /// any approval links in it, are then forgotten).
     fn record_attempt(
         &self,
         _attempt: AttemptRow,
@@ -244,6 +245,39 @@ pub trait Store: Send + Sync + 'static {
     fn notifications(&self, _dag_id: &str) -> BoxFuture<'_, Result<RunNotifications, StoreError>> {
         Box::pin(async { Ok((Vec::new(), Vec::new())) })
     }
+    /// Keeps approval links (their hashes); one whose hash is there already is left as it is.
+    fn add_gate_links(&self, _links: Vec<GateLinkRow>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Err(StoreError("this store keeps no approval links".into())) })
+    }
+    /// The approval link with this token hash, if any.
+    fn gate_link(&self, _token_sha256: &str) -> BoxFuture<'_, Result<Option<GateLinkRow>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+    /// Marks a link used at `at` (Unix ms) unless it was used already: `true` when this call
+    /// used it. The database decides, so of two presses of one link exactly one gets `true`.
+    fn use_gate_link(&self, _token_sha256: &str, _at: i64) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async { Ok(false) })
+    }
+    /// Makes a used link usable again: its decision was refused, and changed nothing.
+    fn release_gate_link(&self, _token_sha256: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// An approval link as kept (`crate::links`): the hash of its token, never the token.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct GateLinkRow {
+    pub token_sha256: String,
+    pub dag_id: String,
+    pub node_id: String,
+    /// The `seq` of the `human_gate_waiting` that opened the wait it may decide.
+    pub waiting_seq: i64,
+    /// Who it lets decide: their name signs the decision.
+    pub person: String,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms; set once used.
+    pub used_at: Option<i64>,
 }
 
 /// A run's notifications (oldest first) and every attempt of each.

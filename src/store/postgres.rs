@@ -13,8 +13,8 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use super::{
-    Appended, AttemptRow, Claim, DecisionRow, NotificationRow, RunNotifications, RunRecord, SessionRow, Store,
-    StoreError, StoredEvent, UserRow,
+    Appended, AttemptRow, Claim, DecisionRow, GateLinkRow, NotificationRow, RunNotifications, RunRecord, SessionRow,
+    Store, StoreError, StoredEvent, UserRow,
 };
 use crate::protocol::Seq;
 
@@ -348,7 +348,7 @@ impl Store for PgStore {
             .map_err(fail)?;
             sqlx::query(
                 "UPDATE notifications SET attempts = $1, next_attempt_at = $2, outcome = $3, \
-                 secret = CASE WHEN $3 = 'pending' THEN secret ELSE NULL END WHERE id = $4",
+                 body = CASE WHEN $3 = 'pending' THEN body ELSE '' END, secret = CASE WHEN $3 = 'pending' THEN secret ELSE NULL END WHERE id = $4",
             )
             .bind(attempt.attempt)
             .bind(next_attempt_at)
@@ -358,6 +358,68 @@ impl Store for PgStore {
             .await
             .map_err(fail)?;
             tx.commit().await.map_err(fail)
+        })
+    }
+
+    fn add_gate_links(&self, links: Vec<GateLinkRow>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let fail = |e| StoreError::from_sqlx("cannot keep approval links", e);
+            let mut tx = self.pool.begin().await.map_err(fail)?;
+            for link in links {
+                sqlx::query(
+                    "INSERT INTO gate_links (token_sha256, dag_id, node_id, waiting_seq, person, created_at, used_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, NULL) ON CONFLICT (token_sha256) DO NOTHING",
+                )
+                .bind(&link.token_sha256)
+                .bind(&link.dag_id)
+                .bind(&link.node_id)
+                .bind(link.waiting_seq)
+                .bind(&link.person)
+                .bind(link.created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(fail)?;
+            }
+            tx.commit().await.map_err(fail)
+        })
+    }
+
+    fn gate_link(&self, token_sha256: &str) -> BoxFuture<'_, Result<Option<GateLinkRow>, StoreError>> {
+        let token_sha256 = token_sha256.to_owned();
+        Box::pin(async move {
+            sqlx::query_as(
+                "SELECT token_sha256, dag_id, node_id, waiting_seq, person, created_at, used_at FROM gate_links \
+                 WHERE token_sha256 = $1",
+            )
+            .bind(token_sha256)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx("cannot read an approval link", e))
+        })
+    }
+
+    fn use_gate_link(&self, token_sha256: &str, at: i64) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let token_sha256 = token_sha256.to_owned();
+        Box::pin(async move {
+            let done = sqlx::query("UPDATE gate_links SET used_at = $1 WHERE token_sha256 = $2 AND used_at IS NULL")
+                .bind(at)
+                .bind(token_sha256)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| StoreError::from_sqlx("cannot use an approval link", e))?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    fn release_gate_link(&self, token_sha256: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let token_sha256 = token_sha256.to_owned();
+        Box::pin(async move {
+            sqlx::query("UPDATE gate_links SET used_at = NULL WHERE token_sha256 = $1")
+                .bind(token_sha256)
+                .execute(&self.pool)
+                .await
+                .map(|_| ())
+                .map_err(|e| StoreError::from_sqlx("cannot release an approval link", e))
         })
     }
 

@@ -400,6 +400,40 @@ async fn the_outbox_keeps_a_notification_once_holds_what_is_taken_and_records_at
     let n1 = rows.iter().find(|n| n.id == "n1").expect("n1");
     assert_eq!((n1.outcome.as_str(), n1.attempts, n1.next_attempt_at), ("delivered", 2, None));
     assert_eq!(n1.secret, None, "the listing never shows a secret");
+    assert_eq!(n1.body, "", "a delivered notification's body (and any approval link in it) is forgotten");
+    assert_eq!(rows.iter().find(|n| n.id == "n2").expect("n2").body, r#"{"id":"n2"}"#, "a pending one keeps it");
     assert_eq!(attempts.iter().map(|a| a.status).collect::<Vec<_>>(), [Some(500), Some(200)]);
     assert!(store.due_notifications(now + 120_000, now + 180_000, 10).await.expect("due").iter().all(|n| n.id != "n1"));
+}
+
+#[rstest]
+#[case::sqlite(Backend::Sqlite)]
+#[case::postgres(Backend::Postgres)]
+#[tokio::test]
+async fn an_approval_link_is_kept_by_its_hash_and_used_once(#[case] backend: Backend) {
+    let scratch = Scratch::new(backend, "gate_links").await;
+    let store = open(&scratch.database, 4).await.expect("opens");
+    let link = GateLinkRow {
+        token_sha256: "ab".repeat(32),
+        dag_id: "a".into(),
+        node_id: "review".into(),
+        waiting_seq: 7,
+        person: "ana".into(),
+        created_at: 1_000,
+        used_at: None,
+    };
+    store.add_gate_links(vec![link.clone(), link.clone()]).await.expect("kept");
+    assert_eq!(store.gate_link(&link.token_sha256).await.expect("read"), Some(link.clone()));
+    assert_eq!(store.gate_link(&"cd".repeat(32)).await.expect("read"), None);
+
+    // Two presses at once: exactly one uses the link.
+    let (first, second) =
+        tokio::join!(store.use_gate_link(&link.token_sha256, 2_000), store.use_gate_link(&link.token_sha256, 2_001));
+    assert!(first.expect("used") ^ second.expect("used"), "exactly one press uses the link");
+    assert!(store.gate_link(&link.token_sha256).await.expect("read").expect("kept").used_at.is_some());
+    assert!(!store.use_gate_link(&link.token_sha256, 3_000).await.expect("used"));
+
+    // A refused decision gives the link back.
+    store.release_gate_link(&link.token_sha256).await.expect("released");
+    assert!(store.use_gate_link(&link.token_sha256, 4_000).await.expect("used"));
 }
