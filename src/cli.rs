@@ -135,6 +135,10 @@ enum UserCommand {
         /// The users file; created if missing. Not used with --database.
         #[arg(long, default_value = "users.toml")]
         users: PathBuf,
+        /// A group the user is in, as gates name it (`approvers = ["group:leads"]`);
+        /// repeatable. Groups live in the users file.
+        #[arg(long = "group")]
+        groups: Vec<String>,
         /// Keep the user in this database instead (every server on it knows them).
         #[command(flatten)]
         database: DatabaseArgs,
@@ -367,8 +371,8 @@ pub async fn main() -> ExitCode {
             Ok(())
         }
         Some(Command::Worker(args)) => worker(args).await,
-        Some(Command::User(UserCommand::Add { name, role, users, database })) => {
-            add_user(&users, &database, &name, role).await
+        Some(Command::User(UserCommand::Add { name, role, users, groups, database })) => {
+            add_user(&users, &database, &name, role, &groups).await
         }
         Some(Command::Bench(BenchCommand::Fanout {
             clients,
@@ -423,8 +427,17 @@ pub async fn main() -> ExitCode {
 }
 
 /// `user add`: into the database when one is named, else into the users file.
-async fn add_user(path: &Path, database: &DatabaseArgs, name: &str, role: Role) -> Result<(), String> {
+async fn add_user(
+    path: &Path,
+    database: &DatabaseArgs,
+    name: &str,
+    role: Role,
+    groups: &[String],
+) -> Result<(), String> {
     let (token, place) = match database.database()? {
+        Some(_) if !groups.is_empty() => {
+            return Err("groups live in the users file: add this user with --users FILE to give them groups".into());
+        }
         Some(url) => {
             let (user, token) = UserRecord::new(name, role)?;
             let store = crate::store::open(&url, 1).await.map_err(|e| e.to_string())?;
@@ -440,7 +453,7 @@ async fn add_user(path: &Path, database: &DatabaseArgs, name: &str, role: Role) 
         }
         None => {
             let mut file = if path.exists() { UsersFile::load(path)? } else { UsersFile::default() };
-            let token = file.add(name, role)?;
+            let token = file.add(name, role, groups)?;
             file.save(path)?;
             (token, path.display().to_string())
         }
@@ -561,14 +574,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     // everyone who may decide it.
     let wake = Arc::new(tokio::sync::Notify::new());
     let deliveries = tokio_util::sync::CancellationToken::new();
-    let deciders: Arc<dyn crate::links::Deciders> = auth.clone();
+    let directory: Arc<dyn crate::links::Directory> = auth.clone();
     tokio::spawn(crate::notify::outbox::notify_loop(
         milestones_in,
         Arc::clone(&store),
         Arc::clone(&config),
         public_url,
         Arc::clone(&wake),
-        Some(deciders),
+        Some(Arc::clone(&directory)),
     ));
     let delivery =
         tokio::spawn(crate::notify::outbox::delivery_loop(Arc::clone(&store), first_retry, wake, deliveries.clone()));
@@ -581,7 +594,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let streams = TaskTracker::new();
     let state = AppState {
-        service: crate::service::Service::new(runs),
+        service: crate::service::Service::new(runs).with_directory(directory),
         auth,
         leptos_options,
         shutdown,

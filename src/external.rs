@@ -121,6 +121,8 @@ pub fn check_event(state: &RunState, body: &ServerEventBody) -> Result<(), Strin
         | ServerEventBody::NodeLog { node_id, .. }
         | ServerEventBody::HumanGateWaiting { node_id, .. }
         | ServerEventBody::GateResolved { node_id, .. }
+        | ServerEventBody::GateProgress { node_id, .. }
+        | ServerEventBody::GateReminder { node_id, .. }
         | ServerEventBody::Error { node_id: Some(node_id), .. } => known(node_id),
         ServerEventBody::EdgeActive { from, to } => {
             known(from)?;
@@ -179,8 +181,10 @@ fn depends_on(state: &RunState, node: &str, target: &str) -> bool {
 
 /// Checks a dashboard's command against the run's state before it goes to the engine, by the
 /// same rules the coordinator applies to its own runs ([`policy`]). What `modify` sends back to
-/// is the engine's to decide, so it is never refused for want of upstream nodes here.
-pub fn check_command(state: &RunState, event: &ClientEvent) -> Result<(), String> {
+/// is the engine's to decide, so it is never refused for want of upstream nodes here. Who may
+/// approve and how many must is what the gate's card says (`approvers`, `approvals`,
+/// `may_not_approve`); an approval that only counts towards a quorum goes to the engine too.
+pub fn check_command(state: &RunState, event: &ClientEvent, person: &str) -> Result<(), String> {
     let effect = policy::command_effect(event, state.state).map_err(|rejected| rejected.to_string())?;
     match effect {
         CommandEffect::Decide { node_id, decision, feedback } => {
@@ -195,8 +199,18 @@ pub fn check_command(state: &RunState, event: &ClientEvent) -> Result<(), String
             };
             // A gate the engine set waiting without a card offers every decision.
             let options = node.gate.as_ref().map_or(Decision::ALL, |gate| gate.options.as_slice());
-            let gate = Gate { node_id, standing, options, budget_gate: false, has_upstream: true };
-            policy::decide(&gate, decision, feedback, Decider::Person)
+            let gate = Gate {
+                node_id,
+                standing,
+                options,
+                budget_gate: false,
+                has_upstream: true,
+                approvers: node.gate.as_ref().and_then(|gate| gate.approvers.as_deref()),
+                approvals: node.gate.as_ref().map_or(1, |gate| gate.approvals_needed()),
+                approved_by: &node.approved_by,
+                may_not_approve: node.gate.as_ref().and_then(|gate| gate.may_not_approve.first().map(String::as_str)),
+            };
+            policy::decide(&gate, decision, feedback, Decider::Person(person))
                 .map(drop)
                 .map_err(|rejected| rejected.to_string())
         }
@@ -304,7 +318,7 @@ mod tests {
         let mut state = run();
         let approve =
             ClientEvent::HumanDecision { node_id: "gate".into(), decision: Decision::Approve, feedback: None };
-        assert!(check_command(&state, &approve).is_err(), "the gate does not wait yet");
+        assert!(check_command(&state, &approve, "ana").is_err(), "the gate does not wait yet");
         state.apply(&ServerEvent {
             seq: 1,
             body: ServerEventBody::NodeState {
@@ -314,8 +328,8 @@ mod tests {
                 metrics: None,
             },
         });
-        assert!(check_command(&state, &approve).is_ok());
-        assert!(check_command(&state, &ClientEvent::ResumeExecution).is_err(), "not paused");
+        assert!(check_command(&state, &approve, "ana").is_ok());
+        assert!(check_command(&state, &ClientEvent::ResumeExecution, "ana").is_err(), "not paused");
 
         let link = EngineLink::default();
         assert!(link.forward(&approve, "ana").is_err(), "no engine connected");

@@ -16,10 +16,12 @@ use crate::protocol::{Decision, NodeStatus, RunState};
 use crate::server::auth::{hash_secret, new_secret};
 use crate::store::GateLinkRow;
 
-/// Who may decide gates: the people approval links are made for.
-pub trait Deciders: Send + Sync {
+/// Who the users are, as gates need to know: who may decide, and who is in which group.
+pub trait Directory: Send + Sync {
     /// Names of everyone whose role may decide a gate.
     fn who_may_decide(&self) -> Vec<String>;
+    /// The members of a group of the users file; `None` for a group nobody is in.
+    fn members(&self, group: &str) -> Option<Vec<String>>;
 }
 
 /// A link just made: the person, and the token only their message carries.
@@ -147,6 +149,9 @@ mod tests {
                 context: None,
                 cost_so_far: None,
                 timeout_at: None,
+                approvers: None,
+                approvals: None,
+                may_not_approve: Vec::new(),
             },
         };
         let waiting = ServerEventBody::NodeState {

@@ -7,10 +7,11 @@
 
 use std::sync::Arc;
 
+use crate::engine::spec::{GROUP_PREFIX, NodeWork};
 use crate::engine::{DagSpec, SpecFormat};
 use crate::examples;
 use crate::external::ExternalRun;
-use crate::links::{self, Standing};
+use crate::links::{self, Directory, Standing};
 use crate::notify::outbox::rfc3339_ms;
 use crate::protocol::{
     ClientEvent, Cost, Decision, DeliveryAttempt, GateDecisionRecord, GatePresentation, NotificationRecord, Role,
@@ -76,11 +77,19 @@ pub enum StartRequest {
 #[derive(Clone)]
 pub struct Service {
     runs: Arc<Runs>,
+    /// Who is in which group, for gates that name groups (`approvers = ["group:leads"]`);
+    /// without one, such specs are refused.
+    directory: Option<Arc<dyn Directory>>,
 }
 
 impl Service {
     pub fn new(runs: Arc<Runs>) -> Self {
-        Service { runs }
+        Service { runs, directory: None }
+    }
+
+    /// The same service, with the users' directory.
+    pub fn with_directory(self, directory: Arc<dyn Directory>) -> Self {
+        Service { directory: Some(directory), ..self }
     }
 
     /// The registry itself, for what is not a user's operation (the feeds, tests).
@@ -110,7 +119,52 @@ impl Service {
                 DagSpec::parse(&text, format).map_err(|e| ServiceError::Invalid(e.to_string()))?
             }
         };
+        let spec = self.as_started_by(spec, caller)?;
         self.runs.start(spec).await.map_err(start_error)
+    }
+
+    /// The spec as the run keeps it: started by `caller`, whatever the spec said, and every
+    /// `group:NAME` of its gates replaced by the group's members as they are now.
+    fn as_started_by(&self, mut spec: DagSpec, caller: &SignedIn) -> Result<DagSpec, ServiceError> {
+        spec.started_by = Some(caller.name.clone());
+        for node in &mut spec.nodes {
+            let NodeWork::Gate { rules, .. } = &mut node.work else { continue };
+            let expand = |people: &[String]| -> Result<Vec<String>, ServiceError> {
+                let mut names = Vec::new();
+                for person in people {
+                    let members = match person.strip_prefix(GROUP_PREFIX) {
+                        None => vec![person.clone()],
+                        Some(group) => self.directory.as_ref().and_then(|d| d.members(group)).ok_or_else(|| {
+                            ServiceError::Invalid(format!(
+                                "node {:?}: group {group:?} has no members in the users file (`dagstream user add … --group {group}`)",
+                                node.id
+                            ))
+                        })?,
+                    };
+                    for name in members {
+                        if !names.contains(&name) {
+                            names.push(name);
+                        }
+                    }
+                }
+                Ok(names)
+            };
+            if let Some(approvers) = &rules.approvers {
+                let approvers = expand(approvers)?;
+                if (approvers.len() as u32) < rules.approvals {
+                    return Err(ServiceError::Invalid(format!(
+                        "node {:?}: approvals = {} needs as many approvers, and {} are named ({})",
+                        node.id,
+                        rules.approvals,
+                        approvers.len(),
+                        approvers.join(", ")
+                    )));
+                }
+                rules.approvers = Some(approvers);
+            }
+            rules.escalate_to = expand(&rules.escalate_to)?;
+        }
+        Ok(spec)
     }
 
     /// Every run, newest first.
@@ -214,7 +268,8 @@ impl Service {
                 .await
                 .map_err(|rejected| ServiceError::Refused(rejected.to_string())),
             Driver::External(link) => {
-                crate::external::check_command(&run.room.snapshot(), &event).map_err(ServiceError::Refused)?;
+                crate::external::check_command(&run.room.snapshot(), &event, &caller.name)
+                    .map_err(ServiceError::Refused)?;
                 link.forward(&event, &caller.name).map_err(ServiceError::Refused)
             }
             Driver::Remote => {

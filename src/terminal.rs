@@ -345,6 +345,16 @@ impl View {
                 ServerEventBody::RunStateChanged { state: phase } => println!("run {}", phase.as_str()),
                 ServerEventBody::DagMutated { mutation } => println!("graph changed: {mutation:?}"),
                 ServerEventBody::NodeLog { node_id, line, .. } => println!("  {node_id} | {line}"),
+                ServerEventBody::GateReminder { node_id, escalated_to } => {
+                    if escalated_to.is_empty() {
+                        println!("[{spend}] {node_id} still waits for a decision");
+                    } else {
+                        println!("[{spend}] {node_id} escalated to {}", escalated_to.join(", "));
+                    }
+                }
+                ServerEventBody::GateProgress { node_id, approved_by, remaining } => {
+                    println!("[{spend}] {node_id} approved by {}: {remaining} more needed", approved_by.join(", "))
+                }
                 ServerEventBody::EdgeActive { .. }
                 | ServerEventBody::CostUpdate { .. }
                 | ServerEventBody::ExecutionComplete { .. }

@@ -96,7 +96,11 @@ impl Probe {
     }
 
     async fn command(&self, event: ClientEvent) -> Result<(), Rejected> {
-        self.run.handle().expect("the run is going").command(event, "tester").await
+        self.command_as("tester", event).await
+    }
+
+    async fn command_as(&self, person: &str, event: ClientEvent) -> Result<(), Rejected> {
+        self.run.handle().expect("the run is going").command(event, person).await
     }
 
     async fn decide(&self, gate: &str, decision: Decision, feedback: Option<&str>) -> Result<(), Rejected> {
@@ -197,6 +201,58 @@ async fn a_gate_timeout_applies_its_on_timeout_decision() {
         _ => None,
     });
     assert!(waiting.and_then(|p| p.timeout_at).is_some(), "the card says when the gate times out");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_gate_reminds_its_approvers_then_escalates_and_the_escalated_may_decide() {
+    let mut probe = Probe::start(
+        "gate-escalation",
+        r#"
+        name = "t"
+        [[nodes]]
+        id = "deploy"
+        kind = "gate"
+        approvers = ["ana"]
+        remind_every = "30m"
+        escalate_after = "2h"
+        escalate_to = ["dan"]
+        "#,
+    )
+    .await;
+    probe.patience = Duration::from_secs(3 * 3600);
+    probe.until_waiting("deploy").await;
+    let approve =
+        || ClientEvent::HumanDecision { node_id: "deploy".into(), decision: Decision::Approve, feedback: None };
+    let refused = probe.command_as("dan", approve()).await;
+    assert!(matches!(refused, Err(Rejected::NotAnApprover { ref person, .. }) if person == "dan"), "{refused:?}");
+
+    // With the clock paused, time jumps to each timer: three reminders, then the escalation.
+    let escalation = probe
+        .until(
+            "the escalation",
+            |e| matches!(&e.body, ServerEventBody::GateReminder { escalated_to, .. } if !escalated_to.is_empty()),
+        )
+        .await;
+    let ServerEventBody::GateReminder { escalated_to, .. } = &escalation.body else { unreachable!() };
+    assert_eq!(escalated_to, &["dan".to_owned()]);
+    let reminders = probe
+        .events
+        .iter()
+        .filter(|e| matches!(&e.body, ServerEventBody::GateReminder { escalated_to, .. } if escalated_to.is_empty()))
+        .count();
+    assert!((3..=4).contains(&reminders), "a reminder every 30 minutes for 2 hours: {reminders}");
+    let approvers = probe.run.room.snapshot().nodes["deploy"].gate.as_ref().and_then(|g| g.approvers.clone());
+    assert_eq!(approvers, Some(vec!["ana".to_owned(), "dan".to_owned()]), "the card names dan now");
+
+    // dan may decide now.
+    probe.command_as("dan", approve()).await.expect("dan decides");
+    let state = probe.until_complete().await;
+    assert_eq!(state.decisions[0].decided_by, "dan");
+    let after = probe.events.iter().rposition(|e| matches!(e.body, ServerEventBody::GateResolved { .. }));
+    assert!(
+        probe.events[after.unwrap_or(0)..].iter().all(|e| !matches!(e.body, ServerEventBody::GateReminder { .. })),
+        "no reminder after the decision"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -35,8 +35,8 @@ struct Setup {
 
 async fn setup(name: &str) -> Setup {
     let mut users = UsersFile::default();
-    let engine_token = users.add("robot", Role::Engine).expect("engine user");
-    let viewer_token = users.add("vera", Role::Viewer).expect("viewer user");
+    let engine_token = users.add("robot", Role::Engine, &[]).expect("engine user");
+    let viewer_token = users.add("vera", Role::Viewer, &[]).expect("viewer user");
     let mut auth = dagstream::server::AuthSettings::with_admin_token(TOKEN);
     auth.users = users.users;
     let runs =

@@ -319,8 +319,8 @@ async fn approval_links_decide_once_in_their_persons_name_and_only_while_their_g
     .expect("config");
     let users = dir.join("users.toml");
     let mut file = dagstream::server::auth::UsersFile::default();
-    file.add("ana", dagstream::protocol::Role::Approver).expect("ana");
-    file.add("vic", dagstream::protocol::Role::Viewer).expect("vic");
+    file.add("ana", dagstream::protocol::Role::Approver, &[]).expect("ana");
+    file.add("vic", dagstream::protocol::Role::Viewer, &[]).expect("vic");
     file.save(&users).expect("users file");
     let server = Served::start_with(
         &stub_site("notify-links-site"),
@@ -453,6 +453,11 @@ on_timeout = "approve"
     let expired = anonymous(&server.addr, "POST", &path(&slow["ana"]), Some("node_id=slow&decision=reject"));
     assert_eq!(common::status_of(&expired), 410, "{expired}");
     assert!(expired.contains("timed out"), "{expired}");
+    // ana's reject of the second gate is applied by the run a moment after her page answered.
+    while decision_of("second").is_none() {
+        assert!(Instant::now() < deadline, "the second gate's decision was not applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let decisions = json_body(&http_get(&server.addr, &format!("/api/dags/{dag_id}/decisions")));
     let by: Vec<(&str, &str)> = decisions
         .as_array()

@@ -54,9 +54,9 @@ async fn serve(name: &str, backend: Backend) -> Server {
 /// The app over runs kept in a fresh database of `backend` (sessions too), as `serve` runs it.
 async fn serve_with(name: &str, stream: StreamConfig, backend: Backend) -> Server {
     let mut users = UsersFile::default();
-    let viewer_token = users.add("vera", Role::Viewer).expect("viewer");
-    let approver_token = users.add("abe", Role::Approver).expect("approver");
-    let engine_token = users.add("robot", Role::Engine).expect("engine");
+    let viewer_token = users.add("vera", Role::Viewer, &[]).expect("viewer");
+    let approver_token = users.add("abe", Role::Approver, &[]).expect("approver");
+    let engine_token = users.add("robot", Role::Engine, &[]).expect("engine");
     let mut settings = AuthSettings::with_admin_token(TOKEN);
     settings.users = users.users;
     let engine = EngineConfig::new(std::env::temp_dir().join(format!("dagstream-sec-{name}-{backend:?}")));

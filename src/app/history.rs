@@ -69,6 +69,15 @@ pub fn describe(body: &ServerEventBody) -> (&'static str, String) {
             ("decision", format!("{decided_by}: {} {node_id}", decision.as_str()))
         }
         ServerEventBody::NodeLog { node_id, line, .. } => ("log", format!("{node_id} | {line}")),
+        ServerEventBody::GateReminder { node_id, escalated_to } if escalated_to.is_empty() => {
+            ("gate", format!("{node_id} still waits: reminded"))
+        }
+        ServerEventBody::GateReminder { node_id, escalated_to } => {
+            ("gate", format!("{node_id} escalated to {}", escalated_to.join(", ")))
+        }
+        ServerEventBody::GateProgress { node_id, approved_by, remaining } => {
+            ("decision", format!("{node_id}: approved by {}, {remaining} more needed", approved_by.join(", ")))
+        }
     }
 }
 

@@ -58,6 +58,8 @@ pub struct GateCard {
     pub node_id: String,
     pub label: String,
     pub presentation: GatePresentation,
+    /// Who approved so far, when the gate needs several approvals.
+    pub approved_by: Vec<String>,
 }
 
 /// Reactive state of one run. `Copy`: every field is a handle.
@@ -172,6 +174,10 @@ impl LiveRun {
                 self.refresh_gates();
                 self.state.with_value(|s| self.decisions.set(s.decisions.clone()));
             }
+            ServerEventBody::GateProgress { node_id, .. } | ServerEventBody::GateReminder { node_id, .. } => {
+                self.refresh_node(node_id);
+                self.refresh_gates();
+            }
             ServerEventBody::EdgeActive { to: node_id, .. } | ServerEventBody::NodeLog { node_id, .. } => {
                 self.refresh_node(node_id);
             }
@@ -260,6 +266,7 @@ impl LiveRun {
                     node_id: node.id.clone(),
                     label: node.label.clone(),
                     presentation: presentation.clone(),
+                    approved_by: node.approved_by.clone(),
                 })
                 .collect()
         });
@@ -327,6 +334,9 @@ mod tests {
             context: None,
             cost_so_far: None,
             timeout_at: None,
+            approvers: None,
+            approvals: None,
+            may_not_approve: Vec::new(),
         }
     }
 

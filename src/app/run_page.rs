@@ -11,7 +11,7 @@ use super::live_run::{GateCard, LiveRun, NodeSignal, RunHead};
 use super::node_panel::NodePanel;
 use super::spend::{SpendPanel, budget_level, budget_used_percent, remaining_text};
 use super::stream::{Connection, DagStream, use_dag_stream};
-use crate::protocol::{ClientEvent, Decision, GateDecisionRecord, NodeStatus, Role, RunPhase};
+use crate::protocol::{ClientEvent, Decision, GateDecisionRecord, GatePresentation, NodeStatus, Role, RunPhase};
 
 /// The run view of `dag_id`. Its code is split out of the main wasm (`cargo leptos build
 /// --split`) and loaded before the page hydrates (see [`super::page`]); the run list does not
@@ -345,7 +345,8 @@ fn GateCards(live_run: LiveRun, stream: DagStream, may_steer: bool) -> impl Into
     };
     view! {
         <div class="gates">
-            <For each=move || live_run.gates.get() key=|card| card.node_id.clone() let:card>
+            // A card is drawn anew when an approval counts (its quorum line changes).
+            <For each=move || live_run.gates.get() key=|card| (card.node_id.clone(), card.approved_by.len()) let:card>
                 <GateCardView card stream may_steer/>
             </For>
             <For each=resolved key=|d| (d.node_id.clone(), d.seq) let:decision>
@@ -360,6 +361,25 @@ fn GateCards(live_run: LiveRun, stream: DagStream, may_steer: bool) -> impl Into
     }
 }
 
+/// Who decides a gate and how far its approvals got, when that is more than "any approver, once".
+fn quorum_line(presentation: &GatePresentation, approved_by: &[String]) -> Option<String> {
+    let needed = presentation.approvals_needed();
+    let mut parts = Vec::new();
+    if let Some(approvers) = &presentation.approvers {
+        parts.push(format!("Decided by {}", approvers.join(", ")));
+    }
+    if needed > 1 {
+        let got = approved_by.len() as u32;
+        let so_far =
+            if approved_by.is_empty() { String::new() } else { format!(": approved by {}", approved_by.join(", ")) };
+        parts.push(format!("needs {needed} approvals{so_far}, {} more", needed.saturating_sub(got)));
+    }
+    for person in &presentation.may_not_approve {
+        parts.push(format!("{person} started the run and may not approve it"));
+    }
+    (!parts.is_empty()).then(|| parts.join(" · "))
+}
+
 fn past_tense(decision: Decision) -> &'static str {
     match decision {
         Decision::Approve => "approved",
@@ -370,7 +390,8 @@ fn past_tense(decision: Decision) -> &'static str {
 
 #[component]
 fn GateCardView(card: GateCard, stream: DagStream, may_steer: bool) -> impl IntoView {
-    let GateCard { node_id, label, presentation } = card;
+    let GateCard { node_id, label, presentation, approved_by } = card;
+    let quorum = quorum_line(&presentation, &approved_by);
     let feedback = RwSignal::new(String::new());
     let offers_modify = presentation.options.contains(&Decision::Modify);
     let buttons = presentation
@@ -428,6 +449,7 @@ fn GateCardView(card: GateCard, stream: DagStream, may_steer: bool) -> impl Into
             {presentation
                 .cost_so_far
                 .map(|spent| view! { <p class="muted small mono">{format!("Spent so far: ${spent:.2}")}</p> })}
+            {quorum.map(|line| view! { <p class="small gate-quorum" data-testid="gate-quorum">{line}</p> })}
             {(offers_modify && may_steer)
                 .then(|| {
                     view! {

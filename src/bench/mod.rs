@@ -110,6 +110,7 @@ pub fn dag(shape: Shape, nodes: usize, edges: usize, seed: u64) -> DagSpec {
         max_parallel: 0,
         nodes,
         notify: Vec::new(),
+        started_by: None,
     }
 }
 
@@ -212,6 +213,7 @@ pub async fn store(settings: &StoreBench) -> Result<String, String> {
         budget_step: 0.0,
         max_parallel: 1,
         notify: Vec::new(),
+        started_by: None,
         nodes: vec![NodeSpec {
             id: "hold".into(),
             label: None,
@@ -223,6 +225,7 @@ pub async fn store(settings: &StoreBench) -> Result<String, String> {
                 prompt: String::new(),
                 options: vec![crate::protocol::Decision::Approve],
                 on_timeout: None,
+                rules: crate::engine::spec::GateRules::default(),
             },
         }],
     };

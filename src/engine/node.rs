@@ -53,6 +53,13 @@ pub enum NodeMsg {
         node: usize,
         round: u32,
     },
+    /// A gate's `remind_every` (or, with `escalate`, its `escalate_after`) passed in wait
+    /// `round`.
+    GateNudge {
+        node: usize,
+        round: u32,
+        escalate: bool,
+    },
     /// The store answered the claim of a decision on gate `node`'s wait `round`.
     DecisionClaimed {
         node: usize,

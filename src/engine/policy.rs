@@ -28,6 +28,12 @@ pub enum Rejected {
     ModifyWithoutFeedback,
     #[error("gate {0:?} has no upstream node to send work back to")]
     NothingToRedo(String),
+    #[error("{person} may not decide gate {node:?}: it is for {approvers}")]
+    NotAnApprover { node: String, person: String, approvers: String },
+    #[error("{person} started this run and may not approve gate {node:?} (allow_self_approval = false)")]
+    SelfApproval { node: String, person: String },
+    #[error("{person} already approved gate {node:?}; it needs {remaining} more approval(s) from others")]
+    AlreadyApproved { node: String, person: String, remaining: u32 },
     #[error("the run's engine has stopped")]
     EngineStopped,
 }
@@ -84,14 +90,24 @@ pub struct Gate<'a> {
     pub budget_gate: bool,
     /// Whether it has upstream nodes that `modify` can send the work back to.
     pub has_upstream: bool,
+    /// Who may decide it (names); `None`: anyone whose role decides gates.
+    pub approvers: Option<&'a [String]>,
+    /// Distinct approvals it needs (1 for most gates).
+    pub approvals: u32,
+    /// Who approved in this wait so far.
+    pub approved_by: &'a [String],
+    /// Who may not approve it: the run's starter, when self-approval is not allowed.
+    pub may_not_approve: Option<&'a str>,
 }
 
-/// Who decides: a person picks from the card's options; a timeout applies the gate's
-/// `on_timeout`, offered or not.
+/// Who decides: a person (by name) picks from the card's options, within the gate's approvers
+/// and quorum; a timeout applies the gate's `on_timeout`, offered or not; a decision the store
+/// recorded already (judged when it was made) is taken as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decider {
-    Person,
+pub enum Decider<'a> {
+    Person(&'a str),
     Timeout,
+    Recorded,
 }
 
 /// What a decision does to the gate and the run.
@@ -107,6 +123,9 @@ pub enum GateOutcome {
     CancelRun,
     /// The gate's upstream nodes run again with this feedback; then it waits again.
     SendBack { feedback: String },
+    /// An approval that counts towards the gate's quorum and is not yet the decision: everyone
+    /// who approved so far (this person last), and how many more are needed.
+    Counted { approved_by: Vec<String>, remaining: u32 },
 }
 
 /// Judges a decision on a gate: what it does, or why it is refused (changing nothing).
@@ -124,8 +143,35 @@ pub fn decide(
         }
         GateStanding::NotWaiting => return Err(Rejected::GateNotWaiting(node())),
     }
-    if decider == Decider::Person && !gate.options.contains(&decision) {
+    if decider != Decider::Timeout && !gate.options.contains(&decision) {
         return Err(Rejected::NotOffered { node: node(), decision });
+    }
+    if let Decider::Person(person) = decider {
+        if let Some(approvers) = gate.approvers
+            && !approvers.iter().any(|a| a == person)
+        {
+            return Err(Rejected::NotAnApprover {
+                node: node(),
+                person: person.to_owned(),
+                approvers: approvers.join(", "),
+            });
+        }
+        if decision == Decision::Approve {
+            if gate.may_not_approve == Some(person) {
+                return Err(Rejected::SelfApproval { node: node(), person: person.to_owned() });
+            }
+            let needed = gate.approvals.max(1) as usize;
+            if gate.approved_by.iter().any(|a| a == person) {
+                let remaining = needed.saturating_sub(gate.approved_by.len()) as u32;
+                return Err(Rejected::AlreadyApproved { node: node(), person: person.to_owned(), remaining });
+            }
+            if gate.approved_by.len() + 1 < needed {
+                let mut approved_by = gate.approved_by.to_vec();
+                approved_by.push(person.to_owned());
+                let remaining = (needed - approved_by.len()) as u32;
+                return Ok(GateOutcome::Counted { approved_by, remaining });
+            }
+        }
     }
     let feedback = feedback_text(feedback);
     match (decision, gate.budget_gate) {
@@ -210,7 +256,17 @@ mod tests {
     const ALL_OPTIONS: &[Decision] = &[Decision::Approve, Decision::Reject, Decision::Modify];
 
     fn gate(standing: GateStanding<'static>) -> Gate<'static> {
-        Gate { node_id: "review", standing, options: ALL_OPTIONS, budget_gate: false, has_upstream: true }
+        Gate {
+            node_id: "review",
+            standing,
+            options: ALL_OPTIONS,
+            budget_gate: false,
+            has_upstream: true,
+            approvers: None,
+            approvals: 1,
+            approved_by: &[],
+            may_not_approve: None,
+        }
     }
 
     #[test]
@@ -276,7 +332,7 @@ mod tests {
                     feedback: feedback.map(str::to_owned),
                 };
                 let verdict = match role.allows(Role::needed_for(&event)) {
-                    true => decide(&gate(*standing), *decision, *feedback, Decider::Person),
+                    true => decide(&gate(*standing), *decision, *feedback, Decider::Person("ana")),
                     false => Err(Rejected::EngineStopped),
                 };
                 let expected = match role {
@@ -295,22 +351,73 @@ mod tests {
     fn a_gate_offers_only_its_options_to_people_but_its_timeout_decides_anyway() {
         let approve_only = Gate { options: &[Decision::Approve], ..gate(GateStanding::Waiting) };
         assert_eq!(
-            decide(&approve_only, Decision::Reject, None, Decider::Person),
+            decide(&approve_only, Decision::Reject, None, Decider::Person("ana")),
             Err(Rejected::NotOffered { node: "review".into(), decision: Decision::Reject })
         );
         assert_eq!(decide(&approve_only, Decision::Reject, None, Decider::Timeout), Ok(GateOutcome::Fail));
         let no_upstream = Gate { has_upstream: false, ..gate(GateStanding::Waiting) };
         assert_eq!(
-            decide(&no_upstream, Decision::Modify, Some("again"), Decider::Person),
+            decide(&no_upstream, Decision::Modify, Some("again"), Decider::Person("ana")),
             Err(Rejected::NothingToRedo("review".into()))
         );
+    }
+
+    /// A gate for two approvals from ana, bo and cy, in a run cy started with self-approval
+    /// off: who decides × what × who approved already.
+    #[test]
+    fn a_quorum_counts_distinct_approvers_and_any_reject_rejects() {
+        use GateOutcome::*;
+        let people = ["ana".to_owned(), "bo".to_owned(), "cy".to_owned()];
+        let counted = Ok(Counted { approved_by: vec!["ana".into()], remaining: 1 });
+        let again = Err(Rejected::AlreadyApproved { node: "review".into(), person: "ana".into(), remaining: 1 });
+        let own = Err(Rejected::SelfApproval { node: "review".into(), person: "cy".into() });
+        let stranger = Err(Rejected::NotAnApprover {
+            node: "review".into(),
+            person: "dan".into(),
+            approvers: "ana, bo, cy".into(),
+        });
+        // (person, decision, whether ana approved already, what the rule says)
+        let table: Vec<(&str, Decision, bool, Result<GateOutcome, Rejected>)> = vec![
+            ("ana", Decision::Approve, false, counted),
+            ("ana", Decision::Approve, true, again),
+            ("bo", Decision::Approve, true, Ok(Complete)),
+            ("bo", Decision::Reject, true, Ok(Fail)),
+            ("ana", Decision::Reject, true, Ok(Fail)),
+            ("bo", Decision::Modify, true, Ok(SendBack { feedback: "shorter".into() })),
+            ("cy", Decision::Approve, false, own.clone()),
+            ("cy", Decision::Approve, true, own),
+            ("cy", Decision::Reject, false, Ok(Fail)),
+            ("dan", Decision::Approve, false, stranger.clone()),
+            ("dan", Decision::Reject, true, stranger),
+        ];
+        for (person, decision, ana_approved, expected) in table {
+            let approved_by = if ana_approved { &people[..1] } else { &[] };
+            let quorum = Gate {
+                approvers: Some(&people),
+                approvals: 2,
+                approved_by,
+                may_not_approve: Some("cy"),
+                ..gate(GateStanding::Waiting)
+            };
+            let feedback = (decision == Decision::Modify).then_some("shorter");
+            assert_eq!(
+                decide(&quorum, decision, feedback, Decider::Person(person)),
+                expected,
+                "{person} {decision:?} after {approved_by:?}"
+            );
+        }
+        // The timeout, and a decision the store recorded already, are not people: the rules of
+        // who and how many are behind them.
+        let quorum = Gate { approvers: Some(&people), approvals: 3, ..gate(GateStanding::Waiting) };
+        assert_eq!(decide(&quorum, Decision::Approve, None, Decider::Timeout), Ok(Complete));
+        assert_eq!(decide(&quorum, Decision::Approve, None, Decider::Recorded), Ok(Complete));
     }
 
     #[test]
     fn a_budget_gate_raises_the_budget_or_cancels_the_run() {
         let budget_gate = Gate { budget_gate: true, ..gate(GateStanding::Waiting) };
-        assert_eq!(decide(&budget_gate, Decision::Approve, None, Decider::Person), Ok(GateOutcome::RaiseBudget));
-        assert_eq!(decide(&budget_gate, Decision::Reject, None, Decider::Person), Ok(GateOutcome::CancelRun));
+        assert_eq!(decide(&budget_gate, Decision::Approve, None, Decider::Person("ana")), Ok(GateOutcome::RaiseBudget));
+        assert_eq!(decide(&budget_gate, Decision::Reject, None, Decider::Person("ana")), Ok(GateOutcome::CancelRun));
     }
 
     /// A timeout and a decision race: whichever the coordinator takes first wins; the other
@@ -331,7 +438,7 @@ mod tests {
             assert_eq!(timeout_applies(standing, timer_round, round), applies, "{standing:?} {timer_round} {round}");
         }
         // The timeout came first: the person's late decision is told who decided.
-        let late = decide(&gate(decided), Decision::Approve, None, Decider::Person);
+        let late = decide(&gate(decided), Decision::Approve, None, Decider::Person("ana"));
         assert!(matches!(late, Err(Rejected::AlreadyDecided { ref by, .. }) if by == "timeout"), "{late:?}");
     }
 

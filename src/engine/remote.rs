@@ -83,6 +83,7 @@ impl JobUpdateBody {
             | NodeMsg::AttemptFailed { .. }
             | NodeMsg::Finished { .. }
             | NodeMsg::GateTimedOut { .. }
+            | NodeMsg::GateNudge { .. }
             | NodeMsg::DecisionClaimed { .. } => None,
         }
     }

@@ -468,12 +468,14 @@ pub fn is_milestone(body: &ServerEventBody) -> bool {
         ServerEventBody::RunStateChanged { .. }
         | ServerEventBody::CostUpdate { .. }
         | ServerEventBody::HumanGateWaiting { .. }
+        | ServerEventBody::GateReminder { .. }
         | ServerEventBody::GateResolved { .. }
         | ServerEventBody::DagMutated { .. }
         | ServerEventBody::ExecutionComplete { .. } => true,
         ServerEventBody::EdgeActive { .. }
         | ServerEventBody::Error { .. }
         | ServerEventBody::Snapshot { .. }
+        | ServerEventBody::GateProgress { .. }
         | ServerEventBody::NodeLog { .. } => false,
     }
 }

@@ -105,6 +105,12 @@ pub enum Topic {
     /// A gate started waiting for a decision.
     #[serde(rename = "gate_waiting")]
     GateWaiting,
+    /// A gate still waits after its `remind_every`.
+    #[serde(rename = "gate_reminder")]
+    GateReminder,
+    /// A gate still waits after its `escalate_after`: its `escalate_to` are told.
+    #[serde(rename = "gate_escalated")]
+    GateEscalated,
     /// A person decided a gate.
     #[serde(rename = "gate_decided")]
     GateDecided,
@@ -129,6 +135,8 @@ impl Topic {
     pub fn as_str(self) -> &'static str {
         match self {
             Topic::GateWaiting => "gate_waiting",
+            Topic::GateReminder => "gate_reminder",
+            Topic::GateEscalated => "gate_escalated",
             Topic::GateDecided => "gate_decided",
             Topic::GateTimedOut => "gate_timed_out",
             Topic::Budget80 => "budget_80",

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::notice::{self, RunMemory};
 use super::payload::{self, DecideLink, RunCard};
 use super::{NotifyTarget, ServerConfig};
-use crate::links::{self, Deciders};
+use crate::links::{self, Directory};
 use crate::protocol::{ServerEvent, ServerEventBody, now_rfc3339};
 use crate::store::{AttemptRow, NotificationRow, Store};
 
@@ -69,7 +69,7 @@ pub async fn notify_loop(
     config: Arc<ServerConfig>,
     public_url: String,
     wake: Arc<Notify>,
-    deciders: Option<Arc<dyn Deciders>>,
+    directory: Option<Arc<dyn Directory>>,
 ) {
     let mut runs: HashMap<Arc<str>, Known> = HashMap::new();
     while let Some((dag_id, event)) = milestones.recv().await {
@@ -103,10 +103,11 @@ pub async fn notify_loop(
             if targets.is_empty() {
                 continue;
             }
-            let decide = match (&notice.gate, &deciders) {
-                (Some(node_id), Some(deciders)) => {
-                    let people = deciders.who_may_decide();
-                    let (made, kept) = links::make(&dag_id, node_id, notice.seq as i64, &people, now_ms());
+            let decide = match (&notice.gate, &directory) {
+                (Some(gate), Some(directory)) => {
+                    let mut people = gate.approvers.clone().unwrap_or_else(|| directory.who_may_decide());
+                    people.retain(|person| !gate.may_not_approve.contains(person));
+                    let (made, kept) = links::make(&dag_id, &gate.node_id, notice.seq as i64, &people, now_ms());
                     // Kept before any message carries them; a link that cannot be kept is not sent.
                     match store.add_gate_links(kept).await {
                         Ok(()) => made

@@ -57,9 +57,14 @@ pub fn body(format: Format, id: &str, at: &str, run: &RunCard, notice: &Notice, 
 fn slack(run: &RunCard, notice: &Notice, decide: &[DecideLink]) -> Value {
     let detail = &notice.detail;
     let (title, text) = match notice.topic {
-        super::Topic::GateWaiting => {
+        super::Topic::GateWaiting | super::Topic::GateReminder | super::Topic::GateEscalated => {
             let presentation = &detail["gate"]["presentation"];
-            let title = presentation["title"].as_str().unwrap_or("A gate waits for you").to_owned();
+            let title = presentation["title"].as_str().unwrap_or("A gate waits for you");
+            let title = match notice.topic {
+                super::Topic::GateReminder => format!("Still waiting: {title}"),
+                super::Topic::GateEscalated => format!("Escalated to you: {title}"),
+                _ => title.to_owned(),
+            };
             let prompt = presentation["prompt"].as_str().unwrap_or_default().to_owned();
             (title, prompt)
         }
@@ -164,7 +169,7 @@ mod tests {
             seq: 3,
             key: "3".into(),
             detail: json!({ "gate": { "node_id": "review", "presentation": { "title": "Ship it?", "prompt": "p" } } }),
-            gate: Some("review".into()),
+            gate: None,
         };
         let decide = [
             DecideLink { person: "ana".into(), url: "http://x/gates/t1".into() },
@@ -187,7 +192,7 @@ mod tests {
             seq: 3,
             key: "3".into(),
             detail: json!({ "gate": { "node_id": "review", "presentation": { "title": "Ship it?", "prompt": "Look at the diff" } } }),
-            gate: Some("review".into()),
+            gate: None,
         };
         let body = body(Format::Slack, "id-2", "t", &run(), &notice, &[]);
         let text = body.to_string();

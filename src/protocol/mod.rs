@@ -3,7 +3,7 @@
 //!
 //! Compiled for both targets. [`ServerEvent`] and [`ClientEvent`] keep exactly the JSON shapes of
 //! the seed's TypeScript types; everything dagstream adds (`seq`, `snapshot`, `run_state`,
-//! `gate_resolved`, `node_log`) is additive. Optional fields are omitted when absent, never
+//! `gate_resolved`, `node_log`, `gate_progress`, `gate_reminder`) is additive. Optional fields are omitted when absent, never
 //! `null`. [`RunState`] is the one reducer that folds events into the state of a run.
 
 mod state;
@@ -183,6 +183,23 @@ pub struct GatePresentation {
     /// RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_at: Option<String>,
+    /// Extension: who may decide (names); absent, everyone whose role decides gates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<Vec<String>>,
+    /// Extension: how many distinct people must approve (any reject rejects); absent, one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<u32>,
+    /// Extension: who may not approve: the run's starter, when the spec says
+    /// `allow_self_approval = false`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub may_not_approve: Vec<String>,
+}
+
+impl GatePresentation {
+    /// How many approvals the gate needs.
+    pub fn approvals_needed(&self) -> u32 {
+        self.approvals.unwrap_or(1).max(1)
+    }
 }
 
 /// The state of a run as a whole.
@@ -320,6 +337,22 @@ pub enum ServerEventBody {
         node_id: String,
         stream: LogStream,
         line: String,
+    },
+    /// Extension: a gate still waits after its `remind_every` (a reminder), or its
+    /// `escalate_after` (an escalation: `escalated_to` are told, and may decide from now on).
+    GateReminder {
+        node_id: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        escalated_to: Vec<String>,
+    },
+    /// Extension: a gate that needs several approvals got one (not yet the decision, which
+    /// `gate_resolved` still brings, exactly once).
+    GateProgress {
+        node_id: String,
+        /// Everyone who approved in this wait so far, in order.
+        approved_by: Vec<String>,
+        /// Approvals still needed.
+        remaining: u32,
     },
 }
 

@@ -62,6 +62,9 @@ pub struct NodeView {
     /// What the gate card shows, while this node is a gate that waits for a decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<GatePresentation>,
+    /// Who approved the waiting gate so far, when it needs several approvals (`gate_progress`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approved_by: Vec<String>,
     /// Upstream ids whose edge into this node carried data (`edge_active`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub active_inputs: Vec<String>,
@@ -188,6 +191,7 @@ impl RunState {
                     }
                     if *status != NodeStatus::Waiting {
                         node.gate = None;
+                        node.approved_by.clear();
                     }
                 }
             }
@@ -209,6 +213,7 @@ impl RunState {
                 if let Some(node) = self.nodes.get_mut(node_id) {
                     node.status = NodeStatus::Waiting;
                     node.gate = Some(presentation.clone());
+                    node.approved_by.clear();
                 }
             }
             ServerEventBody::Error { node_id, message } => {
@@ -221,6 +226,7 @@ impl RunState {
             ServerEventBody::GateResolved { node_id, decision, feedback, decided_by, decided_at } => {
                 if let Some(node) = self.nodes.get_mut(node_id) {
                     node.gate = None;
+                    node.approved_by.clear();
                 }
                 self.decisions.push(GateDecisionRecord {
                     seq: event.seq,
@@ -230,6 +236,21 @@ impl RunState {
                     decided_by: decided_by.clone(),
                     decided_at: decided_at.clone(),
                 });
+            }
+            ServerEventBody::GateReminder { node_id, escalated_to } => {
+                // Escalated: they may decide too, as the card shows.
+                if let Some(approvers) = self.nodes.get_mut(node_id).and_then(|n| n.gate.as_mut()?.approvers.as_mut()) {
+                    for person in escalated_to {
+                        if !approvers.contains(person) {
+                            approvers.push(person.clone());
+                        }
+                    }
+                }
+            }
+            ServerEventBody::GateProgress { node_id, approved_by, .. } => {
+                if let Some(node) = self.nodes.get_mut(node_id) {
+                    node.approved_by.clone_from(approved_by);
+                }
             }
             ServerEventBody::NodeLog { node_id, stream, line } => {
                 if let Some(node) = self.nodes.get_mut(node_id) {
@@ -329,6 +350,7 @@ impl NodeView {
             output: None,
             metrics: NodeMetrics::default(),
             gate: None,
+            approved_by: Vec::new(),
             active_inputs: Vec::new(),
             log_tail: VecDeque::new(),
         }

@@ -27,6 +27,11 @@ const SERVER_LITERALS: &[&str] = &[
     r#"{"type":"run_state","seq":14,"state":"cancelling"}"#,
     r#"{"type":"gate_resolved","seq":15,"node_id":"review","decision":"approve","feedback":"ok","decided_by":"alice","decided_at":"2026-11-26T10:00:00Z"}"#,
     r#"{"type":"node_log","seq":16,"node_id":"build","stream":"stdout","line":"compiling..."}"#,
+    r#"{"type":"human_gate_waiting","seq":12,"node_id":"deploy","presentation":{"title":"Deploy?","prompt":"...","options":["approve","reject"],"approvers":["ana","bo","cy"],"approvals":2,"may_not_approve":["cy"]}}"#,
+    r#"{"type":"gate_progress","seq":17,"node_id":"deploy","approved_by":["ana"],"remaining":1}"#,
+    r#"{"type":"gate_reminder","seq":19,"node_id":"deploy"}"#,
+    r#"{"type":"gate_reminder","seq":20,"node_id":"deploy","escalated_to":["dan"]}"#,
+    r#"{"type":"gate_resolved","seq":18,"node_id":"deploy","decision":"approve","decided_by":"ana, bo","decided_at":"2026-11-26T10:05:00Z"}"#,
 ];
 
 const CLIENT_LITERALS: &[&str] = &[
@@ -353,6 +358,9 @@ fn presentation() -> GatePresentation {
         context: None,
         cost_so_far: Some(1.0),
         timeout_at: None,
+        approvers: None,
+        approvals: None,
+        may_not_approve: Vec::new(),
     }
 }
 

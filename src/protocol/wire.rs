@@ -115,6 +115,8 @@ struct EventFields {
     decided_at: Raw,
     stream: Raw,
     line: Raw,
+    approved_by: Raw,
+    escalated_to: Raw,
 }
 
 const EVENT_TYPES: &[&str] = &[
@@ -129,6 +131,8 @@ const EVENT_TYPES: &[&str] = &[
     "run_state",
     "gate_resolved",
     "node_log",
+    "gate_progress",
+    "gate_reminder",
 ];
 
 impl EventFields {
@@ -172,6 +176,15 @@ impl EventFields {
                 node_id: required(self.node_id, "node_id")?,
                 stream: required(self.stream, "stream")?,
                 line: required(self.line, "line")?,
+            },
+            "gate_progress" => ServerEventBody::GateProgress {
+                node_id: required(self.node_id, "node_id")?,
+                approved_by: required(self.approved_by, "approved_by")?,
+                remaining: required(self.remaining, "remaining")?,
+            },
+            "gate_reminder" => ServerEventBody::GateReminder {
+                node_id: required(self.node_id, "node_id")?,
+                escalated_to: optional(self.escalated_to, "escalated_to")?.unwrap_or_default(),
             },
             other => return Err(E::unknown_variant(other, EVENT_TYPES)),
         })

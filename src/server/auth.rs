@@ -34,6 +34,9 @@ pub struct UserRecord {
     /// SHA-256 of the user's token, hex.
     pub token_sha256: String,
     pub role: Role,
+    /// Groups the user is in, as gates name them (`approvers = ["group:leads"]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
 }
 
 impl UserRecord {
@@ -44,7 +47,7 @@ impl UserRecord {
             return Err(format!("there is already a user called {name:?}"));
         }
         let token = new_secret();
-        Ok((UserRecord { name: name.to_owned(), token_sha256: hex(&sha256(&token)), role }, token))
+        Ok((UserRecord { name: name.to_owned(), token_sha256: hex(&sha256(&token)), role, groups: Vec::new() }, token))
     }
 }
 
@@ -74,12 +77,18 @@ impl UsersFile {
         Ok(file)
     }
 
-    /// Adds a user with a new random token and returns the token (shown once, stored hashed).
-    pub fn add(&mut self, name: &str, role: Role) -> Result<String, String> {
+    /// Adds a user with a new random token, in `groups`, and returns the token (shown once,
+    /// stored hashed).
+    pub fn add(&mut self, name: &str, role: Role, groups: &[String]) -> Result<String, String> {
         if self.users.iter().any(|u| u.name == name) {
             return Err(format!("there is already a user called {name:?}"));
         }
-        let (user, token) = UserRecord::new(name, role)?;
+        for group in groups {
+            check_name(group)
+                .map_err(|_| format!("group {group:?}: use 1 to 64 letters, digits, '-', '_', '.' or '@'"))?;
+        }
+        let (mut user, token) = UserRecord::new(name, role)?;
+        user.groups = groups.to_vec();
         self.users.push(user);
         Ok(token)
     }
@@ -238,6 +247,8 @@ struct Known {
     name: String,
     role: Role,
     hash: [u8; 32],
+    /// From the users file (the database keeps no groups).
+    groups: Vec<String>,
 }
 
 struct Session {
@@ -285,14 +296,20 @@ async fn store_users(store: &dyn Store, fixed: &[Known]) -> Result<Vec<Known>, S
         if fixed.iter().any(|k| k.name == user.name) {
             return Err(format!("user {:?} is in the users file and in the database: keep one of them", user.name));
         }
-        users.push(Known { name: user.name, role, hash });
+        users.push(Known { name: user.name, role, hash, groups: Vec::new() });
     }
     Ok(users)
 }
 
-impl crate::links::Deciders for Auth {
+impl crate::links::Directory for Auth {
     fn who_may_decide(&self) -> Vec<String> {
         self.deciders()
+    }
+
+    fn members(&self, group: &str) -> Option<Vec<String>> {
+        let members: Vec<String> =
+            self.known.iter().filter(|k| k.groups.iter().any(|g| g == group)).map(|k| k.name.clone()).collect();
+        (!members.is_empty()).then_some(members)
     }
 }
 
@@ -308,10 +325,15 @@ impl Auth {
         if settings.admin_token.len() < 16 {
             return Err("the admin token must be at least 16 characters".into());
         }
-        let mut known = vec![Known { name: ADMIN_NAME.into(), role: Role::Admin, hash: sha256(&settings.admin_token) }];
+        let mut known = vec![Known {
+            name: ADMIN_NAME.into(),
+            role: Role::Admin,
+            hash: sha256(&settings.admin_token),
+            groups: Vec::new(),
+        }];
         for user in settings.users {
             let hash = parse_hash(&user.token_sha256).ok_or_else(|| format!("user {:?}: bad token hash", user.name))?;
-            known.push(Known { name: user.name, role: user.role, hash });
+            known.push(Known { name: user.name, role: user.role, hash, groups: user.groups });
         }
         let from_store = match &store {
             Some(store) => store_users(store.as_ref(), &known).await?,
@@ -612,7 +634,7 @@ mod tests {
     async fn auth_with(users: UsersFile) -> (Auth, String) {
         let mut settings = AuthSettings::with_admin_token(ADMIN);
         let mut users = users;
-        let token = users.add("vera", Role::Viewer).expect("new user");
+        let token = users.add("vera", Role::Viewer, &[]).expect("new user");
         settings.users = users.users;
         (Auth::new(settings, None).await.expect("auth"), token)
     }
@@ -689,12 +711,12 @@ mod tests {
     #[test]
     fn the_users_file_stores_hashes_only_and_refuses_duplicates() {
         let mut file = UsersFile::default();
-        let token = file.add("ana", Role::Approver).expect("add");
+        let token = file.add("ana", Role::Approver, &[]).expect("add");
         let text = toml::to_string(&file).expect("toml");
         assert!(!text.contains(&token), "the token is not stored");
         assert!(text.contains(&hex(&sha256(&token))));
-        assert!(file.add("ana", Role::Viewer).is_err());
-        assert!(file.add("admin", Role::Viewer).is_err());
-        assert!(file.add("no spaces", Role::Viewer).is_err());
+        assert!(file.add("ana", Role::Viewer, &[]).is_err());
+        assert!(file.add("admin", Role::Viewer, &[]).is_err());
+        assert!(file.add("no spaces", Role::Viewer, &[]).is_err());
     }
 }

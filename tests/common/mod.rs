@@ -66,9 +66,12 @@ pub async fn serve_in_process_with(
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     // Sessions are kept where the runs are, as `serve` keeps them.
     let sessions = runs.store().cloned();
+    // The users are the directory gates look groups up in, as `serve` has it.
+    let auth = std::sync::Arc::new(Auth::new(auth, sessions).await.expect("auth settings are valid"));
+    let directory: std::sync::Arc<dyn dagstream::links::Directory> = auth.clone();
     let state = AppState {
-        service: dagstream::service::Service::new(std::sync::Arc::new(runs)),
-        auth: std::sync::Arc::new(Auth::new(auth, sessions).await.expect("auth settings are valid")),
+        service: dagstream::service::Service::new(std::sync::Arc::new(runs)).with_directory(directory),
+        auth,
         leptos_options: leptos::prelude::LeptosOptions::builder().output_name("dagstream").build(),
         shutdown: shutdown_rx,
         stream,

@@ -4,7 +4,7 @@
 use super::Coordinator;
 use crate::engine::policy::{self, BudgetVerdict, Spend};
 use crate::engine::schedule::Slot;
-use crate::engine::spec::{NodeSpec, NodeWork};
+use crate::engine::spec::{GateRules, NodeSpec, NodeWork};
 use crate::protocol::Decision;
 
 impl Coordinator {
@@ -49,6 +49,8 @@ impl Coordinator {
                 prompt,
                 options: vec![Decision::Approve, Decision::Reject],
                 on_timeout: None,
+                // Anyone who may decide gates: spend is everyone's business, the starter's too.
+                rules: GateRules::default(),
             },
         };
         let gate = self.insert_node(gate, &[], true);

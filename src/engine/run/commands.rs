@@ -19,7 +19,7 @@ impl Coordinator {
     pub(super) fn on_command(&mut self, event: ClientEvent, actor: &str) -> Result<(), Rejected> {
         match policy::command_effect(&event, self.phase)? {
             CommandEffect::Decide { node_id, decision, feedback } => {
-                self.decide(node_id, decision, feedback, actor, Decider::Person)
+                self.decide(node_id, decision, feedback, Decider::Person(actor))
             }
             CommandEffect::Pause => {
                 self.set_phase(RunPhase::Paused);
@@ -64,24 +64,40 @@ impl Coordinator {
             .collect()
     }
 
+    /// Who may decide gate `node` now: its approvers, and its `escalate_to` once escalated;
+    /// `None`: anyone whose role decides gates.
+    pub(super) fn approvers(&self, node: usize) -> Option<Vec<String>> {
+        let NodeWork::Gate { rules, .. } = &self.nodes[node].work else { return None };
+        let mut approvers = rules.approvers.clone()?;
+        if self.runs[node].escalated {
+            approvers.extend(rules.escalate_to.iter().filter(|p| !approvers.contains(p)).cloned().collect::<Vec<_>>());
+        }
+        Some(approvers)
+    }
+
     /// Judges a decision on a gate with [`policy::decide`].
     fn judge(
         &self,
         node: usize,
         decision: Decision,
         feedback: Option<&str>,
-        decider: Decider,
+        decider: Decider<'_>,
     ) -> Result<GateOutcome, Rejected> {
-        let options = match &self.nodes[node].work {
-            NodeWork::Gate { options, .. } => options.as_slice(),
-            NodeWork::Simulate { .. } | NodeWork::Command { .. } => &[],
+        let (options, approvals, self_approval) = match &self.nodes[node].work {
+            NodeWork::Gate { options, rules, .. } => (options.as_slice(), rules.approvals, rules.allow_self_approval),
+            NodeWork::Simulate { .. } | NodeWork::Command { .. } => (&[][..], 1, true),
         };
+        let approvers = self.approvers(node);
         let gate = Gate {
             node_id: &self.nodes[node].id,
             standing: self.gate_standing(node),
             options,
             budget_gate: self.runs[node].budget_gate,
             has_upstream: !self.upstream_work(node).is_empty(),
+            approvers: approvers.as_deref(),
+            approvals,
+            approved_by: &self.runs[node].approved_by,
+            may_not_approve: self.started_by.as_deref().filter(|_| !self_approval),
         };
         policy::decide(&gate, decision, feedback, decider)
     }
@@ -89,20 +105,39 @@ impl Coordinator {
     /// A decision on a waiting gate, as [`policy::decide`] rules. With a store, it is first
     /// recorded as the gate round's one decision ([`crate::hub::Room::claim_decision`]); the gate applies
     /// whichever decision the store holds once it answers ([`Coordinator::on_decision_claimed`]).
+    ///
+    /// An approval that only counts towards a quorum is no decision: it is published as
+    /// `gate_progress`, and the approval that completes the quorum is the decision, signed by
+    /// everyone who approved.
     pub(super) fn decide(
         &mut self,
         node_id: &str,
         decision: Decision,
         feedback: Option<&str>,
-        actor: &str,
-        decider: Decider,
+        decider: Decider<'_>,
     ) -> Result<(), Rejected> {
         let node = self.index.get(node_id).copied().ok_or_else(|| Rejected::UnknownNode(node_id.to_owned()))?;
         let outcome = self.judge(node, decision, feedback, decider)?;
+        if let GateOutcome::Counted { approved_by, remaining } = outcome {
+            self.runs[node].approved_by.clone_from(&approved_by);
+            self.room.publish(ServerEventBody::GateProgress { node_id: node_id.to_owned(), approved_by, remaining });
+            return Ok(());
+        }
+        let decided_by = match decider {
+            Decider::Person(person) if decision == Decision::Approve && !self.runs[node].approved_by.is_empty() => {
+                let mut everyone = self.runs[node].approved_by.clone();
+                everyone.push(person.to_owned());
+                everyone.join(", ")
+            }
+            Decider::Person(person) => person.to_owned(),
+            Decider::Timeout => TIMEOUT_DECIDER.to_owned(),
+            // Recorded decisions are applied with their own decider (`pending_from_row`).
+            Decider::Recorded => "recorded".to_owned(),
+        };
         let claim = PendingDecision {
             decision,
             feedback: policy::feedback_text(feedback).map(str::to_owned),
-            decided_by: actor.to_owned(),
+            decided_by,
             decided_at: now_rfc3339(),
             outcome,
         };
@@ -171,8 +206,8 @@ impl Coordinator {
     fn pending_from_row(&self, node: usize, row: DecisionRow) -> Result<PendingDecision, String> {
         let decision =
             Decision::from_name(&row.decision).ok_or_else(|| format!("unknown decision {:?}", row.decision))?;
-        let decider = if row.decided_by == TIMEOUT_DECIDER { Decider::Timeout } else { Decider::Person };
-        let outcome = self.judge(node, decision, row.feedback.as_deref(), decider).map_err(|e| e.to_string())?;
+        let outcome =
+            self.judge(node, decision, row.feedback.as_deref(), Decider::Recorded).map_err(|e| e.to_string())?;
         Ok(PendingDecision {
             decision,
             feedback: row.feedback,
@@ -187,6 +222,8 @@ impl Coordinator {
         let PendingDecision { decision, feedback, decided_by, decided_at, outcome } = claim;
         let upstream = self.upstream_work(node);
         self.runs[node].last_decision = Some((decided_by.clone(), decision, decided_at.clone()));
+        self.runs[node].approved_by.clear();
+        self.runs[node].escalated = false;
         self.room.publish(ServerEventBody::GateResolved {
             node_id: self.nodes[node].id.clone(),
             decision,
@@ -217,6 +254,8 @@ impl Coordinator {
                 return;
             }
             GateOutcome::Fail => self.settle(node, NodeStatus::Failed, Some(output)),
+            // Handled in `decide`: counting an approval decides nothing.
+            GateOutcome::Counted { .. } => return,
             GateOutcome::SendBack { feedback } => {
                 self.scheduler.rerun_before(&upstream, node);
                 let round = self.runs[node].attempt;
@@ -245,9 +284,40 @@ impl Coordinator {
             return;
         }
         let (decision, id) = (*decision, self.nodes[node].id.clone());
-        if let Err(refused) = self.decide(&id, decision, None, TIMEOUT_DECIDER, Decider::Timeout) {
+        if let Err(refused) = self.decide(&id, decision, None, Decider::Timeout) {
             self.publish_error(node, format!("gate timeout could not apply: {refused}"));
         }
+    }
+
+    /// A gate's reminder or escalation is due: if the gate still waits in the round it was armed
+    /// for, everyone is told (`gate_reminder`, which notifications pick up); an escalation lets
+    /// its `escalate_to` decide from now on, and a reminder comes again after `remind_every`.
+    pub(super) fn on_gate_nudge(&mut self, node: usize, round: u32, escalate: bool) {
+        if !policy::timeout_applies(self.gate_standing(node), round, self.runs[node].attempt) {
+            return;
+        }
+        let NodeWork::Gate { rules, .. } = &self.nodes[node].work else { return };
+        let (escalate_to, remind_every) = (rules.escalate_to.clone(), rules.remind_every);
+        let node_id = self.nodes[node].id.clone();
+        if escalate {
+            self.runs[node].escalated = true;
+            self.room.publish(ServerEventBody::GateReminder { node_id, escalated_to: escalate_to });
+        } else {
+            self.room.publish(ServerEventBody::GateReminder { node_id, escalated_to: Vec::new() });
+            if let Some(every) = remind_every {
+                self.arm_gate_nudge(node, every, false);
+            }
+        }
+    }
+
+    /// Arms a gate's reminder (or escalation) for its current wait.
+    pub(super) fn arm_gate_nudge(&mut self, node: usize, after: Duration, escalate: bool) {
+        let round = self.runs[node].attempt;
+        let to_self = self.to_self.clone();
+        self.timers.spawn(async move {
+            tokio::time::sleep(after).await;
+            let _ = to_self.send(NodeMsg::GateNudge { node, round, escalate }).await;
+        });
     }
 
     pub(super) fn arm_gate_timer(&mut self, node: usize, after: Duration) {

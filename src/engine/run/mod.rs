@@ -111,6 +111,7 @@ pub fn resume(
 ) -> Result<RunHandle, String> {
     let mut coordinator = Coordinator::new(dag_id, spec, room, config);
     coordinator.replay_graph_changes(log)?;
+    coordinator.replay_escalations(log);
     coordinator.restore(state);
     let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
     tokio::spawn(coordinator.drive(inbox, true));
@@ -137,6 +138,10 @@ struct NodeRun {
     last_decision: Option<(String, Decision, String)>,
     /// A decision on this gate the store is recording; the gate takes no other meanwhile.
     claiming: Option<PendingDecision>,
+    /// Who approved this gate in its current wait, when it needs several approvals.
+    approved_by: Vec<String>,
+    /// Whether this wait was escalated: its `escalate_to` may decide too.
+    escalated: bool,
 }
 
 /// A decision judged and waiting for the store to record it as its gate round's one decision.
@@ -195,6 +200,8 @@ struct Coordinator {
     cancel_grace: Duration,
     /// Where pool nodes run.
     workers: Option<super::remote::WorkerPools>,
+    /// Who started the run: refused as an approver of gates that forbid self-approval.
+    started_by: Option<String>,
 }
 
 impl Coordinator {
@@ -225,6 +232,7 @@ impl Coordinator {
             workdir: config.work_root.join(dag_id),
             cancel_grace: config.cancel_grace,
             workers: config.workers.clone(),
+            started_by: spec.started_by,
         }
     }
 

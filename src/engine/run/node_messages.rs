@@ -52,6 +52,7 @@ impl Coordinator {
                 self.start_ready_nodes();
             }
             NodeMsg::GateTimedOut { node, round } => self.on_gate_timeout(node, round),
+            NodeMsg::GateNudge { node, round, escalate } => self.on_gate_nudge(node, round, escalate),
             NodeMsg::DecisionClaimed { node, round, result } => self.on_decision_claimed(node, round, result),
         }
     }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::Coordinator;
 use crate::engine::schedule::Slot;
-use crate::engine::spec::NodeFile;
+use crate::engine::spec::{NodeFile, NodeWork};
 use crate::protocol::{DagMutation, Decision, NodeStatus, RunState, ServerEvent, ServerEventBody};
 
 impl Coordinator {
@@ -43,6 +43,20 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Marks the gates whose current wait was escalated already (so it is not escalated twice).
+    pub(super) fn replay_escalations(&mut self, log: &[ServerEvent]) {
+        for event in log {
+            let (node_id, escalated) = match &event.body {
+                ServerEventBody::HumanGateWaiting { node_id, .. } => (node_id, false),
+                ServerEventBody::GateReminder { node_id, escalated_to } if !escalated_to.is_empty() => (node_id, true),
+                _ => continue,
+            };
+            if let Some(&node) = self.index.get(node_id) {
+                self.runs[node].escalated = escalated;
+            }
+        }
+    }
+
     /// Takes over what the folded log says: statuses, attempts, figures, outputs, decisions,
     /// spend, budget, phase; re-arms the timeouts of waiting gates.
     pub(super) fn restore(&mut self, state: &RunState) {
@@ -54,6 +68,7 @@ impl Coordinator {
             run.cost = view.metrics.cost.unwrap_or(0.0);
             run.tokens_in = view.metrics.tokens_in.unwrap_or(0);
             run.tokens_out = view.metrics.tokens_out.unwrap_or(0);
+            run.approved_by.clone_from(&view.approved_by);
             settled[node] = match view.status {
                 NodeStatus::Completed => {
                     if let Some(output) = &view.output {
@@ -94,12 +109,32 @@ impl Coordinator {
             if self.nodes[node].is_gate() {
                 self.look_up_recorded_decision(node);
             }
+            self.rearm_gate_nudges(node, state);
             let timeout_at = state.nodes.get(&self.nodes[node].id).and_then(|v| v.gate.as_ref()?.timeout_at.clone());
             if let Some(at) = timeout_at.and_then(|at| humantime::parse_rfc3339(&at).ok()) {
                 let left = at.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO);
                 self.runs[node].started = Some(Instant::now());
                 self.arm_gate_timer(node, left);
             }
+        }
+    }
+
+    /// A waiting gate's reminders go on after `remind_every`; its escalation, if it has not
+    /// happened, after what is left of `escalate_after` since the gate started waiting.
+    fn rearm_gate_nudges(&mut self, node: usize, state: &RunState) {
+        let NodeWork::Gate { rules, .. } = &self.nodes[node].work else { return };
+        let (remind_every, escalate_after) = (rules.remind_every, rules.escalate_after);
+        if let Some(every) = remind_every {
+            self.arm_gate_nudge(node, every, false);
+        }
+        if let Some(after) = escalate_after.filter(|_| !self.runs[node].escalated) {
+            let since = state
+                .nodes
+                .get(&self.nodes[node].id)
+                .and_then(|v| humantime::parse_rfc3339(v.metrics.started_at.as_deref()?).ok())
+                .and_then(|started| std::time::SystemTime::now().duration_since(started).ok())
+                .unwrap_or(Duration::ZERO);
+            self.arm_gate_nudge(node, after.saturating_sub(since), true);
         }
     }
 }

@@ -32,7 +32,7 @@ impl Coordinator {
             }
         };
         match &spec.work {
-            NodeWork::Gate { title, prompt, options, .. } => {
+            NodeWork::Gate { title, prompt, options, rules, .. } => {
                 let run = &mut self.runs[node];
                 run.attempt += 1;
                 run.started = Some(Instant::now());
@@ -43,6 +43,7 @@ impl Coordinator {
                     (!inputs.is_empty()).then_some(Value::Object(inputs))
                 };
                 let timeout = spec.timeout;
+                let (remind_every, escalate_after) = (rules.remind_every, rules.escalate_after);
                 let presentation = GatePresentation {
                     title: title.clone(),
                     prompt: prompt.clone(),
@@ -51,6 +52,9 @@ impl Coordinator {
                     cost_so_far: Some(self.spent),
                     timeout_at: timeout
                         .map(|t| humantime::format_rfc3339_millis(std::time::SystemTime::now() + t).to_string()),
+                    approvers: rules.approvers.clone(),
+                    approvals: Some(rules.approvals).filter(|n| *n > 1),
+                    may_not_approve: self.started_by.iter().filter(|_| !rules.allow_self_approval).cloned().collect(),
                 };
                 let metrics =
                     NodeMetrics { attempt: Some(round), started_at: Some(now_rfc3339()), ..Default::default() };
@@ -59,6 +63,12 @@ impl Coordinator {
                 self.room.publish(ServerEventBody::HumanGateWaiting { node_id, presentation });
                 if let Some(timeout) = timeout {
                     self.arm_gate_timer(node, timeout);
+                }
+                if let Some(every) = remind_every {
+                    self.arm_gate_nudge(node, every, false);
+                }
+                if let Some(after) = escalate_after {
+                    self.arm_gate_nudge(node, after, true);
                 }
             }
             NodeWork::Simulate { .. } | NodeWork::Command { .. } => {

@@ -42,6 +42,10 @@ pub struct SpecFile {
     /// optional `format` and `events`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<crate::notify::NotifyTarget>,
+    /// Who started the run. Set by the server (a spec's own value is replaced): gates with
+    /// `allow_self_approval = false` refuse this person's approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
 }
 
 /// One node as written. Which fields apply depends on `kind`; a field of another kind is an error.
@@ -106,7 +110,61 @@ pub struct NodeFile {
     /// `gate`: the decision taken when `timeout` passes without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_timeout: Option<TimeoutDecision>,
+    /// `gate`: who may decide it: user names, and `group:NAME` for a group of the users file
+    /// (read when the run starts). Default: everyone whose role decides gates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<Vec<String>>,
+    /// `gate`: how many distinct people must approve (any reject rejects at once). Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<u32>,
+    /// `gate`: whether the person who started the run may approve it. Default: true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_self_approval: Option<bool>,
+    /// `gate`: remind the approvers this often while it waits (`"30m"`): a `gate_reminder`
+    /// notification each time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remind_every: Option<String>,
+    /// `gate`: after waiting this long (`"2h"`), tell `escalate_to` too, who may then decide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_after: Option<String>,
+    /// `gate`: who is told (and may decide) after `escalate_after`: names and `group:NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalate_to: Option<Vec<String>>,
 }
+
+/// Who may decide a gate, how many must approve, and who is reminded when.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GateRules {
+    /// Names (and, until the run starts, `group:NAME`s); `None`: every approver.
+    pub approvers: Option<Vec<String>>,
+    /// Distinct approvals needed, at least 1.
+    pub approvals: u32,
+    pub allow_self_approval: bool,
+    pub remind_every: Option<Duration>,
+    pub escalate_after: Option<Duration>,
+    /// Names (and `group:NAME`s until the run starts).
+    pub escalate_to: Vec<String>,
+}
+
+impl Default for GateRules {
+    /// One approval from anyone who may decide gates, the run's starter included.
+    fn default() -> Self {
+        GateRules {
+            approvers: None,
+            approvals: 1,
+            allow_self_approval: true,
+            remind_every: None,
+            escalate_after: None,
+            escalate_to: Vec::new(),
+        }
+    }
+}
+
+/// The prefix of a group in `approvers` and `escalate_to`.
+pub const GROUP_PREFIX: &str = "group:";
+
+/// Most approvals a gate may ask for.
+pub const MAX_APPROVALS: u32 = 20;
 
 /// The kinds of node a spec may use.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -148,6 +206,8 @@ pub struct DagSpec {
     pub nodes: Vec<NodeSpec>,
     /// Where this run's notifications go besides the server's.
     pub notify: Vec<crate::notify::NotifyTarget>,
+    /// Who started the run (set by the server).
+    pub started_by: Option<String>,
 }
 
 /// One validated node.
@@ -180,8 +240,9 @@ pub enum NodeWork {
         fail_rate: f64,
         output: Option<Value>,
     },
-    /// Waits until a person decides, or `timeout` passes and `on_timeout` applies.
-    Gate { title: String, prompt: String, options: Vec<Decision>, on_timeout: Option<Decision> },
+    /// Waits until a person decides (or, with `rules.approvals` above 1, enough people approve),
+    /// or `timeout` passes and `on_timeout` applies.
+    Gate { title: String, prompt: String, options: Vec<Decision>, on_timeout: Option<Decision>, rules: GateRules },
 }
 
 impl DagSpec {
@@ -194,6 +255,7 @@ impl DagSpec {
             max_parallel: Some(self.max_parallel),
             nodes: self.nodes.iter().map(NodeSpec::to_file).collect(),
             notify: self.notify.clone(),
+            started_by: self.started_by.clone(),
         }
     }
 }
@@ -227,7 +289,7 @@ impl NodeSpec {
                 file.output = output.clone();
                 file.retries = Some(self.retries).filter(|r| *r > 0);
             }
-            NodeWork::Gate { title, prompt, options, on_timeout } => {
+            NodeWork::Gate { title, prompt, options, on_timeout, rules } => {
                 file.kind = KindName::Gate;
                 file.title = Some(title.clone());
                 file.prompt = Some(prompt.clone());
@@ -236,6 +298,12 @@ impl NodeSpec {
                     Decision::Approve => TimeoutDecision::Approve,
                     Decision::Reject | Decision::Modify => TimeoutDecision::Reject,
                 });
+                file.approvers = rules.approvers.clone();
+                file.approvals = Some(rules.approvals).filter(|n| *n > 1);
+                file.allow_self_approval = Some(false).filter(|_| !rules.allow_self_approval);
+                file.remind_every = rules.remind_every.map(duration);
+                file.escalate_after = rules.escalate_after.map(duration);
+                file.escalate_to = (!rules.escalate_to.is_empty()).then(|| rules.escalate_to.clone());
             }
         }
         file
@@ -392,7 +460,15 @@ impl SpecFile {
             nodes.push(node.to_spec()?);
         }
         check_graph(&nodes)?;
-        Ok(DagSpec { name: self.name.clone(), budget, budget_step, max_parallel, nodes, notify: self.notify.clone() })
+        Ok(DagSpec {
+            name: self.name.clone(),
+            budget,
+            budget_step,
+            max_parallel,
+            nodes,
+            notify: self.notify.clone(),
+            started_by: self.started_by.clone(),
+        })
     }
 }
 
@@ -411,7 +487,19 @@ impl NodeFile {
             KindName::Simulate => {
                 &["timeout", "retries", "duration", "cost", "tokens_in", "tokens_out", "fail_rate", "output"]
             }
-            KindName::Gate => &["timeout", "title", "prompt", "options", "on_timeout"],
+            KindName::Gate => &[
+                "timeout",
+                "title",
+                "prompt",
+                "options",
+                "on_timeout",
+                "approvers",
+                "approvals",
+                "allow_self_approval",
+                "remind_every",
+                "escalate_after",
+                "escalate_to",
+            ],
         };
         for field in self.present_kind_fields() {
             if !allowed.contains(&field) {
@@ -474,15 +562,75 @@ impl NodeFile {
                     prompt: self.prompt.clone().unwrap_or_default(),
                     options,
                     on_timeout: self.on_timeout.map(Decision::from),
+                    rules: self.gate_rules()?,
                 }
             }
         };
         Ok(NodeSpec { id: id.clone(), label: self.label.clone(), needs: self.needs.clone(), timeout, retries, work })
     }
 
+    /// A gate's approvers, quorum, reminders and escalation, checked.
+    fn gate_rules(&self) -> Result<GateRules, SpecError> {
+        let bad = |field: &'static str, problem: String| SpecError::BadField { node: self.id.clone(), field, problem };
+        let check_people = |field: &'static str, people: &[String]| {
+            if people.is_empty() {
+                return Err(bad(field, "is empty: name at least one person or group".into()));
+            }
+            match people.iter().find(|p| !is_valid_person(p)) {
+                Some(person) => Err(bad(
+                    field,
+                    format!("{person:?} is neither a user name nor {GROUP_PREFIX}NAME (letters, digits, - _ . @)"),
+                )),
+                None => Ok(()),
+            }
+        };
+        if let Some(approvers) = &self.approvers {
+            check_people("approvers", approvers)?;
+        }
+        let approvals = self.approvals.unwrap_or(1);
+        if !(1..=MAX_APPROVALS).contains(&approvals) {
+            return Err(bad("approvals", format!("must be 1 to {MAX_APPROVALS}, not {approvals}")));
+        }
+        if let Some(approvers) = &self.approvers
+            && approvers.iter().all(|p| !p.starts_with(GROUP_PREFIX))
+            && (approvers.iter().collect::<HashSet<_>>().len() as u32) < approvals
+        {
+            return Err(bad(
+                "approvals",
+                format!("needs {approvals} distinct approvers, and \"approvers\" names fewer"),
+            ));
+        }
+        let duration = |field: &'static str, text: &Option<String>| {
+            text.as_deref()
+                .map(|t| match parse_duration(t) {
+                    Ok(d) if d.is_zero() => Err(bad(field, "must be longer than 0".into())),
+                    Ok(d) => Ok(d),
+                    Err(problem) => Err(bad(field, problem)),
+                })
+                .transpose()
+        };
+        let remind_every = duration("remind_every", &self.remind_every)?;
+        let escalate_after = duration("escalate_after", &self.escalate_after)?;
+        let escalate_to = self.escalate_to.clone().unwrap_or_default();
+        match (escalate_after.is_some(), self.escalate_to.is_some()) {
+            (true, false) => return Err(bad("escalate_after", "needs \"escalate_to\": who to tell".into())),
+            (false, true) => return Err(bad("escalate_to", "needs \"escalate_after\": when to tell them".into())),
+            (true, true) => check_people("escalate_to", &escalate_to)?,
+            (false, false) => {}
+        }
+        Ok(GateRules {
+            approvers: self.approvers.clone(),
+            approvals,
+            allow_self_approval: self.allow_self_approval.unwrap_or(true),
+            remind_every,
+            escalate_after,
+            escalate_to,
+        })
+    }
+
     /// Names of the kind-specific fields this node sets.
     fn present_kind_fields(&self) -> Vec<&'static str> {
-        let fields: [(&'static str, bool); 15] = [
+        let fields: [(&'static str, bool); 21] = [
             ("timeout", self.timeout.is_some()),
             ("retries", self.retries.is_some()),
             ("env", self.env.is_some()),
@@ -498,6 +646,12 @@ impl NodeFile {
             ("prompt", self.prompt.is_some()),
             ("options", self.options.is_some()),
             ("on_timeout", self.on_timeout.is_some()),
+            ("approvers", self.approvers.is_some()),
+            ("approvals", self.approvals.is_some()),
+            ("allow_self_approval", self.allow_self_approval.is_some()),
+            ("remind_every", self.remind_every.is_some()),
+            ("escalate_after", self.escalate_after.is_some()),
+            ("escalate_to", self.escalate_to.is_some()),
         ];
         fields.into_iter().filter(|(_, present)| *present).map(|(name, _)| name).collect()
     }
@@ -511,6 +665,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 pub(crate) fn is_valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// A user name (as `dagstream user add` allows) or `group:NAME`.
+fn is_valid_person(person: &str) -> bool {
+    let name = person.strip_prefix(GROUP_PREFIX).unwrap_or(person);
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
 }
 
 fn is_valid_env_name(name: &str) -> bool {

@@ -66,6 +66,7 @@ fn the_documented_example_parses_into_what_it_says() {
             prompt: "Check the summary before it goes out.".into(),
             options: vec![Decision::Approve, Decision::Reject, Decision::Modify],
             on_timeout: Some(Decision::Reject),
+            rules: GateRules::default(),
         }
     );
 }

@@ -1,0 +1,177 @@
+//! Who may approve a gate, and how many must: `approvers` (names and `group:NAME`s of the users
+//! file), `approvals = N` (N distinct people; any reject rejects), `allow_self_approval =
+//! false` (the run's starter may not approve). Through the real HTTP and WebSocket paths, as
+//! each user.
+
+#![cfg(feature = "ssr")]
+
+mod common;
+
+use std::time::Duration;
+
+use dagstream::engine::EngineConfig;
+use dagstream::hub::RoomLimits;
+use dagstream::protocol::{ClientEvent, Decision, Role, ServerEvent, ServerEventBody};
+use dagstream::server::auth::UsersFile;
+use dagstream::server::{AuthSettings, StreamConfig};
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use common::{Backend, TOKEN};
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+struct Team {
+    addr: std::net::SocketAddr,
+    /// Tokens by user name; `admin` is [`TOKEN`].
+    tokens: std::collections::HashMap<&'static str, String>,
+    _served: common::InProcess,
+    _database: common::Scratch,
+}
+
+/// A server whose users are ana and bo (group `leads`), cy, all approvers.
+async fn team(name: &str) -> Team {
+    let mut users = UsersFile::default();
+    let leads = ["leads".to_owned()];
+    let mut tokens = std::collections::HashMap::new();
+    tokens.insert("ana", users.add("ana", Role::Approver, &leads).expect("ana"));
+    tokens.insert("bo", users.add("bo", Role::Approver, &leads).expect("bo"));
+    tokens.insert("cy", users.add("cy", Role::Approver, &[]).expect("cy"));
+    tokens.insert("admin", TOKEN.to_owned());
+    let mut settings = AuthSettings::with_admin_token(TOKEN);
+    settings.users = users.users;
+    let engine = EngineConfig::new(std::env::temp_dir().join(format!("dagstream-approvals-{name}")));
+    let (runs, database) = common::stored_runs(Backend::Sqlite, name, RoomLimits::default(), engine).await;
+    let served = common::serve_in_process(runs, settings, StreamConfig::default()).await;
+    Team { addr: served.addr, tokens, _served: served, _database: database }
+}
+
+impl Team {
+    /// Starts `spec` as the admin: the response.
+    fn start(&self, spec: &str) -> String {
+        common::http(&self.addr.to_string(), "POST", "/api/dags", Some("application/toml"), spec)
+    }
+
+    /// `person` sends `decision` on gate `node`: `Err(message)` when refused, `Ok(event)` with
+    /// the gate's next event (`gate_progress` or `gate_resolved`) when taken.
+    async fn decide(
+        &self,
+        person: &str,
+        dag_id: &str,
+        node: &str,
+        decision: Decision,
+    ) -> Result<ServerEventBody, String> {
+        let mut request =
+            format!("ws://{}/api/dags/{dag_id}/stream", self.addr).into_client_request().expect("a ws:// url");
+        let bearer = format!("Bearer {}", self.tokens[person]);
+        request.headers_mut().insert("authorization", bearer.parse().expect("a header"));
+        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("a stream");
+        let event = ClientEvent::HumanDecision { node_id: node.into(), decision, feedback: None };
+        socket.send(Message::text(serde_json::to_string(&event).expect("json"))).await.expect("sent");
+        loop {
+            let message = tokio::time::timeout(PATIENCE, socket.next()).await.expect("an answer").expect("open");
+            let Message::Text(text) = message.expect("readable") else { continue };
+            let event: ServerEvent = serde_json::from_str(text.as_str()).expect("an event");
+            match event.body {
+                ServerEventBody::Error { node_id: None, message } => return Err(message),
+                body @ (ServerEventBody::GateProgress { .. } | ServerEventBody::GateResolved { .. }) => {
+                    return Ok(body);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn run(&self, dag_id: &str) -> serde_json::Value {
+        common::json_body(&common::http_get(&self.addr.to_string(), &format!("/api/dags/{dag_id}")))
+    }
+
+    async fn wait_for_status(&self, dag_id: &str, node: &str, status: &str) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.run(dag_id)["nodes"][node]["status"] != status {
+            assert!(tokio::time::Instant::now() < deadline, "{node} never became {status}: {}", self.run(dag_id));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+const QUORUM: &str = r#"
+name = "release"
+[[nodes]]
+id = "deploy"
+kind = "gate"
+title = "Deploy?"
+approvers = ["group:leads", "admin"]
+approvals = 2
+allow_self_approval = false
+[[nodes]]
+id = "after"
+kind = "simulate"
+needs = ["deploy"]
+duration = "5ms"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_distinct_approvals_decide_once_the_same_person_counts_once_and_the_starter_may_not_approve() {
+    let team = team("quorum").await;
+    let dag_id = common::dag_id_of(&team.start(QUORUM));
+    team.wait_for_status(&dag_id, "deploy", "waiting").await;
+    let card = &team.run(&dag_id)["nodes"]["deploy"]["gate"];
+    assert_eq!(card["approvers"], serde_json::json!(["ana", "bo", "admin"]), "the group is expanded at start");
+    assert_eq!(card["approvals"], 2);
+    assert_eq!(card["may_not_approve"], serde_json::json!(["admin"]), "the admin started the run");
+
+    // The starter may not approve; someone not named may not decide at all.
+    let own = team.decide("admin", &dag_id, "deploy", Decision::Approve).await;
+    assert!(own.as_ref().is_err_and(|m| m.contains("admin started this run and may not approve")), "{own:?}");
+    let stranger = team.decide("cy", &dag_id, "deploy", Decision::Approve).await;
+    assert!(stranger.as_ref().is_err_and(|m| m.contains("cy may not decide gate \"deploy\"")), "{stranger:?}");
+
+    // ana: one of two.
+    let first = team.decide("ana", &dag_id, "deploy", Decision::Approve).await;
+    assert_eq!(
+        first,
+        Ok(ServerEventBody::GateProgress { node_id: "deploy".into(), approved_by: vec!["ana".into()], remaining: 1 })
+    );
+    assert_eq!(team.run(&dag_id)["nodes"]["deploy"]["status"], "waiting");
+    assert_eq!(team.run(&dag_id)["nodes"]["deploy"]["approved_by"], serde_json::json!(["ana"]));
+    // ana again counts once.
+    let again = team.decide("ana", &dag_id, "deploy", Decision::Approve).await;
+    assert!(again.as_ref().is_err_and(|m| m.contains("ana already approved")), "{again:?}");
+
+    // bo completes the quorum: one decision, signed by both.
+    let second = team.decide("bo", &dag_id, "deploy", Decision::Approve).await;
+    let Ok(ServerEventBody::GateResolved { decision, decided_by, .. }) = second else { panic!("{second:?}") };
+    assert_eq!((decision, decided_by.as_str()), (Decision::Approve, "ana, bo"));
+    team.wait_for_status(&dag_id, "after", "completed").await;
+    let decisions =
+        common::json_body(&common::http_get(&team.addr.to_string(), &format!("/api/dags/{dag_id}/decisions")));
+    assert_eq!(decisions.as_array().map(Vec::len), Some(1), "exactly one decision: {decisions}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reject_after_one_approval_rejects() {
+    let team = team("quorum_reject").await;
+    let dag_id = common::dag_id_of(&team.start(QUORUM));
+    team.wait_for_status(&dag_id, "deploy", "waiting").await;
+    assert!(team.decide("ana", &dag_id, "deploy", Decision::Approve).await.is_ok());
+    let rejected = team.decide("bo", &dag_id, "deploy", Decision::Reject).await;
+    let Ok(ServerEventBody::GateResolved { decision, decided_by, .. }) = rejected else { panic!("{rejected:?}") };
+    assert_eq!((decision, decided_by.as_str()), (Decision::Reject, "bo"));
+    team.wait_for_status(&dag_id, "deploy", "failed").await;
+    team.wait_for_status(&dag_id, "after", "skipped").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_naming_a_group_nobody_is_in_or_too_few_approvers_starts_nothing() {
+    let team = team("quorum_refused").await;
+    let unknown = team.start(&QUORUM.replace("group:leads", "group:owners"));
+    assert_eq!(common::status_of(&unknown), 400, "{unknown}");
+    assert!(unknown.contains("group \\\"owners\\\" has no members"), "{unknown}");
+    let few = team.start(&QUORUM.replace("approvals = 2", "approvals = 4"));
+    assert_eq!(common::status_of(&few), 400, "{few}");
+    assert!(few.contains("approvals = 4 needs as many approvers"), "{few}");
+    let listed = common::json_body(&common::http_get(&team.addr.to_string(), "/api/dags"));
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "nothing started: {listed}");
+}
