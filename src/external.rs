@@ -187,7 +187,7 @@ fn depends_on(state: &RunState, node: &str, target: &str) -> bool {
 pub fn check_command(state: &RunState, event: &ClientEvent, person: &str) -> Result<(), String> {
     let effect = policy::command_effect(event, state.state).map_err(|rejected| rejected.to_string())?;
     match effect {
-        CommandEffect::Decide { node_id, decision, feedback } => {
+        CommandEffect::Decide { node_id, decision, feedback, inputs } => {
             let node = state.nodes.get(node_id).ok_or_else(|| Rejected::UnknownNode(node_id.to_owned()).to_string())?;
             let last_decision = state.decisions.iter().rev().find(|record| record.node_id == node_id);
             let standing = match (node.status, last_decision) {
@@ -211,8 +211,11 @@ pub fn check_command(state: &RunState, event: &ClientEvent, person: &str) -> Res
                 may_not_approve: node.gate.as_ref().and_then(|gate| gate.may_not_approve.first().map(String::as_str)),
             };
             policy::decide(&gate, decision, feedback, Decider::Person(person))
+                .map_err(|rejected| rejected.to_string())?;
+            let form = node.gate.as_ref().map_or(&[][..], |gate| gate.inputs.as_slice());
+            crate::protocol::check_values(form, inputs, decision)
                 .map(drop)
-                .map_err(|rejected| rejected.to_string())
+                .map_err(|problem| Rejected::BadInput { node: node_id.to_owned(), problem }.to_string())
         }
         CommandEffect::Pause | CommandEffect::Resume | CommandEffect::Cancel => Ok(()),
     }
@@ -316,8 +319,12 @@ mod tests {
     #[test]
     fn commands_are_checked_then_forwarded_with_their_actor() {
         let mut state = run();
-        let approve =
-            ClientEvent::HumanDecision { node_id: "gate".into(), decision: Decision::Approve, feedback: None };
+        let approve = ClientEvent::HumanDecision {
+            node_id: "gate".into(),
+            decision: Decision::Approve,
+            feedback: None,
+            inputs: None,
+        };
         assert!(check_command(&state, &approve, "ana").is_err(), "the gate does not wait yet");
         state.apply(&ServerEvent {
             seq: 1,

@@ -152,6 +152,7 @@ mod tests {
                 approvers: None,
                 approvals: None,
                 may_not_approve: Vec::new(),
+                inputs: Vec::new(),
             },
         };
         let waiting = ServerEventBody::NodeState {
@@ -170,6 +171,7 @@ mod tests {
             feedback: None,
             decided_by: by.into(),
             decided_at: "t".into(),
+            inputs: None,
         }
     }
 

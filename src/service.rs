@@ -305,6 +305,8 @@ pub struct LinkDecision {
     pub node_id: String,
     pub decision: Decision,
     pub feedback: Option<String>,
+    /// The values of the gate's form.
+    pub inputs: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Service {
@@ -336,8 +338,12 @@ impl Service {
         }
         let run = self.find(&gate.dag_id).await?;
         let person = SignedIn { name: gate.person.clone(), role: Role::Approver };
-        let event =
-            ClientEvent::HumanDecision { node_id: asked.node_id, decision: asked.decision, feedback: asked.feedback };
+        let event = ClientEvent::HumanDecision {
+            node_id: asked.node_id,
+            decision: asked.decision,
+            feedback: asked.feedback,
+            inputs: asked.inputs,
+        };
         if let Err(refused) = self.command(&run, &person, event).await {
             // Nothing was decided: the link stays good for another try while the gate waits.
             if let Err(error) = store.release_gate_link(&hash).await {

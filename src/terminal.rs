@@ -168,7 +168,7 @@ fn fold(state: &mut RunState, view: &mut View, frame: &Frame) {
 }
 
 async fn decide(run: &RunEntry, view: &mut View, gate: &str, decision: Decision, feedback: Option<String>) {
-    let event = ClientEvent::HumanDecision { node_id: gate.to_owned(), decision, feedback };
+    let event = ClientEvent::HumanDecision { node_id: gate.to_owned(), decision, feedback, inputs: None };
     if let Some(Err(refused)) = command(run, event).await {
         view.say(&format!("gate {gate}: {refused}"));
     }

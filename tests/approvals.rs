@@ -67,7 +67,7 @@ impl Team {
         let bearer = format!("Bearer {}", self.tokens[person]);
         request.headers_mut().insert("authorization", bearer.parse().expect("a header"));
         let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("a stream");
-        let event = ClientEvent::HumanDecision { node_id: node.into(), decision, feedback: None };
+        let event = ClientEvent::HumanDecision { node_id: node.into(), decision, feedback: None, inputs: None };
         socket.send(Message::text(serde_json::to_string(&event).expect("json"))).await.expect("sent");
         loop {
             let message = tokio::time::timeout(PATIENCE, socket.next()).await.expect("an answer").expect("open");
@@ -174,4 +174,88 @@ async fn a_spec_naming_a_group_nobody_is_in_or_too_few_approvers_starts_nothing(
     assert!(few.contains("approvals = 4 needs as many approvers"), "{few}");
     let listed = common::json_body(&common::http_get(&team.addr.to_string(), "/api/dags"));
     assert_eq!(listed.as_array().map(Vec::len), Some(0), "nothing started: {listed}");
+}
+
+const FORM: &str = r#"
+name = "report"
+[[nodes]]
+id = "review"
+kind = "gate"
+title = "Shape the report"
+inputs = [
+  { name = "tone", type = "enum", options = ["short", "long"] },
+  { name = "max_rows", type = "integer", min = 1, max = 1000 },
+  { name = "note", type = "text", required = false },
+]
+[[nodes]]
+id = "write"
+kind = "command"
+needs = ["review"]
+run = 'printf "{\"output\": %s}\n" "$(tr -d "\n" < "$DAGSTREAM_INPUTS")" >> "$DAGSTREAM_REPORT"'
+"#;
+
+impl Team {
+    /// `person` sends a decision with form values; the answer as [`Team::decide`] gives it.
+    async fn decide_with(
+        &self,
+        person: &str,
+        dag_id: &str,
+        node: &str,
+        inputs: serde_json::Value,
+    ) -> Result<ServerEventBody, String> {
+        let mut request =
+            format!("ws://{}/api/dags/{dag_id}/stream", self.addr).into_client_request().expect("a ws:// url");
+        let bearer = format!("Bearer {}", self.tokens[person]);
+        request.headers_mut().insert("authorization", bearer.parse().expect("a header"));
+        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("a stream");
+        let event =
+            serde_json::json!({ "type": "human_decision", "node_id": node, "decision": "approve", "inputs": inputs });
+        socket.send(Message::text(event.to_string())).await.expect("sent");
+        loop {
+            let message = tokio::time::timeout(PATIENCE, socket.next()).await.expect("an answer").expect("open");
+            let Message::Text(text) = message.expect("readable") else { continue };
+            let event: ServerEvent = serde_json::from_str(text.as_str()).expect("an event");
+            match event.body {
+                ServerEventBody::Error { node_id: None, message } => return Err(message),
+                body @ ServerEventBody::GateResolved { .. } => return Ok(body),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_form_is_checked_recorded_with_the_decision_and_read_by_what_follows() {
+    let team = team("form").await;
+    let dag_id = common::dag_id_of(&team.start(FORM));
+    team.wait_for_status(&dag_id, "review", "waiting").await;
+    let card = &team.run(&dag_id)["nodes"]["review"]["gate"];
+    assert_eq!(card["inputs"][0]["options"], serde_json::json!(["short", "long"]), "the card carries the form");
+
+    // Bad values are refused, naming the field, and change nothing.
+    let table = [
+        (serde_json::json!({ "tone": "medium", "max_rows": 5 }), r#"field "tone": "medium" is not one of short, long"#),
+        (serde_json::json!({ "tone": "short", "max_rows": 5000 }), r#"field "max_rows": 5000 is outside 1 to 1000"#),
+        (serde_json::json!({ "tone": "short" }), r#"field "max_rows": needed to approve"#),
+        (
+            serde_json::json!({ "tone": "short", "max_rows": 5, "colour": 1 }),
+            r#"field "colour": this gate's form has no such field"#,
+        ),
+    ];
+    for (values, expected) in table {
+        let refused = team.decide_with("ana", &dag_id, "review", values.clone()).await;
+        assert!(refused.as_ref().is_err_and(|m| m.contains(expected)), "{values}: {refused:?}");
+    }
+    assert_eq!(team.run(&dag_id)["nodes"]["review"]["status"], "waiting");
+    assert!(team.run(&dag_id)["decisions"].as_array().is_some_and(Vec::is_empty));
+
+    // Good values: recorded with the decision, and in what the next node reads.
+    let values = serde_json::json!({ "tone": "short", "max_rows": 250 });
+    let decided = team.decide_with("ana", &dag_id, "review", values.clone()).await;
+    let Ok(ServerEventBody::GateResolved { inputs, .. }) = decided else { panic!("{decided:?}") };
+    assert_eq!(inputs.map(serde_json::Value::Object), Some(values.clone()));
+    team.wait_for_status(&dag_id, "write", "completed").await;
+    let run = team.run(&dag_id);
+    assert_eq!(run["decisions"][0]["inputs"], values, "the record keeps the values");
+    assert_eq!(run["nodes"]["write"]["output"]["review"]["inputs"], values, "DAGSTREAM_INPUTS has them: {run}");
 }

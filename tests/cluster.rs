@@ -211,7 +211,12 @@ async fn decide(addr: String, dag_id: String) -> Option<String> {
 async fn decide_once(addr: &str, dag_id: &str) -> Result<(), String> {
     let url = format!("ws://{addr}/api/dags/{dag_id}/stream");
     let (mut socket, _) = tokio_tungstenite::connect_async(common::ws_request(&url)).await.expect("a stream");
-    let decision = ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Approve, feedback: None };
+    let decision = ClientEvent::HumanDecision {
+        node_id: "review".into(),
+        decision: Decision::Approve,
+        feedback: None,
+        inputs: None,
+    };
     socket.send(Message::text(serde_json::to_string(&decision).expect("json"))).await.expect("sent");
     let mut resolved = false;
     let mut refusal: Option<String> = None;

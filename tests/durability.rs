@@ -128,7 +128,12 @@ async fn sigkill_in_the_middle_of_a_run_then_restart_resumes_it_exactly(#[case] 
     })
     .await;
     assert_eq!(slow_again.nodes["first"].metrics.attempt, Some(1), "completed nodes are not run again");
-    let decide = ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Approve, feedback: None };
+    let decide = ClientEvent::HumanDecision {
+        node_id: "review".into(),
+        decision: Decision::Approve,
+        feedback: None,
+        inputs: None,
+    };
     socket.send(Message::text(serde_json::to_string(&decide).expect("json"))).await.expect("send");
     loop {
         let event = next_event(&mut socket).await;

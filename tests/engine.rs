@@ -108,6 +108,7 @@ impl Probe {
             node_id: gate.into(),
             decision,
             feedback: feedback.map(str::to_owned),
+            inputs: None,
         })
         .await
     }
@@ -221,8 +222,12 @@ async fn a_waiting_gate_reminds_its_approvers_then_escalates_and_the_escalated_m
     .await;
     probe.patience = Duration::from_secs(3 * 3600);
     probe.until_waiting("deploy").await;
-    let approve =
-        || ClientEvent::HumanDecision { node_id: "deploy".into(), decision: Decision::Approve, feedback: None };
+    let approve = || ClientEvent::HumanDecision {
+        node_id: "deploy".into(),
+        decision: Decision::Approve,
+        feedback: None,
+        inputs: None,
+    };
     let refused = probe.command_as("dan", approve()).await;
     assert!(matches!(refused, Err(Rejected::NotAnApprover { ref person, .. }) if person == "dan"), "{refused:?}");
 

@@ -71,6 +71,7 @@ async fn sqlite_to_postgres_copies_every_run_and_checks_the_copy() {
             node_id: "review".into(),
             decision: Decision::Approve,
             feedback: Some("looks good".into()),
+            inputs: None,
         };
         let run = runs.get(&finished).expect("run");
         run.handle().expect("going").command(approve, "abe").await.expect("taken");
@@ -105,7 +106,12 @@ async fn sqlite_to_postgres_copies_every_run_and_checks_the_copy() {
         [&finished, &waiting].iter().map(|id| runs.get(id).expect("copied").room.snapshot()).collect();
     assert_eq!(after, before, "the copy folds to the states the source showed");
     let run = runs.get(&waiting).expect("run");
-    let reject = ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Reject, feedback: None };
+    let reject = ClientEvent::HumanDecision {
+        node_id: "review".into(),
+        decision: Decision::Reject,
+        feedback: None,
+        inputs: None,
+    };
     run.handle().expect("resumed on the copy").command(reject, "abe").await.expect("taken");
     let state = until(&runs, &waiting, |s| s.results.is_some()).await;
     assert_eq!(state.nodes["review"].status, NodeStatus::Failed);

@@ -151,7 +151,12 @@ duration = "10ms"
     }
     let url = format!("ws://{}/api/dags/{dag_id}/stream", server.addr);
     let (mut socket, _) = tokio_tungstenite::connect_async(common::ws_request(&url)).await.expect("a stream");
-    let approve = ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Approve, feedback: None };
+    let approve = ClientEvent::HumanDecision {
+        node_id: "review".into(),
+        decision: Decision::Approve,
+        feedback: None,
+        inputs: None,
+    };
     socket.send(Message::text(serde_json::to_string(&approve).expect("json"))).await.expect("sent");
     while !(delivered("gate_decided") && delivered("run_completed")) {
         assert!(Instant::now() < deadline, "not every notification arrived: {:#?}", receiver.got.lock());
@@ -258,7 +263,12 @@ async fn a_notification_lost_in_a_crash_is_queued_again_at_restart_with_the_same
     let dag_id = dag_id_of(&http(&server.addr, "POST", "/api/dags", Some("application/toml"), spec));
     let url = format!("ws://{}/api/dags/{dag_id}/stream", server.addr);
     let (mut socket, _) = tokio_tungstenite::connect_async(common::ws_request(&url)).await.expect("a stream");
-    let approve = ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Approve, feedback: None };
+    let approve = ClientEvent::HumanDecision {
+        node_id: "review".into(),
+        decision: Decision::Approve,
+        feedback: None,
+        inputs: None,
+    };
     socket.send(Message::text(serde_json::to_string(&approve).expect("json"))).await.expect("sent");
     let deadline = Instant::now() + Duration::from_secs(20);
     let taken = |topic: &str| {

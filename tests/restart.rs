@@ -96,6 +96,7 @@ fn record_elsewhere(database: &Database, dag_id: &str, decision: &str, by: &str)
             feedback: None,
             decided_by: by.into(),
             decided_at: dagstream::protocol::now_rfc3339(),
+            inputs: None,
         };
         store.claim_decision(dag_id, row).await.expect("answered")
     })
@@ -149,7 +150,7 @@ fn a_decision_recorded_before_a_crash_applies_after_the_restart(#[case] backend:
 }
 
 fn approve(gate: &str) -> ClientEvent {
-    ClientEvent::HumanDecision { node_id: gate.into(), decision: Decision::Approve, feedback: None }
+    ClientEvent::HumanDecision { node_id: gate.into(), decision: Decision::Approve, feedback: None, inputs: None }
 }
 
 #[rstest]

@@ -213,7 +213,12 @@ async fn a_viewer_decision_is_refused_and_changes_nothing(#[case] backend: Backe
     let (mut socket, _) =
         connect_async(ws_request(&server, &dag_id, &[bearer(&server.viewer_token)])).await.expect("viewer watches");
     let snapshot = next_event(&mut socket).await;
-    let decide = ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Approve, feedback: None };
+    let decide = ClientEvent::HumanDecision {
+        node_id: "review".into(),
+        decision: Decision::Approve,
+        feedback: None,
+        inputs: None,
+    };
     socket.send(Message::text(serde_json::to_string(&decide).expect("json"))).await.expect("send");
     match next_event(&mut socket).await.body {
         ServerEventBody::Error { node_id: None, message } => {
@@ -340,8 +345,12 @@ async fn ten_thousand_garbage_frames_are_answered_while_another_run_completes(#[
             wait_for_status(&server, &dag_id, "review", NodeStatus::Waiting).await;
             let (mut socket, _) = connect_async(ws_request(&server, &dag_id, &[bearer(TOKEN)])).await.expect("ws");
             let _ = next_event(&mut socket).await;
-            let approve =
-                ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Approve, feedback: None };
+            let approve = ClientEvent::HumanDecision {
+                node_id: "review".into(),
+                decision: Decision::Approve,
+                feedback: None,
+                inputs: None,
+            };
             socket.send(Message::text(serde_json::to_string(&approve).expect("json"))).await.expect("send");
             while !matches!(next_event(&mut socket).await.body, ServerEventBody::ExecutionComplete { .. }) {}
             dag_id

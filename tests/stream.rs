@@ -178,7 +178,12 @@ async fn snapshot_first_then_contiguous_events_and_approve_completes_the_run() {
     let before_gate = events_until(&mut socket, client.seq, is_gate_waiting).await;
     send(
         &mut socket,
-        &ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Approve, feedback: None },
+        &ClientEvent::HumanDecision {
+            node_id: "review".into(),
+            decision: Decision::Approve,
+            feedback: None,
+            inputs: None,
+        },
     )
     .await;
     let after_gate = events_until(&mut socket, before_gate.last().map_or(client.seq, |e| e.seq), is_complete).await;
@@ -280,6 +285,7 @@ async fn reject_skips_downstream_and_fails_the_run() {
             node_id: "review".into(),
             decision: Decision::Reject,
             feedback: Some("not good enough".into()),
+            inputs: None,
         },
     )
     .await;
@@ -295,7 +301,12 @@ async fn reject_skips_downstream_and_fails_the_run() {
     // A decided gate takes no second decision.
     send(
         &mut socket,
-        &ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Approve, feedback: None },
+        &ClientEvent::HumanDecision {
+            node_id: "review".into(),
+            decision: Decision::Approve,
+            feedback: None,
+            inputs: None,
+        },
     )
     .await;
     assert!(matches!(next_event(&mut socket).await.body, ServerEventBody::Error { node_id: None, .. }));
@@ -631,8 +642,18 @@ async fn two_decisions_on_one_gate_at_the_same_moment_apply_exactly_once() {
     let position = waiting.last().expect("events").seq;
     events_until(&mut second, start, |e| e.seq == position).await;
 
-    let approve = ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Approve, feedback: None };
-    let reject = ClientEvent::HumanDecision { node_id: "review".into(), decision: Decision::Reject, feedback: None };
+    let approve = ClientEvent::HumanDecision {
+        node_id: "review".into(),
+        decision: Decision::Approve,
+        feedback: None,
+        inputs: None,
+    };
+    let reject = ClientEvent::HumanDecision {
+        node_id: "review".into(),
+        decision: Decision::Reject,
+        feedback: None,
+        inputs: None,
+    };
     tokio::join!(send(&mut first, &approve), send(&mut second, &reject));
 
     let resolved_in = |events: &[ServerEvent]| {
@@ -771,8 +792,12 @@ async fn ten_deciders_at_once_make_exactly_one_decision(#[case] backend: Backend
     }
     let decisions = [Decision::Approve, Decision::Reject];
     let sent = futures::future::join_all(sockets.iter_mut().enumerate().map(|(i, socket)| {
-        let command =
-            ClientEvent::HumanDecision { node_id: "review".into(), decision: decisions[i % 2], feedback: None };
+        let command = ClientEvent::HumanDecision {
+            node_id: "review".into(),
+            decision: decisions[i % 2],
+            feedback: None,
+            inputs: None,
+        };
         socket.send(Message::text(serde_json::to_string(&command).expect("json")))
     }))
     .await;

@@ -64,9 +64,9 @@ test('an approval link decides once, in its person\'s name, while its gate waits
       'name = "release"',
       'budget = 10.0',
       '[[nodes]]\nid = "build"\nkind = "simulate"\nduration = "50ms"\ncost = 1.25',
-      '[[nodes]]\nid = "ship"\nkind = "gate"\nneeds = ["build"]\ntitle = "Ship release 2.4?"\nprompt = "The build passed. Approve to publish it to every customer."',
+      '[[nodes]]\nid = "ship"\nkind = "gate"\nneeds = ["build"]\ntitle = "Ship release 2.4?"\nprompt = "The build passed. Approve to publish it to every customer."\ninputs = [{ name = "channel", type = "enum", options = ["stable", "beta"], label = "Release channel" }]',
       '[[nodes]]\nid = "announce"\nkind = "gate"\ntitle = "Announce it?"',
-      '[[nodes]]\nid = "slow"\nkind = "gate"\ntitle = "Nobody answers this one"\ntimeout = "3s"\non_timeout = "approve"',
+      '[[nodes]]\nid = "slow"\nkind = "gate"\ntitle = "Nobody answers this one"\ntimeout = "8s"\non_timeout = "approve"',
     ].join('\n');
     const started = await page.request.post(`${base}/api/dags`, { headers: { ...admin, 'Content-Type': 'application/toml' }, data: spec });
     expect(started.status()).toBe(201);
@@ -88,12 +88,19 @@ test('an approval link decides once, in its person\'s name, while its gate waits
     await ana.screenshot({ path: join(SCREENSHOTS, 'approval-link.png') });
     expect(await status('ship')).toBe('waiting');
 
-    // Approve: the decision is ana's.
+    // Approve without the form's required field: refused, naming it; then with it.
+    await ana.getByTestId('approve').click();
+    await expect(ana.getByTestId('link-refused')).toContainText('field "channel": needed to approve');
+    await ana.goto(`${base}${ship.ana}`);
+    await ana.getByTestId('input-channel').selectOption('stable');
+    // The decision is ana's.
     await ana.getByTestId('approve').click();
     await expect(ana.getByTestId('link-result')).toContainText('Approved as ana');
     await expect.poll(() => status('ship')).toBe('completed');
     const decisions = await (await page.request.get(`${base}/api/dags/${dagId}/decisions`, { headers: admin })).json();
-    expect(decisions.find((d: { node_id: string }) => d.node_id === 'ship').decided_by).toBe('ana');
+    const shipped = decisions.find((d: { node_id: string }) => d.node_id === 'ship');
+    expect(shipped.decided_by).toBe('ana');
+    expect(shipped.inputs).toEqual({ channel: 'stable' });
 
     // Reused: refused.
     await ana.goto(`${base}${ship.ana}`);

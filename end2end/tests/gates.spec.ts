@@ -82,3 +82,46 @@ test('decisions show live on every open page, and the timeline keeps the history
   await expect(page.getByTestId('decision')).toHaveCount(1);
   await second.close();
 });
+
+const FORM_SPEC = `
+name = "form-e2e"
+[[nodes]]
+id = "review"
+label = "Review"
+kind = "gate"
+title = "Shape the report"
+inputs = [
+  { name = "tone", type = "enum", options = ["short", "long"] },
+  { name = "max_rows", type = "integer", min = 1, max = 1000, label = "Rows at most" },
+  { name = "note", type = "text", required = false },
+]
+[[nodes]]
+id = "write"
+label = "Write"
+kind = "command"
+needs = ["review"]
+run = 'printf "{\\"output\\": %s}\\n" "$(tr -d "\\n" < "$DAGSTREAM_INPUTS")" >> "$DAGSTREAM_REPORT"'
+`;
+
+test('a gate with a form: a bad value is refused naming the field, good values reach what follows', async ({ page, request }) => {
+  const response = await request.post('/api/dags', { headers: { 'content-type': 'application/toml' }, data: FORM_SPEC });
+  expect(response.status()).toBe(201);
+  const { dag_id: dagId } = await response.json();
+  await openRun(page, dagId);
+  const card = page.getByTestId('gate-review');
+  await expect(card.getByTestId('gate-form')).toBeVisible();
+  await card.getByTestId('input-tone').selectOption('long');
+  await card.getByTestId('input-max_rows').fill('5000');
+  await card.getByTestId('approve').click();
+  await expect(page.getByTestId('notice')).toContainText('field "max_rows": 5000 is outside 1 to 1000');
+  await expect(page.getByTestId('node-review')).toHaveAttribute('data-status', 'waiting');
+
+  await card.getByTestId('input-max_rows').fill('250');
+  await card.getByTestId('input-note').fill('for the board');
+  await card.getByTestId('approve').click();
+  await expect(page.getByTestId('node-write')).toHaveAttribute('data-status', 'completed', { timeout: 20_000 });
+  const run = await (await request.get(`/api/dags/${dagId}`)).json();
+  const values = { tone: 'long', max_rows: 250, note: 'for the board' };
+  expect(run.decisions[0].inputs).toEqual(values);
+  expect(run.nodes.write.output.review.inputs).toEqual(values);
+});

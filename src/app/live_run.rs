@@ -337,6 +337,7 @@ mod tests {
             approvers: None,
             approvals: None,
             may_not_approve: Vec::new(),
+            inputs: Vec::new(),
         }
     }
 

@@ -11,7 +11,10 @@ use super::live_run::{GateCard, LiveRun, NodeSignal, RunHead};
 use super::node_panel::NodePanel;
 use super::spend::{SpendPanel, budget_level, budget_used_percent, remaining_text};
 use super::stream::{Connection, DagStream, use_dag_stream};
-use crate::protocol::{ClientEvent, Decision, GateDecisionRecord, GatePresentation, NodeStatus, Role, RunPhase};
+use crate::protocol::{
+    ClientEvent, Decision, GateDecisionRecord, GatePresentation, InputField, InputKind, NodeStatus, Role, RunPhase,
+    read_form,
+};
 
 /// The run view of `dag_id`. Its code is split out of the main wasm (`cargo leptos build
 /// --split`) and loaded before the page hydrates (see [`super::page`]); the run list does not
@@ -326,7 +329,12 @@ fn GateCards(live_run: LiveRun, stream: DagStream, may_steer: bool) -> impl Into
                 _ => return,
             };
             if card.presentation.options.contains(&decision) {
-                stream.send(&ClientEvent::HumanDecision { node_id: card.node_id, decision, feedback: None });
+                stream.send(&ClientEvent::HumanDecision {
+                    node_id: card.node_id,
+                    decision,
+                    feedback: None,
+                    inputs: None,
+                });
             }
         });
         on_cleanup(move || handle.remove());
@@ -358,6 +366,72 @@ fn GateCards(live_run: LiveRun, stream: DagStream, may_steer: bool) -> impl Into
                 </div>
             </For>
         </div>
+    }
+}
+
+/// One field of a gate's form; what is typed goes into `typed` under the field's name.
+fn form_field(field: &InputField, typed: RwSignal<Vec<(String, String)>>) -> impl IntoView + use<> {
+    let name = field.name.clone();
+    let set = {
+        let name = name.clone();
+        move |value: String| {
+            typed.update(|typed| match typed.iter_mut().find(|(n, _)| *n == name) {
+                Some(entry) => entry.1 = value,
+                None => typed.push((name.clone(), value)),
+            })
+        }
+    };
+    let label = field.shown_label().to_owned();
+    let needed = field.is_required().then_some(" (needed to approve)");
+    let testid = format!("input-{name}");
+    let control = match field.kind {
+        InputKind::Enum => {
+            let options = field
+                .options
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|option| view! { <option value=option.clone()>{option.clone()}</option> })
+                .collect_view();
+            view! {
+                <select data-testid=testid on:change=move |ev| set(event_target_value(&ev))>
+                    <option value="">"(choose)"</option>
+                    {options}
+                </select>
+            }
+            .into_any()
+        }
+        InputKind::Integer | InputKind::Number => {
+            let step = if field.kind == InputKind::Integer { "1" } else { "any" };
+            view! {
+                <input
+                    type="number"
+                    step=step
+                    min=field.min.map(|v| v.to_string())
+                    max=field.max.map(|v| v.to_string())
+                    data-testid=testid
+                    on:input=move |ev| set(event_target_value(&ev))
+                />
+            }
+            .into_any()
+        }
+        InputKind::Text => {
+            view! { <input type="text" data-testid=testid on:input=move |ev| set(event_target_value(&ev))/> }.into_any()
+        }
+        InputKind::Boolean => view! {
+            <input
+                type="checkbox"
+                data-testid=testid
+                on:change=move |ev| set(if event_target_checked(&ev) { "true".into() } else { "false".into() })
+            />
+        }
+        .into_any(),
+    };
+    view! {
+        <label class="form-field">
+            <span>{label}<span class="muted small">{needed}</span></span>
+            {control}
+        </label>
     }
 }
 
@@ -393,6 +467,10 @@ fn GateCardView(card: GateCard, stream: DagStream, may_steer: bool) -> impl Into
     let GateCard { node_id, label, presentation, approved_by } = card;
     let quorum = quorum_line(&presentation, &approved_by);
     let feedback = RwSignal::new(String::new());
+    // The form's fields as typed, by name; read for their types when a decision is sent.
+    let typed: RwSignal<Vec<(String, String)>> = RwSignal::new(Vec::new());
+    let form_error: RwSignal<Option<String>> = RwSignal::new(None);
+    let form = StoredValue::new(presentation.inputs.clone());
     let offers_modify = presentation.options.contains(&Decision::Modify);
     let buttons = presentation
         .options
@@ -414,7 +492,18 @@ fn GateCardView(card: GateCard, stream: DagStream, may_steer: bool) -> impl Into
                     on:click=move |_| {
                         let text = feedback.get_untracked();
                         let feedback = (!text.trim().is_empty()).then_some(text);
-                        stream.send(&ClientEvent::HumanDecision { node_id: node_id.clone(), decision, feedback })
+                        let inputs = form.with_value(|form| {
+                            typed.with_untracked(|typed| {
+                                read_form(form, |name| typed.iter().find(|(n, _)| n == name).map(|(_, t)| t.as_str()))
+                            })
+                        });
+                        match inputs {
+                            Ok(inputs) => {
+                                form_error.set(None);
+                                stream.send(&ClientEvent::HumanDecision { node_id: node_id.clone(), decision, feedback, inputs })
+                            }
+                            Err(problem) => form_error.set(Some(problem)),
+                        }
                     }
                 >
                     {text}
@@ -450,6 +539,16 @@ fn GateCardView(card: GateCard, stream: DagStream, may_steer: bool) -> impl Into
                 .cost_so_far
                 .map(|spent| view! { <p class="muted small mono">{format!("Spent so far: ${spent:.2}")}</p> })}
             {quorum.map(|line| view! { <p class="small gate-quorum" data-testid="gate-quorum">{line}</p> })}
+            {(may_steer && !presentation.inputs.is_empty())
+                .then(|| {
+                    let fields = presentation.inputs.iter().map(|field| form_field(field, typed)).collect_view();
+                    view! {
+                        <div class="gate-form" data-testid="gate-form">
+                            {fields}
+                            <p class="form-error small" data-testid="form-error" role="alert">{move || form_error.get()}</p>
+                        </div>
+                    }
+                })}
             {(offers_modify && may_steer)
                 .then(|| {
                     view! {

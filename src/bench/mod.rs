@@ -226,6 +226,7 @@ pub async fn store(settings: &StoreBench) -> Result<String, String> {
                 options: vec![crate::protocol::Decision::Approve],
                 on_timeout: None,
                 rules: crate::engine::spec::GateRules::default(),
+                inputs: Vec::new(),
             },
         }],
     };

@@ -3,6 +3,8 @@
 //! what to do; the coordinator (`run`) does it, and the external-run link applies the same rules
 //! to the state an outside engine reported. Table tests below.
 
+use serde_json::{Map, Value};
+
 use crate::protocol::{ClientEvent, Decision, RunPhase};
 
 /// Why a client command was refused. The message is sent to that client as an `error`.
@@ -34,6 +36,8 @@ pub enum Rejected {
     SelfApproval { node: String, person: String },
     #[error("{person} already approved gate {node:?}; it needs {remaining} more approval(s) from others")]
     AlreadyApproved { node: String, person: String, remaining: u32 },
+    #[error("gate {node:?}: {problem}")]
+    BadInput { node: String, problem: String },
     #[error("the run's engine has stopped")]
     EngineStopped,
 }
@@ -41,11 +45,13 @@ pub enum Rejected {
 /// What a client command does to a run that takes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommandEffect<'a> {
-    /// A gate decision: judged further by [`decide`].
+    /// A gate decision: judged further by [`decide`] (and its form's values by
+    /// [`crate::protocol::check_values`]).
     Decide {
         node_id: &'a str,
         decision: Decision,
         feedback: Option<&'a str>,
+        inputs: Option<&'a Map<String, Value>>,
     },
     Pause,
     Resume,
@@ -57,8 +63,13 @@ pub fn command_effect(event: &ClientEvent, phase: RunPhase) -> Result<CommandEff
     match (event, phase) {
         (_, RunPhase::Cancelled | RunPhase::Completed | RunPhase::Failed) => Err(Rejected::Finished(phase)),
         (_, RunPhase::Cancelling) => Err(Rejected::Cancelling),
-        (ClientEvent::HumanDecision { node_id, decision, feedback }, RunPhase::Running | RunPhase::Paused) => {
-            Ok(CommandEffect::Decide { node_id, decision: *decision, feedback: feedback.as_deref() })
+        (ClientEvent::HumanDecision { node_id, decision, feedback, inputs }, RunPhase::Running | RunPhase::Paused) => {
+            Ok(CommandEffect::Decide {
+                node_id,
+                decision: *decision,
+                feedback: feedback.as_deref(),
+                inputs: inputs.as_ref(),
+            })
         }
         (ClientEvent::PauseExecution, RunPhase::Running) => Ok(CommandEffect::Pause),
         (ClientEvent::PauseExecution, RunPhase::Paused) => Err(Rejected::AlreadyPaused),
@@ -272,8 +283,13 @@ mod tests {
     #[test]
     fn which_command_a_run_takes_in_which_phase() {
         use CommandEffect::*;
-        let decision = ClientEvent::HumanDecision { node_id: "g".into(), decision: Decision::Approve, feedback: None };
-        let decide = Decide { node_id: "g", decision: Decision::Approve, feedback: None };
+        let decision = ClientEvent::HumanDecision {
+            node_id: "g".into(),
+            decision: Decision::Approve,
+            feedback: None,
+            inputs: None,
+        };
+        let decide = Decide { node_id: "g", decision: Decision::Approve, feedback: None, inputs: None };
         let table: &[(ClientEvent, RunPhase, Result<CommandEffect<'_>, Rejected>)] = &[
             (decision.clone(), RunPhase::Running, Ok(decide)),
             (decision.clone(), RunPhase::Paused, Ok(decide)),
@@ -330,6 +346,7 @@ mod tests {
                     node_id: "review".into(),
                     decision: *decision,
                     feedback: feedback.map(str::to_owned),
+                    inputs: None,
                 };
                 let verdict = match role.allows(Role::needed_for(&event)) {
                     true => decide(&gate(*standing), *decision, *feedback, Decider::Person("ana")),

@@ -82,7 +82,7 @@ pub fn notices(memory: &mut RunMemory, event: &ServerEvent) -> Vec<Notice> {
                 gate: Some(GateNotice { node_id: node_id.clone(), approvers: people, may_not_approve }),
             }]
         }
-        ServerEventBody::GateResolved { node_id, decision, feedback, decided_by, decided_at } => {
+        ServerEventBody::GateResolved { node_id, decision, feedback, decided_by, decided_at, inputs } => {
             memory.waiting.remove(node_id);
             let topic = if decided_by == TIMEOUT_DECIDER { Topic::GateTimedOut } else { Topic::GateDecided };
             vec![Notice {
@@ -91,7 +91,7 @@ pub fn notices(memory: &mut RunMemory, event: &ServerEvent) -> Vec<Notice> {
                 key: format!("{seq}"),
                 detail: json!({ "decision": {
                     "node_id": node_id, "decision": decision, "feedback": feedback,
-                    "decided_by": decided_by, "decided_at": decided_at,
+                    "decided_by": decided_by, "decided_at": decided_at, "inputs": inputs,
                 } }),
                 gate: None,
             }]
@@ -161,6 +161,7 @@ mod tests {
             feedback: None,
             decided_by: by.into(),
             decided_at: "2026-12-07T10:00:00Z".into(),
+            inputs: None,
         }
     }
 
@@ -179,6 +180,7 @@ mod tests {
                 approvers: Some(vec!["ana".into()]),
                 approvals: None,
                 may_not_approve: vec!["cy".into()],
+                inputs: Vec::new(),
             },
         };
         notices(&mut memory, &event(2, waiting));
@@ -227,6 +229,7 @@ mod tests {
                 approvers: None,
                 approvals: None,
                 may_not_approve: Vec::new(),
+                inputs: Vec::new(),
             },
         };
         let table: Vec<(ServerEventBody, &[Topic])> = vec![

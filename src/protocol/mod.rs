@@ -9,7 +9,9 @@
 mod state;
 #[macro_use]
 mod wire;
+mod form;
 
+pub use form::{InputField, InputKind, MAX_TEXT, check_values, read_form, read_typed};
 pub use state::{Applied, ErrorEntry, GateDecisionRecord, LOG_TAIL_LINES, LogLine, NodeView, Progress, RunState};
 
 use serde::{Deserialize, Serialize};
@@ -193,6 +195,9 @@ pub struct GatePresentation {
     /// `allow_self_approval = false`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub may_not_approve: Vec<String>,
+    /// Extension: the form the decision comes with (the spec's `inputs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<InputField>,
 }
 
 impl GatePresentation {
@@ -331,6 +336,9 @@ pub enum ServerEventBody {
         decided_by: String,
         /// RFC 3339.
         decided_at: String,
+        /// Extension: the values of the gate's form sent with the decision.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inputs: Option<Map<String, Value>>,
     },
     /// Extension: one line of a node's output.
     NodeLog {
@@ -366,6 +374,9 @@ pub enum ClientEvent {
         decision: Decision,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         feedback: Option<String>,
+        /// Extension: the values of the gate's form (its `inputs`), by field name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inputs: Option<Map<String, Value>>,
     },
     PauseExecution,
     ResumeExecution,

@@ -92,6 +92,9 @@ pub struct GateDecisionRecord {
     pub feedback: Option<String>,
     pub decided_by: String,
     pub decided_at: String,
+    /// The values of the gate's form that came with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Map<String, Value>>,
 }
 
 /// An `error` event that was part of the run's log.
@@ -223,7 +226,7 @@ impl RunState {
                 // Handled above, before the sequence check: a snapshot replaces everything.
             }
             ServerEventBody::RunStateChanged { state } => self.state = *state,
-            ServerEventBody::GateResolved { node_id, decision, feedback, decided_by, decided_at } => {
+            ServerEventBody::GateResolved { node_id, decision, feedback, decided_by, decided_at, inputs } => {
                 if let Some(node) = self.nodes.get_mut(node_id) {
                     node.gate = None;
                     node.approved_by.clear();
@@ -235,6 +238,7 @@ impl RunState {
                     feedback: feedback.clone(),
                     decided_by: decided_by.clone(),
                     decided_at: decided_at.clone(),
+                    inputs: inputs.clone(),
                 });
             }
             ServerEventBody::GateReminder { node_id, escalated_to } => {

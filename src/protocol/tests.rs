@@ -31,12 +31,15 @@ const SERVER_LITERALS: &[&str] = &[
     r#"{"type":"gate_progress","seq":17,"node_id":"deploy","approved_by":["ana"],"remaining":1}"#,
     r#"{"type":"gate_reminder","seq":19,"node_id":"deploy"}"#,
     r#"{"type":"gate_reminder","seq":20,"node_id":"deploy","escalated_to":["dan"]}"#,
+    r#"{"type":"human_gate_waiting","seq":21,"node_id":"shape","presentation":{"title":"Shape it","prompt":"","options":["approve","reject"],"inputs":[{"name":"tone","type":"enum","options":["short","long"]},{"name":"max_rows","type":"integer","min":1.0,"max":1000.0},{"name":"note","type":"text","required":false}]}}"#,
+    r#"{"type":"gate_resolved","seq":22,"node_id":"shape","decision":"approve","decided_by":"ana","decided_at":"2026-11-26T10:06:00Z","inputs":{"tone":"short","max_rows":250}}"#,
     r#"{"type":"gate_resolved","seq":18,"node_id":"deploy","decision":"approve","decided_by":"ana, bo","decided_at":"2026-11-26T10:05:00Z"}"#,
 ];
 
 const CLIENT_LITERALS: &[&str] = &[
     r#"{"type":"human_decision","node_id":"review","decision":"approve","feedback":"looks good"}"#,
     r#"{"type":"human_decision","node_id":"review","decision":"reject"}"#,
+    r#"{"type":"human_decision","node_id":"shape","decision":"approve","inputs":{"tone":"short","max_rows":250}}"#,
     r#"{"type":"pause_execution"}"#,
     r#"{"type":"resume_execution"}"#,
     r#"{"type":"cancel_execution"}"#,
@@ -361,6 +364,7 @@ fn presentation() -> GatePresentation {
         approvers: None,
         approvals: None,
         may_not_approve: Vec::new(),
+        inputs: Vec::new(),
     }
 }
 
@@ -428,6 +432,7 @@ fn reducer_table() {
                     feedback: Some("ok".into()),
                     decided_by: "alice".into(),
                     decided_at: "t1".into(),
+                    inputs: None,
                 },
                 node_state("gate", NodeStatus::Completed),
             ],

@@ -117,6 +117,7 @@ struct EventFields {
     line: Raw,
     approved_by: Raw,
     escalated_to: Raw,
+    inputs: Raw,
 }
 
 const EVENT_TYPES: &[&str] = &[
@@ -171,6 +172,7 @@ impl EventFields {
                 feedback: optional(self.feedback, "feedback")?,
                 decided_by: required(self.decided_by, "decided_by")?,
                 decided_at: required(self.decided_at, "decided_at")?,
+                inputs: optional(self.inputs, "inputs")?,
             },
             "node_log" => ServerEventBody::NodeLog {
                 node_id: required(self.node_id, "node_id")?,

@@ -15,7 +15,11 @@ use serde::Deserialize;
 use super::AppState;
 use super::login::{PALETTE, escape};
 use crate::links::Standing;
-use crate::protocol::Decision;
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use crate::protocol::{Decision, InputField, InputKind, read_form};
 use crate::service::{LinkDecision, LinkedGate, ServiceError};
 
 /// `GET /gates/{token}`: the gate card and, while the link is good, the form.
@@ -30,14 +34,19 @@ pub async fn page(State(state): State<AppState>, Path(token): Path<String>) -> R
     }
 }
 
-/// What the page's form sends.
+/// What the page's form sends: the decision, and the gate's own fields as `input.<name>`.
 #[derive(Deserialize)]
 pub struct LinkForm {
     node_id: String,
     decision: String,
     #[serde(default)]
     feedback: Option<String>,
+    #[serde(flatten)]
+    fields: HashMap<String, String>,
 }
+
+/// The prefix of a gate form field's name in the page's form.
+const FIELD_PREFIX: &str = "input.";
 
 /// `POST /gates/{token}`: decides the gate in the name of the link's person.
 pub async fn decide(State(state): State<AppState>, Path(token): Path<String>, Form(form): Form<LinkForm>) -> Response {
@@ -47,7 +56,11 @@ pub async fn decide(State(state): State<AppState>, Path(token): Path<String>, Fo
         return refused(&token, gate.as_ref(), error);
     };
     let feedback = form.feedback.filter(|f| !f.trim().is_empty());
-    let asked = LinkDecision { node_id: form.node_id, decision, feedback };
+    let inputs = match read_fields(gate.as_ref(), &form.fields) {
+        Ok(inputs) => inputs,
+        Err(problem) => return refused(&token, gate.as_ref(), ServiceError::Invalid(problem)),
+    };
+    let asked = LinkDecision { node_id: form.node_id, decision, feedback, inputs };
     match state.service.decide_by_link(&token, asked).await {
         Ok(gate) => {
             let done = match decision {
@@ -60,6 +73,49 @@ pub async fn decide(State(state): State<AppState>, Path(token): Path<String>, Fo
         }
         Err(error) => refused(&token, gate.as_ref(), error),
     }
+}
+
+/// The gate's form fields as the page sent them (`input.<name>`), read for their types.
+fn read_fields(
+    gate: Option<&LinkedGate>,
+    sent: &HashMap<String, String>,
+) -> Result<Option<Map<String, Value>>, String> {
+    let form = gate.and_then(|g| g.presentation.as_ref()).map_or(&[][..], |p| p.inputs.as_slice());
+    read_form(form, |name| sent.get(&format!("{FIELD_PREFIX}{name}")).map(String::as_str))
+}
+
+/// One field of a gate's form, as HTML.
+fn field_html(field: &InputField) -> String {
+    let name = escape(&format!("{FIELD_PREFIX}{}", field.name));
+    let label = escape(field.shown_label());
+    let required = if field.is_required() { " required" } else { "" };
+    let testid = escape(&format!("input-{}", field.name));
+    let control = match field.kind {
+        InputKind::Enum => {
+            let options: String = field
+                .options
+                .iter()
+                .flatten()
+                .map(|o| format!(r#"<option value="{0}">{0}</option>"#, escape(o)))
+                .collect();
+            format!(
+                r#"<select name="{name}" data-testid="{testid}"><option value="">(choose)</option>{options}</select>"#
+            )
+        }
+        InputKind::Integer | InputKind::Number => {
+            let step = if field.kind == InputKind::Integer { "1" } else { "any" };
+            let bound = |attr: &str, v: Option<f64>| v.map(|v| format!(r#" {attr}="{v}""#)).unwrap_or_default();
+            format!(
+                r#"<input type="number" step="{step}" name="{name}" data-testid="{testid}"{}{}>"#,
+                bound("min", field.min),
+                bound("max", field.max)
+            )
+        }
+        InputKind::Text => format!(r#"<input type="text" name="{name}" data-testid="{testid}">"#),
+        InputKind::Boolean => format!(r#"<input type="checkbox" name="{name}" value="true" data-testid="{testid}">"#),
+    };
+    let needed = if required.is_empty() { "" } else { r#" <span class="muted">(needed to approve)</span>"# };
+    format!(r#"<label class="field"><span>{label}{needed}</span>{control}</label>"#)
 }
 
 /// A message at the top of the page.
@@ -107,6 +163,8 @@ main {{ background: var(--panel); border: 1px solid var(--line); border-radius: 
 h1 {{ margin: 0; font-size: 1.25rem; }} p {{ margin: 0; }} .muted {{ color: var(--muted); }}
 pre {{ margin: 0; padding: 0.6rem; border: 1px solid var(--line); border-radius: 6px; overflow: auto; max-height: 16rem; font-size: 0.85rem; }}
 form {{ display: grid; gap: 0.6rem; }} .buttons {{ display: flex; gap: 0.5rem; flex-wrap: wrap; }}
+.field {{ display: grid; gap: 0.25rem; }}
+select, input {{ font: inherit; padding: 0.4rem; border: 1px solid var(--line); border-radius: 6px; background: transparent; color: inherit; }}
 textarea {{ font: inherit; padding: 0.5rem; border: 1px solid var(--line); border-radius: 6px; background: transparent; color: inherit; min-height: 4rem; }}
 button {{ font: inherit; padding: 0.5rem 1rem; border: 1px solid var(--line); border-radius: 6px; background: transparent; color: inherit; cursor: pointer; }}
 button.approve {{ background: var(--accent); border-color: var(--accent); color: #fff; }}
@@ -163,12 +221,14 @@ fn card(token: &str, gate: &LinkedGate) -> String {
             r#"<p>You decide as <strong data-testid="link-person">{person}</strong>: your name signs the decision.</p>
 <form method="post" action="/gates/{token}" data-testid="link-form">
 <input type="hidden" name="node_id" value="{node}">
+{fields}
 <textarea name="feedback" placeholder="Feedback (needed to send back)" data-testid="feedback"></textarea>
 <div class="buttons">{buttons}</div>
 </form>"#,
             person = escape(&gate.person),
             token = escape(token),
             node = escape(&gate.node_id),
+            fields = presentation.inputs.iter().map(field_html).collect::<String>(),
         )
     } else {
         String::new()

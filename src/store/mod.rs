@@ -152,6 +152,8 @@ pub struct DecisionRow {
     pub feedback: Option<String>,
     pub decided_by: String,
     pub decided_at: String,
+    /// The values of the gate's form, as JSON text.
+    pub inputs: Option<String>,
 }
 
 impl StoredEvent {

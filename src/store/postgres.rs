@@ -242,8 +242,8 @@ impl Store for PgStore {
             // A second inserter of the same key waits for the first one's commit, then inserts
             // nothing; the read after it sees the winner's row.
             let inserted = sqlx::query(
-                "INSERT INTO decisions (dag_id, node_id, round, decision, feedback, decided_by, decided_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (dag_id, node_id, round) DO NOTHING",
+                "INSERT INTO decisions (dag_id, node_id, round, decision, feedback, decided_by, decided_at, inputs) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (dag_id, node_id, round) DO NOTHING",
             )
             .bind(&dag_id)
             .bind(&decision.node_id)
@@ -252,6 +252,7 @@ impl Store for PgStore {
             .bind(&decision.feedback)
             .bind(&decision.decided_by)
             .bind(&decision.decided_at)
+            .bind(&decision.inputs)
             .execute(&self.pool)
             .await
             .map_err(fail)?;
@@ -259,7 +260,7 @@ impl Store for PgStore {
                 return Ok(Claim::Won);
             }
             sqlx::query_as(
-                "SELECT node_id, round, decision, feedback, decided_by, decided_at FROM decisions \
+                "SELECT node_id, round, decision, feedback, decided_by, decided_at, inputs FROM decisions \
                  WHERE dag_id = $1 AND node_id = $2 AND round = $3",
             )
             .bind(&dag_id)
@@ -451,7 +452,7 @@ impl Store for PgStore {
         let dag_id = dag_id.to_owned();
         Box::pin(async move {
             sqlx::query_as(
-                "SELECT node_id, round, decision, feedback, decided_by, decided_at FROM decisions WHERE dag_id = $1 \
+                "SELECT node_id, round, decision, feedback, decided_by, decided_at, inputs FROM decisions WHERE dag_id = $1 \
                  ORDER BY decided_at, node_id, round",
             )
             .bind(dag_id)

@@ -209,8 +209,8 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let fail = |e| StoreError::from_sqlx("cannot record the decision", e);
             let inserted = sqlx::query(
-                "INSERT INTO decisions (dag_id, node_id, round, decision, feedback, decided_by, decided_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dag_id, node_id, round) DO NOTHING",
+                "INSERT INTO decisions (dag_id, node_id, round, decision, feedback, decided_by, decided_at, inputs) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dag_id, node_id, round) DO NOTHING",
             )
             .bind(&dag_id)
             .bind(&decision.node_id)
@@ -219,6 +219,7 @@ impl Store for SqliteStore {
             .bind(&decision.feedback)
             .bind(&decision.decided_by)
             .bind(&decision.decided_at)
+            .bind(&decision.inputs)
             .execute(&self.pool)
             .await
             .map_err(fail)?;
@@ -226,7 +227,7 @@ impl Store for SqliteStore {
                 return Ok(Claim::Won);
             }
             sqlx::query_as(
-                "SELECT node_id, round, decision, feedback, decided_by, decided_at FROM decisions \
+                "SELECT node_id, round, decision, feedback, decided_by, decided_at, inputs FROM decisions \
                  WHERE dag_id = ? AND node_id = ? AND round = ?",
             )
             .bind(&dag_id)
@@ -420,7 +421,7 @@ impl Store for SqliteStore {
         let dag_id = dag_id.to_owned();
         Box::pin(async move {
             sqlx::query_as(
-                "SELECT node_id, round, decision, feedback, decided_by, decided_at FROM decisions WHERE dag_id = ? \
+                "SELECT node_id, round, decision, feedback, decided_by, decided_at, inputs FROM decisions WHERE dag_id = ? \
                  ORDER BY decided_at, node_id, round",
             )
             .bind(dag_id)

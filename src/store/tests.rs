@@ -33,6 +33,7 @@ fn decision(node_id: &str, round: i64, by: &str) -> DecisionRow {
         feedback: Some(format!("from {by}")),
         decided_by: by.into(),
         decided_at: "2026-11-26T10:00:01.000Z".into(),
+        inputs: Some(format!(r#"{{"note":"from {by}"}}"#)),
     }
 }
 

@@ -51,6 +51,7 @@ impl Coordinator {
                 on_timeout: None,
                 // Anyone who may decide gates: spend is everyone's business, the starter's too.
                 rules: GateRules::default(),
+                inputs: Vec::new(),
             },
         };
         let gate = self.insert_node(gate, &[], true);

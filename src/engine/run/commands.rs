@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::{Coordinator, PendingDecision};
 use crate::engine::node::NodeMsg;
@@ -11,15 +11,16 @@ use crate::engine::policy::{self, CommandEffect, Decider, Gate, GateOutcome, Gat
 use crate::engine::schedule::Slot;
 use crate::engine::spec::NodeWork;
 use crate::protocol::{
-    ClientEvent, Decision, NodeMetrics, NodeStatus, RunPhase, ServerEventBody, TIMEOUT_DECIDER, now_rfc3339,
+    ClientEvent, Decision, NodeMetrics, NodeStatus, RunPhase, ServerEventBody, TIMEOUT_DECIDER, check_values,
+    now_rfc3339,
 };
 use crate::store::{Claim, DecisionRow, StoreError};
 
 impl Coordinator {
     pub(super) fn on_command(&mut self, event: ClientEvent, actor: &str) -> Result<(), Rejected> {
         match policy::command_effect(&event, self.phase)? {
-            CommandEffect::Decide { node_id, decision, feedback } => {
-                self.decide(node_id, decision, feedback, Decider::Person(actor))
+            CommandEffect::Decide { node_id, decision, feedback, inputs } => {
+                self.decide(node_id, decision, feedback, inputs, Decider::Person(actor))
             }
             CommandEffect::Pause => {
                 self.set_phase(RunPhase::Paused);
@@ -114,10 +115,17 @@ impl Coordinator {
         node_id: &str,
         decision: Decision,
         feedback: Option<&str>,
+        inputs: Option<&Map<String, Value>>,
         decider: Decider<'_>,
     ) -> Result<(), Rejected> {
         let node = self.index.get(node_id).copied().ok_or_else(|| Rejected::UnknownNode(node_id.to_owned()))?;
         let outcome = self.judge(node, decision, feedback, decider)?;
+        // A person fills the gate's form; the timeout sends none.
+        let inputs = match (&self.nodes[node].work, decider) {
+            (NodeWork::Gate { inputs: form, .. }, Decider::Person(_)) => check_values(form, inputs, decision)
+                .map_err(|problem| Rejected::BadInput { node: node_id.to_owned(), problem })?,
+            (_, Decider::Person(_) | Decider::Timeout | Decider::Recorded) => Map::new(),
+        };
         if let GateOutcome::Counted { approved_by, remaining } = outcome {
             self.runs[node].approved_by.clone_from(&approved_by);
             self.room.publish(ServerEventBody::GateProgress { node_id: node_id.to_owned(), approved_by, remaining });
@@ -139,6 +147,7 @@ impl Coordinator {
             feedback: policy::feedback_text(feedback).map(str::to_owned),
             decided_by,
             decided_at: now_rfc3339(),
+            inputs: (!inputs.is_empty()).then_some(inputs),
             outcome,
         };
         let round = self.runs[node].attempt;
@@ -208,18 +217,24 @@ impl Coordinator {
             Decision::from_name(&row.decision).ok_or_else(|| format!("unknown decision {:?}", row.decision))?;
         let outcome =
             self.judge(node, decision, row.feedback.as_deref(), Decider::Recorded).map_err(|e| e.to_string())?;
+        let inputs = row
+            .inputs
+            .as_deref()
+            .map(|text| serde_json::from_str::<Map<String, Value>>(text).map_err(|e| format!("its form values: {e}")))
+            .transpose()?;
         Ok(PendingDecision {
             decision,
             feedback: row.feedback,
             decided_by: row.decided_by,
             decided_at: row.decided_at,
+            inputs,
             outcome,
         })
     }
 
     /// Publishes a decision that stands and does what it says to the gate and the run.
     fn apply_decision(&mut self, node: usize, claim: PendingDecision) {
-        let PendingDecision { decision, feedback, decided_by, decided_at, outcome } = claim;
+        let PendingDecision { decision, feedback, decided_by, decided_at, inputs, outcome } = claim;
         let upstream = self.upstream_work(node);
         self.runs[node].last_decision = Some((decided_by.clone(), decision, decided_at.clone()));
         self.runs[node].approved_by.clear();
@@ -230,10 +245,15 @@ impl Coordinator {
             feedback: feedback.clone(),
             decided_by: decided_by.clone(),
             decided_at,
+            inputs: inputs.clone(),
         });
+        // What follows the gate reads its decision, feedback and form values in its inputs.
         let mut output = json!({ "decision": decision.as_str(), "decided_by": decided_by });
         if let Some(feedback) = &feedback {
             output["feedback"] = Value::String(feedback.clone());
+        }
+        if let Some(inputs) = inputs {
+            output["inputs"] = Value::Object(inputs);
         }
         match outcome {
             GateOutcome::RaiseBudget => {
@@ -284,7 +304,7 @@ impl Coordinator {
             return;
         }
         let (decision, id) = (*decision, self.nodes[node].id.clone());
-        if let Err(refused) = self.decide(&id, decision, None, Decider::Timeout) {
+        if let Err(refused) = self.decide(&id, decision, None, None, Decider::Timeout) {
             self.publish_error(node, format!("gate timeout could not apply: {refused}"));
         }
     }

@@ -151,6 +151,8 @@ struct PendingDecision {
     feedback: Option<String>,
     decided_by: String,
     decided_at: String,
+    /// The values of the gate's form, checked.
+    inputs: Option<serde_json::Map<String, Value>>,
     /// What the decision does, as the rule judged it.
     outcome: crate::engine::policy::GateOutcome,
 }
@@ -165,6 +167,7 @@ impl PendingDecision {
             feedback: self.feedback.clone(),
             decided_by: self.decided_by.clone(),
             decided_at: self.decided_at.clone(),
+            inputs: self.inputs.as_ref().map(|inputs| Value::Object(inputs.clone()).to_string()),
         }
     }
 }

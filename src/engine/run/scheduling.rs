@@ -32,7 +32,7 @@ impl Coordinator {
             }
         };
         match &spec.work {
-            NodeWork::Gate { title, prompt, options, rules, .. } => {
+            NodeWork::Gate { title, prompt, options, rules, inputs: form, .. } => {
                 let run = &mut self.runs[node];
                 run.attempt += 1;
                 run.started = Some(Instant::now());
@@ -55,6 +55,7 @@ impl Coordinator {
                     approvers: rules.approvers.clone(),
                     approvals: Some(rules.approvals).filter(|n| *n > 1),
                     may_not_approve: self.started_by.iter().filter(|_| !rules.allow_self_approval).cloned().collect(),
+                    inputs: form.clone(),
                 };
                 let metrics =
                     NodeMetrics { attempt: Some(round), started_at: Some(now_rfc3339()), ..Default::default() };

@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::protocol::{Decision, GraphNode, NodeKind};
+use crate::protocol::{Decision, GraphNode, InputField, InputKind, NodeKind};
 
 /// Parallelism when a spec does not say.
 pub const DEFAULT_MAX_PARALLEL: usize = 4;
@@ -130,6 +130,11 @@ pub struct NodeFile {
     /// `gate`: who is told (and may decide) after `escalate_after`: names and `group:NAME`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalate_to: Option<Vec<String>>,
+    /// `gate`: a form that comes with the decision: `{ name, type = "enum" | "integer" |
+    /// "number" | "text" | "boolean", label?, options? (enum), min?, max?, required? }`. The values
+    /// are checked, recorded with the decision, and reach what follows in the gate's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<InputField>>,
 }
 
 /// Who may decide a gate, how many must approve, and who is reminded when.
@@ -162,6 +167,9 @@ impl Default for GateRules {
 
 /// The prefix of a group in `approvers` and `escalate_to`.
 pub const GROUP_PREFIX: &str = "group:";
+
+/// Most fields a gate's form may have.
+pub const MAX_INPUTS: usize = 20;
 
 /// Most approvals a gate may ask for.
 pub const MAX_APPROVALS: u32 = 20;
@@ -242,7 +250,15 @@ pub enum NodeWork {
     },
     /// Waits until a person decides (or, with `rules.approvals` above 1, enough people approve),
     /// or `timeout` passes and `on_timeout` applies.
-    Gate { title: String, prompt: String, options: Vec<Decision>, on_timeout: Option<Decision>, rules: GateRules },
+    Gate {
+        title: String,
+        prompt: String,
+        options: Vec<Decision>,
+        on_timeout: Option<Decision>,
+        rules: GateRules,
+        /// The form that comes with the decision.
+        inputs: Vec<InputField>,
+    },
 }
 
 impl DagSpec {
@@ -289,7 +305,7 @@ impl NodeSpec {
                 file.output = output.clone();
                 file.retries = Some(self.retries).filter(|r| *r > 0);
             }
-            NodeWork::Gate { title, prompt, options, on_timeout, rules } => {
+            NodeWork::Gate { title, prompt, options, on_timeout, rules, inputs } => {
                 file.kind = KindName::Gate;
                 file.title = Some(title.clone());
                 file.prompt = Some(prompt.clone());
@@ -304,6 +320,7 @@ impl NodeSpec {
                 file.remind_every = rules.remind_every.map(duration);
                 file.escalate_after = rules.escalate_after.map(duration);
                 file.escalate_to = (!rules.escalate_to.is_empty()).then(|| rules.escalate_to.clone());
+                file.inputs = (!inputs.is_empty()).then(|| inputs.clone());
             }
         }
         file
@@ -499,6 +516,7 @@ impl NodeFile {
                 "remind_every",
                 "escalate_after",
                 "escalate_to",
+                "inputs",
             ],
         };
         for field in self.present_kind_fields() {
@@ -563,6 +581,7 @@ impl NodeFile {
                     options,
                     on_timeout: self.on_timeout.map(Decision::from),
                     rules: self.gate_rules()?,
+                    inputs: self.gate_form()?,
                 }
             }
         };
@@ -628,9 +647,47 @@ impl NodeFile {
         })
     }
 
+    /// A gate's form, checked: names unique and fit for a key, each field's settings fit for its
+    /// type.
+    fn gate_form(&self) -> Result<Vec<InputField>, SpecError> {
+        let fields = self.inputs.clone().unwrap_or_default();
+        let bad = |problem: String| SpecError::BadField { node: self.id.clone(), field: "inputs", problem };
+        if fields.len() > MAX_INPUTS {
+            return Err(bad(format!("at most {MAX_INPUTS} fields")));
+        }
+        let mut names = HashSet::new();
+        for field in &fields {
+            let name = &field.name;
+            let fits_key =
+                !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !fits_key {
+                return Err(bad(format!("{name:?}: a field name is 1 to 64 letters, digits or '_'")));
+            }
+            if !names.insert(name.as_str()) {
+                return Err(bad(format!("{name:?} is there twice")));
+            }
+            let numeric = matches!(field.kind, InputKind::Integer | InputKind::Number);
+            if (field.min.is_some() || field.max.is_some()) && !numeric {
+                return Err(bad(format!("{name:?}: min and max are for integer and number fields")));
+            }
+            if let (Some(min), Some(max)) = (field.min, field.max)
+                && min > max
+            {
+                return Err(bad(format!("{name:?}: min {min} is above max {max}")));
+            }
+            match (field.kind, &field.options) {
+                (InputKind::Enum, Some(options)) if !options.is_empty() => {}
+                (InputKind::Enum, _) => return Err(bad(format!("{name:?}: an enum field needs options"))),
+                (_, Some(_)) => return Err(bad(format!("{name:?}: options are for enum fields"))),
+                (_, None) => {}
+            }
+        }
+        Ok(fields)
+    }
+
     /// Names of the kind-specific fields this node sets.
     fn present_kind_fields(&self) -> Vec<&'static str> {
-        let fields: [(&'static str, bool); 21] = [
+        let fields: [(&'static str, bool); 22] = [
             ("timeout", self.timeout.is_some()),
             ("retries", self.retries.is_some()),
             ("env", self.env.is_some()),
@@ -652,6 +709,7 @@ impl NodeFile {
             ("remind_every", self.remind_every.is_some()),
             ("escalate_after", self.escalate_after.is_some()),
             ("escalate_to", self.escalate_to.is_some()),
+            ("inputs", self.inputs.is_some()),
         ];
         fields.into_iter().filter(|(_, present)| *present).map(|(name, _)| name).collect()
     }

@@ -67,6 +67,7 @@ fn the_documented_example_parses_into_what_it_says() {
             options: vec![Decision::Approve, Decision::Reject, Decision::Modify],
             on_timeout: Some(Decision::Reject),
             rules: GateRules::default(),
+            inputs: Vec::new(),
         }
     );
 }
@@ -131,6 +132,39 @@ fn every_mistake_gets_a_message_naming_the_node_and_field() {
             &["\"a\"", "on_timeout", "timeout"],
         ),
         (format!("{head}{}", node("a", "kind = \"gate\"\noptions = [\"maybe\"]")), &["\"a\"", "maybe"]),
+        (format!("{head}{}", node("a", "kind = \"gate\"\napprovals = 0")), &["\"a\"", "approvals", "1 to 20"]),
+        (
+            format!("{head}{}", node("a", "kind = \"gate\"\napprovers = [\"ana\"]\napprovals = 2")),
+            &["\"a\"", "approvals", "2 distinct approvers"],
+        ),
+        (format!("{head}{}", node("a", "kind = \"gate\"\napprovers = []")), &["\"a\"", "approvers", "empty"]),
+        (format!("{head}{}", node("a", "kind = \"gate\"\napprovers = [\"a b\"]")), &["\"a\"", "approvers", "\"a b\""]),
+        (format!("{head}{}", node("a", "kind = \"gate\"\nescalate_after = \"1h\"")), &["\"a\"", "escalate_to"]),
+        (format!("{head}{}", node("a", "kind = \"gate\"\nescalate_to = [\"bo\"]")), &["\"a\"", "escalate_after"]),
+        (format!("{head}{}", node("a", "kind = \"gate\"\nremind_every = \"0s\"")), &["\"a\"", "remind_every"]),
+        (format!("{head}{}", node("a", "kind = \"simulate\"\napprovals = 2")), &["\"a\"", "approvals", "\"simulate\""]),
+        (
+            format!("{head}{}", node("a", "kind = \"gate\"\ninputs = [{ name = \"t\", type = \"enum\" }]")),
+            &["\"a\"", "inputs", "needs options"],
+        ),
+        (
+            format!("{head}{}", node("a", "kind = \"gate\"\ninputs = [{ name = \"n\", type = \"text\", min = 1.0 }]")),
+            &["\"a\"", "inputs", "min and max"],
+        ),
+        (
+            format!(
+                "{head}{}",
+                node(
+                    "a",
+                    "kind = \"gate\"\ninputs = [{ name = \"n\", type = \"integer\" }, { name = \"n\", type = \"text\" }]"
+                )
+            ),
+            &["\"a\"", "inputs", "twice"],
+        ),
+        (
+            format!("{head}{}", node("a", "kind = \"gate\"\ninputs = [{ name = \"n\", type = \"colour\" }]")),
+            &["\"a\"", "colour"],
+        ),
         (format!("{head}{}", node("a b", "kind = \"simulate\"")), &["node #1", "\"a b\""]),
         (format!("{head}{}", node("a", "kind = \"simulate\"\nneeds = [\"a\"]")), &["\"a\"", "itself"]),
         (format!("{head}max_parallel = 0\n{}", node("a", "kind = \"simulate\"")), &["max_parallel"]),
