@@ -14,8 +14,8 @@ use crate::external::ExternalRun;
 use crate::links::{self, Directory, Standing};
 use crate::notify::outbox::rfc3339_ms;
 use crate::protocol::{
-    ClientEvent, Cost, Decision, DeliveryAttempt, GateDecisionRecord, GatePresentation, NotificationRecord, Role,
-    RunState, RunSummary, Seq, SignedIn,
+    ClientEvent, Cost, Decision, DeliveryAttempt, GateDecisionRecord, GatePresentation, InboxGate, NotificationRecord,
+    Role, RunState, RunSummary, Seq, SignedIn,
 };
 use crate::runs::{Driver, RunEntry, Runs, StartError};
 
@@ -170,6 +170,24 @@ impl Service {
     /// Every run, newest first.
     pub fn list(&self) -> Vec<RunSummary> {
         self.runs.list()
+    }
+
+    /// Every gate that waits for `person`, across all runs, the longest waiting first.
+    pub fn inbox(&self, person: &SignedIn) -> Vec<InboxGate> {
+        let mut gates: Vec<InboxGate> = self
+            .runs
+            .list()
+            .into_iter()
+            .filter(|run| run.gates_waiting > 0)
+            .flat_map(|run| self.inbox_of_run(person, &run.dag_id))
+            .collect();
+        gates.sort_by(|a, b| a.waiting_since.cmp(&b.waiting_since).then_with(|| a.node_id.cmp(&b.node_id)));
+        gates
+    }
+
+    /// The gates of one run that wait for `person` (none for a run this server does not know).
+    pub fn inbox_of_run(&self, person: &SignedIn, dag_id: &str) -> Vec<InboxGate> {
+        self.runs.get(dag_id).map(|run| run.room.inbox(person)).unwrap_or_default()
     }
 
     /// One run, by id.

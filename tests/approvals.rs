@@ -259,3 +259,50 @@ async fn a_gate_form_is_checked_recorded_with_the_decision_and_read_by_what_foll
     assert_eq!(run["decisions"][0]["inputs"], values, "the record keeps the values");
     assert_eq!(run["nodes"]["write"]["output"]["review"]["inputs"], values, "DAGSTREAM_INPUTS has them: {run}");
 }
+
+/// The next inbox feed message of `socket`.
+async fn next_inbox(socket: &mut common::Socket) -> dagstream::protocol::InboxFeedEvent {
+    loop {
+        let message = tokio::time::timeout(PATIENCE, socket.next()).await.expect("a message").expect("open");
+        if let Message::Text(text) = message.expect("readable") {
+            return serde_json::from_str(text.as_str()).expect("an inbox message");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_feed_lists_what_waits_for_each_person_and_follows_their_approvals() {
+    use dagstream::protocol::InboxFeedEvent;
+    let team = team("inbox").await;
+    let dag_id = common::dag_id_of(&team.start(QUORUM));
+    team.wait_for_status(&dag_id, "deploy", "waiting").await;
+    let feed = |person: &str| {
+        let mut request = format!("ws://{}/api/inbox/stream", team.addr).into_client_request().expect("a ws:// url");
+        let bearer = format!("Bearer {}", team.tokens[person]);
+        request.headers_mut().insert("authorization", bearer.parse().expect("a header"));
+        request
+    };
+    let (mut ana, _) = tokio_tungstenite::connect_async(feed("ana")).await.expect("ana's feed");
+    let InboxFeedEvent::Inbox { gates } = next_inbox(&mut ana).await else { panic!("the whole inbox first") };
+    assert_eq!(gates.iter().map(|g| g.node_id.as_str()).collect::<Vec<_>>(), ["deploy"]);
+    assert_eq!(gates[0].run_name, "release");
+    assert!(gates[0].waiting_since.is_some());
+    // cy is no approver of it, and the admin started the run (self-approval is off).
+    for person in ["cy", "admin"] {
+        let (mut other, _) = tokio_tungstenite::connect_async(feed(person)).await.expect("a feed");
+        let InboxFeedEvent::Inbox { gates } = next_inbox(&mut other).await else { panic!("the whole inbox first") };
+        assert!(gates.is_empty(), "nothing waits for {person}: {gates:?}");
+    }
+
+    // Once ana approved, the gate waits for bo only.
+    let (mut bo, _) = tokio_tungstenite::connect_async(feed("bo")).await.expect("bo's feed");
+    next_inbox(&mut bo).await;
+    assert!(team.decide("ana", &dag_id, "deploy", Decision::Approve).await.is_ok());
+    let InboxFeedEvent::RunGates { dag_id: changed, gates } = next_inbox(&mut ana).await else {
+        panic!("a run's change")
+    };
+    assert_eq!((changed.as_str(), gates.len()), (dag_id.as_str(), 0), "not ana's any more");
+    let InboxFeedEvent::RunGates { gates, .. } = next_inbox(&mut bo).await else { panic!("a run's change") };
+    assert_eq!(gates.len(), 1);
+    assert_eq!(gates[0].approved_by, ["ana".to_owned()]);
+}

@@ -9,8 +9,10 @@
 //! directory (CI does) would miss each other.
 
 pub mod clock;
+mod gate_card;
 mod graph;
 mod history;
+pub mod inbox;
 mod json_text;
 pub mod layout;
 pub mod live_run;
@@ -59,6 +61,7 @@ pub fn shell(options: LeptosOptions) -> impl IntoView {
 #[component]
 pub fn App() -> impl IntoView {
     provide_signed_in_user();
+    inbox::provide_inbox();
     view! {
         <header class="topbar"><TopBar/></header>
         <main><PageView/></main>
@@ -77,6 +80,7 @@ fn TopBar() -> impl IntoView {
     view! {
         <a href="/" class="brand">"dagstream"</a>
         <span class="tagline">"control room"</span>
+        <inbox::InboxCount/>
         <SignedInAs/>
     }
 }
@@ -109,6 +113,7 @@ pub fn hydrate() {
     let owner = Owner::new_root(Some(Arc::new(HydrateSharedContext::new())));
     owner.with(|| {
         provide_signed_in_user();
+        inbox::provide_inbox();
         // The views hydrated here live as long as the page: their state is never dropped.
         std::mem::forget(view! { <TopBar/> }.hydrate::<true>(&Cursor::new(top_bar), &PositionState::default()));
     });

@@ -1,9 +1,9 @@
 //! Which page a path shows, and each page's code as a split point of its own.
 //!
-//! The dashboard has two pages, and each is a plain document: the server renders the one the
-//! address names, the browser hydrates it, and a link to the other page loads that page. There is
-//! no client-side router: its code was about a third of the shared wasm, for switching between
-//! two pages that the server renders in a few milliseconds.
+//! The dashboard has three pages (the run list, a run, the inbox), and each is a plain document:
+//! the server renders the one the address names, the browser hydrates it, and a link to another
+//! page loads that page. There is no client-side router: its code was about a third of the shared
+//! wasm, for switching between pages that the server renders in a few milliseconds.
 //!
 //! Each page's view is a `#[lazy]` function, so `cargo leptos build --split` puts its code in a
 //! wasm file of its own. The server names that file in `<head>` (a preload link) while it renders
@@ -19,6 +19,8 @@ pub enum Page {
     Runs,
     /// `/dags/{dag_id}`: one run's control room.
     Run { dag_id: String },
+    /// `/inbox`: every gate that waits for the signed-in person.
+    Inbox,
     /// Any other address.
     NotFound,
 }
@@ -29,6 +31,9 @@ impl Page {
     pub fn from_path(path: &str) -> Page {
         if path == "/" {
             return Page::Runs;
+        }
+        if path == "/inbox" {
+            return Page::Inbox;
         }
         match path.strip_prefix("/dags/") {
             Some(segment) if !segment.is_empty() && !segment.contains('/') => {
@@ -53,6 +58,7 @@ impl Page {
             match self {
                 Page::Runs => super::runs_page::runs_page().await,
                 Page::Run { dag_id } => super::run_page::run_page(dag_id).await,
+                Page::Inbox => super::inbox::inbox_page().await,
                 Page::NotFound => view! { <p class="empty">"Page not found."</p> }.into_any(),
             }
         })
@@ -82,6 +88,7 @@ pub async fn load_code() {
     match Page::current() {
         Page::Runs => super::runs_page::__preload_runs_page().await,
         Page::Run { .. } => super::run_page::__preload_run_page().await,
+        Page::Inbox => super::inbox::__preload_inbox_page().await,
         Page::NotFound => {}
     }
 }
@@ -93,6 +100,7 @@ mod tests {
     #[test]
     fn the_root_is_the_run_list() {
         assert_eq!(Page::from_path("/"), Page::Runs);
+        assert_eq!(Page::from_path("/inbox"), Page::Inbox);
     }
 
     #[test]

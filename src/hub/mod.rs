@@ -431,6 +431,11 @@ impl Room {
         self.lock().state.summary()
     }
 
+    /// The gates of the run that wait for `person` (without copying the whole state).
+    pub fn inbox(&self, person: &crate::protocol::SignedIn) -> Vec<crate::protocol::InboxGate> {
+        self.lock().state.inbox(person)
+    }
+
     /// `seq` of the newest committed event.
     pub fn seq(&self) -> Seq {
         self.lock().state.seq
@@ -461,7 +466,8 @@ impl Room {
 }
 
 /// True for events that change a run's course (gates, spend, its state, its end): they change
-/// its line in the run list, and they are what notifications are made of.
+/// its line in the run list and who its gates wait for (the inbox), and they are what
+/// notifications are made of.
 pub fn is_milestone(body: &ServerEventBody) -> bool {
     match body {
         ServerEventBody::NodeState { status, .. } => status.is_terminal(),
@@ -469,13 +475,13 @@ pub fn is_milestone(body: &ServerEventBody) -> bool {
         | ServerEventBody::CostUpdate { .. }
         | ServerEventBody::HumanGateWaiting { .. }
         | ServerEventBody::GateReminder { .. }
+        | ServerEventBody::GateProgress { .. }
         | ServerEventBody::GateResolved { .. }
         | ServerEventBody::DagMutated { .. }
         | ServerEventBody::ExecutionComplete { .. } => true,
         ServerEventBody::EdgeActive { .. }
         | ServerEventBody::Error { .. }
         | ServerEventBody::Snapshot { .. }
-        | ServerEventBody::GateProgress { .. }
         | ServerEventBody::NodeLog { .. } => false,
     }
 }

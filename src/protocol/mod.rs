@@ -205,6 +205,47 @@ impl GatePresentation {
     pub fn approvals_needed(&self) -> u32 {
         self.approvals.unwrap_or(1).max(1)
     }
+
+    /// Whether this gate waits for `person`'s approval: their role decides gates, they are
+    /// among its approvers (when it names them), they may approve it (not its starter with
+    /// self-approval off), and they have not approved it already.
+    pub fn waits_for(&self, person: &SignedIn, approved_by: &[String]) -> bool {
+        person.role.allows(Role::Approver)
+            && self.approvers.as_ref().is_none_or(|approvers| approvers.contains(&person.name))
+            && !self.may_not_approve.contains(&person.name)
+            && !approved_by.contains(&person.name)
+    }
+}
+
+/// A gate that waits for the signed-in person, as their inbox (`/inbox`) lists it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
+pub struct InboxGate {
+    pub dag_id: String,
+    /// The run's name.
+    pub run_name: String,
+    pub node_id: String,
+    pub label: String,
+    pub presentation: GatePresentation,
+    /// Who approved it so far, when it needs several approvals.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approved_by: Vec<String>,
+    /// RFC 3339: when it started waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_since: Option<String>,
+    /// The run's spend.
+    pub cost: Cost,
+}
+
+/// A message of the inbox feed (`GET /api/inbox/stream`, WebSocket): the whole inbox when a
+/// client connects (or fell behind), then, for each run whose gates changed, that run's gates
+/// that wait for this person (replacing what the client had of that run).
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum InboxFeedEvent {
+    Inbox { gates: Vec<InboxGate> },
+    RunGates { dag_id: String, gates: Vec<InboxGate> },
 }
 
 /// The state of a run as a whole.
@@ -426,7 +467,8 @@ pub fn now_rfc3339() -> String {
 /// The JSON Schema (2020-12) of every message on the wire, as published in
 /// `schema/protocol.schema.json` and described in `docs/protocol.md`: `ServerEvent` (the
 /// dashboard stream), `ClientEvent` (what dashboards send), `EngineEvent` (what an external
-/// engine sends: a server event without `seq`) and `RunsFeedEvent` (the run list feed).
+/// engine sends: a server event without `seq`), `RunsFeedEvent` (the run list feed) and
+/// `InboxFeedEvent` (the inbox feed).
 #[cfg(feature = "ssr")]
 pub fn json_schema() -> String {
     let mut generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
@@ -435,6 +477,7 @@ pub fn json_schema() -> String {
         generator.subschema_for::<ClientEvent>(),
         generator.subschema_for::<ServerEventBody>(),
         generator.subschema_for::<RunsFeedEvent>(),
+        generator.subschema_for::<InboxFeedEvent>(),
     ];
     let definitions = generator.take_definitions(true);
     let roots: Vec<Value> = roots.into_iter().map(Value::from).collect();

@@ -319,6 +319,23 @@ impl RunState {
         self.nodes.values().filter_map(|node| node.gate.as_ref().map(|gate| (node, gate)))
     }
 
+    /// The gates of this run that wait for `person`, in node order ([`GatePresentation::waits_for`]).
+    pub fn inbox(&self, person: &super::SignedIn) -> Vec<super::InboxGate> {
+        self.waiting_gates()
+            .filter(|(node, gate)| gate.waits_for(person, &node.approved_by))
+            .map(|(node, gate)| super::InboxGate {
+                dag_id: self.dag_id.clone(),
+                run_name: self.name.clone(),
+                node_id: node.id.clone(),
+                label: node.label.clone(),
+                presentation: gate.clone(),
+                approved_by: node.approved_by.clone(),
+                waiting_since: node.metrics.started_at.clone(),
+                cost: self.cost,
+            })
+            .collect()
+    }
+
     /// The latest moment the log records: a node finishing or a gate being decided.
     pub fn last_activity(&self) -> Option<String> {
         let finished = self.nodes.values().filter_map(|n| n.metrics.finished_at.as_ref());

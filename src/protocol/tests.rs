@@ -299,12 +299,15 @@ fn every_example_of_the_protocol_document_is_valid() {
     }
     assert!(examples.len() >= 25, "found only {} examples: is the document's format changed?", examples.len());
     let validators: Vec<(&str, jsonschema::Validator)> =
-        ["ServerEvent", "ClientEvent", "EngineEvent", "RunsFeedEvent"].map(|name| (name, validator(name))).into();
+        ["ServerEvent", "ClientEvent", "EngineEvent", "RunsFeedEvent", "InboxFeedEvent"]
+            .map(|name| (name, validator(name)))
+            .into();
     let mut seen = std::collections::BTreeSet::new();
     for example in examples {
         let value: Value = serde_json::from_str(example).unwrap_or_else(|e| panic!("{example}: not JSON: {e}"));
         let kind = match value.get("type").and_then(Value::as_str) {
             Some("runs" | "run") => "RunsFeedEvent",
+            Some("inbox" | "run_gates") => "InboxFeedEvent",
             Some("human_decision" | "pause_execution" | "resume_execution" | "cancel_execution") => "ClientEvent",
             Some(_) if value.get("seq").is_some() => "ServerEvent",
             Some(_) | None => "EngineEvent",
@@ -316,11 +319,12 @@ fn every_example_of_the_protocol_document_is_valid() {
             "ServerEvent" => serde_json::from_str::<ServerEvent>(example).map(drop),
             "ClientEvent" => serde_json::from_str::<ClientEvent>(example).map(drop),
             "EngineEvent" => serde_json::from_str::<ServerEventBody>(example).map(drop),
+            "InboxFeedEvent" => serde_json::from_str::<InboxFeedEvent>(example).map(drop),
             _ => serde_json::from_str::<RunsFeedEvent>(example).map(drop),
         };
         read.unwrap_or_else(|e| panic!("the {kind} reader refuses {example}: {e}"));
     }
-    assert_eq!(seen.len(), 4, "the document shows every kind of message: {seen:?}");
+    assert_eq!(seen.len(), 5, "the document shows every kind of message: {seen:?}");
 }
 
 // ---- reducer ------------------------------------------------------------------------------
@@ -585,4 +589,28 @@ fn names_shown_on_the_page_are_the_wire_names() {
     let unknown = serde_json::from_str::<NodeStatus>(r#""sleeping""#).unwrap_err().to_string();
     assert!(unknown.contains("unknown variant `sleeping`, expected one of `pending`"), "{unknown}");
     assert!(serde_json::from_str::<Decision>("7").is_err(), "a name is a string");
+}
+
+#[test]
+fn a_gate_waits_for_an_approver_it_names_who_may_and_did_not_approve_yet() {
+    let person = |name: &str, role: Role| SignedIn { name: name.into(), role };
+    let mut gate = presentation();
+    let anyone = gate.clone();
+    gate.approvers = Some(vec!["ana".into(), "bo".into()]);
+    gate.may_not_approve = vec!["bo".into()];
+    let ana = person("ana", Role::Approver);
+    // (gate, who, approved so far, waits for them)
+    let table = [
+        (&anyone, person("cy", Role::Approver), vec![], true),
+        (&anyone, person("cy", Role::Admin), vec![], true),
+        (&anyone, person("vi", Role::Viewer), vec![], false),
+        (&anyone, person("en", Role::Engine), vec![], false),
+        (&gate, ana.clone(), vec![], true),
+        (&gate, ana.clone(), vec!["ana".to_owned()], false),
+        (&gate, person("bo", Role::Approver), vec![], false),
+        (&gate, person("cy", Role::Admin), vec![], false),
+    ];
+    for (gate, who, approved_by, expected) in table {
+        assert_eq!(gate.waits_for(&who, &approved_by), expected, "{who:?} after {approved_by:?}");
+    }
 }

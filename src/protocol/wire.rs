@@ -57,7 +57,7 @@ use serde::Deserialize;
 use serde::de::{self, DeserializeOwned, Deserializer};
 use serde_json::value::RawValue;
 
-use super::{DagMutation, RunsFeedEvent, ServerEvent, ServerEventBody};
+use super::{DagMutation, InboxFeedEvent, RunsFeedEvent, ServerEvent, ServerEventBody};
 
 /// A field's raw JSON text, if the message has the field (and it is not `null`).
 type Raw = Option<Box<RawValue>>;
@@ -262,6 +262,30 @@ impl<'de> Deserialize<'de> for RunsFeedEvent {
             "runs" => RunsFeedEvent::Runs { runs: required(fields.runs, "runs")? },
             "run" => RunsFeedEvent::Run { run: required(fields.run, "run")? },
             other => return Err(de::Error::unknown_variant(other, &["runs", "run"])),
+        })
+    }
+}
+
+/// Every field an inbox message has.
+#[derive(Deserialize)]
+struct InboxFields {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    gates: Raw,
+    dag_id: Raw,
+}
+
+impl<'de> Deserialize<'de> for InboxFeedEvent {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let fields = InboxFields::deserialize(deserializer)?;
+        let kind = fields.kind.ok_or_else(|| de::Error::missing_field("type"))?;
+        Ok(match kind.as_str() {
+            "inbox" => InboxFeedEvent::Inbox { gates: required(fields.gates, "gates")? },
+            "run_gates" => InboxFeedEvent::RunGates {
+                dag_id: required(fields.dag_id, "dag_id")?,
+                gates: required(fields.gates, "gates")?,
+            },
+            other => return Err(de::Error::unknown_variant(other, &["inbox", "run_gates"])),
         })
     }
 }

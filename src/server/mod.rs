@@ -5,10 +5,10 @@ mod api;
 pub mod auth;
 mod engine_socket;
 mod error;
+mod feeds;
 mod gate_page;
 pub mod listen;
 mod login;
-mod runs_feed;
 mod stream;
 
 use std::sync::Arc;
@@ -99,10 +99,12 @@ pub fn app(state: AppState) -> Router {
         .route("/api/dags/{dag_id}/notifications", get(api::notifications))
         .route("/api/dags/{dag_id}/stream", get(stream::handler))
         .route("/api/dags/{dag_id}/engine", get(engine_socket::handler))
-        .route("/api/runs/stream", get(runs_feed::handler))
+        .route("/api/runs/stream", get(feeds::runs_handler))
+        .route("/api/inbox/stream", get(feeds::inbox_handler))
         .route("/gates/{token}", get(gate_page::page).post(gate_page::decide))
         .route("/", get(page.clone()))
-        .route("/dags/{dag_id}", get(page))
+        .route("/dags/{dag_id}", get(page.clone()))
+        .route("/inbox", get(page))
         .nest_service("/pkg", site_files(site_pkg_dir))
         // No Leptos routes (the app has no router): this registers the server functions, which
         // find the service in their context (and who is signed in among the request's parts).
