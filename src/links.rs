@@ -153,6 +153,7 @@ mod tests {
                 approvals: None,
                 may_not_approve: Vec::new(),
                 inputs: Vec::new(),
+                forecast: None,
             },
         };
         let waiting = ServerEventBody::NodeState {

@@ -164,8 +164,9 @@ impl Runs {
 
     /// Starts `spec` (checking its graph once more); answers the new run's `dag_id`. With a
     /// store, the run is recorded before it starts. Must be called within a tokio runtime.
-    pub async fn start(&self, spec: DagSpec) -> Result<String, StartError> {
+    pub async fn start(&self, mut spec: DagSpec) -> Result<String, StartError> {
         engine::spec::check_graph(&spec.nodes)?;
+        spec.history = self.cost_history(&spec.name).await;
         if !self.engine.allow_commands
             && let Some(node) = spec.nodes.iter().find(|n| matches!(n.work, engine::spec::NodeWork::Command { .. }))
         {
@@ -222,6 +223,42 @@ impl Runs {
         self.write().entry(dag_id.clone()).or_insert(RunEntry { room: Arc::clone(&room), driver });
         room.announce();
         Ok(dag_id)
+    }
+
+    /// What the nodes of spec `name` cost in its newest completed runs (at most
+    /// [`engine::forecast::HISTORY_RUNS`]), for the forecasts on gate cards: each node's final
+    /// cost in each run, from the stored logs. Empty without a store, or when it cannot be read.
+    async fn cost_history(&self, name: &str) -> engine::forecast::CostHistory {
+        let mut history = engine::forecast::CostHistory::default();
+        let Some(store) = self.store() else { return history };
+        let mut past: Vec<RunRecord> = match store.runs().await {
+            Ok(runs) => {
+                runs.into_iter().filter(|run| run.name == name && run.state == RunPhase::Completed.as_str()).collect()
+            }
+            Err(error) => {
+                tracing::warn!(%error, "past runs cannot be read: forecasts use the spec's hints only");
+                return history;
+            }
+        };
+        past.sort_by(|a, b| b.started_at.cmp(&a.started_at));
+        past.truncate(engine::forecast::HISTORY_RUNS);
+        for run in past {
+            let Ok(texts) = store.events(&run.dag_id, 0, crate::protocol::Seq::MAX).await else { continue };
+            let mut costs: HashMap<String, f64> = HashMap::new();
+            for text in texts {
+                let Ok(event) = serde_json::from_str::<crate::protocol::ServerEvent>(&text) else { continue };
+                if let ServerEventBody::NodeState { node_id, metrics: Some(metrics), .. } = event.body
+                    && let Some(cost) = metrics.cost
+                {
+                    costs.insert(node_id, cost);
+                }
+            }
+            history.runs += 1;
+            for (node_id, cost) in costs {
+                history.per_node.entry(node_id).or_default().push(cost);
+            }
+        }
+        history
     }
 
     /// Creates a run that an external engine drives (it is not executed here); answers its

@@ -306,3 +306,51 @@ async fn the_inbox_feed_lists_what_waits_for_each_person_and_follows_their_appro
     assert_eq!(gates.len(), 1);
     assert_eq!(gates[0].approved_by, ["ana".to_owned()]);
 }
+
+const PRICED: &str = r#"
+name = "priced"
+[[nodes]]
+id = "go"
+kind = "gate"
+title = "Spend on the crawl?"
+[[nodes]]
+id = "crawl"
+kind = "command"
+needs = ["go"]
+run = 'echo "{\"cost\": 0.5}" >> "$DAGSTREAM_REPORT"'
+[[nodes]]
+id = "summarize"
+kind = "simulate"
+needs = ["crawl"]
+cost = 0.25
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_forecast_draws_on_the_spec_hints_and_on_past_runs_of_the_same_spec() {
+    let team = team("forecast").await;
+    let forecast_of = |dag_id: &str| team.run(dag_id)["nodes"]["go"]["gate"]["forecast"].clone();
+    // First run: the command has no hint and never ran; only the simulate node's cost counts.
+    let first = common::dag_id_of(&team.start(PRICED));
+    team.wait_for_status(&first, "go", "waiting").await;
+    let forecast = forecast_of(&first);
+    assert_eq!(forecast["after_gate"]["mean"], 0.25, "{forecast}");
+    assert_eq!((forecast["based_on_runs"].as_u64(), forecast["unpriced"].as_u64()), (Some(0), Some(1)), "{forecast}");
+    assert!(team.decide("ana", &first, "go", Decision::Approve).await.is_ok());
+    team.wait_for_status(&first, "summarize", "completed").await;
+    let second = common::dag_id_of(&team.start(PRICED));
+    team.wait_for_status(&second, "go", "waiting").await;
+    assert!(team.decide("ana", &second, "go", Decision::Approve).await.is_ok());
+    team.wait_for_status(&second, "summarize", "completed").await;
+
+    // Third run: the crawl cost 0.50 in each of the two past runs.
+    let third = common::dag_id_of(&team.start(PRICED));
+    team.wait_for_status(&third, "go", "waiting").await;
+    let forecast = forecast_of(&third);
+    assert_eq!(
+        (forecast["after_gate"]["mean"].as_f64(), forecast["after_gate"]["p90"].as_f64()),
+        (Some(0.75), Some(0.75)),
+        "{forecast}"
+    );
+    assert_eq!(forecast["rest_of_run"]["mean"], 0.75, "{forecast}");
+    assert_eq!((forecast["based_on_runs"].as_u64(), forecast["unpriced"].as_u64()), (Some(2), Some(0)), "{forecast}");
+}

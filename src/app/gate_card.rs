@@ -90,6 +90,9 @@ pub fn GateCardView(
             {presentation
                 .cost_so_far
                 .map(|spent| view! { <p class="muted small mono">{format!("Spent so far: ${spent:.2}")}</p> })}
+            {presentation
+                .forecast
+                .map(|forecast| view! { <p class="muted small gate-forecast" data-testid="gate-forecast">{forecast.describe()}</p> })}
             {quorum.map(|line| view! { <p class="small gate-quorum" data-testid="gate-quorum">{line}</p> })}
             {(may_steer && !presentation.inputs.is_empty())
                 .then(|| {

@@ -313,6 +313,7 @@ mod tests {
                 approvals: None,
                 may_not_approve: Vec::new(),
                 inputs: Vec::new(),
+                forecast: None,
             },
             approved_by: Vec::new(),
             waiting_since: Some(since.into()),

@@ -338,6 +338,7 @@ mod tests {
             approvals: None,
             may_not_approve: Vec::new(),
             inputs: Vec::new(),
+            forecast: None,
         }
     }
 

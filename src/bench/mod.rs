@@ -111,6 +111,7 @@ pub fn dag(shape: Shape, nodes: usize, edges: usize, seed: u64) -> DagSpec {
         nodes,
         notify: Vec::new(),
         started_by: None,
+        history: Default::default(),
     }
 }
 
@@ -214,6 +215,7 @@ pub async fn store(settings: &StoreBench) -> Result<String, String> {
         max_parallel: 1,
         notify: Vec::new(),
         started_by: None,
+        history: Default::default(),
         nodes: vec![NodeSpec {
             id: "hold".into(),
             label: None,

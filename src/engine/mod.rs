@@ -5,6 +5,7 @@
 //! Events leave the engine only through a run's [`Room`](crate::hub::Room); client commands
 //! arrive through a [`RunHandle`].
 
+pub mod forecast;
 pub mod node;
 pub mod policy;
 pub mod process;

@@ -132,10 +132,10 @@ async fn attempts(job: &NodeJob, events: &mpsc::Sender<NodeMsg>, cancel: &Cancel
         }
         let result = match &job.work {
             NodeWork::Simulate { .. } => simulate(job, events, cancel).await,
-            NodeWork::Command { run, env, pool: Some(pool) } => {
+            NodeWork::Command { run, env, pool: Some(pool), .. } => {
                 remote(job, pool, run, env, &mut attempt, events, cancel).await.map(|()| None)
             }
-            NodeWork::Command { run, env, pool: None } => {
+            NodeWork::Command { run, env, pool: None, .. } => {
                 let attempt = CommandAttempt {
                     node: job.node,
                     node_id: &job.id,

@@ -294,18 +294,29 @@ impl Scheduler {
     /// True if `to` can be reached from `from` along edges (used to refuse edges that would
     /// close a cycle).
     pub fn reaches(&self, from: usize, to: usize) -> bool {
+        self.walk(from, Some(to))[to]
+    }
+
+    /// Which nodes can be reached from `from` along edges (`from` itself included): what waits
+    /// for it, directly or not.
+    pub fn downstream(&self, from: usize) -> Vec<bool> {
+        self.walk(from, None)
+    }
+
+    /// The nodes reached from `from`, stopping early once `stop` is.
+    fn walk(&self, from: usize, stop: Option<usize>) -> Vec<bool> {
         let mut seen = vec![false; self.entries.len()];
         let mut stack = vec![from];
         while let Some(node) = stack.pop() {
-            if node == to {
-                return true;
-            }
             if std::mem::replace(&mut seen[node], true) {
                 continue;
             }
+            if Some(node) == stop {
+                break;
+            }
             stack.extend(self.entries[node].dependents.iter().copied());
         }
-        false
+        seen
     }
 
     /// Number of nodes, including added ones.

@@ -181,6 +181,7 @@ mod tests {
                 approvals: None,
                 may_not_approve: vec!["cy".into()],
                 inputs: Vec::new(),
+                forecast: None,
             },
         };
         notices(&mut memory, &event(2, waiting));
@@ -230,6 +231,7 @@ mod tests {
                 approvals: None,
                 may_not_approve: Vec::new(),
                 inputs: Vec::new(),
+                forecast: None,
             },
         };
         let table: Vec<(ServerEventBody, &[Topic])> = vec![

@@ -65,7 +65,11 @@ fn slack(run: &RunCard, notice: &Notice, decide: &[DecideLink]) -> Value {
                 super::Topic::GateEscalated => format!("Escalated to you: {title}"),
                 _ => title.to_owned(),
             };
-            let prompt = presentation["prompt"].as_str().unwrap_or_default().to_owned();
+            let mut prompt = presentation["prompt"].as_str().unwrap_or_default().to_owned();
+            if let Ok(forecast) = serde_json::from_value::<crate::protocol::Forecast>(presentation["forecast"].clone())
+            {
+                prompt = format!("{prompt}\n{}", forecast.describe()).trim().to_owned();
+            }
             (title, prompt)
         }
         super::Topic::GateDecided | super::Topic::GateTimedOut => {

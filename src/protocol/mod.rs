@@ -198,6 +198,56 @@ pub struct GatePresentation {
     /// Extension: the form the decision comes with (the spec's `inputs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<InputField>,
+    /// Extension: what approving will cost, as expected when the gate started waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast: Option<Forecast>,
+}
+
+/// What approving a gate is expected to cost (`presentation.forecast`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
+pub struct Forecast {
+    /// What runs after the gate (every unfinished node that waits for it).
+    pub after_gate: CostEstimate,
+    /// Every unfinished node of the run.
+    pub rest_of_run: CostEstimate,
+    /// Past runs of the same spec the figures draw on (0: the spec's cost hints only).
+    pub based_on_runs: u32,
+    /// Unfinished nodes with no figure at all (no hint, never ran before): not counted.
+    pub unpriced: u32,
+    /// A budget gate: what approving adds to the budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approving_adds: Option<f64>,
+}
+
+/// An expected cost: the mean, and the 90th percentile (the sum of each node's, for a group).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
+pub struct CostEstimate {
+    pub mean: f64,
+    pub p90: f64,
+}
+
+impl Forecast {
+    /// The forecast in words, as every gate card shows it.
+    pub fn describe(&self) -> String {
+        let mut text = format!(
+            "Forecast: after this gate ${:.2} (p90 ${:.2}); rest of the run ${:.2} (p90 ${:.2})",
+            self.after_gate.mean, self.after_gate.p90, self.rest_of_run.mean, self.rest_of_run.p90
+        );
+        text.push_str(&match self.based_on_runs {
+            0 => ", from the spec's cost hints".to_owned(),
+            1 => ", from 1 past run".to_owned(),
+            n => format!(", from {n} past runs"),
+        });
+        if self.unpriced > 0 {
+            text.push_str(&format!(" ({} node(s) without a figure)", self.unpriced));
+        }
+        if let Some(adds) = self.approving_adds {
+            text.push_str(&format!(". Approving adds ${adds:.2} to the budget"));
+        }
+        text
+    }
 }
 
 impl GatePresentation {

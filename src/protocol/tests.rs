@@ -30,6 +30,7 @@ const SERVER_LITERALS: &[&str] = &[
     r#"{"type":"human_gate_waiting","seq":12,"node_id":"deploy","presentation":{"title":"Deploy?","prompt":"...","options":["approve","reject"],"approvers":["ana","bo","cy"],"approvals":2,"may_not_approve":["cy"]}}"#,
     r#"{"type":"gate_progress","seq":17,"node_id":"deploy","approved_by":["ana"],"remaining":1}"#,
     r#"{"type":"gate_reminder","seq":19,"node_id":"deploy"}"#,
+    r#"{"type":"human_gate_waiting","seq":12,"node_id":"go","presentation":{"title":"Spend on the crawl?","prompt":"","options":["approve","reject"],"cost_so_far":1.25,"forecast":{"after_gate":{"mean":0.75,"p90":1.5},"rest_of_run":{"mean":0.75,"p90":1.5},"based_on_runs":2,"unpriced":0}}}"#,
     r#"{"type":"gate_reminder","seq":20,"node_id":"deploy","escalated_to":["dan"]}"#,
     r#"{"type":"human_gate_waiting","seq":21,"node_id":"shape","presentation":{"title":"Shape it","prompt":"","options":["approve","reject"],"inputs":[{"name":"tone","type":"enum","options":["short","long"]},{"name":"max_rows","type":"integer","min":1.0,"max":1000.0},{"name":"note","type":"text","required":false}]}}"#,
     r#"{"type":"gate_resolved","seq":22,"node_id":"shape","decision":"approve","decided_by":"ana","decided_at":"2026-11-26T10:06:00Z","inputs":{"tone":"short","max_rows":250}}"#,
@@ -369,6 +370,7 @@ fn presentation() -> GatePresentation {
         approvals: None,
         may_not_approve: Vec::new(),
         inputs: Vec::new(),
+        forecast: None,
     }
 }
 

@@ -237,9 +237,13 @@ fn card(token: &str, gate: &LinkedGate) -> String {
         r#"{run}<h1 data-testid="link-title">{title}</h1>
 <p>{prompt}</p>
 {context}<p class="muted" data-testid="link-spend">{spend}</p>
-{deadline}{form}"#,
+{forecast}{deadline}{form}"#,
         title = escape(&presentation.title),
         prompt = escape(&presentation.prompt),
+        forecast = presentation
+            .forecast
+            .map(|f| format!(r#"<p class="muted" data-testid="link-forecast">{}</p>"#, escape(&f.describe())))
+            .unwrap_or_default(),
     )
 }
 

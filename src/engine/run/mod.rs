@@ -205,6 +205,8 @@ struct Coordinator {
     workers: Option<super::remote::WorkerPools>,
     /// Who started the run: refused as an approver of gates that forbid self-approval.
     started_by: Option<String>,
+    /// What nodes cost in past runs of this spec, for gate forecasts.
+    history: super::forecast::CostHistory,
 }
 
 impl Coordinator {
@@ -236,6 +238,7 @@ impl Coordinator {
             cancel_grace: config.cancel_grace,
             workers: config.workers.clone(),
             started_by: spec.started_by,
+            history: spec.history,
         }
     }
 

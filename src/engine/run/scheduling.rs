@@ -56,6 +56,7 @@ impl Coordinator {
                     approvals: Some(rules.approvals).filter(|n| *n > 1),
                     may_not_approve: self.started_by.iter().filter(|_| !rules.allow_self_approval).cloned().collect(),
                     inputs: form.clone(),
+                    forecast: Some(self.forecast(node)),
                 };
                 let metrics =
                     NodeMetrics { attempt: Some(round), started_at: Some(now_rfc3339()), ..Default::default() };
@@ -141,5 +142,26 @@ impl Coordinator {
         self.set_phase(phase);
         self.timers.abort_all();
         self.room.publish(ServerEventBody::ExecutionComplete { results: std::mem::take(&mut self.outputs) });
+    }
+
+    /// What approving gate `gate` is expected to cost, from the nodes not finished yet.
+    fn forecast(&self, gate: usize) -> crate::protocol::Forecast {
+        use crate::engine::forecast::{self, Priced};
+        let unfinished = |n: usize| n != gate && !self.scheduler.slot(n).is_some_and(|slot| slot.is_terminal());
+        let priced = |n: usize| Priced {
+            id: &self.nodes[n].id,
+            hint: match &self.nodes[n].work {
+                NodeWork::Simulate { cost, .. } => Some(*cost),
+                NodeWork::Command { cost, .. } => *cost,
+                // Deciding costs nothing.
+                NodeWork::Gate { .. } => Some(0.0),
+            },
+        };
+        let downstream = self.scheduler.downstream(gate);
+        let after: Vec<Priced<'_>> =
+            (0..self.nodes.len()).filter(|&n| unfinished(n) && downstream[n]).map(priced).collect();
+        let rest: Vec<Priced<'_>> = (0..self.nodes.len()).filter(|&n| unfinished(n)).map(priced).collect();
+        let approving_adds = self.runs[gate].budget_gate.then_some(self.budget_step);
+        forecast::forecast(&after, &rest, &self.history, approving_adds)
     }
 }

@@ -83,7 +83,8 @@ pub struct NodeFile {
     /// `simulate`: how long the node takes (`"2s"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
-    /// `simulate`: what a run of the node costs.
+    /// `simulate`: what a run of the node costs. `command`: what a run is expected to cost, a
+    /// hint for the forecasts on gate cards (the command reports what it really cost).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<f64>,
     /// `simulate`: tokens read, for modelled LLM calls.
@@ -216,6 +217,9 @@ pub struct DagSpec {
     pub notify: Vec<crate::notify::NotifyTarget>,
     /// Who started the run (set by the server).
     pub started_by: Option<String>,
+    /// What its nodes cost in past runs of the same spec, for the forecasts on gate cards (read
+    /// from the store when the run starts; not part of the spec file).
+    pub history: super::forecast::CostHistory,
 }
 
 /// One validated node.
@@ -238,7 +242,13 @@ pub struct NodeSpec {
 pub enum NodeWork {
     /// Runs `sh -c run` with `env` added to a scrubbed environment: here, or on a worker of
     /// `pool`.
-    Command { run: String, env: BTreeMap<String, String>, pool: Option<String> },
+    Command {
+        run: String,
+        env: BTreeMap<String, String>,
+        pool: Option<String>,
+        /// What a run of it is expected to cost, for forecasts (it reports what it really cost).
+        cost: Option<f64>,
+    },
     /// Takes `duration`, costs `cost`, fails with probability `fail_rate`; stands in for real work.
     Simulate {
         duration: Duration,
@@ -288,8 +298,9 @@ impl NodeSpec {
             ..NodeFile::default()
         };
         match &self.work {
-            NodeWork::Command { run, env, pool } => {
+            NodeWork::Command { run, env, pool, cost } => {
                 file.kind = KindName::Command;
+                file.cost = *cost;
                 file.run = Some(run.clone());
                 file.pool = pool.clone();
                 file.env = (!env.is_empty()).then(|| env.clone());
@@ -485,6 +496,7 @@ impl SpecFile {
             nodes,
             notify: self.notify.clone(),
             started_by: self.started_by.clone(),
+            history: super::forecast::CostHistory::default(),
         })
     }
 }
@@ -500,7 +512,7 @@ impl NodeFile {
             KindName::Gate => "gate",
         };
         let allowed: &[&str] = match self.kind {
-            KindName::Command => &["timeout", "retries", "env", "run", "pool"],
+            KindName::Command => &["timeout", "retries", "env", "run", "pool", "cost"],
             KindName::Simulate => {
                 &["timeout", "retries", "duration", "cost", "tokens_in", "tokens_out", "fail_rate", "output"]
             }
@@ -543,7 +555,13 @@ impl NodeFile {
                 {
                     return Err(bad("pool", format!("{pool:?}: use letters, digits, - and _")));
                 }
-                NodeWork::Command { run, env, pool }
+                let cost = self.cost;
+                if let Some(cost) = cost
+                    && (!cost.is_finite() || cost < 0.0)
+                {
+                    return Err(bad("cost", format!("must be 0 or more, not {cost}")));
+                }
+                NodeWork::Command { run, env, pool, cost }
             }
             KindName::Simulate => {
                 let duration = match self.duration.as_deref() {

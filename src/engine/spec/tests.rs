@@ -46,7 +46,10 @@ fn the_documented_example_parses_into_what_it_says() {
     let fetch = &spec.nodes[0];
     assert_eq!(fetch.timeout, Some(Duration::from_secs(30)));
     assert_eq!(fetch.retries, 2);
-    assert_eq!(fetch.work, NodeWork::Command { run: "python3 fetch.py".into(), env: BTreeMap::new(), pool: None });
+    assert_eq!(
+        fetch.work,
+        NodeWork::Command { run: "python3 fetch.py".into(), env: BTreeMap::new(), pool: None, cost: None }
+    );
     assert_eq!(
         spec.nodes[1].work,
         NodeWork::Simulate {
@@ -217,4 +220,24 @@ fn a_spec_survives_the_round_trip_through_its_file_form() {
     let spec = DagSpec::parse(EXAMPLE, SpecFormat::Toml).expect("valid");
     let stored = serde_json::to_value(spec.to_file()).expect("serializes");
     assert_eq!(DagSpec::from_value(stored), Ok(spec));
+}
+
+/// The README's full example (its first TOML block) is a valid spec, and its gate fields say
+/// what the README says they do.
+#[test]
+fn the_readme_example_is_a_valid_spec() {
+    let readme = include_str!("../../../README.md");
+    let start = readme.find("```toml\nname = \"digest\"").expect("the README's example") + "```toml\n".len();
+    let text = &readme[start..start + readme[start..].find("```").expect("its end")];
+    let spec = DagSpec::parse(text, SpecFormat::Toml).unwrap_or_else(|e| panic!("{e}"));
+    let fetch = spec.nodes.iter().find(|n| n.id == "fetch").expect("fetch");
+    assert!(matches!(fetch.work, NodeWork::Command { cost: Some(_), .. }), "a command's cost hint");
+    let publish = spec.nodes.iter().find(|n| n.id == "publish").expect("publish");
+    let NodeWork::Gate { rules, inputs, .. } = &publish.work else { panic!("a gate") };
+    assert_eq!(rules.approvals, 2);
+    assert!(!rules.allow_self_approval);
+    assert_eq!(rules.approvers.as_deref(), Some(&["ana".to_owned(), "group:leads".to_owned()][..]));
+    assert_eq!(rules.remind_every, Some(Duration::from_secs(1800)));
+    assert_eq!(rules.escalate_to, ["group:managers".to_owned()]);
+    assert_eq!(inputs.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["tone", "max_rows", "note"]);
 }
