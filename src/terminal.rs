@@ -16,11 +16,14 @@ use std::io::Write;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::sync::{broadcast, mpsc};
 
+use serde_json::{Map, Value};
+
+use crate::engine::spec::GROUP_PREFIX;
 use crate::engine::{DagSpec, EngineConfig};
 use crate::hub::{Frame, RoomLimits};
 use crate::protocol::{
-    Applied, ClientEvent, Decision, GatePresentation, NodeStatus, NodeView, RunPhase, RunState, ServerEvent,
-    ServerEventBody,
+    Applied, ClientEvent, Decision, GatePresentation, InputField, InputKind, NodeStatus, NodeView, RunPhase, RunState,
+    ServerEvent, ServerEventBody, read_form,
 };
 use crate::runs::{RunEntry, Runs};
 
@@ -44,6 +47,19 @@ pub async fn run(spec: DagSpec, options: RunOptions) -> ExitCode {
     // Listened for from the start and for the whole run: a Ctrl-C that comes while an event is
     // being shown waits here, where a listener made anew on each turn of the loop would miss it.
     let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    // No users file here: a gate's approvers are names (each answer says whose it is).
+    if let Some(node) = spec.nodes.iter().find(|node| match &node.work {
+        crate::engine::NodeWork::Gate { rules, .. } => {
+            rules.approvers.iter().flatten().chain(&rules.escalate_to).any(|p| p.starts_with(GROUP_PREFIX))
+        }
+        crate::engine::NodeWork::Simulate { .. } | crate::engine::NodeWork::Command { .. } => false,
+    }) {
+        eprintln!(
+            "dagstream: node {:?} names a group: groups live in a server's users file; `dagstream run` takes user names",
+            node.id
+        );
+        return ExitCode::from(2);
+    }
     let limits = RoomLimits { log_window: 1024, subscriber_queue: 1 << 16 };
     let engine = EngineConfig::new(&options.work_root);
     let runs = Arc::new(match options.store.clone() {
@@ -89,7 +105,9 @@ pub async fn run(spec: DagSpec, options: RunOptions) -> ExitCode {
                     }
                     if options.approve_all {
                         while let Some(gate) = waiting.pop_front() {
-                            decide(&run, &mut view, &gate, Decision::Approve, None).await;
+                            let answer =
+                                Answer { decision: Decision::Approve, feedback: None, inputs: None, signer: None, typed: Vec::new() };
+                            decide(&run, &mut view, &gate, answer).await;
                         }
                     }
                     waiting.retain(|gate| state.nodes.get(gate).is_some_and(|n| n.gate.is_some()));
@@ -115,11 +133,13 @@ pub async fn run(spec: DagSpec, options: RunOptions) -> ExitCode {
                     view.say("no gate is waiting; the answer was ignored");
                     continue;
                 };
-                match parse_answer(&answer) {
-                    Ok((decision, feedback)) => {
-                        let said = feedback.as_deref().map(|f| format!(" ({f})")).unwrap_or_default();
-                        view.say(&format!("gate {gate}: {}{said}", decision.as_str()));
-                        decide(&run, &mut view, &gate, decision, feedback).await;
+                let form = state.nodes.get(&gate).and_then(|n| n.gate.as_ref()).map(|g| g.inputs.clone()).unwrap_or_default();
+                match parse_answer(&answer).and_then(|answer| answer.with_values(&form)) {
+                    Ok(answer) => {
+                        let said = answer.feedback.as_deref().map(|f| format!(" ({f})")).unwrap_or_default();
+                        let by = answer.signer.as_deref().map(|s| format!(" as {s}")).unwrap_or_default();
+                        view.say(&format!("gate {gate}: {}{said}{by}", answer.decision.as_str()));
+                        decide(&run, &mut view, &gate, answer).await;
                     }
                     Err(problem) => view.say(&problem),
                 }
@@ -167,28 +187,81 @@ fn fold(state: &mut RunState, view: &mut View, frame: &Frame) {
     }
 }
 
-async fn decide(run: &RunEntry, view: &mut View, gate: &str, decision: Decision, feedback: Option<String>) {
-    let event = ClientEvent::HumanDecision { node_id: gate.to_owned(), decision, feedback, inputs: None };
-    if let Some(Err(refused)) = command(run, event).await {
+async fn decide(run: &RunEntry, view: &mut View, gate: &str, answer: Answer) {
+    let Answer { decision, feedback, inputs, signer, .. } = answer;
+    let event = ClientEvent::HumanDecision { node_id: gate.to_owned(), decision, feedback, inputs };
+    let actor = signer.as_deref().unwrap_or(ACTOR);
+    if let Some(Err(refused)) = run_command(run, event, actor).await {
         view.say(&format!("gate {gate}: {refused}"));
     }
 }
 
 /// Sends a command to the run's coordinator; `None` if the run has no coordinator any more.
 async fn command(run: &RunEntry, event: ClientEvent) -> Option<Result<(), crate::engine::Rejected>> {
-    Some(run.handle()?.command(event, ACTOR).await)
+    run_command(run, event, ACTOR).await
 }
 
-/// `approve`, `reject`, or `modify <feedback>` (first letters are enough).
-fn parse_answer(answer: &str) -> Result<(Decision, Option<String>), String> {
+async fn run_command(run: &RunEntry, event: ClientEvent, actor: &str) -> Option<Result<(), crate::engine::Rejected>> {
+    Some(run.handle()?.command(event, actor).await)
+}
+
+/// An answer at the prompt.
+#[derive(Clone, Debug, PartialEq)]
+struct Answer {
+    decision: Decision,
+    feedback: Option<String>,
+    /// The gate's form, once read for its fields' types ([`Answer::with_values`]).
+    inputs: Option<Map<String, Value>>,
+    /// Whose decision it is (`as NAME`), for gates that name their approvers.
+    signer: Option<String>,
+    /// The `name=value` words, as typed.
+    typed: Vec<(String, String)>,
+}
+
+/// `approve`, `reject`, or `modify <feedback>` (first letters are enough); `name=value` words
+/// fill the gate's form, and a final `as NAME` says whose decision it is. What else follows is
+/// the feedback.
+fn parse_answer(answer: &str) -> Result<Answer, String> {
     let answer = answer.trim();
-    let (word, rest) = answer.split_once(char::is_whitespace).unwrap_or((answer, ""));
-    let feedback = (!rest.trim().is_empty()).then(|| rest.trim().to_owned());
-    match word.to_ascii_lowercase().as_str() {
-        "a" | "approve" | "y" | "yes" => Ok((Decision::Approve, feedback)),
-        "r" | "reject" | "n" | "no" => Ok((Decision::Reject, feedback)),
-        "m" | "modify" => Ok((Decision::Modify, feedback)),
-        _ => Err(format!("{answer:?}: answer approve, reject, or modify <feedback>")),
+    let mut words: Vec<&str> = answer.split_whitespace().collect();
+    let usage = || {
+        format!(
+            "{answer:?}: answer approve, reject, or modify <feedback> (approve takes field=value …; any answer may end with `as NAME`)"
+        )
+    };
+    let first = if words.is_empty() { return Err(usage()) } else { words.remove(0) };
+    let decision = match first.to_ascii_lowercase().as_str() {
+        "a" | "approve" | "y" | "yes" => Decision::Approve,
+        "r" | "reject" | "n" | "no" => Decision::Reject,
+        "m" | "modify" => Decision::Modify,
+        _ => return Err(usage()),
+    };
+    let signer = match words.as_slice() {
+        [.., "as", name] => {
+            let name = (*name).to_owned();
+            words.truncate(words.len() - 2);
+            Some(name)
+        }
+        _ => None,
+    };
+    let (typed, rest): (Vec<&str>, Vec<&str>) = words.into_iter().partition(|word| word.contains('='));
+    let typed = typed
+        .into_iter()
+        .filter_map(|word| word.split_once('=').map(|(name, value)| (name.to_owned(), value.to_owned())))
+        .collect();
+    let feedback = (!rest.is_empty()).then(|| rest.join(" "));
+    Ok(Answer { decision, feedback, inputs: None, signer, typed })
+}
+
+impl Answer {
+    /// The answer with its `name=value` words read for the gate's form (a name the form does
+    /// not have is an error; the run checks the values themselves).
+    fn with_values(mut self, form: &[InputField]) -> Result<Answer, String> {
+        if let Some((name, _)) = self.typed.iter().find(|(name, _)| !form.iter().any(|f| &f.name == name)) {
+            return Err(format!("field {name:?}: this gate's form has no such field"));
+        }
+        self.inputs = read_form(form, |name| self.typed.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()))?;
+        Ok(self)
     }
 }
 
@@ -252,12 +325,28 @@ impl View {
     /// once and frozen, with the question under it and the cursor after `answer> `.
     fn ask(&mut self, state: &RunState, node: &NodeView, gate: &GatePresentation) {
         let options: Vec<&str> = gate.options.iter().map(|d| d.as_str()).collect();
-        let question = [
-            String::new(),
-            format!("? gate {}: {}", node.id, gate.title),
-            format!("  {}", gate.prompt),
-            format!("  answer {} (modify takes feedback: `modify shorter please`)", options.join(" / ")),
-        ];
+        let mut question =
+            vec![String::new(), format!("? gate {}: {}", node.id, gate.title), format!("  {}", gate.prompt)];
+        if let Some(forecast) = &gate.forecast {
+            question.push(format!("  {}", forecast.describe()));
+        }
+        if let Some(approvers) = &gate.approvers {
+            let needed = gate.approvals_needed();
+            let so_far = if node.approved_by.is_empty() {
+                String::new()
+            } else {
+                format!(", approved by {}", node.approved_by.join(", "))
+            };
+            question.push(format!(
+                "  decided by {} ({needed} approval(s){so_far}): answer `… as NAME`",
+                approvers.join(", ")
+            ));
+        }
+        if !gate.inputs.is_empty() {
+            let fields: Vec<String> = gate.inputs.iter().map(describe_field).collect();
+            question.push(format!("  form: {} (approve name=value …)", fields.join(", ")));
+        }
+        question.push(format!("  answer {} (modify takes feedback: `modify shorter please`)", options.join(" / ")));
         let Some(bars) = &mut self.bars else {
             for line in question {
                 println!("{line}");
@@ -436,16 +525,59 @@ fn node_line(node: &NodeView) -> String {
     format!("{mark} {} {}{figures}", node.id, node.status.as_str())
 }
 
+/// A form field as the prompt lists it: `max_rows (integer 1 to 1000)`.
+fn describe_field(field: &InputField) -> String {
+    let what = match field.kind {
+        InputKind::Enum => field.options.as_deref().unwrap_or_default().join(" | "),
+        InputKind::Integer | InputKind::Number => {
+            let bound = |v: Option<f64>| v.map_or("…".to_owned(), |v| v.to_string());
+            format!("{} {} to {}", field.kind.as_str(), bound(field.min), bound(field.max))
+        }
+        InputKind::Text | InputKind::Boolean => field.kind.as_str().to_owned(),
+    };
+    let optional = if field.is_required() { "" } else { ", optional" };
+    format!("{} ({what}{optional})", field.name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn plain(decision: Decision, feedback: Option<&str>) -> Result<(Decision, Option<String>, Option<String>), String> {
+        Ok((decision, feedback.map(str::to_owned), None))
+    }
+
+    fn read(answer: &str) -> Result<(Decision, Option<String>, Option<String>), String> {
+        parse_answer(answer).map(|a| (a.decision, a.feedback, a.signer))
+    }
+
     #[test]
     fn answers_are_read_leniently() {
-        assert_eq!(parse_answer("approve"), Ok((Decision::Approve, None)));
-        assert_eq!(parse_answer(" a "), Ok((Decision::Approve, None)));
-        assert_eq!(parse_answer("reject not now"), Ok((Decision::Reject, Some("not now".into()))));
-        assert_eq!(parse_answer("m shorter please"), Ok((Decision::Modify, Some("shorter please".into()))));
-        assert!(parse_answer("maybe").is_err());
+        assert_eq!(read("approve"), plain(Decision::Approve, None));
+        assert_eq!(read(" a "), plain(Decision::Approve, None));
+        assert_eq!(read("reject not now"), plain(Decision::Reject, Some("not now")));
+        assert_eq!(read("m shorter please"), plain(Decision::Modify, Some("shorter please")));
+        assert_eq!(read("approve as ana"), Ok((Decision::Approve, None, Some("ana".into()))));
+        assert_eq!(read("reject too risky as bo"), Ok((Decision::Reject, Some("too risky".into()), Some("bo".into()))));
+        assert!(read("maybe").is_err());
+        assert!(read("").is_err());
+    }
+
+    #[test]
+    fn form_values_are_read_for_the_gate_fields() {
+        let form: Vec<InputField> = serde_json::from_value(serde_json::json!([
+            { "name": "tone", "type": "enum", "options": ["short", "long"] },
+            { "name": "max_rows", "type": "integer" },
+        ]))
+        .expect("a form");
+        let answer = parse_answer("approve tone=short max_rows=25 as ana").and_then(|a| a.with_values(&form));
+        let answer = answer.expect("read");
+        assert_eq!(answer.inputs, serde_json::json!({ "tone": "short", "max_rows": 25 }).as_object().cloned());
+        assert_eq!(answer.signer.as_deref(), Some("ana"));
+        let unknown = parse_answer("approve colour=red").and_then(|a| a.with_values(&form));
+        assert!(unknown.is_err_and(|e| e.contains("colour")));
+        let bad = parse_answer("approve max_rows=many").and_then(|a| a.with_values(&form));
+        assert!(bad.is_err_and(|e| e.contains("max_rows")));
+        assert_eq!(describe_field(&form[1]), "max_rows (integer … to …)");
     }
 }

@@ -196,6 +196,75 @@ fn run_asks_gates_on_stdin_and_a_rejection_exits_1() {
 }
 
 #[test]
+fn run_asks_a_quorum_gate_with_a_form_and_takes_each_persons_answer() {
+    let spec = spec_file(
+        "run-quorum",
+        r#"
+name = "quorum"
+[[nodes]]
+id = "ship"
+kind = "gate"
+title = "Ship it?"
+approvers = ["ana", "bo"]
+approvals = 2
+inputs = [{ name = "channel", type = "enum", options = ["stable", "beta"] }]
+[[nodes]]
+id = "after"
+kind = "simulate"
+needs = ["ship"]
+"#,
+    );
+    let mut child = dagstream(&["run"], &spec)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("readable");
+        let asked = line.contains("? gate ship");
+        seen.push(line);
+        if asked {
+            break;
+        }
+    }
+    for answer in [
+        "approve channel=stable",
+        "approve channel=nightly as ana",
+        "approve channel=stable as ana",
+        "approve channel=stable as ana",
+        "approve channel=beta as bo",
+    ] {
+        writeln!(stdin, "{answer}").expect("answer");
+    }
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().expect("exits");
+    let all = format!(
+        "{}
+{}",
+        seen.join(
+            "
+"
+        ),
+        rest.join(
+            "
+"
+        )
+    );
+    assert_eq!(status.code(), Some(0), "{all}");
+    assert!(all.contains("decided by ana, bo (2 approval(s)"), "the prompt says who decides: {all}");
+    assert!(all.contains("form: channel (stable | beta)"), "and the form: {all}");
+    assert!(all.contains("terminal may not decide gate \"ship\""), "an unnamed answer is refused: {all}");
+    assert!(all.contains("field \"channel\": \"nightly\" is not one of stable, beta"), "{all}");
+    assert!(all.contains("ana already approved"), "the same person counts once: {all}");
+    assert!(all.contains("approved by ana: 1 more needed"), "{all}");
+}
+
+#[test]
 fn run_of_a_failing_command_exits_1_and_ctrl_c_exits_130() {
     let failing =
         spec_file("run-fail", "name = \"f\"\n[[nodes]]\nid = \"boom\"\nkind = \"command\"\nrun = \"exit 4\"\n");

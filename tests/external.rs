@@ -308,3 +308,61 @@ async fn the_python_example_engine_runs_its_dag_through_the_gate() {
     assert!(state.nodes.values().all(|n| n.status == NodeStatus::Completed), "{:?}", state.nodes);
     assert_eq!(state.decisions[0].decided_by, "admin");
 }
+
+#[tokio::test]
+async fn an_external_gate_with_a_quorum_and_a_form_gets_checked_decisions_with_their_values() {
+    let setup = setup("quorum-form").await;
+    let (_, created) = post_json(&setup, &setup.engine_token, &three_steps()).await;
+    let dag_id = created["dag_id"].as_str().expect("dag_id").to_owned();
+    let mut engine = connect(&setup, &format!("/api/dags/{dag_id}/engine"), &setup.engine_token).await.expect("engine");
+    next_event(&mut engine).await;
+    let mut dashboard = connect(&setup, &format!("/api/dags/{dag_id}/stream"), TOKEN).await.expect("dashboard");
+    next_event(&mut dashboard).await;
+    send(&mut engine, node_state("fetch", "completed")).await;
+    send(
+        &mut engine,
+        json!({"type": "human_gate_waiting", "node_id": "review", "presentation": {
+            "title": "Publish?", "prompt": "", "options": ["approve", "reject"],
+            "approvers": ["admin", "abe"], "approvals": 2,
+            "inputs": [{"name": "channel", "type": "enum", "options": ["stable", "beta"]}]}}),
+    )
+    .await;
+    loop {
+        if matches!(next_event(&mut dashboard).await.body, ServerEventBody::HumanGateWaiting { .. }) {
+            break;
+        }
+    }
+
+    // A value that does not fit the card's form never reaches the engine.
+    send(
+        &mut dashboard,
+        json!({"type": "human_decision", "node_id": "review", "decision": "approve", "inputs": {"channel": "nightly"}}),
+    )
+    .await;
+    let refused = next_event(&mut dashboard).await;
+    assert!(
+        matches!(&refused.body, ServerEventBody::Error { message, .. } if message.contains("field \"channel\"")),
+        "{refused:?}"
+    );
+    // A fitting one does, with the values and who sent it: the engine counts it.
+    let approve =
+        json!({"type": "human_decision", "node_id": "review", "decision": "approve", "inputs": {"channel": "stable"}});
+    send(&mut dashboard, approve.clone()).await;
+    let mut expected = approve.clone();
+    expected["actor"] = json!("admin");
+    assert_eq!(next_text(&mut engine).await, expected);
+    send(&mut engine, json!({"type": "gate_progress", "node_id": "review", "approved_by": ["admin"], "remaining": 1}))
+        .await;
+    loop {
+        if matches!(next_event(&mut dashboard).await.body, ServerEventBody::GateProgress { .. }) {
+            break;
+        }
+    }
+    // The same person again is refused here, by the card's quorum.
+    send(&mut dashboard, approve).await;
+    let again = next_event(&mut dashboard).await;
+    assert!(
+        matches!(&again.body, ServerEventBody::Error { message, .. } if message.contains("admin already approved")),
+        "{again:?}"
+    );
+}
