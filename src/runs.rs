@@ -302,7 +302,13 @@ impl Runs {
         let Some((store, _)) = &self.storage else { return Ok(()) };
         for record in store.runs().await? {
             let texts = store.events(&record.dag_id, 0, u64::MAX).await?;
-            let entry = self.restore(record, texts)?;
+            // A run resumed here forecasts its gates from the same history as when it started.
+            let history = if record.finished_at.is_none() && self.cluster.get().is_none() {
+                self.cost_history(&record.name).await
+            } else {
+                engine::forecast::CostHistory::default()
+            };
+            let entry = self.restore(record, texts, history)?;
             let dag_id = entry.room.dag_id().to_owned();
             self.write().insert(dag_id, entry);
         }
@@ -311,7 +317,12 @@ impl Runs {
 
     /// Rebuilds one run from its record and stored events; resumes it if it had not ended
     /// (alone; in a cluster it is mirrored until an instance claims it).
-    fn restore(&self, record: RunRecord, texts: Vec<String>) -> Result<RunEntry, StoreError> {
+    fn restore(
+        &self,
+        record: RunRecord,
+        texts: Vec<String>,
+        history: engine::forecast::CostHistory,
+    ) -> Result<RunEntry, StoreError> {
         let mut stored = StoredRun::read(&record, texts);
         let keep = stored.frames.len().saturating_sub(self.limits.log_window);
         let recent = stored.frames.split_off(keep);
@@ -324,7 +335,7 @@ impl Runs {
         if finished_within(&record, RENOTIFY_WINDOW) {
             self.renotify(&record.dag_id, &stored.log);
         }
-        let driver = self.drive(&record, stored, &room);
+        let driver = self.drive(&record, stored, &room, history);
         Ok(RunEntry { room, driver })
     }
 
@@ -343,8 +354,17 @@ impl Runs {
     /// What drives a stored run from now on: nothing if it ended, its external engine, or this
     /// server's engine, resumed from the log. A run that cannot be resumed is marked failed
     /// with the reason.
-    fn drive(&self, record: &RunRecord, stored: StoredRun, room: &Arc<Room>) -> Driver {
-        let StoredRun { state, log, spec, external, broken, .. } = stored;
+    fn drive(
+        &self,
+        record: &RunRecord,
+        stored: StoredRun,
+        room: &Arc<Room>,
+        history: engine::forecast::CostHistory,
+    ) -> Driver {
+        let StoredRun { state, log, mut spec, external, broken, .. } = stored;
+        if let Ok(spec) = &mut spec {
+            spec.history = history;
+        }
         if let Some(Ok(_)) = external {
             // Not ours to resume: the engine reconnects and goes on.
             return Driver::External(Arc::default());
@@ -421,7 +441,8 @@ impl Runs {
         let store = self.store_or_fail()?;
         let Some(record) = store.run(dag_id).await? else { return Ok(()) };
         let texts = store.events(dag_id, 0, u64::MAX).await?;
-        let entry = self.restore(record, texts)?;
+        // A mirror: another instance drives it, with its own history.
+        let entry = self.restore(record, texts, engine::forecast::CostHistory::default())?;
         let mut runs = self.write();
         if !runs.contains_key(dag_id) {
             runs.insert(dag_id.to_owned(), entry.clone());
@@ -442,7 +463,7 @@ impl Runs {
         let room = match self.get(dag_id) {
             Some(entry) => entry.room,
             None => {
-                let entry = self.restore(record.clone(), Vec::new())?;
+                let entry = self.restore(record.clone(), Vec::new(), engine::forecast::CostHistory::default())?;
                 self.write().entry(dag_id.to_owned()).or_insert(entry).room.clone()
             }
         };
@@ -459,7 +480,8 @@ impl Runs {
         room.take_over(epoch);
         tracing::info!(dag_id, epoch, seq = room.seq(), "run claimed: driving it here");
         self.renotify(dag_id, &stored.log);
-        let driver = self.drive(&record, stored, &room);
+        let history = self.cost_history(&record.name).await;
+        let driver = self.drive(&record, stored, &room, history);
         if let Some(entry) = self.write().get_mut(dag_id) {
             entry.driver = driver;
         }

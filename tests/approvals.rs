@@ -62,13 +62,36 @@ impl Team {
         node: &str,
         decision: Decision,
     ) -> Result<ServerEventBody, String> {
+        let event = ClientEvent::HumanDecision { node_id: node.into(), decision, feedback: None, inputs: None };
+        self.send_decision(person, dag_id, serde_json::to_value(&event).expect("json")).await
+    }
+
+    /// `person` approves gate `node` with these form values; answered as [`Team::decide`].
+    async fn decide_with(
+        &self,
+        person: &str,
+        dag_id: &str,
+        node: &str,
+        inputs: serde_json::Value,
+    ) -> Result<ServerEventBody, String> {
+        let event =
+            serde_json::json!({ "type": "human_decision", "node_id": node, "decision": "approve", "inputs": inputs });
+        self.send_decision(person, dag_id, event).await
+    }
+
+    /// Sends a decision as `person` on the run's stream and waits for what it did.
+    async fn send_decision(
+        &self,
+        person: &str,
+        dag_id: &str,
+        event: serde_json::Value,
+    ) -> Result<ServerEventBody, String> {
         let mut request =
             format!("ws://{}/api/dags/{dag_id}/stream", self.addr).into_client_request().expect("a ws:// url");
         let bearer = format!("Bearer {}", self.tokens[person]);
         request.headers_mut().insert("authorization", bearer.parse().expect("a header"));
         let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("a stream");
-        let event = ClientEvent::HumanDecision { node_id: node.into(), decision, feedback: None, inputs: None };
-        socket.send(Message::text(serde_json::to_string(&event).expect("json"))).await.expect("sent");
+        socket.send(Message::text(event.to_string())).await.expect("sent");
         loop {
             let message = tokio::time::timeout(PATIENCE, socket.next()).await.expect("an answer").expect("open");
             let Message::Text(text) = message.expect("readable") else { continue };
@@ -193,36 +216,6 @@ kind = "command"
 needs = ["review"]
 run = 'printf "{\"output\": %s}\n" "$(tr -d "\n" < "$DAGSTREAM_INPUTS")" >> "$DAGSTREAM_REPORT"'
 "#;
-
-impl Team {
-    /// `person` sends a decision with form values; the answer as [`Team::decide`] gives it.
-    async fn decide_with(
-        &self,
-        person: &str,
-        dag_id: &str,
-        node: &str,
-        inputs: serde_json::Value,
-    ) -> Result<ServerEventBody, String> {
-        let mut request =
-            format!("ws://{}/api/dags/{dag_id}/stream", self.addr).into_client_request().expect("a ws:// url");
-        let bearer = format!("Bearer {}", self.tokens[person]);
-        request.headers_mut().insert("authorization", bearer.parse().expect("a header"));
-        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("a stream");
-        let event =
-            serde_json::json!({ "type": "human_decision", "node_id": node, "decision": "approve", "inputs": inputs });
-        socket.send(Message::text(event.to_string())).await.expect("sent");
-        loop {
-            let message = tokio::time::timeout(PATIENCE, socket.next()).await.expect("an answer").expect("open");
-            let Message::Text(text) = message.expect("readable") else { continue };
-            let event: ServerEvent = serde_json::from_str(text.as_str()).expect("an event");
-            match event.body {
-                ServerEventBody::Error { node_id: None, message } => return Err(message),
-                body @ ServerEventBody::GateResolved { .. } => return Ok(body),
-                _ => {}
-            }
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gate_form_is_checked_recorded_with_the_decision_and_read_by_what_follows() {

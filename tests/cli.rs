@@ -164,10 +164,10 @@ async fn run_with_a_database_stores_the_run(#[case] backend: common::Backend) {
     assert!(events.last().is_some_and(|e| e.contains("execution_complete")), "the whole log, to its end");
 }
 
-#[test]
-fn run_asks_gates_on_stdin_and_a_rejection_exits_1() {
-    let spec = spec_file("run-reject", GATED);
-    let mut child = dagstream(&["run"], &spec)
+/// Runs `spec` with `dagstream run`, answers `answers` once the question of `gate` shows, and
+/// answers the exit status and everything printed.
+fn answer_at_the_prompt(spec: &std::path::Path, gate: &str, answers: &[&str]) -> (Option<i32>, String) {
+    let mut child = dagstream(&["run"], spec)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -179,18 +179,25 @@ fn run_asks_gates_on_stdin_and_a_rejection_exits_1() {
     let mut seen = Vec::new();
     for line in lines.by_ref() {
         let line = line.expect("readable");
-        let asked = line.contains("? gate review");
+        let asked = line.contains(&format!("? gate {gate}"));
         seen.push(line);
         if asked {
-            writeln!(stdin, "maybe").expect("answer");
-            writeln!(stdin, "reject not this time").expect("answer");
             break;
         }
     }
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    for answer in answers {
+        writeln!(stdin, "{answer}").expect("answer");
+    }
+    seen.extend(lines.map_while(Result::ok));
     let status = child.wait().expect("exits");
-    assert_eq!(status.code(), Some(1), "{seen:?}\n{rest:?}");
-    let all = rest.join("\n");
+    (status.code(), seen.join("\n"))
+}
+
+#[test]
+fn run_asks_gates_on_stdin_and_a_rejection_exits_1() {
+    let spec = spec_file("run-reject", GATED);
+    let (status, all) = answer_at_the_prompt(&spec, "review", &["maybe", "reject not this time"]);
+    assert_eq!(status, Some(1), "{all}");
     assert!(all.contains("answer approve, reject, or modify"), "a bad answer is explained: {all}");
     assert!(all.contains("run failed"), "{all}");
 }
@@ -214,48 +221,15 @@ kind = "simulate"
 needs = ["ship"]
 "#,
     );
-    let mut child = dagstream(&["run"], &spec)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("runs");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.expect("readable");
-        let asked = line.contains("? gate ship");
-        seen.push(line);
-        if asked {
-            break;
-        }
-    }
-    for answer in [
+    let answers = [
         "approve channel=stable",
         "approve channel=nightly as ana",
         "approve channel=stable as ana",
         "approve channel=stable as ana",
         "approve channel=beta as bo",
-    ] {
-        writeln!(stdin, "{answer}").expect("answer");
-    }
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let status = child.wait().expect("exits");
-    let all = format!(
-        "{}
-{}",
-        seen.join(
-            "
-"
-        ),
-        rest.join(
-            "
-"
-        )
-    );
-    assert_eq!(status.code(), Some(0), "{all}");
+    ];
+    let (status, all) = answer_at_the_prompt(&spec, "ship", &answers);
+    assert_eq!(status, Some(0), "{all}");
     assert!(all.contains("decided by ana, bo (2 approval(s)"), "the prompt says who decides: {all}");
     assert!(all.contains("form: channel (stable | beta)"), "and the form: {all}");
     assert!(all.contains("terminal may not decide gate \"ship\""), "an unnamed answer is refused: {all}");

@@ -67,6 +67,7 @@ test('an approval link decides once, in its person\'s name, while its gate waits
       '[[nodes]]\nid = "ship"\nkind = "gate"\nneeds = ["build"]\ntitle = "Ship release 2.4?"\nprompt = "The build passed. Approve to publish it to every customer."\ninputs = [{ name = "channel", type = "enum", options = ["stable", "beta"], label = "Release channel" }]',
       '[[nodes]]\nid = "announce"\nkind = "gate"\ntitle = "Announce it?"',
       '[[nodes]]\nid = "slow"\nkind = "gate"\ntitle = "Nobody answers this one"\ntimeout = "8s"\non_timeout = "approve"',
+      '[[nodes]]\nid = "both"\nkind = "gate"\ntitle = "Two of us?"\napprovers = ["admin", "ana"]\napprovals = 2',
     ].join('\n');
     const started = await page.request.post(`${base}/api/dags`, { headers: { ...admin, 'Content-Type': 'application/toml' }, data: spec });
     expect(started.status()).toBe(201);
@@ -120,6 +121,23 @@ test('an approval link decides once, in its person\'s name, while its gate waits
     await expect(ana.getByTestId('link-refused')).toContainText('this link decides gate "announce" only');
     expect(await status('slow')).toBe('waiting');
     expect(await status('announce')).toBe('waiting');
+
+    // A gate for two approvals: ana's link counts one, and the admin's dashboard shows it live.
+    await page.goto(`${base}/login?token=${process.env.DAGSTREAM_TOKEN}`);
+    await page.goto(`${base}/dags/${dagId}`);
+    await expect(page.getByTestId('connection')).toHaveAttribute('data-state', 'live');
+    const card = page.getByTestId('gate-both');
+    await expect(card.getByTestId('gate-quorum')).toContainText('needs 2 approvals, 2 more');
+    await expect.poll(() => linksOf(receiver.bodies, 'both'), { timeout: 20_000 }).toBeTruthy();
+    await ana.goto(`${base}${linksOf(receiver.bodies, 'both')!.ana}`);
+    await ana.getByTestId('approve').click();
+    await expect(ana.getByTestId('link-result')).toContainText('Approved as ana');
+    await expect(card.getByTestId('gate-quorum')).toContainText('approved by ana, 1 more');
+    await card.getByTestId('approve').click();
+    await expect.poll(() => status('both')).toBe('completed');
+    const both = (await (await page.request.get(`${base}/api/dags/${dagId}/decisions`, { headers: admin })).json())
+      .find((d: { node_id: string }) => d.node_id === 'both');
+    expect(both.decided_by).toBe('ana, admin');
 
     // Expired: the gate timed out before anyone used the link.
     const slow = linksOf(receiver.bodies, 'slow')!;

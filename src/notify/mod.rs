@@ -2,8 +2,10 @@
 //! webhooks, at least once, without ever waiting for them.
 //!
 //! - **What is sent.** [`notice`] decides, from each committed event of a run, which
-//!   [`Topic`]s it raises: a gate starts waiting, a gate is decided or times out, spend crosses
-//!   80 % or 100 % of the budget, the run completes, fails or is cancelled (pure, table tests).
+//!   [`Topic`]s it raises: a gate starts waiting, still waits (`remind_every`) or is escalated
+//!   (`escalate_after`), a gate is decided or times out, spend crosses 80 % or 100 % of the
+//!   budget, the run completes, fails or is cancelled (pure, table tests). A waiting gate's
+//!   messages carry an approval link (`crate::links`) for each person who may decide it.
 //! - **To whom.** Every target of the server's config (`serve --config`, `[[notify]]`) and of
 //!   the run's spec (`[[notify]]` in the spec), each with its own secret, format (`json` or
 //!   `slack`) and topic filter.
