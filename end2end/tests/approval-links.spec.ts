@@ -86,6 +86,7 @@ test('an approval link decides once, in its person\'s name, while its gate waits
     await expect(ana.getByTestId('link-title')).toHaveText('Ship release 2.4?');
     await expect(ana.getByTestId('link-person')).toHaveText('ana');
     await expect(ana.getByTestId('link-spend')).toContainText('$1.25 of the $10.00 budget');
+    await expect(ana.getByTestId('link-forecast')).toContainText('Forecast: after this gate $0.00');
     await ana.screenshot({ path: join(SCREENSHOTS, 'approval-link.png') });
     expect(await status('ship')).toBe('waiting');
 

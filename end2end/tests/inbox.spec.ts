@@ -21,6 +21,12 @@ needs = ["research"]
 title = "${title}"
 prompt = "The summary is ready for customers."
 [[nodes]]
+id = "send"
+kind = "simulate"
+needs = ["publish"]
+duration = "50ms"
+cost = 1.2
+[[nodes]]
 id = "budget_raise"
 kind = "gate"
 title = "Raise the crawl budget?"
@@ -74,6 +80,9 @@ async function inbox(page: import('@playwright/test').Page, base: string) {
   await expect(mine.nth(0)).toHaveAttribute('data-node-id', 'budget_raise');
   await expect(mine.nth(1)).toHaveAttribute('data-node-id', 'publish');
   await expect(mine.nth(1)).toContainText('spent $0.75 of $5.00');
+  // What approving costs: the node after the gate, from the spec's figures.
+  await expect(mine.nth(1).getByTestId('gate-forecast')).toContainText("after this gate $1.20 (p90 $1.20); rest of the run $1.20");
+  await expect(mine.nth(1).getByTestId('gate-forecast')).toContainText("from the spec's cost hints");
   // The top bar's count and the title say how many gates the list has.
   const count = page.getByTestId('inbox-count');
   const agree = async () => {
