@@ -141,6 +141,10 @@ impl Workers for JetStreamWorkers {
         cancel: &'a CancellationToken,
     ) -> BoxFuture<'a, Result<(), AttemptError>> {
         Box::pin(async move {
+            let in_flight = metrics::gauge!(crate::metrics::WORKER_JOBS_IN_FLIGHT);
+            in_flight.increment(1.0);
+            // Counted down however the attempt ends (its future may be dropped).
+            let _done = count_down_on_drop(in_flight);
             let mut updates = tokio::select! {
                 sent = self.send(pool, &job) => sent.map_err(|e| AttemptError::Failed(format!("could not send the job to pool {pool:?}: {e}")))?,
                 _ = cancel.cancelled() => return Err(AttemptError::Cancelled),
@@ -418,4 +422,15 @@ async fn run_job(message: jetstream::Message, nats: async_nats::Client, js: jets
         // Not acked: JetStream gives the job to a worker again after ack_wait.
         Err(error) => tracing::warn!(%error, "could not send the job's result; it will run again"),
     }
+}
+
+/// Counts a gauge down when dropped: an attempt on a worker ends, however it ends.
+fn count_down_on_drop(gauge: metrics::Gauge) -> impl Drop {
+    struct Down(metrics::Gauge);
+    impl Drop for Down {
+        fn drop(&mut self) {
+            self.0.decrement(1.0);
+        }
+    }
+    Down(gauge)
 }

@@ -27,6 +27,7 @@
 //!   delivery loop (`notify::outbox`).
 //! - `links` (ssr): approval links, `/gates/{token}`: one per person who may decide a waiting
 //!   gate, sent in its notification, usable once while the gate waits.
+//! - `metrics` (ssr): `GET /metrics` for Prometheus, and the names of what is recorded.
 //! - `runs` (ssr): the registry of runs; loads and resumes them from the store at start.
 //! - `cluster` (ssr): one instance of a cluster on PostgreSQL and NATS (`serve --nats`): run
 //!   leases with fencing, events relayed to every instance, commands forwarded to the owner.
@@ -84,6 +85,8 @@ pub mod hub;
 pub mod jobs;
 #[cfg(feature = "ssr")]
 pub mod links;
+#[cfg(feature = "ssr")]
+pub mod metrics;
 #[cfg(feature = "ssr")]
 pub mod migrate;
 #[cfg(feature = "ssr")]

@@ -288,6 +288,14 @@ impl Runs {
         self.read().get(dag_id).cloned()
     }
 
+    /// Dashboards subscribed to the runs here, and the longest queue one of them has to send.
+    pub fn fanout(&self) -> (usize, usize) {
+        self.read()
+            .values()
+            .map(|entry| entry.room.fanout())
+            .fold((0, 0), |(n, deepest), (subs, queued)| (n + subs, deepest.max(queued)))
+    }
+
     /// Every run, newest first.
     pub fn list(&self) -> Vec<RunSummary> {
         let rooms: Vec<Arc<Room>> = self.read().values().map(|entry| Arc::clone(&entry.room)).collect();

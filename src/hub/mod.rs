@@ -436,6 +436,11 @@ impl Room {
         self.lock().state.inbox(person)
     }
 
+    /// Dashboards subscribed to the run, and the most events one of them has still to send.
+    pub fn fanout(&self) -> (usize, usize) {
+        (self.live.receiver_count(), self.live.len())
+    }
+
     /// `seq` of the newest committed event.
     pub fn seq(&self) -> Seq {
         self.lock().state.seq

@@ -122,8 +122,14 @@ async fn write_loop(
             .filter(|p| p.room.upgrade().is_some_and(|room| !room.storage_failed()))
             .map(|p| p.stored.clone())
             .collect();
+        let count = rows.len() as u64;
+        let started = std::time::Instant::now();
         let fenced = match store.append(rows).await {
-            Ok(appended) => appended.fenced,
+            Ok(appended) => {
+                metrics::histogram!(crate::metrics::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+                metrics::counter!(crate::metrics::EVENTS_APPENDED).increment(count);
+                appended.fenced
+            }
             Err(error) => {
                 fail_rooms(&batch, &error);
                 Vec::new()

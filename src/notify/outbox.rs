@@ -252,6 +252,8 @@ async fn deliver(client: &reqwest::Client, store: &dyn Store, row: NotificationR
         (false, true) => (None, "failed"),
         (false, false) => (Some(now + retry_wait(attempt, first_retry).as_millis() as i64), "pending"),
     };
+    let counted = if outcome == "pending" { "retry" } else { outcome };
+    metrics::counter!(crate::metrics::WEBHOOK_DELIVERIES, "outcome" => counted).increment(1);
     if !delivered {
         tracing::info!(id = %row.id, url = %row.url, attempt, error = error.as_deref().unwrap_or_default(), outcome, "notification not delivered");
     }

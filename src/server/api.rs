@@ -143,3 +143,14 @@ pub async fn me(Extension(identity): Extension<Identity>) -> Json<SignedIn> {
 pub async fn health() -> &'static str {
     "ok"
 }
+
+/// `GET /metrics`: every metric in Prometheus's text format (see `crate::metrics`), for admins:
+/// a scraper sends the admin token as its bearer.
+pub async fn metrics(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+) -> Result<Response, AppError> {
+    identity.require(crate::protocol::Role::Admin, "read the metrics").map_err(AppError::Forbidden)?;
+    let text = crate::metrics::render(&state.service);
+    Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}

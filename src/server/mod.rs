@@ -71,6 +71,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The whole application as a router; tests serve it on port 0.
 pub fn app(state: AppState) -> Router {
+    // Counters and histograms count from here.
+    crate::metrics::install();
     let options = state.leptos_options.clone();
     let site_shell = {
         let options = options.clone();
@@ -89,6 +91,7 @@ pub fn app(state: AppState) -> Router {
     let site_pkg_dir = std::path::Path::new(&*options.site_root).join(&*options.site_pkg_dir);
     Router::new()
         .route("/healthz", get(api::health))
+        .route("/metrics", get(api::metrics))
         .route("/login", get(login::page).post(login::submit))
         .route("/logout", post(login::logout))
         .route("/api/me", get(api::me))

@@ -251,6 +251,7 @@ async fn send_loop(
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
+                        metrics::counter!(crate::metrics::STREAM_CLOSES, "code" => "4008").increment(1);
                         return Ending::Close(CLOSE_CODE_TOO_SLOW, "too slow: reconnect with since to resync");
                     }
                     Err(broadcast::error::RecvError::Closed) => return Ending::Gone,

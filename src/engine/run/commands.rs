@@ -236,6 +236,9 @@ impl Coordinator {
     fn apply_decision(&mut self, node: usize, claim: PendingDecision) {
         let PendingDecision { decision, feedback, decided_by, decided_at, inputs, outcome } = claim;
         let upstream = self.upstream_work(node);
+        if let Some(started) = self.runs[node].started {
+            ::metrics::histogram!(crate::metrics::GATE_WAIT_SECONDS).record(started.elapsed().as_secs_f64());
+        }
         self.runs[node].last_decision = Some((decided_by.clone(), decision, decided_at.clone()));
         self.runs[node].approved_by.clear();
         self.runs[node].escalated = false;

@@ -19,6 +19,19 @@ impl Coordinator {
         output: Option<Value>,
         metrics: Option<NodeMetrics>,
     ) {
+        let event = match status {
+            NodeStatus::Running if metrics.as_ref().is_some_and(|m| m.started_at.is_some()) => Some("started"),
+            NodeStatus::Completed => Some("finished"),
+            NodeStatus::Failed => Some("failed"),
+            NodeStatus::Running
+            | NodeStatus::Pending
+            | NodeStatus::Waiting
+            | NodeStatus::Skipped
+            | NodeStatus::Cancelled => None,
+        };
+        if let Some(event) = event {
+            ::metrics::counter!(crate::metrics::NODES, "event" => event).increment(1);
+        }
         let node_id = self.nodes[node].id.clone();
         self.room.publish(ServerEventBody::NodeState { node_id, status, output, metrics });
     }
