@@ -4,12 +4,14 @@
 //! - `run SPEC`: one run, headless, with a live terminal view (`terminal`).
 //! - `validate SPEC`: check a spec without running it (exit 2 with the reason).
 //! - `schema [--protocol]`: the JSON Schema of specs, or of the wire protocol.
-//! - `user add NAME --role ROLE`: a user of `serve --users FILE`, with a new token.
+//! - `worker --nats URL --pool NAME`: runs a pool's command nodes for a cluster (`jobs`).
+//! - `user add NAME --role ROLE [--group NAME]…`: a user of `serve --users FILE`, with a new token.
 //! - `migrate --from URL --to URL`: copy every run from one database to another (`migrate`).
 //! - `bench engine | store | fanout`: the benchmarks (`bench`).
 //!
 //! `serve`, `run` and the store benchmarks take `--database URL` (`sqlite://PATH`, the default
-//! under `--data`, or `postgres://…`; also `DAGSTREAM_DATABASE`) and `--pool-size`.
+//! under `--data`, or `postgres://…`; also `DAGSTREAM_DATABASE`) and `--pool-size`. Every
+//! subcommand takes `--log-format text|json` (the log on stderr).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,6 +39,17 @@ struct Cli {
     /// What to do; `serve` when omitted.
     #[command(subcommand)]
     command: Option<Command>,
+    /// How log lines (on stderr) are written: `text` for people, `json` (one object per line)
+    /// for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// The shape of log lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -333,10 +346,14 @@ pub async fn main() -> ExitCode {
         ) => "warn",
         Some(Command::Worker(_)) => "info",
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)))
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        // Each line one JSON object: time, level, target, the message and its fields, and the
+        // spans it was logged in.
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(true).init(),
+    }
     let result = match cli.command {
         Some(Command::Serve(args)) => serve(args).await,
         None => serve(ServeArgs::parse_defaults()).await,

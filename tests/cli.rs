@@ -625,3 +625,27 @@ fn the_terminal_view_redraws_one_frame_around_its_questions() {
     assert!(done.contains("EXITED 0"), "the run completed:\n{done}");
     assert!(!done.contains("answer>"), "no question is left on the screen:\n{done}");
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let dir = temp_dir("log-json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dagstream"))
+        .args(["--log-format", "json", "serve", "--addr", "127.0.0.1:0", "--data"])
+        .arg(dir.join("data"))
+        .arg("--site-root")
+        .arg(stub_site("log-json-site"))
+        .env("RUST_LOG", "info")
+        .env("DAGSTREAM_TOKEN", common::TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("serves");
+    let stderr = child.stderr.take().expect("stderr");
+    let first = BufReader::new(stderr).lines().next().expect("a log line").expect("readable");
+    let _ = child.kill();
+    let _ = child.wait();
+    let line: serde_json::Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("not JSON ({e}): {first}"));
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert!(line["fields"]["message"].is_string(), "{line}");
+    assert!(line["timestamp"].is_string(), "{line}");
+}
