@@ -84,9 +84,20 @@ pub async fn run(spec: DagSpec, options: RunOptions) -> ExitCode {
     }
     let mut live = subscription.live;
     let mut answers = read_answers();
-    let mut waiting: VecDeque<String> = VecDeque::new();
+    // A gate that waited before the view subscribed (one with nothing before it) is asked too.
+    let mut waiting: VecDeque<String> = state.waiting_gates().map(|(node, _)| node.id.clone()).collect();
+    if options.approve_all {
+        while let Some(gate) = waiting.pop_front() {
+            view.say(&format!("gate {gate}: approved (--approve-all)"));
+            decide(&run, &mut view, &gate, Answer::approval()).await;
+        }
+    } else if let Some(node) = waiting.front().and_then(|gate| state.nodes.get(gate))
+        && let Some(presentation) = &node.gate
+    {
+        view.ask(&state, node, presentation);
+    }
     let mut interrupted = false;
-    loop {
+    while state.results.is_none() {
         tokio::select! {
             received = live.recv() => match received {
                 Ok(frame) => {
@@ -105,9 +116,7 @@ pub async fn run(spec: DagSpec, options: RunOptions) -> ExitCode {
                     }
                     if options.approve_all {
                         while let Some(gate) = waiting.pop_front() {
-                            let answer =
-                                Answer { decision: Decision::Approve, feedback: None, inputs: None, signer: None, typed: Vec::new() };
-                            decide(&run, &mut view, &gate, answer).await;
+                            decide(&run, &mut view, &gate, Answer::approval()).await;
                         }
                     }
                     waiting.retain(|gate| state.nodes.get(gate).is_some_and(|n| n.gate.is_some()));
@@ -254,6 +263,11 @@ fn parse_answer(answer: &str) -> Result<Answer, String> {
 }
 
 impl Answer {
+    /// A plain approval, as `--approve-all` gives.
+    fn approval() -> Self {
+        Answer { decision: Decision::Approve, feedback: None, inputs: None, signer: None, typed: Vec::new() }
+    }
+
     /// The answer with its `name=value` words read for the gate's form (a name the form does
     /// not have is an error; the run checks the values themselves).
     fn with_values(mut self, form: &[InputField]) -> Result<Answer, String> {

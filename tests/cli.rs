@@ -173,6 +173,14 @@ fn answer_at_the_prompt(spec: &std::path::Path, gate: &str, answers: &[&str]) ->
         .stderr(Stdio::piped())
         .spawn()
         .expect("runs");
+    // A run that never asks would wait for ever: kill it after a minute, so the test fails.
+    let pid = child.id().to_string();
+    let (finished, watchdog) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if watchdog.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        }
+    });
     let mut stdin = child.stdin.take().expect("stdin");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
@@ -190,6 +198,7 @@ fn answer_at_the_prompt(spec: &std::path::Path, gate: &str, answers: &[&str]) ->
     }
     seen.extend(lines.map_while(Result::ok));
     let status = child.wait().expect("exits");
+    let _ = finished.send(());
     (status.code(), seen.join("\n"))
 }
 
