@@ -113,6 +113,15 @@ pub fn check_event(state: &RunState, body: &ServerEventBody) -> Result<(), Strin
     let known = |id: &str| {
         if state.nodes.contains_key(id) { Ok(()) } else { Err(format!("there is no node {id:?} in this run")) }
     };
+    if let ServerEventBody::RunRepaired { action, node_id, reset, .. } = body {
+        // The one event an ended run takes: it reopens the run, by the same rule as ours.
+        let planned = state.repair_plan(*action, node_id)?;
+        return if *reset == planned {
+            Ok(())
+        } else {
+            Err(format!("a {} of {node_id:?} resets {}, not {}", action.as_str(), planned.join(", "), reset.join(", ")))
+        };
+    }
     if state.results.is_some() {
         return Err("the run has ended: it takes no more events".into());
     }
@@ -131,6 +140,8 @@ pub fn check_event(state: &RunState, body: &ServerEventBody) -> Result<(), Strin
         }
         ServerEventBody::DagMutated { mutation } => check_mutation(state, mutation),
         ServerEventBody::Snapshot { .. } => Err("snapshots are dagstream's to send".into()),
+        // Checked above.
+        ServerEventBody::RunRepaired { .. } => Ok(()),
         ServerEventBody::CostUpdate { .. }
         | ServerEventBody::ExecutionComplete { .. }
         | ServerEventBody::RunStateChanged { .. }
@@ -218,6 +229,8 @@ pub fn check_command(state: &RunState, event: &ClientEvent, person: &str) -> Res
                 .map_err(|problem| Rejected::BadInput { node: node_id.to_owned(), problem }.to_string())
         }
         CommandEffect::Pause | CommandEffect::Resume | CommandEffect::Cancel => Ok(()),
+        // The engine resets the nodes and reports it (`run_repaired`, then their states).
+        CommandEffect::Repair { action, node_id } => state.repair_plan(action, node_id).map(drop),
     }
 }
 

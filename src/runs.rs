@@ -24,6 +24,9 @@ pub struct RunEntry {
     pub room: Arc<Room>,
     /// Where the run's commands go.
     pub driver: Driver,
+    /// The spec it runs, as started (to run it again); `None` for runs an external engine
+    /// drives, and for stored runs whose spec cannot be read.
+    pub spec: Option<Arc<DagSpec>>,
 }
 
 /// What drives a run, and so where its commands go.
@@ -209,6 +212,7 @@ impl Runs {
             Some(member) => Some(member.link.place(&dag_id).await?),
             None => None,
         };
+        let kept = Arc::new(spec.clone());
         let (room, driver) = match placed {
             Some(None) => (self.new_mirror(state, Vec::new())?, Driver::Remote),
             Some(Some(_)) | None => {
@@ -220,7 +224,7 @@ impl Runs {
                 (room, Driver::Engine(handle))
             }
         };
-        self.write().entry(dag_id.clone()).or_insert(RunEntry { room: Arc::clone(&room), driver });
+        self.write().entry(dag_id.clone()).or_insert(RunEntry { room: Arc::clone(&room), driver, spec: Some(kept) });
         room.announce();
         Ok(dag_id)
     }
@@ -278,7 +282,7 @@ impl Runs {
             store.create_run(record).await?;
         }
         let room = self.new_room(run.initial_state(&dag_id, &started_at), Vec::new());
-        let entry = RunEntry { room: Arc::clone(&room), driver: Driver::External(Arc::default()) };
+        let entry = RunEntry { room: Arc::clone(&room), driver: Driver::External(Arc::default()), spec: None };
         self.write().insert(dag_id.clone(), entry);
         room.announce();
         Ok(dag_id)
@@ -332,19 +336,20 @@ impl Runs {
         history: engine::forecast::CostHistory,
     ) -> Result<RunEntry, StoreError> {
         let mut stored = StoredRun::read(&record, texts);
+        let spec = stored.spec.as_ref().ok().filter(|_| stored.external.is_none()).cloned().map(Arc::new);
         let keep = stored.frames.len().saturating_sub(self.limits.log_window);
         let recent = stored.frames.split_off(keep);
         if self.cluster.get().is_some() {
             let ended = stored.state.results.is_some();
             let room = self.new_mirror(stored.state, recent)?;
-            return Ok(RunEntry { room, driver: if ended { Driver::Ended } else { Driver::Remote } });
+            return Ok(RunEntry { room, driver: if ended { Driver::Ended } else { Driver::Remote }, spec });
         }
         let room = self.new_room(stored.state.clone(), recent);
         if finished_within(&record, RENOTIFY_WINDOW) {
             self.renotify(&record.dag_id, &stored.log);
         }
         let driver = self.drive(&record, stored, &room, history);
-        Ok(RunEntry { room, driver })
+        Ok(RunEntry { room, driver, spec })
     }
 
     /// Hands the milestones of a stored log to the notifier again, so a notification whose
@@ -405,6 +410,57 @@ impl Runs {
                 room.publish(ServerEventBody::RunStateChanged { state: RunPhase::Failed });
                 room.publish(ServerEventBody::ExecutionComplete { results: Default::default() });
                 Driver::Ended
+            }
+        }
+    }
+
+    /// Drives an ended run again with this server's engine, for a repair: the run as its stored
+    /// log left it, resumed (nothing starts until the repair says what runs again). Answers
+    /// the run's handle; a run some engine drives already keeps it. Refused in a cluster, and
+    /// for a run whose log cannot be resumed.
+    pub async fn reopen(&self, dag_id: &str) -> Result<RunHandle, String> {
+        if self.is_member() {
+            return Err("in a cluster an ended run is not reopened: run it again instead".into());
+        }
+        let entry = self.get(dag_id).ok_or_else(|| format!("no run {dag_id:?}"))?;
+        if let Driver::Engine(handle) = &entry.driver {
+            return Ok(handle.clone());
+        }
+        let store = self.store_or_fail().map_err(|e| e.to_string())?;
+        let record = match store.run(dag_id).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return Err(format!("run {dag_id} is not stored")),
+            Err(error) => {
+                tracing::error!(dag_id, %error, "a run to reopen cannot be read");
+                return Err("the run cannot be read from the store now: try again".into());
+            }
+        };
+        let texts = match store.events(dag_id, 0, Seq::MAX).await {
+            Ok(texts) => texts,
+            Err(error) => {
+                tracing::error!(dag_id, %error, "a run to reopen cannot be read");
+                return Err("the run cannot be read from the store now: try again".into());
+            }
+        };
+        let history = self.cost_history(&record.name).await;
+        let stored = StoredRun::read(&record, texts);
+        if let Some(problem) = &stored.broken {
+            return Err(format!("the run's log is damaged ({problem}): run it again instead"));
+        }
+        let mut spec = stored.spec.map_err(|problem| format!("the run's spec cannot be read ({problem})"))?;
+        spec.history = history;
+        let mut runs = self.write();
+        let Some(entry) = runs.get_mut(dag_id) else { return Err(format!("no run {dag_id:?}")) };
+        match &entry.driver {
+            // Someone reopened it meanwhile.
+            Driver::Engine(handle) => Ok(handle.clone()),
+            Driver::External(_) | Driver::Remote => Err("this run is driven elsewhere".into()),
+            Driver::Ended => {
+                let state = entry.room.snapshot();
+                let handle =
+                    engine::run::resume(dag_id, spec, &stored.log, &state, Arc::clone(&entry.room), &self.engine)?;
+                entry.driver = Driver::Engine(handle.clone());
+                Ok(handle)
             }
         }
     }

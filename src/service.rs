@@ -278,8 +278,15 @@ impl Service {
             ClientEvent::PauseExecution | ClientEvent::ResumeExecution | ClientEvent::CancelExecution => {
                 "pause, resume or cancel runs"
             }
+            ClientEvent::RetryNode { .. } | ClientEvent::RerunNode { .. } => "retry or re-run nodes",
         };
         caller.require(Role::needed_for(&event), what).map_err(ServiceError::Forbidden)?;
+        if event.repair().is_some() && self.runs.is_member() && run.room.is_complete() {
+            // Its lease has lapsed with its end; reopening it would race another instance.
+            return Err(ServiceError::Refused(
+                "in a cluster an ended run is not reopened: run it again instead".into(),
+            ));
+        }
         match &run.driver {
             Driver::Engine(handle) => handle
                 .command(event, &caller.name)
@@ -293,11 +300,47 @@ impl Service {
             Driver::Remote => {
                 self.runs.forward(run.room.dag_id(), event, &caller.name).await.map_err(ServiceError::Refused)
             }
+            // A repair reopens an ended run: this server's engine drives it from its log.
+            Driver::Ended if event.repair().is_some() => {
+                let handle = self.runs.reopen(run.room.dag_id()).await.map_err(ServiceError::Refused)?;
+                handle
+                    .command(event, &caller.name)
+                    .await
+                    .map_err(|rejected| ServiceError::Refused(rejected.to_string()))
+            }
             Driver::Ended => Err(ServiceError::Refused(format!(
                 "the run is {}: it takes no more commands",
                 run.room.summary().state.as_str()
             ))),
         }
+    }
+
+    /// Starts a new run of `dag_id`'s spec, started by `caller`; `env` (if any) is added to every
+    /// command node's environment. Answers the new run's `dag_id`. The approver role runs a
+    /// spec again as it was; changing its `env` changes what its commands do, and needs the
+    /// admin role, as submitting a spec does.
+    pub async fn run_again(
+        &self,
+        dag_id: &str,
+        caller: &SignedIn,
+        env: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Result<String, ServiceError> {
+        caller.require(Role::Approver, "run a spec again").map_err(ServiceError::Forbidden)?;
+        let run = self.find(dag_id).await?;
+        let spec = run.spec.as_deref().cloned().ok_or_else(|| {
+            ServiceError::Refused(format!("run {dag_id} is not dagstream's to run again (an external engine drove it)"))
+        })?;
+        let spec = match env.filter(|env| !env.is_empty()) {
+            Some(env) => {
+                caller.require(Role::Admin, "run a spec again with a changed env").map_err(ServiceError::Forbidden)?;
+                spec.with_env(&env).map_err(|e| ServiceError::Invalid(e.to_string()))?
+            }
+            None => spec,
+        };
+        let spec = self.as_started_by(spec, caller)?;
+        let again = self.runs.start(spec).await.map_err(start_error)?;
+        tracing::info!(dag_id, again, by = caller.name, "run started again");
+        Ok(again)
     }
 }
 

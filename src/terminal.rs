@@ -22,8 +22,8 @@ use crate::engine::spec::GROUP_PREFIX;
 use crate::engine::{DagSpec, EngineConfig};
 use crate::hub::{Frame, RoomLimits};
 use crate::protocol::{
-    Applied, ClientEvent, Decision, GatePresentation, InputField, InputKind, NodeStatus, NodeView, RunPhase, RunState,
-    ServerEvent, ServerEventBody, read_form,
+    Applied, ClientEvent, Decision, GatePresentation, InputField, InputKind, NodeStatus, NodeView, RepairAction,
+    RunPhase, RunState, ServerEvent, ServerEventBody, read_form,
 };
 use crate::runs::{RunEntry, Runs};
 
@@ -429,6 +429,15 @@ impl View {
                         bar.finish();
                     }
                 }
+                if let ServerEventBody::RunRepaired { action, node_id, reset, repaired_by, .. } = &event.body {
+                    // The reset nodes' finished lines go; they get new ones when they start.
+                    for id in reset {
+                        if let Some(bar) = bars.nodes.remove(id) {
+                            bars.multi.remove(&bar);
+                        }
+                    }
+                    let _ = bars.multi.println(repair_line(*action, node_id, reset, repaired_by));
+                }
             }
             None => match &event.body {
                 ServerEventBody::NodeState { node_id, status, .. } => {
@@ -457,6 +466,9 @@ impl View {
                 }
                 ServerEventBody::GateProgress { node_id, approved_by, remaining } => {
                     println!("[{spend}] {node_id} approved by {}: {remaining} more needed", approved_by.join(", "))
+                }
+                ServerEventBody::RunRepaired { action, node_id, reset, repaired_by, .. } => {
+                    println!("[{spend}] {}", repair_line(*action, node_id, reset, repaired_by))
                 }
                 ServerEventBody::EdgeActive { .. }
                 | ServerEventBody::CostUpdate { .. }
@@ -513,6 +525,15 @@ fn wrap(line: &str, width: usize) -> Vec<String> {
         return vec![String::new()];
     }
     chars.chunks(width.max(1)).map(|piece| piece.iter().collect()).collect()
+}
+
+/// What a repair did, in one line.
+fn repair_line(action: RepairAction, node_id: &str, reset: &[String], by: &str) -> String {
+    let what = match action {
+        RepairAction::Retry => "retried",
+        RepairAction::Rerun => "re-ran from",
+    };
+    format!("↻ {by} {what} {node_id}: {} run again ({})", reset.len(), reset.join(", "))
 }
 
 fn node_line(node: &NodeView) -> String {

@@ -78,6 +78,9 @@ pub fn describe(body: &ServerEventBody) -> (&'static str, String) {
         ServerEventBody::GateProgress { node_id, approved_by, remaining } => {
             ("decision", format!("{node_id}: approved by {}, {remaining} more needed", approved_by.join(", ")))
         }
+        ServerEventBody::RunRepaired { action, node_id, reset, repaired_by, .. } => {
+            ("repair", format!("{repaired_by}: {} {node_id} ({} node(s) run again)", action.as_str(), reset.len()))
+        }
     }
 }
 

@@ -10,8 +10,8 @@ use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::protocol::{
-    Applied, Cost, GateDecisionRecord, GatePresentation, NodeView, Progress, RunPhase, RunState, Seq, ServerEvent,
-    ServerEventBody,
+    Applied, Cost, GateDecisionRecord, GatePresentation, NodeView, Progress, RepairAction, RunPhase, RunState, Seq,
+    ServerEvent, ServerEventBody,
 };
 
 /// Runs with more nodes than this are rendered and hydrated without them (see [`RunHead`]).
@@ -194,6 +194,12 @@ impl LiveRun {
                 self.spend_series.update(|series| series.push((event.seq, *spent)));
             }
             ServerEventBody::ExecutionComplete { .. } => self.finished.set(true),
+            ServerEventBody::RunRepaired { reset, .. } => {
+                for node_id in reset {
+                    self.refresh_node(node_id);
+                }
+                self.refresh_all_scalars();
+            }
             ServerEventBody::Error { node_id, message } => {
                 if node_id.is_none() {
                     self.last_run_error.set(Some(message.clone()));
@@ -237,6 +243,13 @@ impl LiveRun {
     /// The signal of one node, if the run has it.
     pub fn node(&self, node_id: &str) -> Option<RwSignal<NodeView>> {
         self.by_id.with_value(|by_id| by_id.get(node_id).copied())
+    }
+
+    /// What a repair from `node_id` would run again, or why the run does not take it now
+    /// ([`RunState::repair_plan`], the rule the server applies). Re-read with every event.
+    pub fn repair_plan(&self, action: RepairAction, node_id: &str) -> Result<Vec<String>, String> {
+        self.seq.track();
+        self.state.with_value(|state| state.repair_plan(action, node_id))
     }
 
     /// The reducer's state as it is now.

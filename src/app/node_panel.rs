@@ -1,13 +1,19 @@
 //! The panel of the selected node: status, attempts, timings, cost and tokens, its output as
-//! pretty JSON, and a live tail of its log lines.
+//! pretty JSON, a live tail of its log lines, and (for approvers) retry and re-run.
 
 use leptos::prelude::*;
 
 use super::live_run::LiveRun;
-use crate::protocol::{LogStream, NodeView};
+use super::stream::DagStream;
+use crate::protocol::{ClientEvent, LogStream, NodeStatus, NodeView, RepairAction};
 
 #[component]
-pub fn NodePanel(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl IntoView {
+pub fn NodePanel(
+    live_run: LiveRun,
+    selected: RwSignal<Option<String>>,
+    stream: DagStream,
+    may_steer: bool,
+) -> impl IntoView {
     let node = move || selected.get().and_then(|id| live_run.node(&id));
     view! {
         {move || {
@@ -43,6 +49,7 @@ pub fn NodePanel(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl 
                                 <dt>"Needs"</dt>
                                 <dd>{move || view.with(|v| if v.needs.is_empty() { "–".to_owned() } else { v.needs.join(", ") })}</dd>
                             </dl>
+                            {may_steer.then(|| view! { <Repair live_run selected stream/> })}
                             <h4>"Output"</h4>
                             <pre class="output" data-testid="panel-output">
                                 {move || view.with(|v| v.output.as_ref().map(|o| serde_json::to_string_pretty(o).unwrap_or_default()).unwrap_or_else(|| "no output yet".into()))}
@@ -72,6 +79,52 @@ pub fn NodePanel(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl 
                     }
                 })
         }}
+    }
+}
+
+/// Retry (a failed node) and re-run from here (a finished one), each enabled when the run takes
+/// it, with what it would run again or why not. Both go over the run's stream like every
+/// command; a refusal comes back as the page's notice.
+#[component]
+fn Repair(live_run: LiveRun, selected: RwSignal<Option<String>>, stream: DagStream) -> impl IntoView {
+    move || {
+        let node_id = selected.get()?;
+        let status = live_run.node(&node_id)?.with(|v| v.status);
+        if !status.is_terminal() {
+            return None;
+        }
+        let retry = (status == NodeStatus::Failed).then(|| live_run.repair_plan(RepairAction::Retry, &node_id));
+        let rerun = live_run.repair_plan(RepairAction::Rerun, &node_id);
+        let what = match (&retry, &rerun) {
+            (Some(Ok(plan)), _) | (None, Ok(plan)) => format!("Runs again: {}", plan.join(", ")),
+            (Some(Err(reason)), _) | (None, Err(reason)) => reason.clone(),
+        };
+        let (retry_id, rerun_id) = (node_id.clone(), node_id);
+        Some(view! {
+            <div class="repair" data-testid="repair">
+                {retry.as_ref().map(|plan| {
+                    let refused = plan.is_err();
+                    view! {
+                        <button
+                            class="primary"
+                            data-testid="retry-node"
+                            disabled=refused
+                            on:click=move |_| stream.send(&ClientEvent::RetryNode { node_id: retry_id.clone() })
+                        >
+                            "Retry"
+                        </button>
+                    }
+                })}
+                <button
+                    data-testid="rerun-node"
+                    disabled=rerun.is_err()
+                    on:click=move |_| stream.send(&ClientEvent::RerunNode { node_id: rerun_id.clone() })
+                >
+                    "Re-run from here"
+                </button>
+                <p class="muted small" data-testid="repair-plan">{what}</p>
+            </div>
+        })
     }
 }
 

@@ -14,6 +14,14 @@ use super::spend::{SpendPanel, budget_level, budget_used_percent, remaining_text
 use super::stream::{Connection, DagStream, use_dag_stream};
 use crate::protocol::{ClientEvent, Decision, GateDecisionRecord, NodeStatus, Role, RunPhase};
 
+/// Starts a new run of `dag_id`'s spec, as it was, and sends the browser to it.
+#[server(endpoint = "run_again")]
+pub async fn run_again(dag_id: String) -> Result<String, ServerFnError> {
+    let again = super::service()?.run_again(&dag_id, &super::caller()?, None).await.map_err(super::server_error)?;
+    leptos_axum::redirect(&format!("/dags/{again}"));
+    Ok(again)
+}
+
 /// The run view of `dag_id`. Its code is split out of the main wasm (`cargo leptos build
 /// --split`) and loaded before the page hydrates (see [`super::page`]); the run list does not
 /// download it.
@@ -69,6 +77,7 @@ fn RunView(head: RunHead, may_steer: bool) -> impl IntoView {
                 <ProgressLine live_run/>
                 <CostTicker live_run/>
                 {may_steer.then(|| view! { <Controls live_run stream/> })}
+                {may_steer.then(|| view! { <RunAgainButton live_run/> })}
             </div>
             <Notices live_run stream/>
             <GateCards live_run stream may_steer/>
@@ -79,7 +88,7 @@ fn RunView(head: RunHead, may_steer: bool) -> impl IntoView {
                 <AfterFirstFrame placeholder=|| view! { <section class="graph" data-testid="graph-placeholder"></section> }>
                     <Graph live_run selected/>
                 </AfterFirstFrame>
-                <NodePanel live_run selected/>
+                <NodePanel live_run selected stream may_steer/>
             </div>
             {if server_rendered_list {
                 view! { <NodeList live_run selected/> }.into_any()
@@ -255,6 +264,24 @@ fn Controls(live_run: LiveRun, stream: DagStream) -> impl IntoView {
                 "Cancel"
             </button>
         </div>
+    }
+}
+
+/// "Run again" once the run has ended: a new run of the same spec (the REST API also takes a
+/// changed `env`).
+#[component]
+fn RunAgainButton(live_run: LiveRun) -> impl IntoView {
+    let again = ServerAction::<RunAgain>::new();
+    view! {
+        <Show when=move || live_run.finished.get()>
+            <leptos::form::ActionForm action=again attr:class="again-form">
+                <input type="hidden" name="dag_id" value=live_run.dag_id.get_value()/>
+                <button type="submit" data-testid="run-again">"Run again"</button>
+            </leptos::form::ActionForm>
+            {move || {
+                again.value().get().and_then(Result::err).map(|error| view! { <p class="notice error">{error.to_string()}</p> })
+            }}
+        </Show>
     }
 }
 

@@ -5,7 +5,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::protocol::{ClientEvent, Decision, RunPhase};
+use crate::protocol::{ClientEvent, Decision, RepairAction, RunPhase};
 
 /// Why a client command was refused. The message is sent to that client as an `error`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -40,6 +40,10 @@ pub enum Rejected {
     BadInput { node: String, problem: String },
     #[error("the run's engine has stopped")]
     EngineStopped,
+    /// A retry or re-run the run does not take now ([`crate::protocol::RunState::repair_plan`]
+    /// says why).
+    #[error("{0}")]
+    Repair(String),
 }
 
 /// What a client command does to a run that takes it.
@@ -56,11 +60,23 @@ pub enum CommandEffect<'a> {
     Pause,
     Resume,
     Cancel,
+    /// A retry or re-run from `node_id`: judged further by
+    /// [`crate::protocol::RunState::repair_plan`].
+    Repair {
+        action: RepairAction,
+        node_id: &'a str,
+    },
 }
 
-/// Whether a run in `phase` takes `event`, and what it does.
+/// Whether a run in `phase` takes `event`, and what it does. A repair is the one command an
+/// ended run takes (unless it was cancelled): it reopens the run.
 pub fn command_effect(event: &ClientEvent, phase: RunPhase) -> Result<CommandEffect<'_>, Rejected> {
     match (event, phase) {
+        (ClientEvent::RetryNode { .. } | ClientEvent::RerunNode { .. }, RunPhase::Cancelling | RunPhase::Cancelled) => {
+            Err(Rejected::Repair("the run was cancelled: run it again instead".into()))
+        }
+        (ClientEvent::RetryNode { node_id }, _) => Ok(CommandEffect::Repair { action: RepairAction::Retry, node_id }),
+        (ClientEvent::RerunNode { node_id }, _) => Ok(CommandEffect::Repair { action: RepairAction::Rerun, node_id }),
         (_, RunPhase::Cancelled | RunPhase::Completed | RunPhase::Failed) => Err(Rejected::Finished(phase)),
         (_, RunPhase::Cancelling) => Err(Rejected::Cancelling),
         (ClientEvent::HumanDecision { node_id, decision, feedback, inputs }, RunPhase::Running | RunPhase::Paused) => {
@@ -290,6 +306,9 @@ mod tests {
             inputs: None,
         };
         let decide = Decide { node_id: "g", decision: Decision::Approve, feedback: None, inputs: None };
+        let retry = ClientEvent::RetryNode { node_id: "g".into() };
+        let rerun = ClientEvent::RerunNode { node_id: "g".into() };
+        let cancelled = "the run was cancelled: run it again instead";
         let table: &[(ClientEvent, RunPhase, Result<CommandEffect<'_>, Rejected>)] = &[
             (decision.clone(), RunPhase::Running, Ok(decide)),
             (decision.clone(), RunPhase::Paused, Ok(decide)),
@@ -305,6 +324,14 @@ mod tests {
             (ClientEvent::CancelExecution, RunPhase::Paused, Ok(Cancel)),
             (ClientEvent::CancelExecution, RunPhase::Cancelling, Err(Rejected::Cancelling)),
             (ClientEvent::CancelExecution, RunPhase::Cancelled, Err(Rejected::Finished(RunPhase::Cancelled))),
+            // A repair is the one command an ended run takes, unless it was cancelled.
+            (retry.clone(), RunPhase::Running, Ok(Repair { action: RepairAction::Retry, node_id: "g" })),
+            (retry.clone(), RunPhase::Paused, Ok(Repair { action: RepairAction::Retry, node_id: "g" })),
+            (retry.clone(), RunPhase::Failed, Ok(Repair { action: RepairAction::Retry, node_id: "g" })),
+            (rerun.clone(), RunPhase::Completed, Ok(Repair { action: RepairAction::Rerun, node_id: "g" })),
+            (rerun.clone(), RunPhase::Failed, Ok(Repair { action: RepairAction::Rerun, node_id: "g" })),
+            (retry, RunPhase::Cancelling, Err(Rejected::Repair(cancelled.into()))),
+            (rerun, RunPhase::Cancelled, Err(Rejected::Repair(cancelled.into()))),
         ];
         for (event, phase, expected) in table {
             assert_eq!(&command_effect(event, *phase), expected, "{event:?} while {phase:?}");

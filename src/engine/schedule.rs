@@ -271,6 +271,48 @@ impl Scheduler {
         true
     }
 
+    /// Runs the finished node `from` and everything downstream of it again (a repair): they go
+    /// back to blocked, or ready when their needs have completed; nothing else changes. Returns
+    /// the reset nodes in index order, or `None` (and changes nothing) unless `from` has
+    /// finished, every node it needs has completed, and nothing downstream of it has started.
+    pub fn reset_from(&mut self, from: usize) -> Option<Vec<usize>> {
+        if !self.entries.get(from)?.slot.is_terminal() {
+            return None;
+        }
+        let needs_complete = self
+            .entries
+            .iter()
+            .filter(|entry| entry.dependents.contains(&from))
+            .all(|entry| entry.slot == Slot::Completed);
+        let reached = self.downstream(from);
+        let nodes: Vec<usize> = (0..self.entries.len()).filter(|&n| reached[n]).collect();
+        if !needs_complete || nodes.iter().any(|&n| self.entries[n].slot == Slot::Started) {
+            return None;
+        }
+        for &node in &nodes {
+            if self.entries[node].slot.is_terminal() {
+                self.unfinished += 1;
+            }
+            self.unmark_ready(node);
+            self.entries[node].slot = Slot::Blocked;
+            self.entries[node].open_needs = 0;
+        }
+        // Count the open needs of the reset nodes anew: every need that has not completed now.
+        let mut open = vec![0usize; self.entries.len()];
+        for entry in self.entries.iter().filter(|entry| entry.slot != Slot::Completed) {
+            for &dependent in entry.dependents.iter().filter(|&&d| reached[d]) {
+                open[dependent] += 1;
+            }
+        }
+        for &node in &nodes {
+            self.entries[node].open_needs = open[node];
+            if open[node] == 0 {
+                self.mark_ready(node);
+            }
+        }
+        Some(nodes)
+    }
+
     /// Whether the edge `from → to` may be added while the run goes on.
     pub fn check_edge(&self, from: usize, to: usize) -> Result<(), EdgeRefusal> {
         if from >= self.entries.len() || to >= self.entries.len() {
@@ -521,6 +563,70 @@ mod tests {
         assert_eq!(s.take_startable(), [4]);
         s.complete(4);
         assert!(s.is_finished());
+    }
+
+    /// Each repair on one graph: 0 → 1 → 2 → 3, 0 → 4; node 1 failed (so 2 and 3 were skipped)
+    /// and 4 completed, or everything completed, or 1 runs.
+    #[test]
+    fn reset_from_runs_a_node_and_its_downstream_again() {
+        let graph: &[(&[usize], bool)] = &[(&[], true), (&[0], true), (&[1], true), (&[2], true), (&[0], true)];
+        let failed_at_1 = || {
+            let mut s = scheduler(graph, 4);
+            assert_eq!(s.take_startable(), [0]);
+            s.complete(0);
+            assert_eq!(s.take_startable(), [1, 4]);
+            s.complete(4);
+            assert_eq!(s.fail(1), [2, 3]);
+            assert!(s.is_finished());
+            s
+        };
+        let all_done = || {
+            let mut s = scheduler(graph, 4);
+            for node in [0, 1, 4, 2, 3] {
+                s.take_startable();
+                s.complete(node);
+            }
+            assert!(s.is_finished());
+            s
+        };
+        // (case, scheduler, reset from, what is reset, what may start then)
+        type Case = (&'static str, Scheduler, usize, Option<Vec<usize>>, Vec<usize>);
+        let running_1 = {
+            let mut s = scheduler(graph, 4);
+            s.take_startable();
+            s.complete(0);
+            s.take_startable();
+            s
+        };
+        let cases: Vec<Case> = vec![
+            ("retry the failed node", failed_at_1(), 1, Some(vec![1, 2, 3]), vec![1]),
+            ("a skipped node's need failed", failed_at_1(), 2, None, vec![]),
+            ("re-run a completed node of an ended run", all_done(), 1, Some(vec![1, 2, 3]), vec![1]),
+            ("re-run the last node only", all_done(), 3, Some(vec![3]), vec![3]),
+            ("re-run from the root", all_done(), 0, Some(vec![0, 1, 2, 3, 4]), vec![0]),
+            ("a running node is not reset", running_1, 1, None, vec![]),
+        ];
+        for (case, mut s, from, expected, startable) in cases {
+            let before = s.clone().take_startable();
+            let reset = s.reset_from(from);
+            assert_eq!(reset, expected, "{case}");
+            if reset.is_some() {
+                assert!(!s.is_finished(), "{case}: the run has work again");
+                assert_eq!(s.take_startable(), startable, "{case}");
+            } else {
+                assert_eq!(s.take_startable(), before, "{case}: nothing changed");
+            }
+        }
+        // A retried run goes on to the end: 1, then 2, then 3.
+        let mut s = failed_at_1();
+        s.reset_from(1);
+        assert_eq!(s.take_startable(), [1]);
+        assert_eq!(s.complete(1), [2]);
+        assert_eq!(s.take_startable(), [2]);
+        s.complete(2);
+        assert_eq!(s.take_startable(), [3]);
+        s.complete(3);
+        assert!(s.is_finished() && !s.any_failed(), "the run completes");
     }
 
     #[test]

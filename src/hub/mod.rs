@@ -76,7 +76,7 @@ pub struct Room {
     /// Sender half of the live stream; `subscribe` hands out receivers.
     live: broadcast::Sender<Frame>,
     /// Becomes true once `execution_complete` was published, for callers that wait for the end
-    /// without following the stream.
+    /// without following the stream; false again when a repair reopens the run.
     complete: watch::Sender<bool>,
 }
 
@@ -483,7 +483,8 @@ pub fn is_milestone(body: &ServerEventBody) -> bool {
         | ServerEventBody::GateProgress { .. }
         | ServerEventBody::GateResolved { .. }
         | ServerEventBody::DagMutated { .. }
-        | ServerEventBody::ExecutionComplete { .. } => true,
+        | ServerEventBody::ExecutionComplete { .. }
+        | ServerEventBody::RunRepaired { .. } => true,
         ServerEventBody::EdgeActive { .. }
         | ServerEventBody::Error { .. }
         | ServerEventBody::Snapshot { .. }
@@ -511,6 +512,12 @@ impl RoomInner {
         let _ = live.send(frame);
         if matches!(event.body, ServerEventBody::ExecutionComplete { .. }) {
             complete.send_replace(true);
+        } else if let ServerEventBody::RunStateChanged { state } = &event.body
+            && !state.is_terminal()
+            && *complete.borrow()
+        {
+            // A repair reopened the run.
+            complete.send_replace(false);
         }
     }
 

@@ -137,6 +137,7 @@ pub fn notices(memory: &mut RunMemory, event: &ServerEvent) -> Vec<Notice> {
         | ServerEventBody::Error { .. }
         | ServerEventBody::Snapshot { .. }
         | ServerEventBody::GateProgress { .. }
+        | ServerEventBody::RunRepaired { .. }
         | ServerEventBody::NodeLog { .. } => Vec::new(),
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Compiled for both targets. [`ServerEvent`] and [`ClientEvent`] keep exactly the JSON shapes of
 //! the seed's TypeScript types; everything dagstream adds (`seq`, `snapshot`, `run_state`,
-//! `gate_resolved`, `node_log`, `gate_progress`, `gate_reminder`) is additive. Optional fields are omitted when absent, never
+//! `gate_resolved`, `node_log`, `gate_progress`, `gate_reminder`, `run_repaired`) is additive. Optional fields are omitted when absent, never
 //! `null`. [`RunState`] is the one reducer that folds events into the state of a run.
 
 mod state;
@@ -12,7 +12,9 @@ mod wire;
 mod form;
 
 pub use form::{InputField, InputKind, MAX_TEXT, check_values, read_form, read_typed};
-pub use state::{Applied, ErrorEntry, GateDecisionRecord, LOG_TAIL_LINES, LogLine, NodeView, Progress, RunState};
+pub use state::{
+    Applied, ErrorEntry, GateDecisionRecord, LOG_TAIL_LINES, LogLine, NodeView, Progress, RepairRecord, RunState,
+};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -169,6 +171,22 @@ wire_names!(Decision {
     Approve => "approve",
     Reject => "reject",
     Modify => "modify",
+});
+
+/// How someone repairs a run ([`ClientEvent::RetryNode`], [`ClientEvent::RerunNode`]).
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RepairAction {
+    /// A failed node runs again; what its failure skipped runs after it.
+    Retry,
+    /// A finished node and everything downstream of it run again.
+    Rerun,
+}
+
+wire_names!(RepairAction {
+    Retry => "retry",
+    Rerun => "rerun",
 });
 
 /// What a gate card shows while the gate waits.
@@ -395,7 +413,8 @@ pub enum ServerEventBody {
         budget: f64,
         remaining: f64,
     },
-    /// Sent exactly once per run, when it reaches a terminal state.
+    /// Sent once each time the run reaches a terminal state: once per run, unless a repair
+    /// (`run_repaired`) reopened it.
     ExecutionComplete {
         results: Map<String, Value>,
     },
@@ -453,6 +472,19 @@ pub enum ServerEventBody {
         /// Approvals still needed.
         remaining: u32,
     },
+    /// Extension: someone repaired the run from `node_id`: the nodes in `reset` (that node and
+    /// everything downstream of it) start over, each followed by its `node_state: pending`;
+    /// every other node keeps its output. A run that had ended runs again (a `run_state`
+    /// follows) and ends with a new `execution_complete`.
+    RunRepaired {
+        action: RepairAction,
+        node_id: String,
+        /// The nodes that run again, in node order.
+        reset: Vec<String>,
+        repaired_by: String,
+        /// RFC 3339.
+        repaired_at: String,
+    },
 }
 
 /// One message from a client.
@@ -472,6 +504,29 @@ pub enum ClientEvent {
     PauseExecution,
     ResumeExecution,
     CancelExecution,
+    /// Extension: run a failed node again; the run goes on from there (a failed run too).
+    RetryNode {
+        node_id: String,
+    },
+    /// Extension: run a finished node and everything downstream of it again; upstream outputs
+    /// are kept.
+    RerunNode {
+        node_id: String,
+    },
+}
+
+impl ClientEvent {
+    /// The repair this event asks for, if it is one: what, and from which node.
+    pub fn repair(&self) -> Option<(RepairAction, &str)> {
+        match self {
+            ClientEvent::RetryNode { node_id } => Some((RepairAction::Retry, node_id)),
+            ClientEvent::RerunNode { node_id } => Some((RepairAction::Rerun, node_id)),
+            ClientEvent::HumanDecision { .. }
+            | ClientEvent::PauseExecution
+            | ClientEvent::ResumeExecution
+            | ClientEvent::CancelExecution => None,
+        }
+    }
 }
 
 /// Close code the server uses for a subscriber that fell too far behind; reconnect and resync.
@@ -585,7 +640,7 @@ mod tests;
 pub enum Role {
     /// Watch runs.
     Viewer,
-    /// Also decide gates, pause, resume and cancel runs.
+    /// Also decide gates, pause, resume and cancel runs, retry and re-run nodes.
     Approver,
     /// Also start runs and submit specs (which may run commands), and drive external runs.
     Admin,
@@ -617,7 +672,9 @@ impl Role {
             ClientEvent::HumanDecision { .. }
             | ClientEvent::PauseExecution
             | ClientEvent::ResumeExecution
-            | ClientEvent::CancelExecution => Role::Approver,
+            | ClientEvent::CancelExecution
+            | ClientEvent::RetryNode { .. }
+            | ClientEvent::RerunNode { .. } => Role::Approver,
         }
     }
 }

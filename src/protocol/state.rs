@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{
-    Cost, DagMutation, Decision, GatePresentation, GraphNode, LogStream, NodeKind, NodeMetrics, NodeStatus, RunPhase,
-    RunSummary, Seq, ServerEvent, ServerEventBody,
+    Cost, DagMutation, Decision, GatePresentation, GraphNode, LogStream, NodeKind, NodeMetrics, NodeStatus,
+    RepairAction, RunPhase, RunSummary, Seq, ServerEvent, ServerEventBody,
 };
 
 /// How many `node_log` lines each node keeps in the state (the full log stays in the event log).
@@ -42,6 +42,9 @@ pub struct RunState {
     /// Every `error` event of the run, oldest first.
     #[serde(default)]
     pub errors: Vec<ErrorEntry>,
+    /// Every repair of the run (`run_repaired`), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repairs: Vec<RepairRecord>,
 }
 
 /// One node with everything the run has told about it.
@@ -95,6 +98,19 @@ pub struct GateDecisionRecord {
     /// The values of the gate's form that came with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<Map<String, Value>>,
+}
+
+/// A repair that was applied to the run: who asked for what, from which node, and which nodes
+/// it reset.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
+pub struct RepairRecord {
+    pub seq: Seq,
+    pub action: RepairAction,
+    pub node_id: String,
+    pub reset: Vec<String>,
+    pub repaired_by: String,
+    pub repaired_at: String,
 }
 
 /// An `error` event that was part of the run's log.
@@ -153,6 +169,7 @@ impl RunState {
             decisions: Vec::new(),
             results: None,
             errors: Vec::new(),
+            repairs: Vec::new(),
         }
     }
 
@@ -256,6 +273,23 @@ impl RunState {
                     node.approved_by.clone_from(approved_by);
                 }
             }
+            ServerEventBody::RunRepaired { action, node_id, reset, repaired_by, repaired_at } => {
+                for id in reset {
+                    if let Some(node) = self.nodes.get_mut(id) {
+                        node.start_over();
+                    }
+                }
+                // The run's end is no longer its end: a new `execution_complete` will come.
+                self.results = None;
+                self.repairs.push(RepairRecord {
+                    seq: event.seq,
+                    action: *action,
+                    node_id: node_id.clone(),
+                    reset: reset.clone(),
+                    repaired_by: repaired_by.clone(),
+                    repaired_at: repaired_at.clone(),
+                });
+            }
             ServerEventBody::NodeLog { node_id, stream, line } => {
                 if let Some(node) = self.nodes.get_mut(node_id) {
                     if node.log_tail.len() == LOG_TAIL_LINES {
@@ -295,6 +329,79 @@ impl RunState {
                 }
             }
         }
+    }
+
+    /// The nodes a repair from `node_id` resets (that node and everything downstream of it, in
+    /// node order), or why the run does not take that repair now, in words for the person who
+    /// asked. One rule for the engine's runs, external runs and the dashboard's buttons:
+    /// - a cancelled run is not repaired (run it again instead);
+    /// - `retry` takes a failed node; `rerun` any finished one (completed, failed, skipped, cancelled);
+    /// - every node it needs has completed (its inputs are there);
+    /// - nothing downstream of it is running or waiting at a gate.
+    pub fn repair_plan(&self, action: RepairAction, node_id: &str) -> Result<Vec<String>, String> {
+        match self.state {
+            RunPhase::Cancelling | RunPhase::Cancelled => {
+                return Err("the run was cancelled: run it again instead".into());
+            }
+            RunPhase::Running | RunPhase::Paused | RunPhase::Completed | RunPhase::Failed => {}
+        }
+        let node = self.nodes.get(node_id).ok_or_else(|| format!("no node {node_id:?} in this run"))?;
+        let status = node.status;
+        match (action, status) {
+            (RepairAction::Retry, NodeStatus::Failed) => {}
+            (RepairAction::Retry, NodeStatus::Completed) => {
+                return Err(format!(
+                    "node {node_id:?} completed: only a failed node is retried; re-run from it instead"
+                ));
+            }
+            (RepairAction::Retry, _) => {
+                return Err(format!("node {node_id:?} is {}: only a failed node is retried", status.as_str()));
+            }
+            (RepairAction::Rerun, _) if status.is_terminal() => {}
+            (RepairAction::Rerun, _) => {
+                return Err(format!("node {node_id:?} is {}: it can be re-run once it has finished", status.as_str()));
+            }
+        }
+        let unmet = node.needs.iter().find_map(|need| {
+            let upstream = self.nodes.get(need)?;
+            (upstream.status != NodeStatus::Completed).then_some((need, upstream.status))
+        });
+        if let Some((need, need_status)) = unmet {
+            let hint =
+                if need_status == NodeStatus::Failed { format!(": retry {need:?} instead") } else { String::new() };
+            return Err(format!("node {node_id:?} needs {need:?}, which is {}{hint}", need_status.as_str()));
+        }
+        let reset = self.downstream_of(node_id);
+        let busy = reset
+            .iter()
+            .filter_map(|id| self.nodes.get(id))
+            .find(|n| n.id != node_id && matches!(n.status, NodeStatus::Running | NodeStatus::Waiting));
+        if let Some(busy) = busy {
+            return Err(format!(
+                "node {:?}, downstream of {node_id:?}, is {}: wait for it to finish, or cancel the run",
+                busy.id,
+                busy.status.as_str()
+            ));
+        }
+        Ok(reset)
+    }
+
+    /// `node_id` and every node that needs it, directly or not, in node order.
+    fn downstream_of(&self, node_id: &str) -> Vec<String> {
+        let mut dependents: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
+        for node in self.nodes.values() {
+            for need in &node.needs {
+                dependents.entry(need.as_str()).or_default().push(node.id.as_str());
+            }
+        }
+        let mut reached = std::collections::HashSet::new();
+        let mut stack = vec![node_id];
+        while let Some(next) = stack.pop() {
+            if reached.insert(next) {
+                stack.extend(dependents.get(next).into_iter().flatten().copied());
+            }
+        }
+        self.nodes.keys().filter(|id| reached.contains(id.as_str())).cloned().collect()
     }
 
     /// Node counts for a progress display.
@@ -361,6 +468,19 @@ impl RunState {
 }
 
 impl NodeView {
+    /// Back to pending for a repair: no output, no card, no inputs yet; what it cost and how
+    /// many attempts it made stay (they happened), the times of the last attempt go.
+    fn start_over(&mut self) {
+        self.status = NodeStatus::Pending;
+        self.output = None;
+        self.gate = None;
+        self.approved_by.clear();
+        self.active_inputs.clear();
+        self.metrics.started_at = None;
+        self.metrics.finished_at = None;
+        self.metrics.duration_ms = None;
+    }
+
     fn pending(node: GraphNode, needs: Vec<String>) -> Self {
         NodeView {
             id: node.id,

@@ -35,6 +35,8 @@ const SERVER_LITERALS: &[&str] = &[
     r#"{"type":"human_gate_waiting","seq":21,"node_id":"shape","presentation":{"title":"Shape it","prompt":"","options":["approve","reject"],"inputs":[{"name":"tone","type":"enum","options":["short","long"]},{"name":"max_rows","type":"integer","min":1.0,"max":1000.0},{"name":"note","type":"text","required":false}]}}"#,
     r#"{"type":"gate_resolved","seq":22,"node_id":"shape","decision":"approve","decided_by":"ana","decided_at":"2026-11-26T10:06:00Z","inputs":{"tone":"short","max_rows":250}}"#,
     r#"{"type":"gate_resolved","seq":18,"node_id":"deploy","decision":"approve","decided_by":"ana, bo","decided_at":"2026-11-26T10:05:00Z"}"#,
+    r#"{"type":"run_repaired","seq":31,"action":"retry","node_id":"build","reset":["build","test"],"repaired_by":"ana","repaired_at":"2026-11-26T10:10:00Z"}"#,
+    r#"{"type":"run_repaired","seq":31,"action":"rerun","node_id":"draft","reset":["draft"],"repaired_by":"ana","repaired_at":"2026-11-26T10:10:00Z"}"#,
 ];
 
 const CLIENT_LITERALS: &[&str] = &[
@@ -44,6 +46,8 @@ const CLIENT_LITERALS: &[&str] = &[
     r#"{"type":"pause_execution"}"#,
     r#"{"type":"resume_execution"}"#,
     r#"{"type":"cancel_execution"}"#,
+    r#"{"type":"retry_node","node_id":"build"}"#,
+    r#"{"type":"rerun_node","node_id":"draft"}"#,
 ];
 
 fn assert_round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(literal: &str) {
@@ -309,7 +313,10 @@ fn every_example_of_the_protocol_document_is_valid() {
         let kind = match value.get("type").and_then(Value::as_str) {
             Some("runs" | "run") => "RunsFeedEvent",
             Some("inbox" | "run_gates") => "InboxFeedEvent",
-            Some("human_decision" | "pause_execution" | "resume_execution" | "cancel_execution") => "ClientEvent",
+            Some(
+                "human_decision" | "pause_execution" | "resume_execution" | "cancel_execution" | "retry_node"
+                | "rerun_node",
+            ) => "ClientEvent",
             Some(_) if value.get("seq").is_some() => "ServerEvent",
             Some(_) | None => "EngineEvent",
         };
@@ -588,6 +595,7 @@ fn names_shown_on_the_page_are_the_wire_names() {
     assert_wire_names(RunPhase::ALL, RunPhase::as_str);
     assert_wire_names(LogStream::ALL, LogStream::as_str);
     assert_wire_names(Role::ALL, Role::as_str);
+    assert_wire_names(RepairAction::ALL, RepairAction::as_str);
     let unknown = serde_json::from_str::<NodeStatus>(r#""sleeping""#).unwrap_err().to_string();
     assert!(unknown.contains("unknown variant `sleeping`, expected one of `pending`"), "{unknown}");
     assert!(serde_json::from_str::<Decision>("7").is_err(), "a name is a string");
@@ -615,4 +623,113 @@ fn a_gate_waits_for_an_approver_it_names_who_may_and_did_not_approve_yet() {
     for (gate, who, approved_by, expected) in table {
         assert_eq!(gate.waits_for(&who, &approved_by), expected, "{who:?} after {approved_by:?}");
     }
+}
+
+/// Each repair asked of the demo run (a → b, a → gate → c) as it stands: what it resets, or
+/// the reason it is refused. The engine, external runs and the dashboard's buttons share it.
+#[test]
+fn which_repair_a_run_takes_and_what_it_resets() {
+    use NodeStatus::*;
+    use RepairAction::*;
+    let with = |phase: RunPhase, statuses: [NodeStatus; 4]| {
+        let mut state = demo_state();
+        state.state = phase;
+        for (node, status) in state.nodes.values_mut().zip(statuses) {
+            node.status = status;
+        }
+        state
+    };
+    let failed_gate = with(RunPhase::Failed, [Completed, Completed, Failed, Skipped]);
+    let completed = with(RunPhase::Completed, [Completed, Completed, Completed, Completed]);
+    let running = with(RunPhase::Running, [Completed, Running, Waiting, Pending]);
+    let cancelled = with(RunPhase::Cancelled, [Completed, Cancelled, Cancelled, Cancelled]);
+    let reset = |ids: &[&str]| Ok(ids.iter().map(|id| id.to_string()).collect::<Vec<_>>());
+    let refused = |reason: &str| Err::<Vec<String>, String>(reason.to_owned());
+    // (case, the run, the repair, from which node, what it resets or why not)
+    type Case<'a> = (&'a str, &'a RunState, RepairAction, &'a str, Result<Vec<String>, String>);
+    let cases: Vec<Case> = vec![
+        ("retry a failed gate of a failed run", &failed_gate, Retry, "gate", reset(&["gate", "c"])),
+        ("re-run a failed node", &failed_gate, Rerun, "gate", reset(&["gate", "c"])),
+        (
+            "retry a completed node",
+            &failed_gate,
+            Retry,
+            "a",
+            refused("node \"a\" completed: only a failed node is retried; re-run from it instead"),
+        ),
+        (
+            "a skipped node's need failed",
+            &failed_gate,
+            Rerun,
+            "c",
+            refused("node \"c\" needs \"gate\", which is failed: retry \"gate\" instead"),
+        ),
+        ("re-run from the root of a completed run", &completed, Rerun, "a", reset(&["a", "b", "gate", "c"])),
+        ("re-run a leaf", &completed, Rerun, "b", reset(&["b"])),
+        (
+            "re-run a node that runs",
+            &running,
+            Rerun,
+            "b",
+            refused("node \"b\" is running: it can be re-run once it has finished"),
+        ),
+        (
+            "re-run with work downstream",
+            &running,
+            Rerun,
+            "a",
+            refused("node \"b\", downstream of \"a\", is running: wait for it to finish, or cancel the run"),
+        ),
+        ("retry a pending node", &running, Retry, "c", refused("node \"c\" is pending: only a failed node is retried")),
+        ("an unknown node", &completed, Rerun, "zz", refused("no node \"zz\" in this run")),
+        ("a cancelled run", &cancelled, Rerun, "a", refused("the run was cancelled: run it again instead")),
+    ];
+    for (case, state, action, node_id, expected) in cases {
+        assert_eq!(state.repair_plan(action, node_id), expected, "{case}");
+    }
+}
+
+/// `run_repaired` puts the reset nodes back to pending without their output, keeps what they
+/// cost and their attempts, reopens the run's results and records who asked.
+#[test]
+fn a_repair_resets_its_nodes_and_reopens_the_run() {
+    let done = |id: &str, cost: f64| ServerEventBody::NodeState {
+        node_id: id.into(),
+        status: NodeStatus::Completed,
+        output: Some(json!({ "from": id })),
+        metrics: Some(NodeMetrics {
+            cost: Some(cost),
+            attempt: Some(1),
+            finished_at: Some("2026-11-26T10:00:05Z".into()),
+            ..Default::default()
+        }),
+    };
+    let state = fold(vec![
+        done("a", 1.0),
+        done("b", 2.0),
+        done("gate", 0.0),
+        done("c", 3.0),
+        ServerEventBody::RunStateChanged { state: RunPhase::Completed },
+        ServerEventBody::ExecutionComplete { results: Map::new() },
+        ServerEventBody::RunRepaired {
+            action: RepairAction::Rerun,
+            node_id: "gate".into(),
+            reset: vec!["gate".into(), "c".into()],
+            repaired_by: "ana".into(),
+            repaired_at: "2026-11-26T10:10:00Z".into(),
+        },
+    ]);
+    assert_eq!(state.results, None, "the run is open again");
+    for id in ["gate", "c"] {
+        let node = &state.nodes[id];
+        assert_eq!(node.status, NodeStatus::Pending, "{id}");
+        assert_eq!(node.output, None, "{id}");
+        assert_eq!(node.metrics.finished_at, None, "{id}");
+        assert_eq!(node.metrics.attempt, Some(1), "{id}: the attempts it made stay");
+    }
+    assert_eq!(state.nodes["c"].metrics.cost, Some(3.0), "what it cost stays");
+    assert_eq!(state.nodes["b"].output, Some(json!({ "from": "b" })), "what was not reset keeps its output");
+    assert_eq!(state.nodes["b"].status, NodeStatus::Completed);
+    assert_eq!(state.repairs.len(), 1);
+    assert_eq!((state.repairs[0].seq, state.repairs[0].repaired_by.as_str()), (7, "ana"));
 }

@@ -118,6 +118,10 @@ struct EventFields {
     approved_by: Raw,
     escalated_to: Raw,
     inputs: Raw,
+    action: Raw,
+    reset: Raw,
+    repaired_by: Raw,
+    repaired_at: Raw,
 }
 
 const EVENT_TYPES: &[&str] = &[
@@ -134,6 +138,7 @@ const EVENT_TYPES: &[&str] = &[
     "node_log",
     "gate_progress",
     "gate_reminder",
+    "run_repaired",
 ];
 
 impl EventFields {
@@ -187,6 +192,13 @@ impl EventFields {
             "gate_reminder" => ServerEventBody::GateReminder {
                 node_id: required(self.node_id, "node_id")?,
                 escalated_to: optional(self.escalated_to, "escalated_to")?.unwrap_or_default(),
+            },
+            "run_repaired" => ServerEventBody::RunRepaired {
+                action: required(self.action, "action")?,
+                node_id: required(self.node_id, "node_id")?,
+                reset: required(self.reset, "reset")?,
+                repaired_by: required(self.repaired_by, "repaired_by")?,
+                repaired_at: required(self.repaired_at, "repaired_at")?,
             },
             other => return Err(E::unknown_variant(other, EVENT_TYPES)),
         })

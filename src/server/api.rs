@@ -1,5 +1,7 @@
-//! REST endpoints: start a run, list runs, read one run's state, events and decisions, who am I,
-//! health. Each reads its request and calls one [`crate::service::Service`] operation.
+//! REST endpoints: start a run, list runs, read one run's state, events and decisions, repair a
+//! run (retry, re-run, run again), who am I, health. Each reads its request and calls one [`crate::service::Service`] operation.
+
+use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -14,7 +16,7 @@ use super::{AppError, AppState, Identity};
 use crate::engine::SpecFormat;
 use crate::examples;
 use crate::external::ExternalRun;
-use crate::protocol::{GateDecisionRecord, RunState, RunSummary, Seq, SignedIn};
+use crate::protocol::{ClientEvent, GateDecisionRecord, RunState, RunSummary, Seq, SignedIn};
 use crate::service::{MAX_EVENTS_PER_READ, StartRequest};
 
 #[derive(Deserialize)]
@@ -153,4 +155,65 @@ pub async fn metrics(
     identity.require(crate::protocol::Role::Admin, "read the metrics").map_err(AppError::Forbidden)?;
     let text = crate::metrics::render(&state.service);
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+/// `POST /api/dags/{dag_id}/nodes/{node_id}/retry`: runs a failed node again; the run goes on
+/// from there (a run that ended `failed` too). 202 with `{"dag_id"}`; 409 with the reason when
+/// the node's state does not allow it. Approver role.
+pub async fn retry_node(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Path((dag_id, node_id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    repair(&state, &identity, &dag_id, ClientEvent::RetryNode { node_id }).await
+}
+
+/// `POST /api/dags/{dag_id}/nodes/{node_id}/rerun`: runs a finished node and everything
+/// downstream of it again; upstream outputs are kept. 202 with `{"dag_id"}`; 409 with the
+/// reason when the node's state does not allow it. Approver role.
+pub async fn rerun_node(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Path((dag_id, node_id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    repair(&state, &identity, &dag_id, ClientEvent::RerunNode { node_id }).await
+}
+
+async fn repair(
+    state: &AppState,
+    identity: &Identity,
+    dag_id: &str,
+    event: ClientEvent,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let run = state.service.find(dag_id).await?;
+    state.service.command(&run, &identity.signed_in(), event).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "dag_id": dag_id }))))
+}
+
+/// What `POST /api/dags/{dag_id}/again` may change.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AgainRequest {
+    /// Added to every command node's environment (admin role).
+    #[serde(default)]
+    env: Option<BTreeMap<String, String>>,
+}
+
+/// `POST /api/dags/{dag_id}/again`: starts a new run of the same spec and answers its
+/// `{"dag_id"}` with 201. An optional JSON body `{"env": {"NAME": "value"}}` changes the
+/// command nodes' environment (admin role; as it is, approver role).
+pub async fn run_again(
+    State(state): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    Path(dag_id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let request: AgainRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        AgainRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| AppError::BadRequest(format!("the body is not {{\"env\": {{\"NAME\": \"value\"}}}}: {e}")))?
+    };
+    let again = state.service.run_again(&dag_id, &identity.signed_in(), request.env).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "dag_id": again }))))
 }

@@ -123,6 +123,7 @@ pub struct RunRecord {
     /// Last known run state (`running`, `completed`, ...).
     pub state: String,
     pub started_at: String,
+    /// When the run ended; `None` while it runs, and again once a repair reopened it.
     pub finished_at: Option<String>,
 }
 

@@ -163,14 +163,14 @@ impl Store for PgStore {
                 .iter()
                 .filter(|event| !fenced.iter().any(|(run, epoch)| *run == event.dag_id && Some(*epoch) == event.epoch))
                 .collect();
-            // Each run's last state in the batch, and when it ended if it did: only the last one
-            // of a batch stands.
+            // Each run's last state in the batch, and when it ended if that state is an end:
+            // only the last one of a batch stands (a repair's `running` reopens an ended run).
             let mut states: Vec<(&str, &str, Option<&str>)> = Vec::new();
             for event in &events {
                 let Some(state) = event.run_state else { continue };
                 let finished = state.is_terminal().then_some(&*event.at);
                 match states.iter_mut().find(|(dag_id, ..)| *dag_id == &*event.dag_id) {
-                    Some(last) => *last = (last.0, state.as_str(), finished.or(last.2)),
+                    Some(last) => *last = (last.0, state.as_str(), finished),
                     None => states.push((&*event.dag_id, state.as_str(), finished)),
                 }
             }
@@ -182,7 +182,7 @@ impl Store for PgStore {
                 copy.finish().await.map_err(fail)?;
             }
             for (dag_id, state, finished) in states {
-                sqlx::query("UPDATE runs SET state = $1, finished_at = COALESCE($2, finished_at) WHERE dag_id = $3")
+                sqlx::query("UPDATE runs SET state = $1, finished_at = $2 WHERE dag_id = $3")
                     .bind(state)
                     .bind(finished)
                     .bind(dag_id)

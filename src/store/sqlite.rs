@@ -155,7 +155,7 @@ impl Store for SqliteStore {
             for event in &events {
                 if let Some(state) = event.run_state {
                     let finished = state.is_terminal().then(|| event.at.to_string());
-                    sqlx::query("UPDATE runs SET state = ?, finished_at = COALESCE(?, finished_at) WHERE dag_id = ?")
+                    sqlx::query("UPDATE runs SET state = ?, finished_at = ? WHERE dag_id = ?")
                         .bind(state.as_str())
                         .bind(finished)
                         .bind(&*event.dag_id)

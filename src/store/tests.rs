@@ -69,6 +69,30 @@ async fn runs_events_and_decisions_come_back_in_order(#[case] backend: Backend) 
         ("completed", Some("2026-11-26T10:00:00.000Z"))
     );
     assert_eq!((runs[1].state.as_str(), runs[1].finished_at.as_deref()), ("running", None));
+
+    // A repair reopens an ended run: it runs again with no end, then ends anew; in one batch
+    // (ended, reopened) only the last state stands.
+    store
+        .append(vec![stored("a", 4, ServerEventBody::RunStateChanged { state: RunPhase::Running })])
+        .await
+        .expect("reopened");
+    let reopened = store.run("a").await.expect("readable").expect("stored");
+    assert_eq!((reopened.state.as_str(), reopened.finished_at), ("running", None));
+    store
+        .append(vec![
+            stored("a", 5, ServerEventBody::RunStateChanged { state: RunPhase::Failed }),
+            stored("a", 6, ServerEventBody::RunStateChanged { state: RunPhase::Running }),
+        ])
+        .await
+        .expect("ended and reopened");
+    let again = store.run("a").await.expect("readable").expect("stored");
+    assert_eq!((again.state.as_str(), again.finished_at), ("running", None));
+    store
+        .append(vec![stored("a", 7, ServerEventBody::RunStateChanged { state: RunPhase::Completed })])
+        .await
+        .expect("ended");
+    let ended = store.run("a").await.expect("readable").expect("stored");
+    assert_eq!((ended.state.as_str(), ended.finished_at.is_some()), ("completed", true));
 }
 
 #[rstest]

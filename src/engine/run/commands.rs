@@ -35,6 +35,7 @@ impl Coordinator {
                 self.cancel_run();
                 Ok(())
             }
+            CommandEffect::Repair { action, node_id } => self.repair(action, node_id, actor),
         }
     }
 

@@ -5,7 +5,7 @@
 //! This file holds the task and its state; its work is split by concern: [`resume`] (after a
 //! restart), [`node_messages`] (what node tasks report), [`commands`] (client commands, gate
 //! decisions), [`scheduling`] (starting, settling, ending), [`budget`], [`mutation`] (the graph
-//! growing) and [`publish`] (events to the room). What the rules say (which command in which
+//! growing), [`repair`] (retry, re-run) and [`publish`] (events to the room). What the rules say (which command in which
 //! phase, what a decision does, when a budget gate opens) is decided by the pure functions of
 //! [`super::policy`]; these files apply it.
 
@@ -14,6 +14,7 @@ mod commands;
 mod mutation;
 mod node_messages;
 mod publish;
+mod repair;
 mod resume;
 mod scheduling;
 

@@ -141,7 +141,8 @@ impl Coordinator {
         };
         self.set_phase(phase);
         self.timers.abort_all();
-        self.room.publish(ServerEventBody::ExecutionComplete { results: std::mem::take(&mut self.outputs) });
+        // The outputs stay: a repair may reopen the run, and what it does not reset is kept.
+        self.room.publish(ServerEventBody::ExecutionComplete { results: self.outputs.clone() });
     }
 
     /// What approving gate `gate` is expected to cost, from the nodes not finished yet.

@@ -405,6 +405,30 @@ impl SpecFormat {
 }
 
 impl DagSpec {
+    /// The same spec with `env` added to every command node's environment (replacing a
+    /// variable of the same name): to run it again with changed settings. Refused, changing
+    /// nothing, for an invalid name or a spec without command nodes.
+    pub fn with_env(mut self, env: &BTreeMap<String, String>) -> Result<Self, SpecError> {
+        let bad = |problem: String| SpecError::BadRunField { field: "env", problem };
+        if let Some(name) = env.keys().find(|name| !is_valid_env_name(name)) {
+            return Err(bad(format!("{name:?} is not a valid variable name")));
+        }
+        let mut commands = 0;
+        for node in &mut self.nodes {
+            match &mut node.work {
+                NodeWork::Command { env: node_env, .. } => {
+                    node_env.extend(env.iter().map(|(name, value)| (name.clone(), value.clone())));
+                    commands += 1;
+                }
+                NodeWork::Simulate { .. } | NodeWork::Gate { .. } => {}
+            }
+        }
+        if commands == 0 && !env.is_empty() {
+            return Err(bad("this spec has no command nodes, so an env changes nothing".into()));
+        }
+        Ok(self)
+    }
+
     /// Reads and validates a spec.
     pub fn parse(text: &str, format: SpecFormat) -> Result<Self, SpecError> {
         let value: Value = match format {
