@@ -285,7 +285,7 @@ fn not_connected() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Decision, ServerEvent};
+    use crate::protocol::{Decision, RepairAction, ServerEvent};
     use serde_json::json;
 
     fn run() -> RunState {
@@ -361,5 +361,58 @@ mod tests {
         drop(commands);
         assert!(!link.is_attached());
         assert!(link.attach().is_some(), "a new engine may connect once the old one is gone");
+    }
+
+    /// An external run that ended failed takes a retry (checked by the repair rule, then
+    /// forwarded), and afterwards the engine's `run_repaired`, which must reset what the rule
+    /// says; nothing else once it has ended.
+    #[test]
+    fn an_ended_run_takes_a_repair_and_the_engines_report_of_it() {
+        let mut state = run();
+        let bodies = [
+            ServerEventBody::NodeState {
+                node_id: "a".into(),
+                status: NodeStatus::Completed,
+                output: None,
+                metrics: None,
+            },
+            ServerEventBody::NodeState {
+                node_id: "gate".into(),
+                status: NodeStatus::Failed,
+                output: None,
+                metrics: None,
+            },
+            ServerEventBody::NodeState {
+                node_id: "b".into(),
+                status: NodeStatus::Skipped,
+                output: None,
+                metrics: None,
+            },
+            ServerEventBody::RunStateChanged { state: crate::protocol::RunPhase::Failed },
+            ServerEventBody::ExecutionComplete { results: Default::default() },
+        ];
+        for (seq, body) in bodies.into_iter().enumerate() {
+            state.apply(&ServerEvent { seq: seq as u64 + 1, body });
+        }
+        let retry = ClientEvent::RetryNode { node_id: "gate".into() };
+        assert_eq!(check_command(&state, &retry, "ana"), Ok(()));
+        let retry_a = ClientEvent::RetryNode { node_id: "a".into() };
+        assert!(check_command(&state, &retry_a, "ana").expect_err("completed").contains("re-run from it instead"));
+        let repaired = |reset: &[&str]| ServerEventBody::RunRepaired {
+            action: RepairAction::Retry,
+            node_id: "gate".into(),
+            reset: reset.iter().map(|id| id.to_string()).collect(),
+            repaired_by: "ana".into(),
+            repaired_at: "now".into(),
+        };
+        assert_eq!(check_event(&state, &repaired(&["gate", "b"])), Ok(()));
+        assert!(check_event(&state, &repaired(&["gate"])).expect_err("b too").contains("resets gate, b, not gate"));
+        let running = ServerEventBody::NodeState {
+            node_id: "gate".into(),
+            status: NodeStatus::Running,
+            output: None,
+            metrics: None,
+        };
+        assert!(check_event(&state, &running).expect_err("ended").contains("has ended"));
     }
 }

@@ -615,4 +615,17 @@ mod tests {
         assert!(bad.is_err_and(|e| e.contains("max_rows")));
         assert_eq!(describe_field(&form[1]), "max_rows (integer … to …)");
     }
+
+    #[test]
+    fn a_repair_is_one_line_naming_who_what_and_which_nodes() {
+        let reset = ["flaky".to_owned(), "after".to_owned()];
+        assert_eq!(
+            repair_line(RepairAction::Retry, "flaky", &reset, "ana"),
+            "↻ ana retried flaky: 2 run again (flaky, after)"
+        );
+        assert_eq!(
+            repair_line(RepairAction::Rerun, "after", &reset[1..], "bo"),
+            "↻ bo re-ran from after: 1 run again (after)"
+        );
+    }
 }
