@@ -231,6 +231,21 @@ impl Service {
         }
     }
 
+    /// The run before its first event (every node of its spec pending): where folding its log
+    /// starts, to show the run as it stood at any event.
+    pub async fn initial_state(&self, dag_id: &str) -> Result<RunState, ServiceError> {
+        let run = self.find(dag_id).await?;
+        let started_at = run.room.summary().started_at;
+        if let Some(spec) = &run.spec {
+            return Ok(crate::runs::initial_state(dag_id, spec, &started_at));
+        }
+        // An external run's definition is its stored record.
+        let unknown = || ServiceError::NotFound(format!("run {dag_id:?} has no stored definition to start from"));
+        let store = self.runs.store().ok_or_else(unknown)?;
+        let record = store.run(dag_id).await.map_err(|e| ServiceError::Internal(e.to_string()))?.ok_or_else(unknown)?;
+        Ok(crate::runs::StoredRun::read(&record, Vec::new()).state)
+    }
+
     /// Every gate decision of the run, oldest first.
     pub async fn decisions(&self, dag_id: &str) -> Result<Vec<GateDecisionRecord>, ServiceError> {
         Ok(self.state(dag_id).await?.decisions)

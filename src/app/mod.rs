@@ -21,6 +21,7 @@ pub mod page;
 mod run_page;
 pub mod runs_feed;
 mod runs_page;
+mod scrub;
 pub mod socket;
 pub mod spend;
 pub mod stream;

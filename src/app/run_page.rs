@@ -1,5 +1,6 @@
 //! The run view (`/dags/{dag_id}`): nodes with live status, spend, progress, gate cards,
-//! run controls and the connection indicator.
+//! run controls, the connection indicator, and the history bar that shows the run as it stood
+//! at any event of its log (`scrub`).
 
 use leptos::prelude::*;
 
@@ -10,6 +11,7 @@ use super::graph::Graph;
 use super::history::{Decisions, Notifications, Timeline};
 use super::live_run::{LiveRun, NodeSignal, RunHead};
 use super::node_panel::NodePanel;
+use super::scrub::{History, HistoryBar};
 use super::spend::{SpendPanel, budget_level, budget_used_percent, remaining_text};
 use super::stream::{Connection, DagStream, use_dag_stream};
 use crate::protocol::{ClientEvent, Decision, GateDecisionRecord, NodeStatus, Role, RunPhase};
@@ -63,6 +65,27 @@ fn RunView(head: RunHead, may_steer: bool) -> impl IntoView {
     // The node whose panel is open.
     let selected = RwSignal::new(None::<String>);
     let stale = move || stream.connection.get() != Connection::Live;
+    let history = History::new(live_run);
+    // Keys: ← one event back in the run's history, → one on (past the newest: live again).
+    #[cfg(feature = "hydrate")]
+    {
+        let handle = window_event_listener(leptos::ev::keydown, move |ev| {
+            let typing = ev
+                .target()
+                .and_then(|t| wasm_bindgen::JsCast::dyn_into::<web_sys::Element>(t).ok())
+                .is_some_and(|el| matches!(el.tag_name().as_str(), "TEXTAREA" | "INPUT" | "SELECT"));
+            if typing || ev.ctrl_key() || ev.meta_key() || ev.alt_key() {
+                return;
+            }
+            match ev.key().as_str() {
+                "ArrowLeft" => history.step_back(),
+                "ArrowRight" => history.step_on(),
+                _ => return,
+            }
+            ev.prevent_default();
+        });
+        on_cleanup(move || handle.remove());
+    }
     view! {
         <section class="page run" class:stale=stale data-testid="run-view">
             <div class="page-head">
@@ -72,28 +95,40 @@ fn RunView(head: RunHead, may_steer: bool) -> impl IntoView {
                 </div>
                 <ConnectionIndicator connection=stream.connection/>
             </div>
-            <div class="summary">
-                <RunStateBadge live_run/>
-                <ProgressLine live_run/>
-                <CostTicker live_run/>
-                {may_steer.then(|| view! { <Controls live_run stream/> })}
-                {may_steer.then(|| view! { <RunAgainButton live_run/> })}
-            </div>
-            <Notices live_run stream/>
-            <GateCards live_run stream may_steer/>
-            <div class="graph-row" class:with-panel=move || selected.with(Option::is_some)>
-                // The graph is drawn in the browser only (the server cannot know the screen), so
-                // the page carries its empty frame and the browser builds it after hydrating:
-                // about half of the hydration's work was the graph's code starting up.
-                <AfterFirstFrame placeholder=|| view! { <section class="graph" data-testid="graph-placeholder"></section> }>
-                    <Graph live_run selected/>
-                </AfterFirstFrame>
-                <NodePanel live_run selected stream may_steer/>
-            </div>
-            {if server_rendered_list {
-                view! { <NodeList live_run selected/> }.into_any()
-            } else {
-                view! { <AfterFirstFrame><NodeList live_run selected/></AfterFirstFrame> }.into_any()
+            <HistoryBar history/>
+            {move || {
+                // The run as it stood at the history bar's event, or the live run; nobody steers
+                // the past.
+                let (shown, may_steer) = match history.shown.get() {
+                    Some(past) => (past, false),
+                    None => (live_run, may_steer),
+                };
+                view! {
+                    <div class="summary">
+                        <RunStateBadge live_run=shown/>
+                        <ProgressLine live_run=shown/>
+                        <CostTicker live_run=shown/>
+                        {may_steer.then(|| view! { <Controls live_run stream/> })}
+                        {may_steer.then(|| view! { <RunAgainButton live_run/> })}
+                    </div>
+                    <Notices live_run stream/>
+                    <GateCards live_run=shown stream may_steer/>
+                    <div class="graph-row" class:with-panel=move || selected.with(Option::is_some)>
+                        // The graph is drawn in the browser only (the server cannot know the
+                        // screen), so the page carries its empty frame and the browser builds it
+                        // after hydrating: about half of the hydration's work was the graph's
+                        // code starting up.
+                        <AfterFirstFrame placeholder=|| view! { <section class="graph" data-testid="graph-placeholder"></section> }>
+                            <Graph live_run=shown selected/>
+                        </AfterFirstFrame>
+                        <NodePanel live_run=shown selected stream may_steer/>
+                    </div>
+                    {if server_rendered_list {
+                        view! { <NodeList live_run=shown selected/> }.into_any()
+                    } else {
+                        view! { <AfterFirstFrame><NodeList live_run=shown selected/></AfterFirstFrame> }.into_any()
+                    }}
+                }
             }}
             <AfterFirstFrame>
                 <div class="history">
