@@ -9,12 +9,13 @@
 //! - [`protocol`] (both): `ServerEvent` / `ClientEvent`, payload types, and `RunState::apply`,
 //!   the one reducer that folds events into the state of a run. The contract is
 //!   `docs/protocol.md`, its JSON Schema `schema/protocol.schema.json`.
-//! - [`app`] (both): the Leptos pages (the run list, a run, the inbox), the live run
+//! - [`app`] (both): the Leptos pages (the run list, a run, the inbox, two runs compared), the live run
 //!   (`app::live_run`), the stream hook, and the gate card (`app::gate_card`).
 //! - [`examples`] (both): the bundled example specs, by name.
 //! - `engine` (ssr): specs (`spec`), the pure scheduler (`schedule`), rules (`policy`) and gate
 //!   forecasts (`forecast`), the coordinator task of each run (`run`), node tasks (`node`) and
 //!   command processes (`process`).
+//! - `compare` (ssr): two runs side by side, node by node, outputs diffed (the compare page).
 //! - `external` (ssr): runs an outside engine drives: definition, event checks, command link.
 //! - `hub` (ssr): one room per run: sequenced log, folded state, fan-out to subscribers; the
 //!   writer that stores events before anyone sees them (`hub::writer`).
@@ -75,6 +76,8 @@ pub mod bench;
 pub mod cli;
 #[cfg(feature = "ssr")]
 pub mod cluster;
+#[cfg(feature = "ssr")]
+pub mod compare;
 #[cfg(feature = "ssr")]
 pub mod engine;
 #[cfg(feature = "ssr")]

@@ -246,6 +246,12 @@ impl Service {
         Ok(crate::runs::StoredRun::read(&record, Vec::new()).state)
     }
 
+    /// Runs `a` and `b` side by side ([`crate::compare::compare`]).
+    pub async fn compare(&self, a: &str, b: &str) -> Result<crate::protocol::RunComparison, ServiceError> {
+        let (a, b) = (self.state(a).await?, self.state(b).await?);
+        Ok(crate::compare::compare(&a, &b))
+    }
+
     /// Every gate decision of the run, oldest first.
     pub async fn decisions(&self, dag_id: &str) -> Result<Vec<GateDecisionRecord>, ServiceError> {
         Ok(self.state(dag_id).await?.decisions)

@@ -9,6 +9,7 @@
 //! directory (CI does) would miss each other.
 
 pub mod clock;
+mod compare_page;
 mod gate_card;
 mod graph;
 mod history;

@@ -1,6 +1,6 @@
 //! Which page a path shows, and each page's code as a split point of its own.
 //!
-//! The dashboard has three pages (the run list, a run, the inbox), and each is a plain document:
+//! The dashboard has four pages (the run list, a run, the inbox, two runs compared), and each is a plain document:
 //! the server renders the one the address names, the browser hydrates it, and a link to another
 //! page loads that page. There is no client-side router: its code was about a third of the shared
 //! wasm, for switching between pages that the server renders in a few milliseconds.
@@ -21,6 +21,8 @@ pub enum Page {
     Run { dag_id: String },
     /// `/inbox`: every gate that waits for the signed-in person.
     Inbox,
+    /// `/compare?a=…&b=…`: two runs side by side.
+    Compare,
     /// Any other address.
     NotFound,
 }
@@ -34,6 +36,9 @@ impl Page {
         }
         if path == "/inbox" {
             return Page::Inbox;
+        }
+        if path == "/compare" {
+            return Page::Compare;
         }
         match path.strip_prefix("/dags/") {
             Some(segment) if !segment.is_empty() && !segment.contains('/') => {
@@ -59,6 +64,7 @@ impl Page {
                 Page::Runs => super::runs_page::runs_page().await,
                 Page::Run { dag_id } => super::run_page::run_page(dag_id).await,
                 Page::Inbox => super::inbox::inbox_page().await,
+                Page::Compare => super::compare_page::compare_page().await,
                 Page::NotFound => view! { <p class="empty">"Page not found."</p> }.into_any(),
             }
         })
@@ -78,6 +84,26 @@ fn current_path() -> String {
     window().location().pathname().unwrap_or_default()
 }
 
+/// The value of parameter `name` in the address's query (form-encoded), if it has one.
+pub fn query_param(name: &str) -> Option<String> {
+    let query = current_query();
+    form_urlencoded::parse(query.trim_start_matches('?').as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}
+
+#[cfg(feature = "ssr")]
+fn current_query() -> String {
+    use_context::<axum::http::request::Parts>()
+        .and_then(|parts| parts.uri.query().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+#[cfg(not(feature = "ssr"))]
+fn current_query() -> String {
+    window().location().search().unwrap_or_default()
+}
+
 /// Fetches and instantiates the current page's split wasm file (the one its preload link named,
 /// so usually already downloaded). Loading a split file that fails to arrive stops the wasm, as a
 /// lazy route did.
@@ -89,6 +115,7 @@ pub async fn load_code() {
         Page::Runs => super::runs_page::__preload_runs_page().await,
         Page::Run { .. } => super::run_page::__preload_run_page().await,
         Page::Inbox => super::inbox::__preload_inbox_page().await,
+        Page::Compare => super::compare_page::__preload_compare_page().await,
         Page::NotFound => {}
     }
 }
@@ -101,6 +128,7 @@ mod tests {
     fn the_root_is_the_run_list() {
         assert_eq!(Page::from_path("/"), Page::Runs);
         assert_eq!(Page::from_path("/inbox"), Page::Inbox);
+        assert_eq!(Page::from_path("/compare"), Page::Compare);
     }
 
     #[test]

@@ -158,6 +158,8 @@ fn read_file(ev: leptos::ev::Event, text: RwSignal<String>, format: RwSignal<Str
 fn RunTable(initial: Vec<RunSummary>) -> impl IntoView {
     let (runs, live) = use_runs_feed(initial);
     let now = use_now();
+    // The runs ticked for comparing, in the order they were ticked (the first is `a`).
+    let picked = RwSignal::new(Vec::<String>::new());
     view! {
         // "live" once the feed's first message arrived: from then on no change is missed.
         <div class="run-list" data-testid="run-list" data-feed=move || if live.get() { "live" } else { "connecting" }>
@@ -165,9 +167,19 @@ fn RunTable(initial: Vec<RunSummary>) -> impl IntoView {
             when=move || runs.with(|r| !r.is_empty())
             fallback=|| view! { <p class="empty">"No runs yet. Start the demo to see one live."</p> }
         >
+            <div class="compare-bar">
+                {move || match picked.get().as_slice() {
+                    [a, b] => view! {
+                        <a class="button" data-testid="compare-picked" href=format!("/compare?a={a}&b={b}")>"Compare the two runs"</a>
+                    }
+                    .into_any(),
+                    _ => view! { <span class="muted small" data-testid="compare-hint">"Tick two runs to compare them."</span> }.into_any(),
+                }}
+            </div>
             <table class="run-table" data-testid="run-table">
                 <thead>
                     <tr>
+                        <th><span class="sr-only">"Compare"</span></th>
                         <th>"Run"</th>
                         <th>"State"</th>
                         <th>"Started"</th>
@@ -179,7 +191,7 @@ fn RunTable(initial: Vec<RunSummary>) -> impl IntoView {
                 </thead>
                 <tbody>
                     <For each=move || runs.get() key=|run| (run.dag_id.clone(), run.state, run.nodes_done, run.gates_waiting, run.cost.spent.to_bits(), run.nodes_total) let:run>
-                        <RunRow run now/>
+                        <RunRow run now picked/>
                     </For>
                 </tbody>
             </table>
@@ -189,7 +201,7 @@ fn RunTable(initial: Vec<RunSummary>) -> impl IntoView {
 }
 
 #[component]
-fn RunRow(run: RunSummary, now: ReadSignal<f64>) -> impl IntoView {
+fn RunRow(run: RunSummary, now: ReadSignal<f64>, picked: RwSignal<Vec<String>>) -> impl IntoView {
     let href = format!("/dags/{}", run.dag_id);
     let started = parse_ms(&run.started_at);
     let ended = run.ended_at.as_deref().and_then(parse_ms);
@@ -206,6 +218,33 @@ fn RunRow(run: RunSummary, now: ReadSignal<f64>) -> impl IntoView {
     };
     view! {
         <tr data-testid="run-row" data-dag-id=run.dag_id.clone() data-state=run.state.as_str()>
+            <td>
+                <input
+                    type="checkbox"
+                    data-testid="compare-pick"
+                    title="Compare this run"
+                    prop:checked={
+                        let dag_id = run.dag_id.clone();
+                        move || picked.with(|p| p.contains(&dag_id))
+                    }
+                    on:change={
+                        let dag_id = run.dag_id.clone();
+                        move |_| {
+                            picked.update(|p| {
+                                if let Some(at) = p.iter().position(|id| *id == dag_id) {
+                                    p.remove(at);
+                                } else {
+                                    // Two at most: ticking a third lets go of the oldest.
+                                    p.push(dag_id.clone());
+                                    if p.len() > 2 {
+                                        p.remove(0);
+                                    }
+                                }
+                            })
+                        }
+                    }
+                />
+            </td>
             <td>
                 <a href=href>{run.name.clone()}</a>
                 <span class="muted mono">" " {run.dag_id.clone()}</span>

@@ -217,3 +217,18 @@ pub async fn run_again(
     let again = state.service.run_again(&dag_id, &identity.signed_in(), request.env).await?;
     Ok((StatusCode::CREATED, Json(json!({ "dag_id": again }))))
 }
+
+#[derive(Deserialize)]
+pub struct CompareQuery {
+    a: String,
+    b: String,
+}
+
+/// `GET /api/compare?a=DAG_ID&b=DAG_ID`: two runs side by side, node by node, outputs diffed;
+/// 404 if either is unknown.
+pub async fn compare(
+    State(state): State<AppState>,
+    Query(query): Query<CompareQuery>,
+) -> Result<Json<crate::protocol::RunComparison>, AppError> {
+    Ok(Json(state.service.compare(&query.a, &query.b).await?))
+}

@@ -103,6 +103,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/dags/{dag_id}/nodes/{node_id}/retry", post(api::retry_node))
         .route("/api/dags/{dag_id}/nodes/{node_id}/rerun", post(api::rerun_node))
         .route("/api/dags/{dag_id}/again", post(api::run_again))
+        .route("/api/compare", get(api::compare))
         .route("/api/dags/{dag_id}/stream", get(stream::handler))
         .route("/api/dags/{dag_id}/engine", get(engine_socket::handler))
         .route("/api/runs/stream", get(feeds::runs_handler))
@@ -110,7 +111,8 @@ pub fn app(state: AppState) -> Router {
         .route("/gates/{token}", get(gate_page::page).post(gate_page::decide))
         .route("/", get(page.clone()))
         .route("/dags/{dag_id}", get(page.clone()))
-        .route("/inbox", get(page))
+        .route("/inbox", get(page.clone()))
+        .route("/compare", get(page))
         .nest_service("/pkg", site_files(site_pkg_dir))
         // No Leptos routes (the app has no router): this registers the server functions, which
         // find the service in their context (and who is signed in among the request's parts).
