@@ -9,7 +9,8 @@
 //! - [`protocol`] (both): `ServerEvent` / `ClientEvent`, payload types, and `RunState::apply`,
 //!   the one reducer that folds events into the state of a run. The contract is
 //!   `docs/protocol.md`, its JSON Schema `schema/protocol.schema.json`.
-//! - [`app`] (both): the Leptos pages (the run list, a run, the inbox, two runs compared), the live run
+//! - [`app`] (both): the Leptos pages (the run list, a run with its graph, Gantt view and history
+//!   bar, the inbox, two runs compared), the live run
 //!   (`app::live_run`), the stream hook, and the gate card (`app::gate_card`).
 //! - [`examples`] (both): the bundled example specs, by name.
 //! - `engine` (ssr): specs (`spec`), the pure scheduler (`schedule`), rules (`policy`) and gate

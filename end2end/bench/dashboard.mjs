@@ -3,7 +3,8 @@
 // tasks API), how many tasks took over 50 ms, and the time from first byte to interactive
 // (hydrated and live). Run with `make bench-dashboard` (it builds the release site first);
 // `RUNS=10 make bench-dashboard` repeats it (a fresh server and browser each time) and sums up,
-// since one run on a busy 2-core machine says little.
+// since one run on a busy 2-core machine says little. Each run is measured on the graph view and
+// on the Gantt view (`?view=gantt`); `VIEWS=gantt` picks one.
 import { spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -31,7 +32,7 @@ function spec() {
 }
 
 /** One run: a fresh server, browser and 1 000-node run; what the page measured. */
-async function once() {
+async function once(view) {
   const data = mkdtempSync(join(tmpdir(), 'dagstream-bench-'));
   const server = spawn(binary, ['serve', '--addr', `127.0.0.1:${port}`, '--data', data, '--site-root', join(root, 'target/site')], {
     stdio: 'ignore',
@@ -75,7 +76,7 @@ async function once() {
     await page.goto(`${base}/login?token=${token}`);
     const live = milestone('bench:live', 60_000);
     const completed = milestone('bench:completed', 120_000);
-    await page.goto(`${base}/dags/${dagId}`);
+    await page.goto(`${base}/dags/${dagId}${view === 'gantt' ? '?view=gantt' : ''}`);
     await live;
     const seqAtLive = (await (await fetch(`${base}/api/dags/${dagId}`, { headers: auth })).json()).seq;
     const t0 = Date.now();
@@ -110,21 +111,24 @@ function longestText(longTasks) {
 }
 
 const runs = Math.max(1, Number(process.env.RUNS ?? 1));
-const results = [];
-for (let i = 0; i < runs; i++) {
-  const r = await once();
-  results.push(r);
-  const longest = longestText(r.longTasks);
-  console.log(`nodes: ${layers * perLayer}, events streamed to the page: ${r.events} in ${r.seconds.toFixed(1)} s (${(r.events / r.seconds).toFixed(0)} events/s)`);
-  console.log(`first byte to interactive (hydrated, stream live): ${r.firstByteToInteractiveMs.toFixed(0)} ms`);
-  const { startUp, streaming } = phases(r);
-  console.log(`long tasks (> 50 ms): ${r.longTasks.length} (${startUp.length} while the page starts, ${streaming.length} while it streams); longest main-thread task: ${longest}`);
-  if (process.env.VERBOSE) console.log(`live at ${r.liveAt.toFixed(0)} ms; long tasks [start ms, duration ms]: ${JSON.stringify(r.longTasks)}`);
-}
-if (runs > 1) {
-  const clean = results.filter((r) => r.longTasks.length === 0).length;
-  const longest = longestText(results.flatMap((r) => r.longTasks));
-  const fbi = results.map((r) => r.firstByteToInteractiveMs);
-  const cleanStreaming = results.filter((r) => phases(r).streaming.length === 0).length;
-  console.log(`${runs} runs: ${clean} without a task over 50 ms (${cleanStreaming} without one while streaming); longest task of all: ${longest}; first byte to interactive ${Math.min(...fbi).toFixed(0)}–${Math.max(...fbi).toFixed(0)} ms`);
+const views = (process.env.VIEWS ?? 'graph,gantt').split(',');
+for (const view of views) {
+  const results = [];
+  for (let i = 0; i < runs; i++) {
+    const r = await once(view);
+    results.push(r);
+    const longest = longestText(r.longTasks);
+    console.log(`[${view}] nodes: ${layers * perLayer}, events streamed to the page: ${r.events} in ${r.seconds.toFixed(1)} s (${(r.events / r.seconds).toFixed(0)} events/s)`);
+    console.log(`[${view}] first byte to interactive (hydrated, stream live): ${r.firstByteToInteractiveMs.toFixed(0)} ms`);
+    const { startUp, streaming } = phases(r);
+    console.log(`[${view}] long tasks (> 50 ms): ${r.longTasks.length} (${startUp.length} while the page starts, ${streaming.length} while it streams); longest main-thread task: ${longest}`);
+    if (process.env.VERBOSE) console.log(`live at ${r.liveAt.toFixed(0)} ms; long tasks [start ms, duration ms]: ${JSON.stringify(r.longTasks)}`);
+  }
+  if (runs > 1) {
+    const clean = results.filter((r) => r.longTasks.length === 0).length;
+    const longest = longestText(results.flatMap((r) => r.longTasks));
+    const fbi = results.map((r) => r.firstByteToInteractiveMs);
+    const cleanStreaming = results.filter((r) => phases(r).streaming.length === 0).length;
+    console.log(`[${view}] ${runs} runs: ${clean} without a task over 50 ms (${cleanStreaming} without one while streaming); longest task of all: ${longest}; first byte to interactive ${Math.min(...fbi).toFixed(0)}–${Math.max(...fbi).toFixed(0)} ms`);
+  }
 }

@@ -47,6 +47,8 @@ test('cancel asks first, then stops the run', async ({ page, request }) => {
   await expect(page.getByTestId('cancel')).toBeDisabled();
 });
 
+// Spend is amber (over 80 %) from about 3.3 s to about 6.5 s after the start: time enough for a
+// page opened on a busy machine to see it before it turns red.
 const BUDGETED = `
 name = "budgeted"
 budget = 1.0
@@ -63,7 +65,7 @@ id = "second"
 label = "Second call"
 kind = "simulate"
 needs = ["first"]
-duration = "2500ms"
+duration = "6000ms"
 cost = 0.3
 [[nodes]]
 id = "third"

@@ -10,6 +10,7 @@
 
 pub mod clock;
 mod compare_page;
+mod gantt;
 mod gate_card;
 mod graph;
 mod history;

@@ -5,6 +5,7 @@
 use leptos::prelude::*;
 
 use super::clock::{format_elapsed, parse_ms, use_now};
+use super::gantt::Gantt;
 use super::gate_card::GateCardView;
 use super::get_run;
 use super::graph::Graph;
@@ -66,6 +67,8 @@ fn RunView(head: RunHead, may_steer: bool) -> impl IntoView {
     let selected = RwSignal::new(None::<String>);
     let stale = move || stream.connection.get() != Connection::Live;
     let history = History::new(live_run);
+    // The Gantt view instead of the graph (`?view=gantt` opens the page with it).
+    let gantt = RwSignal::new(super::page::query_param("view").as_deref() == Some("gantt"));
     // Keys: ← one event back in the run's history, → one on (past the newest: live again).
     #[cfg(feature = "hydrate")]
     {
@@ -113,13 +116,21 @@ fn RunView(head: RunHead, may_steer: bool) -> impl IntoView {
                     </div>
                     <Notices live_run stream/>
                     <GateCards live_run=shown stream may_steer/>
+                    <div class="view-tabs" role="tablist">
+                        <button role="tab" data-testid="show-graph" class:active=move || !gantt.get() on:click=move |_| gantt.set(false)>"Graph"</button>
+                        <button role="tab" data-testid="show-gantt" class:active=move || gantt.get() on:click=move |_| gantt.set(true)>"Gantt"</button>
+                    </div>
                     <div class="graph-row" class:with-panel=move || selected.with(Option::is_some)>
-                        // The graph is drawn in the browser only (the server cannot know the
-                        // screen), so the page carries its empty frame and the browser builds it
-                        // after hydrating: about half of the hydration's work was the graph's
-                        // code starting up.
+                        // The graph (or the Gantt view) is drawn in the browser only (the server
+                        // cannot know the screen), so the page carries its empty frame and the
+                        // browser builds it after hydrating: about half of the hydration's work
+                        // was the graph's code starting up.
                         <AfterFirstFrame placeholder=|| view! { <section class="graph" data-testid="graph-placeholder"></section> }>
-                            <Graph live_run=shown selected/>
+                            {move || if gantt.get() {
+                                view! { <Gantt live_run=shown selected/> }.into_any()
+                            } else {
+                                view! { <Graph live_run=shown selected/> }.into_any()
+                            }}
                         </AfterFirstFrame>
                         <NodePanel live_run=shown selected stream may_steer/>
                     </div>

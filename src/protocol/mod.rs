@@ -15,7 +15,8 @@ mod form;
 pub use compare::{ComparedRun, NodeComparison, NodeFigures, OutputChange, RunComparison};
 pub use form::{InputField, InputKind, MAX_TEXT, check_values, read_form, read_typed};
 pub use state::{
-    Applied, ErrorEntry, GateDecisionRecord, LOG_TAIL_LINES, LogLine, NodeView, Progress, RepairRecord, RunState,
+    Applied, AttemptSpan, ErrorEntry, GateDecisionRecord, LOG_TAIL_LINES, LogLine, NodeView, Progress, RepairRecord,
+    RunState,
 };
 
 use serde::{Deserialize, Serialize};

@@ -74,6 +74,24 @@ pub struct NodeView {
     /// The last [`LOG_TAIL_LINES`] lines of output.
     #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
     pub log_tail: VecDeque<LogLine>,
+    /// The attempts (or gate waits) before the current one, oldest first: what the Gantt view
+    /// draws as separate segments. The current one is in `metrics`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub past_attempts: Vec<AttemptSpan>,
+}
+
+/// One earlier attempt of a node (or wait of a gate).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
+pub struct AttemptSpan {
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339: when it finished, or (for an attempt that failed and was retried) when the
+    /// next one started.
+    pub ended_at: String,
+    /// Where it stood when it ended: `running` for an attempt that did not complete (it failed
+    /// and was retried, or the server restarted), `waiting` for a gate that sent work back.
+    pub status: NodeStatus,
 }
 
 /// One line of a node's output.
@@ -202,6 +220,9 @@ impl RunState {
         match &event.body {
             ServerEventBody::NodeState { node_id, status, output, metrics } => {
                 if let Some(node) = self.nodes.get_mut(node_id) {
+                    if let Some(started_at) = metrics.as_ref().and_then(|m| m.started_at.as_ref()) {
+                        node.begin_attempt(started_at);
+                    }
                     node.status = *status;
                     if output.is_some() {
                         node.output.clone_from(output);
@@ -469,16 +490,33 @@ impl RunState {
 
 impl NodeView {
     /// Back to pending for a repair: no output, no card, no inputs yet; what it cost and how
-    /// many attempts it made stay (they happened), the times of the last attempt go.
+    /// many attempts it made stay (they happened), its last attempt becomes a past one.
     fn start_over(&mut self) {
+        self.close_attempt(None);
         self.status = NodeStatus::Pending;
         self.output = None;
         self.gate = None;
         self.approved_by.clear();
         self.active_inputs.clear();
-        self.metrics.started_at = None;
-        self.metrics.finished_at = None;
+    }
+
+    /// A new attempt (or gate wait) starts at `started_at`: the one before it, if any, becomes a
+    /// past attempt, and the finish of that one is no longer the node's.
+    fn begin_attempt(&mut self, started_at: &str) {
+        if self.metrics.started_at.as_deref().is_some_and(|current| current != started_at) {
+            self.close_attempt(Some(started_at));
+        }
+    }
+
+    /// Moves the current attempt to `past_attempts`, ended when it finished, else at `next`
+    /// (the start of the attempt after it); clears its times.
+    fn close_attempt(&mut self, next: Option<&str>) {
+        let started_at = self.metrics.started_at.take();
+        let ended_at = self.metrics.finished_at.take().or_else(|| next.map(str::to_owned));
         self.metrics.duration_ms = None;
+        if let (Some(started_at), Some(ended_at)) = (started_at, ended_at) {
+            self.past_attempts.push(AttemptSpan { started_at, ended_at, status: self.status });
+        }
     }
 
     fn pending(node: GraphNode, needs: Vec<String>) -> Self {
@@ -494,6 +532,7 @@ impl NodeView {
             approved_by: Vec::new(),
             active_inputs: Vec::new(),
             log_tail: VecDeque::new(),
+            past_attempts: Vec::new(),
         }
     }
 }

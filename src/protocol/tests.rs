@@ -733,3 +733,33 @@ fn a_repair_resets_its_nodes_and_reopens_the_run() {
     assert_eq!(state.repairs.len(), 1);
     assert_eq!((state.repairs[0].seq, state.repairs[0].repaired_by.as_str()), (7, "ana"));
 }
+
+/// A new start of a node that had started makes the earlier attempt a past one: a retry after a
+/// failed attempt (it ends where the next starts), a re-run after a completed one (it ends when
+/// it finished); the node's own times are the current attempt's.
+#[test]
+fn each_new_start_keeps_the_attempt_before_it() {
+    let at = |second: u32| format!("2026-11-26T10:00:{second:02}Z");
+    let state_of = |status, started: Option<u32>, finished: Option<u32>, attempt| ServerEventBody::NodeState {
+        node_id: "a".into(),
+        status,
+        output: None,
+        metrics: Some(NodeMetrics {
+            attempt: Some(attempt),
+            started_at: started.map(at),
+            finished_at: finished.map(at),
+            ..Default::default()
+        }),
+    };
+    let state = fold(vec![
+        state_of(NodeStatus::Running, Some(1), None, 1),
+        state_of(NodeStatus::Running, Some(3), None, 2),
+        state_of(NodeStatus::Completed, None, Some(4), 2),
+        state_of(NodeStatus::Running, Some(6), None, 3),
+    ]);
+    let node = &state.nodes["a"];
+    let spans: Vec<(String, String, NodeStatus)> =
+        node.past_attempts.iter().map(|a| (a.started_at.clone(), a.ended_at.clone(), a.status)).collect();
+    assert_eq!(spans, [(at(1), at(3), NodeStatus::Running), (at(3), at(4), NodeStatus::Completed)]);
+    assert_eq!((node.metrics.started_at.clone(), node.metrics.finished_at.clone()), (Some(at(6)), None));
+}
