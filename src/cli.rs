@@ -43,6 +43,11 @@ struct Cli {
     /// for log collectors.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Export traces over OTLP/HTTP to this collector (`http://HOST:4318`; `/v1/traces` is
+    /// added when the URL has no path): a span per run, per node attempt and per gate wait.
+    /// Off by default.
+    #[arg(long, global = true, env = "DAGSTREAM_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 /// The shape of log lines.
@@ -346,15 +351,58 @@ pub async fn main() -> ExitCode {
         ) => "warn",
         Some(Command::Worker(_)) => "info",
     };
+    let telemetry = match init_logs(default_filter, cli.log_format, cli.otlp_endpoint.as_deref()) {
+        Ok(telemetry) => telemetry,
+        Err(problem) => {
+            eprintln!("dagstream: {problem}");
+            return ExitCode::from(EXIT_INVALID_SPEC);
+        }
+    };
+    let code = dispatch(cli.command).await;
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
+    code
+}
+
+/// Log lines on stderr (text or JSON) at `default_filter` (unless `RUST_LOG` says otherwise),
+/// and with an OTLP endpoint the spans exported as traces.
+fn init_logs(
+    default_filter: &str,
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+) -> Result<Option<crate::telemetry::Telemetry>, String> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
+        LogFormat::Text => lines.boxed(),
         // Each line one JSON object: time, level, target, the message and its fields, and the
         // spans it was logged in.
-        LogFormat::Json => logs.json().with_current_span(true).with_span_list(true).init(),
+        LogFormat::Json => lines.json().with_current_span(true).with_span_list(true).boxed(),
+    };
+    let (telemetry, traces) = match otlp_endpoint {
+        Some(endpoint) => {
+            let (telemetry, layer) = crate::telemetry::otlp(endpoint)?;
+            // dagstream's own spans (runs, node attempts, gate waits), not its libraries'.
+            let ours = tracing_subscriber::filter::Targets::new()
+                .with_target("dagstream", tracing_subscriber::filter::LevelFilter::INFO);
+            (Some(telemetry), Some(layer.with_filter(ours)))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(traces).with(lines.with_filter(filter)).init();
+    if let Some(endpoint) = otlp_endpoint {
+        tracing::info!(url = crate::telemetry::traces_url(endpoint), "exporting traces over OTLP");
     }
-    let result = match cli.command {
+    Ok(telemetry)
+}
+
+/// Does what the command line asked.
+async fn dispatch(command: Option<Command>) -> ExitCode {
+    let result = match command {
         Some(Command::Serve(args)) => serve(args).await,
         None => serve(ServeArgs::parse_defaults()).await,
         Some(Command::Validate { spec }) => return validate(&spec),

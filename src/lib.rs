@@ -30,6 +30,7 @@
 //! - `links` (ssr): approval links, `/gates/{token}`: one per person who may decide a waiting
 //!   gate, sent in its notification, usable once while the gate waits.
 //! - `metrics` (ssr): `GET /metrics` for Prometheus, and the names of what is recorded.
+//! - `telemetry` (ssr): OpenTelemetry traces over OTLP (`--otlp-endpoint`), off by default.
 //! - `runs` (ssr): the registry of runs; loads and resumes them from the store at start.
 //! - `cluster` (ssr): one instance of a cluster on PostgreSQL and NATS (`serve --nats`): run
 //!   leases with fencing, events relayed to every instance, commands forwarded to the owner.
@@ -103,6 +104,8 @@ pub mod server;
 pub mod service;
 #[cfg(feature = "ssr")]
 pub mod store;
+#[cfg(feature = "ssr")]
+pub mod telemetry;
 #[cfg(feature = "ssr")]
 pub mod terminal;
 

@@ -5,7 +5,8 @@
 //! This file holds the task and its state; its work is split by concern: [`resume`] (after a
 //! restart), [`node_messages`] (what node tasks report), [`commands`] (client commands, gate
 //! decisions), [`scheduling`] (starting, settling, ending), [`budget`], [`mutation`] (the graph
-//! growing), [`repair`] (retry, re-run) and [`publish`] (events to the room). What the rules say (which command in which
+//! growing), [`repair`] (retry, re-run), [`publish`] (events to the room) and [`trace`] (the
+//! run's spans). What the rules say (which command in which
 //! phase, what a decision does, when a budget gate opens) is decided by the pure functions of
 //! [`super::policy`]; these files apply it.
 
@@ -17,6 +18,7 @@ mod publish;
 mod repair;
 mod resume;
 mod scheduling;
+mod trace;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -208,6 +210,8 @@ struct Coordinator {
     started_by: Option<String>,
     /// What nodes cost in past runs of this spec, for gate forecasts.
     history: super::forecast::CostHistory,
+    /// The run's spans: the run, each node attempt, each gate wait.
+    traces: trace::Traces,
 }
 
 impl Coordinator {
@@ -218,6 +222,7 @@ impl Coordinator {
         let takes_capacity: Vec<bool> = spec.nodes.iter().map(|n| !n.is_gate()).collect();
         let scheduler = Scheduler::new(&needs, &takes_capacity, spec.max_parallel);
         let (to_self, from_nodes) = mpsc::channel(NODE_QUEUE);
+        let traces = trace::Traces::new(dag_id, &spec.name);
         Coordinator {
             runs: spec.nodes.iter().map(|_| NodeRun::default()).collect(),
             nodes: spec.nodes,
@@ -240,6 +245,7 @@ impl Coordinator {
             workers: config.workers.clone(),
             started_by: spec.started_by,
             history: spec.history,
+            traces,
         }
     }
 
@@ -257,9 +263,16 @@ impl Coordinator {
         self.finish_if_done();
         loop {
             tokio::select! {
-                Some(message) = next_node_message(&self.room, &mut self.from_nodes) => self.on_node_message(message),
+                Some(message) = next_node_message(&self.room, &mut self.from_nodes) => {
+                    // What is logged while the run handles it is logged in the run's span.
+                    let run = self.traces.run();
+                    let _in_run = run.enter();
+                    self.on_node_message(message);
+                }
                 command = inbox.recv() => match command {
                     Some(command) => {
+                        let run = self.traces.run();
+                        let _in_run = run.enter();
                         let verdict = self.on_command(command.event, &command.actor);
                         // The sender may have gone away; the command was applied (or not) anyway.
                         let _ = command.reply.send(verdict);

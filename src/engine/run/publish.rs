@@ -32,6 +32,7 @@ impl Coordinator {
         if let Some(event) = event {
             ::metrics::counter!(crate::metrics::NODES, "event" => event).increment(1);
         }
+        self.trace_node(node, status, metrics.as_ref());
         let node_id = self.nodes[node].id.clone();
         self.room.publish(ServerEventBody::NodeState { node_id, status, output, metrics });
     }

@@ -140,6 +140,7 @@ impl Coordinator {
             }
         };
         self.set_phase(phase);
+        self.traces.end_run(phase.as_str());
         self.timers.abort_all();
         // The outputs stay: a repair may reopen the run, and what it does not reset is kept.
         self.room.publish(ServerEventBody::ExecutionComplete { results: self.outputs.clone() });
