@@ -73,6 +73,13 @@ pub fn segments(node: &NodeView, start: f64, ready_at: Option<f64>) -> Vec<Segme
     segments
 }
 
+/// The Gantt view, split out of the run view's wasm (`cargo leptos build --split`): its code is
+/// fetched when the view is first shown.
+#[lazy]
+pub fn gantt_view(live_run: LiveRun, selected: RwSignal<Option<String>>) -> AnyView {
+    view! { <Gantt live_run selected/> }.into_any()
+}
+
 /// The Gantt view of `live_run`; clicking a row selects its node.
 #[component]
 pub fn Gantt(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl IntoView {

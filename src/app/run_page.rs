@@ -5,7 +5,7 @@
 use leptos::prelude::*;
 
 use super::clock::{format_elapsed, parse_ms, use_now};
-use super::gantt::Gantt;
+use super::gantt::gantt_view;
 use super::gate_card::GateCardView;
 use super::get_run;
 use super::graph::Graph;
@@ -98,7 +98,10 @@ fn RunView(head: RunHead, may_steer: bool) -> impl IntoView {
                 </div>
                 <ConnectionIndicator connection=stream.connection/>
             </div>
-            <HistoryBar history/>
+            // Not needed to go live: built after the first frame, its empty frame in its place.
+            <AfterFirstFrame placeholder=|| view! { <div class="history-bar" data-testid="history-placeholder"></div> }>
+                <HistoryBar history/>
+            </AfterFirstFrame>
             {move || {
                 // The run as it stood at the history bar's event, or the live run; nobody steers
                 // the past.
@@ -127,7 +130,9 @@ fn RunView(head: RunHead, may_steer: bool) -> impl IntoView {
                         // was the graph's code starting up.
                         <AfterFirstFrame placeholder=|| view! { <section class="graph" data-testid="graph-placeholder"></section> }>
                             {move || if gantt.get() {
-                                view! { <Gantt live_run=shown selected/> }.into_any()
+                                // Its code is a split file of its own, loaded when the tab is opened.
+                                let view = Suspend::new(async move { gantt_view(shown, selected).await });
+                                view! { <Suspense>{view}</Suspense> }.into_any()
                             } else {
                                 view! { <Graph live_run=shown selected/> }.into_any()
                             }}

@@ -83,8 +83,13 @@ impl Coordinator {
         let run = &self.runs[node];
         let mut open = self.traces.open.borrow_mut();
         if let Some(OpenSpan { span, cost_before, tokens_before }) = open.remove(&node) {
-            // A new start of a node that had one open: that attempt is being retried.
-            let outcome = if starts { "retried" } else { status.as_str() };
+            // A new start of a node that had one open: that attempt is being retried (or the
+            // gate sent its work back and waits anew).
+            let outcome = match (starts, self.nodes[node].is_gate()) {
+                (true, false) => "retried",
+                (true, true) => "sent_back",
+                (false, _) => status.as_str(),
+            };
             span.record("status", outcome);
             span.record("cost", run.cost - cost_before);
             span.record("tokens_in", run.tokens_in - tokens_before.0);
