@@ -427,21 +427,13 @@ impl Runs {
             return Ok(handle.clone());
         }
         let store = self.store_or_fail().map_err(|e| e.to_string())?;
-        let record = match store.run(dag_id).await {
-            Ok(Some(record)) => record,
-            Ok(None) => return Err(format!("run {dag_id} is not stored")),
-            Err(error) => {
-                tracing::error!(dag_id, %error, "a run to reopen cannot be read");
-                return Err("the run cannot be read from the store now: try again".into());
-            }
+        let unreadable = |error: StoreError| {
+            tracing::error!(dag_id, %error, "a run to reopen cannot be read");
+            "the run cannot be read from the store now: try again".to_owned()
         };
-        let texts = match store.events(dag_id, 0, Seq::MAX).await {
-            Ok(texts) => texts,
-            Err(error) => {
-                tracing::error!(dag_id, %error, "a run to reopen cannot be read");
-                return Err("the run cannot be read from the store now: try again".into());
-            }
-        };
+        let record =
+            store.run(dag_id).await.map_err(unreadable)?.ok_or_else(|| format!("run {dag_id} is not stored"))?;
+        let texts = store.events(dag_id, 0, Seq::MAX).await.map_err(unreadable)?;
         let history = self.cost_history(&record.name).await;
         let stored = StoredRun::read(&record, texts);
         if let Some(problem) = &stored.broken {

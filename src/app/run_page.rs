@@ -73,11 +73,7 @@ fn RunView(head: RunHead, may_steer: bool) -> impl IntoView {
     #[cfg(feature = "hydrate")]
     {
         let handle = window_event_listener(leptos::ev::keydown, move |ev| {
-            let typing = ev
-                .target()
-                .and_then(|t| wasm_bindgen::JsCast::dyn_into::<web_sys::Element>(t).ok())
-                .is_some_and(|el| matches!(el.tag_name().as_str(), "TEXTAREA" | "INPUT" | "SELECT"));
-            if typing || ev.ctrl_key() || ev.meta_key() || ev.alt_key() {
+            if !is_page_key(&ev) {
                 return;
             }
             match ev.key().as_str() {
@@ -373,17 +369,23 @@ fn Notices(live_run: LiveRun, stream: DagStream) -> impl IntoView {
     }
 }
 
+/// Whether a key press is meant for the page's own keys: not typed into a field, no modifier.
+#[cfg(feature = "hydrate")]
+fn is_page_key(ev: &web_sys::KeyboardEvent) -> bool {
+    let typing = ev
+        .target()
+        .and_then(|t| wasm_bindgen::JsCast::dyn_into::<web_sys::Element>(t).ok())
+        .is_some_and(|el| matches!(el.tag_name().as_str(), "TEXTAREA" | "INPUT" | "SELECT"));
+    !(typing || ev.ctrl_key() || ev.meta_key() || ev.alt_key())
+}
+
 #[component]
 fn GateCards(live_run: LiveRun, stream: DagStream, may_steer: bool) -> impl IntoView {
     // Keyboard: A approves, R rejects the first waiting gate; M goes to its feedback box.
     #[cfg(feature = "hydrate")]
     if may_steer {
         let handle = window_event_listener(leptos::ev::keydown, move |ev| {
-            let typing = ev
-                .target()
-                .and_then(|t| wasm_bindgen::JsCast::dyn_into::<web_sys::Element>(t).ok())
-                .is_some_and(|el| matches!(el.tag_name().as_str(), "TEXTAREA" | "INPUT" | "SELECT"));
-            if typing || ev.ctrl_key() || ev.meta_key() || ev.alt_key() {
+            if !is_page_key(&ev) {
                 return;
             }
             let Some(card) = live_run.gates.with_untracked(|g| g.first().cloned()) else { return };

@@ -180,7 +180,11 @@ impl History {
     /// Shows the run after event `target`: on from where the page is if that is before it (the
     /// events are applied one by one), otherwise folded anew from the start.
     fn fold_to(self, target: Seq) {
-        let Some(start) = self.start.get_value() else { return };
+        // Folded anew from the start (cloned only then: a large run's start is large).
+        let from_start = || {
+            self.start
+                .with_value(|start| self.log.with_value(|log| start.as_ref().map(|start| state_at(start, log, target))))
+        };
         match self.shown.get_untracked() {
             Some(past) if past.seq.get_untracked() <= target => {
                 let from = past.seq.get_untracked() as usize;
@@ -191,15 +195,17 @@ impl History {
                 });
             }
             Some(past) => {
-                let state = self.log.with_value(|log| state_at(&start, log, target));
-                past.apply_owned(ServerEvent {
-                    seq: state.seq,
-                    body: ServerEventBody::Snapshot { run: Box::new(state) },
-                });
+                if let Some(state) = from_start() {
+                    past.apply_owned(ServerEvent {
+                        seq: state.seq,
+                        body: ServerEventBody::Snapshot { run: Box::new(state) },
+                    });
+                }
             }
             None => {
-                let state = self.log.with_value(|log| state_at(&start, log, target));
-                self.shown.set(Some(LiveRun::new(state)));
+                if let Some(state) = from_start() {
+                    self.shown.set(Some(LiveRun::new(state)));
+                }
             }
         }
     }
