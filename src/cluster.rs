@@ -21,6 +21,11 @@
 //!   (`dagstream.instance.<id>.command`, NATS request and reply), which judges it like its own
 //!   users' commands; a gate decision is recorded with the database's one-decision-per-gate
 //!   write, so of deciders on several instances exactly one wins and the others are told who.
+//! - **Ended runs.** A run's end frees its lease (the owner's room becomes a mirror). A repair
+//!   (retry or re-run a node) reopens it on the instance it reaches, which claims the ended
+//!   run with one conditional `UPDATE` ([`PgStore::reopen_run`]) and resumes it from the
+//!   stored log; of several instances reopening it at once exactly one gets it, and the others
+//!   hand their repair to it, whose coordinator judges it like any command.
 //!
 //! - **Remote workers.** Command nodes with a `pool` run on `dagstream worker`s of that pool,
 //!   through JetStream (`crate::jobs`).
@@ -264,6 +269,11 @@ impl ClusterLink for Member {
                 },
             }
         })
+    }
+
+    fn reopen(&self, dag_id: &str) -> BoxFuture<'_, Result<Option<i64>, StoreError>> {
+        let dag_id = dag_id.to_owned();
+        Box::pin(async move { self.store.reopen_run(&dag_id, &self.id, self.ttl).await })
     }
 
     fn forward(&self, dag_id: &str, event: ClientEvent, actor: &str) -> BoxFuture<'_, Result<(), String>> {

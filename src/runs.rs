@@ -75,6 +75,9 @@ pub trait ClusterLink: Send + Sync + 'static {
     /// Hands a command on a run another instance drives to that instance and answers its
     /// verdict, or why it could not be asked (in words for the user).
     fn forward(&self, dag_id: &str, event: ClientEvent, actor: &str) -> BoxFuture<'_, Result<(), String>>;
+    /// Claims an ended run's lease for a repair that reopens it: answers the lease epoch, or
+    /// `None` when another instance reopened it first and holds it now.
+    fn reopen(&self, dag_id: &str) -> BoxFuture<'_, Result<Option<i64>, StoreError>>;
 }
 
 /// A registry's ties to its cluster.
@@ -416,21 +419,34 @@ impl Runs {
 
     /// Drives an ended run again with this server's engine, for a repair: the run as its stored
     /// log left it, resumed (nothing starts until the repair says what runs again). Answers
-    /// the run's handle; a run some engine drives already keeps it. Refused in a cluster, and
-    /// for a run whose log cannot be resumed.
-    pub async fn reopen(&self, dag_id: &str) -> Result<RunHandle, String> {
-        if self.is_member() {
-            return Err("in a cluster an ended run is not reopened: run it again instead".into());
-        }
+    /// the run's handle; a run some engine drives already keeps it. In a cluster this instance
+    /// first claims the ended run's lease ([`ClusterLink::reopen`]); `Ok(None)` then means
+    /// another instance reopened it first and drives it now (commands go there). Refused for a
+    /// run whose log cannot be resumed.
+    pub async fn reopen(&self, dag_id: &str) -> Result<Option<RunHandle>, String> {
         let entry = self.get(dag_id).ok_or_else(|| format!("no run {dag_id:?}"))?;
-        if let Driver::Engine(handle) = &entry.driver {
-            return Ok(handle.clone());
-        }
+        let epoch = match self.cluster.get() {
+            None => {
+                if let Driver::Engine(handle) = &entry.driver {
+                    return Ok(Some(handle.clone()));
+                }
+                None
+            }
+            Some(member) => match member.link.reopen(dag_id).await {
+                Ok(Some(epoch)) => Some(epoch),
+                Ok(None) => return Ok(None),
+                Err(error) => {
+                    tracing::warn!(dag_id, %error, "cannot claim an ended run to reopen it");
+                    return Err("the run cannot be reopened now: try again".into());
+                }
+            },
+        };
         let store = self.store_or_fail().map_err(|e| e.to_string())?;
         let unreadable = |error: StoreError| {
             tracing::error!(dag_id, %error, "a run to reopen cannot be read");
             "the run cannot be read from the store now: try again".to_owned()
         };
+        // In a cluster the claim waited for the last owner's last append: the stored log is whole.
         let record =
             store.run(dag_id).await.map_err(unreadable)?.ok_or_else(|| format!("run {dag_id} is not stored"))?;
         let texts = store.events(dag_id, 0, Seq::MAX).await.map_err(unreadable)?;
@@ -441,18 +457,35 @@ impl Runs {
         }
         let mut spec = stored.spec.map_err(|problem| format!("the run's spec cannot be read ({problem})"))?;
         spec.history = history;
+        if let Some(epoch) = epoch {
+            let room = &entry.room;
+            // This instance may still drive the run (a repair it claimed the run for was
+            // refused): that coordinator stops; the new one starts from the stored log.
+            if let Authority::Leased(held) = room.authority() {
+                room.stop_driving(held);
+            }
+            catch_up(room, &stored.log, &stored.frames, stored.state.seq).map_err(unreadable)?;
+            room.take_over(epoch);
+            tracing::info!(dag_id, epoch, seq = room.seq(), "run reopened: driving it here");
+        }
         let mut runs = self.write();
         let Some(entry) = runs.get_mut(dag_id) else { return Err(format!("no run {dag_id:?}")) };
-        match &entry.driver {
-            // Someone reopened it meanwhile.
-            Driver::Engine(handle) => Ok(handle.clone()),
-            Driver::External(_) | Driver::Remote => Err("this run is driven elsewhere".into()),
-            Driver::Ended => {
+        match (&entry.driver, epoch) {
+            // Someone reopened it meanwhile (on this server).
+            (Driver::Engine(handle), None) => Ok(Some(handle.clone())),
+            (Driver::External(_), _) => Err("an external engine drives this run".into()),
+            (Driver::Remote, None) => Err("this run is driven elsewhere".into()),
+            (Driver::Ended, None) | (Driver::Engine(_) | Driver::Remote | Driver::Ended, Some(_)) => {
                 let state = entry.room.snapshot();
-                let handle =
-                    engine::run::resume(dag_id, spec, &stored.log, &state, Arc::clone(&entry.room), &self.engine)?;
+                let resumed =
+                    engine::run::resume(dag_id, spec, &stored.log, &state, Arc::clone(&entry.room), &self.engine);
+                let handle = resumed.inspect_err(|_| {
+                    if let Some(epoch) = epoch {
+                        entry.room.stop_driving(epoch);
+                    }
+                })?;
                 entry.driver = Driver::Engine(handle.clone());
-                Ok(handle)
+                Ok(Some(handle))
             }
         }
     }
@@ -523,16 +556,7 @@ impl Runs {
                 self.write().entry(dag_id.to_owned()).or_insert(entry).room.clone()
             }
         };
-        for (event, frame) in stored.log.iter().zip(&stored.frames) {
-            room.follow(event.clone(), frame.clone());
-        }
-        if room.seq() != stored.state.seq {
-            return Err(StoreError(format!(
-                "run {dag_id}: its room is at event {} but the store at {}",
-                room.seq(),
-                stored.state.seq
-            )));
-        }
+        catch_up(&room, &stored.log, &stored.frames, stored.state.seq)?;
         room.take_over(epoch);
         tracing::info!(dag_id, epoch, seq = room.seq(), "run claimed: driving it here");
         self.renotify(dag_id, &stored.log);
@@ -723,4 +747,20 @@ fn finished_within(record: &RunRecord, window: std::time::Duration) -> bool {
 fn new_run_id() -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     id[..12].to_owned()
+}
+
+/// Brings a mirrored run's room up to its whole stored log, before this instance drives it.
+fn catch_up(room: &Room, log: &[ServerEvent], frames: &[Frame], stored_seq: Seq) -> Result<(), StoreError> {
+    for (event, frame) in log.iter().zip(frames) {
+        room.follow(event.clone(), frame.clone());
+    }
+    if room.seq() != stored_seq {
+        return Err(StoreError(format!(
+            "run {}: its room is at event {} but the store at {}",
+            room.dag_id(),
+            room.seq(),
+            stored_seq
+        )));
+    }
+    Ok(())
 }

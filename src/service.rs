@@ -19,6 +19,10 @@ use crate::protocol::{
 };
 use crate::runs::{Driver, RunEntry, Runs, StartError};
 
+/// How long a repair waits for another instance that is reopening the same ended run to drive it,
+/// before handing the repair to it.
+const REOPENING_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Events one read of a run's log answers at most.
 pub const MAX_EVENTS_PER_READ: usize = 1000;
 
@@ -302,11 +306,26 @@ impl Service {
             ClientEvent::RetryNode { .. } | ClientEvent::RerunNode { .. } => "retry or re-run nodes",
         };
         caller.require(Role::needed_for(&event), what).map_err(ServiceError::Forbidden)?;
-        if event.repair().is_some() && self.runs.is_member() && run.room.is_complete() {
-            // Its lease has lapsed with its end; reopening it would race another instance.
-            return Err(ServiceError::Refused(
-                "in a cluster an ended run is not reopened: run it again instead".into(),
-            ));
+        if let Some((action, node_id)) = event.repair()
+            && run.room.is_complete()
+            && !matches!(run.driver, Driver::External(_))
+        {
+            // A repair reopens an ended run: this instance's engine drives it again from its
+            // log (in a cluster, once it holds the run's lease again). Asked before reopening,
+            // so a repair the run cannot take reopens nothing.
+            run.room.snapshot().repair_plan(action, node_id).map_err(ServiceError::Refused)?;
+            return match self.runs.reopen(run.room.dag_id()).await.map_err(ServiceError::Refused)? {
+                Some(handle) => handle
+                    .command(event, &caller.name)
+                    .await
+                    .map_err(|rejected| ServiceError::Refused(rejected.to_string())),
+                // Another instance reopened it a moment ago: its coordinator judges this repair,
+                // once it drives the run (its first events have reached this instance).
+                None => {
+                    let _ = tokio::time::timeout(REOPENING_WAIT, run.room.reopened()).await;
+                    self.runs.forward(run.room.dag_id(), event, &caller.name).await.map_err(ServiceError::Refused)
+                }
+            };
         }
         match &run.driver {
             Driver::Engine(handle) => handle
@@ -318,18 +337,11 @@ impl Service {
                     .map_err(ServiceError::Refused)?;
                 link.forward(&event, &caller.name).map_err(ServiceError::Refused)
             }
-            Driver::Remote => {
+            // Another instance drives it (a run that ended here may have been reopened there).
+            Driver::Remote | Driver::Ended if self.runs.is_member() && !run.room.is_complete() => {
                 self.runs.forward(run.room.dag_id(), event, &caller.name).await.map_err(ServiceError::Refused)
             }
-            // A repair reopens an ended run: this server's engine drives it from its log.
-            Driver::Ended if event.repair().is_some() => {
-                let handle = self.runs.reopen(run.room.dag_id()).await.map_err(ServiceError::Refused)?;
-                handle
-                    .command(event, &caller.name)
-                    .await
-                    .map_err(|rejected| ServiceError::Refused(rejected.to_string()))
-            }
-            Driver::Ended => Err(ServiceError::Refused(format!(
+            Driver::Remote | Driver::Ended => Err(ServiceError::Refused(format!(
                 "the run is {}: it takes no more commands",
                 run.room.summary().state.as_str()
             ))),

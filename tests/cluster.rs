@@ -512,6 +512,87 @@ run = 'echo $$ > "$MARK/long.pid"; exec sleep 60'
     assert!(errors.iter().any(|e| e.contains("timed out")), "the timeout is reported: {errors:?}");
 }
 
+/// A run that fails on one instance is repaired from both at once: exactly one instance
+/// reopens it (the other's retry is judged by that one's coordinator), the run goes on there
+/// and completes, and both instances serve the same run; a re-run asked at the other instance
+/// later reopens it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_ended_run_is_reopened_by_a_repair_on_any_instance_exactly_once() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let database = Scratch::new(Backend::Postgres, "cluster_repair").await;
+    let url = database.url();
+    let nats = Nats::start();
+    let site = stub_site("cluster-repair-site");
+    let a = member(&site, "ra", &url, &nats.url());
+    let b = member(&site, "rb", &url, &nats.url());
+    let marker = temp_dir("cluster-repair-marker").join("fixed");
+    let spec = format!(
+        "name = \"repaired\"\n[[nodes]]\nid = \"flaky\"\nkind = \"command\"\nrun = '[ -f {} ] || exit 1'\n\n\
+         [[nodes]]\nid = \"after\"\nkind = \"command\"\nneeds = [\"flaky\"]\nrun = \"echo after\"\n",
+        marker.display()
+    );
+    let started = http(&a.addr, "POST", "/api/dags", Some("application/toml"), &spec);
+    let dag_id = dag_id_of(&started);
+    for addr in [&a.addr, &b.addr] {
+        wait_until(addr, &dag_id, "the run failing", |run| run.state.as_str() == "failed" && run.results.is_some())
+            .await;
+    }
+    std::fs::write(&marker, "").expect("the fix");
+
+    // The same retry at both instances at once.
+    let retry = format!("/api/dags/{dag_id}/nodes/flaky/retry");
+    let asked: Vec<String> = futures::future::join_all([a.addr.clone(), b.addr.clone()].map(|addr| {
+        let retry = retry.clone();
+        tokio::task::spawn_blocking(move || http(&addr, "POST", &retry, None, ""))
+    }))
+    .await
+    .into_iter()
+    .map(|answer| answer.expect("asked"))
+    .collect();
+    let statuses: Vec<u16> = asked.iter().map(|answer| common::status_of(answer)).collect();
+    assert_eq!(statuses.iter().filter(|&&s| s == 202).count(), 1, "exactly one retry is taken: {asked:#?}");
+    assert_eq!(statuses.iter().filter(|&&s| s == 409).count(), 1, "the other is refused: {asked:#?}");
+    // Refused by the coordinator that took the first one, with the node's state as the reason.
+    let refused = asked.iter().find(|answer| common::status_of(answer) == 409).map(|a| json_body(a));
+    let reason = refused.as_ref().and_then(|body| body["error"].as_str()).unwrap_or_default();
+    assert!(reason.contains("only a failed node is retried") || reason.contains("is changing right now"), "{reason}");
+    for addr in [&a.addr, &b.addr] {
+        wait_until(addr, &dag_id, "the repaired run completing", |run| {
+            run.state.as_str() == "completed" && run.results.is_some()
+        })
+        .await;
+    }
+    let repaired = run_state(&a.addr, &dag_id);
+    assert_eq!(repaired.repairs.len(), 1, "one repair: {:#?}", repaired.repairs);
+    assert_eq!(repaired.nodes["flaky"].metrics.attempt, Some(2));
+
+    // A re-run of `after`, asked at whichever instance did not take the retry.
+    let other = if statuses[0] == 202 { &b.addr } else { &a.addr };
+    let rerun = http(other, "POST", &format!("/api/dags/{dag_id}/nodes/after/rerun"), None, "");
+    assert_eq!(common::status_of(&rerun), 202, "{rerun}");
+    for addr in [&a.addr, &b.addr] {
+        wait_until(addr, &dag_id, "the re-run completing", |run| {
+            run.repairs.len() == 2 && run.state.as_str() == "completed" && run.results.is_some()
+        })
+        .await;
+    }
+
+    // Both instances serve the stored run, event for event.
+    let store = PgStore::open(&url, 2).await.expect("the store");
+    let texts = store.events(&dag_id, 0, u64::MAX).await.expect("events");
+    let record = store.run(&dag_id).await.expect("readable").expect("stored");
+    assert_eq!(record.state, "completed");
+    assert!(record.finished_at.is_some(), "ended again in the store");
+    let stored = StoredRun::read(&record, texts).state;
+    for addr in [&a.addr, &b.addr] {
+        let served = run_state(addr, &dag_id);
+        assert_eq!(served.seq, stored.seq, "{addr} is at the stored end");
+        assert_eq!(served.nodes["after"].metrics.attempt, Some(2), "{addr}");
+    }
+    let repaired = stored.repairs.iter().filter(|r| r.node_id == "flaky" || r.node_id == "after").count();
+    assert_eq!(repaired, 2);
+}
+
 #[test]
 fn a_server_without_workers_refuses_a_pool_node_with_the_reason() {
     let site = stub_site("no-workers-site");

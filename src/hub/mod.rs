@@ -243,8 +243,13 @@ impl Room {
 
     /// Folds, logs and broadcasts an event (the writer calls this once it is stored), and hands
     /// it to the relay, if there is one.
+    ///
+    /// In a cluster, the run's end also ends this instance's part in it: the store freed its
+    /// lease with the end, so the room becomes a mirror and the coordinator stops; a repair
+    /// reopens the run on whichever instance it reaches ([`crate::runs::Runs::reopen`]).
     pub fn commit(&self, event: ServerEvent, frame: Frame) {
         let milestone = is_milestone(&event.body);
+        let ended = matches!(event.body, ServerEventBody::ExecutionComplete { .. });
         if milestone && let Some(milestones) = self.milestones.get() {
             // Nobody listening (the server is stopping) is fine.
             let _ = milestones.send((Arc::clone(&self.dag_id), event.clone()));
@@ -253,6 +258,12 @@ impl Room {
         if let Some(relay) = self.relay.get() {
             // The relay ends only when the cluster shuts down; then nobody needs the event.
             let _ = relay.send((Arc::clone(&self.dag_id), frame));
+        }
+        if ended
+            && let Authority::Leased(epoch) = self.authority()
+            && self.stop_driving(epoch)
+        {
+            tracing::debug!(dag_id = %self.dag_id, epoch, "run ended: its lease is over");
         }
         if milestone {
             self.announce();
@@ -314,7 +325,10 @@ impl Room {
         }
     }
 
-    fn stop_driving(&self, epoch: i64) -> bool {
+    /// This instance stops driving the run it drove with lease `epoch`: the room becomes a
+    /// mirror, the coordinator is halted and the registry is told. False (and nothing changes)
+    /// when the room does not drive it with that epoch.
+    pub fn stop_driving(&self, epoch: i64) -> bool {
         let mut inner = self.lock();
         if inner.authority != Authority::Leased(epoch) {
             return false;
@@ -467,6 +481,13 @@ impl Room {
         let mut complete = self.complete.subscribe();
         // The sender lives as long as the room, so this only ends when the run completes.
         let _ = complete.wait_for(|done| *done).await;
+    }
+
+    /// Waits until a repair has reopened the ended run (its `running` state is here).
+    pub async fn reopened(&self) {
+        let mut complete = self.complete.subscribe();
+        // The sender lives as long as the room, so this only ends when the run is reopened.
+        let _ = complete.wait_for(|done| !*done).await;
     }
 }
 

@@ -182,13 +182,18 @@ impl Store for PgStore {
                 copy.finish().await.map_err(fail)?;
             }
             for (dag_id, state, finished) in states {
-                sqlx::query("UPDATE runs SET state = $1, finished_at = $2 WHERE dag_id = $3")
-                    .bind(state)
-                    .bind(finished)
-                    .bind(dag_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(fail)?;
+                // An end frees the run's lease at once: a repair may reopen it on any instance
+                // (`PgStore::reopen_run`) without waiting for the lease to run out.
+                sqlx::query(
+                    "UPDATE runs SET state = $1, finished_at = $2, \
+                     lease_until = CASE WHEN $2::text IS NULL THEN lease_until END WHERE dag_id = $3",
+                )
+                .bind(state)
+                .bind(finished)
+                .bind(dag_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(fail)?;
             }
             tx.commit().await.map_err(fail)?;
             Ok(Appended { fenced })
@@ -591,6 +596,28 @@ impl PgStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| StoreError::from_sqlx("cannot claim the run", e))
+    }
+
+    /// Claims ended run `dag_id` for instance `me` for `ttl`, for a repair that reopens it:
+    /// answers the new epoch, or `None` when the run has not ended, is an external engine's, or
+    /// another instance reopened it and still holds its lease. One conditional `UPDATE`: of
+    /// several instances reopening the run at once, exactly one gets it. The run stays ended
+    /// in the store until the repair's first events are stored (they set `finished_at` back to
+    /// `NULL`); if no repair follows, the lease runs out and the run stays as it was.
+    pub async fn reopen_run(&self, dag_id: &str, me: &str, ttl: Duration) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(
+            "UPDATE runs SET owner = $2, epoch = epoch + 1, \
+             lease_until = clock_timestamp() + $3::float8 * interval '1 millisecond' \
+             WHERE dag_id = $1 AND finished_at IS NOT NULL \
+             AND NOT COALESCE((spec->>'external')::boolean, false) \
+             AND (lease_until IS NULL OR lease_until < clock_timestamp() OR owner = $2) RETURNING epoch",
+        )
+        .bind(dag_id)
+        .bind(me)
+        .bind(millis(ttl))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| StoreError::from_sqlx("cannot reopen the run", e))
     }
 
     /// Runs instance `me` could claim now, oldest first.
