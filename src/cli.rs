@@ -386,10 +386,7 @@ fn init_logs(
     let (telemetry, traces) = match otlp_endpoint {
         Some(endpoint) => {
             let (telemetry, layer) = crate::telemetry::otlp(endpoint)?;
-            // dagstream's own spans (runs, node attempts, gate waits), not its libraries'.
-            let ours = tracing_subscriber::filter::Targets::new()
-                .with_target("dagstream", tracing_subscriber::filter::LevelFilter::INFO);
-            (Some(telemetry), Some(layer.with_filter(ours)))
+            (Some(telemetry), Some(layer.with_filter(crate::telemetry::exported())))
         }
         None => (None, None),
     };

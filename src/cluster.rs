@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::EngineConfig;
 use crate::engine::remote::WorkerPools;
-use crate::hub::{Followed, Frame, Room, RoomLimits};
+use crate::hub::{Authority, Followed, Frame, Relayed, Room, RoomLimits};
 use crate::jobs::JetStreamWorkers;
 use crate::protocol::{ClientEvent, ServerEvent};
 use crate::runs::{ClusterLink, Runs};
@@ -56,6 +56,8 @@ use crate::store::{PgStore, Store, StoreError};
 
 /// How long a lease lasts unless `--lease-ttl` says otherwise.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// The NATS header that carries a relayed event's trace id (`crate::telemetry`).
+const TRACE_ID_HEADER: &str = "Dagstream-Trace-Id";
 /// How long a forwarded command waits for the run's owner to answer.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the sender of a command hears while no instance can take it.
@@ -142,7 +144,7 @@ pub async fn join(
     limits: RoomLimits,
     mut engine: EngineConfig,
     store: Arc<PgStore>,
-    milestones: Option<mpsc::UnboundedSender<crate::notify::outbox::Milestone>>,
+    milestones: Option<mpsc::UnboundedSender<crate::hub::Milestone>>,
 ) -> Result<Joined, String> {
     let nats = async_nats::ConnectOptions::new()
         .name(format!("dagstream {}", config.instance_id))
@@ -258,6 +260,7 @@ impl ClusterLink for Member {
                     if let Err(error) = self.nats.publish(claim_subject(&chosen), Bytes::from(dag_id.clone())).await {
                         tracing::warn!(%error, %chosen, "could not tell the instance of its new run");
                     }
+                    // Before the run has a trace: its owner makes one when it starts the run.
                     tracing::info!(%dag_id, %chosen, "run placed on another instance");
                     Ok(None)
                 }
@@ -308,11 +311,21 @@ impl ClusterLink for Member {
 }
 
 /// Hands every committed event of the runs driven here to NATS, in commit order.
-async fn publish_loop(nats: async_nats::Client, mut relayed: mpsc::UnboundedReceiver<(Arc<str>, Frame)>) {
+async fn publish_loop(nats: async_nats::Client, mut relayed: mpsc::UnboundedReceiver<crate::hub::Relayed>) {
     let mut batch = Vec::with_capacity(256);
     while relayed.recv_many(&mut batch, 256).await > 0 {
-        for (dag_id, frame) in batch.drain(..) {
-            if let Err(error) = nats.publish(events_subject(&dag_id), Bytes::from(frame.text)).await {
+        for Relayed { dag_id, frame, trace_id } in batch.drain(..) {
+            let subject = events_subject(&dag_id);
+            let payload = Bytes::from(frame.text);
+            let published = match trace_id {
+                Some(trace_id) => {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(TRACE_ID_HEADER, &*trace_id);
+                    nats.publish_with_headers(subject, headers, payload).await
+                }
+                None => nats.publish(subject, payload).await,
+            };
+            if let Err(error) = published {
                 // The other instances find the event in the store.
                 tracing::debug!(%error, "event not relayed");
             }
@@ -331,25 +344,34 @@ async fn follow_loop(runs: Arc<Runs>, mut events: async_nats::Subscriber, stop: 
             _ = stop.cancelled() => return,
         };
         let Some(dag_id) = message.subject.as_str().strip_prefix("dagstream.events.") else { continue };
+        let trace_id = message.headers.as_ref().and_then(|headers| headers.get(TRACE_ID_HEADER)).map(|v| v.as_str());
+        let lines = crate::telemetry::lines_span(trace_id);
         let Ok(text) = std::str::from_utf8(&message.payload) else { continue };
         let Ok(event) = serde_json::from_str::<ServerEvent>(text) else {
-            tracing::warn!(%dag_id, "unreadable event on NATS ignored");
+            tracing::warn!(parent: &lines, %dag_id, "unreadable event on NATS ignored");
             continue;
         };
         let frame = Frame { seq: event.seq, text: Utf8Bytes::from(text.to_owned()) };
         let Some(entry) = runs.get(dag_id) else {
             // A run another instance created: its stored log already holds this event.
             if let Err(error) = runs.mirror_stored(dag_id).await {
-                tracing::warn!(%error, %dag_id, "cannot mirror a new run yet; the catch-up loop tries again");
+                tracing::warn!(parent: &lines, %error, %dag_id, "cannot mirror a new run yet; the catch-up loop tries again");
             }
             continue;
         };
+        if entry.room.authority() == Authority::Mirror && entry.room.trace_id().as_deref() != trace_id {
+            // The owner's trace of the run: the lines this instance logs about it carry it too.
+            entry.room.set_trace_id(trace_id.map(Arc::from));
+            tracing::debug!(parent: &lines, %dag_id, "following the run's trace");
+        }
         if let Followed::Gap { after } = entry.room.follow(event.clone(), frame.clone()) {
             match catch_up(&runs, &entry.room, after, event.seq - 1).await {
                 Ok(()) => {
                     entry.room.follow(event, frame);
                 }
-                Err(error) => tracing::warn!(%error, %dag_id, "cannot fill a gap yet; the catch-up loop tries again"),
+                Err(error) => {
+                    tracing::warn!(parent: &lines, %error, %dag_id, "cannot fill a gap yet; the catch-up loop tries again")
+                }
             }
         }
     }
@@ -505,7 +527,8 @@ async fn claim_free_runs(runs: &Runs, member: &Member) -> Result<(), StoreError>
     for dag_id in free {
         let Some(epoch) = member.store.claim_run(&dag_id, &member.id, member.ttl).await? else { continue };
         if let Err(error) = runs.adopt(&dag_id, epoch).await {
-            tracing::error!(%error, %dag_id, "claimed a run but cannot drive it");
+            let lines = runs.get(&dag_id).map(|entry| entry.room.lines()).unwrap_or_else(tracing::Span::none);
+            tracing::error!(parent: &lines, %error, %dag_id, "claimed a run but cannot drive it");
         }
     }
     Ok(())

@@ -333,6 +333,20 @@ async fn run_job(message: jetstream::Message, nats: async_nats::Client, js: jets
             return;
         }
     };
+    // What is logged about the job carries its run's trace id.
+    let lines = crate::telemetry::lines_span(job.trace_id.as_deref());
+    tracing::Instrument::instrument(run_delivered(message, job, delivery, nats, js, config), lines).await;
+}
+
+/// Runs delivery `delivery` of `job`, read from `message`.
+async fn run_delivered(
+    message: jetstream::Message,
+    job: RemoteJob,
+    delivery: u64,
+    nats: async_nats::Client,
+    js: jetstream::Context,
+    config: &WorkerConfig,
+) {
     let updates =
         Updates { js: js.clone(), subject: updates_subject(&job.job_id), delivery, worker: config.id.clone() };
     tracing::info!(job = %job.job_id, dag_id = %job.dag_id, node = %job.node_id, delivery, "job started");

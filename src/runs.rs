@@ -84,7 +84,7 @@ pub trait ClusterLink: Send + Sync + 'static {
 struct Membership {
     link: Arc<dyn ClusterLink>,
     /// Where every room hands its committed events, for the other instances.
-    relay: mpsc::UnboundedSender<(Arc<str>, Frame)>,
+    relay: mpsc::UnboundedSender<crate::hub::Relayed>,
     /// Where rooms report a lost lease.
     fenced: mpsc::UnboundedSender<Arc<str>>,
 }
@@ -104,7 +104,7 @@ pub struct Runs {
     /// Set when this registry is one instance of a cluster ([`Runs::join`]).
     cluster: OnceLock<Membership>,
     /// Where every room hands its milestones, when notifications are on ([`Runs::notify_into`]).
-    milestones: OnceLock<mpsc::UnboundedSender<crate::notify::outbox::Milestone>>,
+    milestones: OnceLock<mpsc::UnboundedSender<crate::hub::Milestone>>,
 }
 
 impl Runs {
@@ -132,7 +132,7 @@ impl Runs {
         limits: RoomLimits,
         engine: EngineConfig,
         store: Arc<dyn Store>,
-        milestones: Option<mpsc::UnboundedSender<crate::notify::outbox::Milestone>>,
+        milestones: Option<mpsc::UnboundedSender<crate::hub::Milestone>>,
     ) -> Result<Self, StoreError> {
         let runs = Runs::recording(limits, engine, store);
         if let Some(milestones) = milestones {
@@ -143,7 +143,7 @@ impl Runs {
     }
 
     /// Every room, from now on, hands its milestones to `milestones`. Call before loading.
-    pub fn notify_into(&self, milestones: mpsc::UnboundedSender<crate::notify::outbox::Milestone>) {
+    pub fn notify_into(&self, milestones: mpsc::UnboundedSender<crate::hub::Milestone>) {
         let _ = self.milestones.set(milestones);
     }
 
@@ -363,7 +363,12 @@ impl Runs {
         let dag_id: Arc<str> = dag_id.into();
         for event in log.iter().filter(|event| crate::hub::is_milestone(&event.body)) {
             // The notifier ends only with the server.
-            let _ = milestones.send((Arc::clone(&dag_id), event.clone()));
+            // Events of the run's last trace, which this server does not know: no trace id.
+            let _ = milestones.send(crate::hub::Milestone {
+                dag_id: Arc::clone(&dag_id),
+                event: event.clone(),
+                trace_id: None,
+            });
         }
     }
 
@@ -436,14 +441,14 @@ impl Runs {
                 Ok(Some(epoch)) => Some(epoch),
                 Ok(None) => return Ok(None),
                 Err(error) => {
-                    tracing::warn!(dag_id, %error, "cannot claim an ended run to reopen it");
+                    tracing::warn!(parent: &entry.room.lines(), dag_id, %error, "cannot claim an ended run to reopen it");
                     return Err("the run cannot be reopened now: try again".into());
                 }
             },
         };
         let store = self.store_or_fail().map_err(|e| e.to_string())?;
         let unreadable = |error: StoreError| {
-            tracing::error!(dag_id, %error, "a run to reopen cannot be read");
+            tracing::error!(parent: &entry.room.lines(), dag_id, %error, "a run to reopen cannot be read");
             "the run cannot be read from the store now: try again".to_owned()
         };
         // In a cluster the claim waited for the last owner's last append: the stored log is whole.
@@ -466,7 +471,6 @@ impl Runs {
             }
             catch_up(room, &stored.log, &stored.frames, stored.state.seq).map_err(unreadable)?;
             room.take_over(epoch);
-            tracing::info!(dag_id, epoch, seq = room.seq(), "run reopened: driving it here");
         }
         let mut runs = self.write();
         let Some(entry) = runs.get_mut(dag_id) else { return Err(format!("no run {dag_id:?}")) };
@@ -485,6 +489,10 @@ impl Runs {
                     }
                 })?;
                 entry.driver = Driver::Engine(handle.clone());
+                if let Some(epoch) = epoch {
+                    let room = &entry.room;
+                    tracing::info!(parent: &room.lines(), dag_id, epoch, seq = room.seq(), "run reopened: driving it here");
+                }
                 Ok(Some(handle))
             }
         }
@@ -496,7 +504,7 @@ impl Runs {
     pub fn join(
         &self,
         link: Arc<dyn ClusterLink>,
-        relay: mpsc::UnboundedSender<(Arc<str>, Frame)>,
+        relay: mpsc::UnboundedSender<crate::hub::Relayed>,
         fenced: mpsc::UnboundedSender<Arc<str>>,
     ) {
         let _ = self.cluster.set(Membership { link, relay, fenced });
@@ -509,9 +517,9 @@ impl Runs {
         engine: EngineConfig,
         store: Arc<dyn Store>,
         link: Arc<dyn ClusterLink>,
-        relay: mpsc::UnboundedSender<(Arc<str>, Frame)>,
+        relay: mpsc::UnboundedSender<crate::hub::Relayed>,
         fenced: mpsc::UnboundedSender<Arc<str>>,
-        milestones: Option<mpsc::UnboundedSender<crate::notify::outbox::Milestone>>,
+        milestones: Option<mpsc::UnboundedSender<crate::hub::Milestone>>,
     ) -> Result<Self, StoreError> {
         let runs = Runs::recording(limits, engine, store);
         runs.join(link, relay, fenced);
@@ -558,10 +566,12 @@ impl Runs {
         };
         catch_up(&room, &stored.log, &stored.frames, stored.state.seq)?;
         room.take_over(epoch);
-        tracing::info!(dag_id, epoch, seq = room.seq(), "run claimed: driving it here");
         self.renotify(dag_id, &stored.log);
         let history = self.cost_history(&record.name).await;
+        let seq = room.seq();
         let driver = self.drive(&record, stored, &room, history);
+        // Logged once the coordinator has made the run's new trace.
+        tracing::info!(parent: &room.lines(), dag_id, epoch, seq, "run claimed: driving it here");
         if let Some(entry) = self.write().get_mut(dag_id) {
             entry.driver = driver;
         }

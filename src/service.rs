@@ -372,7 +372,8 @@ impl Service {
         };
         let spec = self.as_started_by(spec, caller)?;
         let again = self.runs.start(spec).await.map_err(start_error)?;
-        tracing::info!(dag_id, again, by = caller.name, "run started again");
+        // A line of the run that was run again (the new run's own lines begin with its start).
+        tracing::info!(parent: &run.room.lines(), dag_id, again, by = caller.name, "run started again");
         Ok(again)
     }
 }

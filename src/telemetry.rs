@@ -3,11 +3,18 @@
 //! `engine::run::trace`) are exported over OTLP/HTTP (protobuf) to `URL/v1/traces`, in batches,
 //! by the OpenTelemetry SDK; the run's trace id is a field of its span, so every line logged in
 //! it carries it.
+//!
+//! Lines about a run logged outside its span (its storage and lease, its notifications, a
+//! cluster's mirror of it, a worker's job of it) carry the trace id too: they are logged in a
+//! [`lines_span`], a span that only names the trace and is never exported ([`exported`]). The
+//! run's room keeps the id ([`crate::hub::Room::trace_id`]); a cluster's owner sends it with
+//! each event to the mirrors, and a job carries it to its worker.
 
 use opentelemetry::trace::{TraceContextExt, TracerProvider};
 use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
 use tracing::Span;
 use tracing_opentelemetry::{OpenTelemetryLayer, OpenTelemetrySpanExt};
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::registry::LookupSpan;
 
 /// The exporter's state: flushed and stopped with [`Telemetry::shutdown`].
@@ -57,6 +64,25 @@ impl Telemetry {
             tracing::warn!(%error, "the last traces could not be exported");
         }
     }
+}
+
+/// Target of [`lines_span`]s: they are for log lines only, and never exported.
+pub const RUN_LINES: &str = "dagstream::run_lines";
+
+/// The span lines about a run are logged in outside the run's own span: it names the run's
+/// trace (`trace_id`). `Span::none()` (the lines as they were) when the run has no trace.
+/// Error-level, so it is enabled whenever dagstream's error lines are.
+pub fn lines_span(trace_id: Option<&str>) -> Span {
+    match trace_id {
+        Some(trace_id) => tracing::error_span!(target: RUN_LINES, parent: None, "run_lines", trace_id),
+        None => Span::none(),
+    }
+}
+
+/// Which spans become OpenTelemetry spans: dagstream's own (runs, node attempts, gate waits),
+/// not its libraries', and not the [`lines_span`]s.
+pub fn exported() -> Targets {
+    Targets::new().with_target("dagstream", LevelFilter::INFO).with_target(RUN_LINES, LevelFilter::OFF)
 }
 
 /// The OpenTelemetry trace id of `span`, when traces are exported.

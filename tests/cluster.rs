@@ -388,16 +388,28 @@ struct Worker {
 
 impl Worker {
     fn start(nats: &str, pool: &str, id: &str) -> Worker {
+        let log = std::env::var("WORKER_LOG").unwrap_or_else(|_| "warn".into());
+        Worker::spawn(nats, pool, id, &[], &log, Stdio::inherit())
+    }
+
+    /// A worker that logs JSON lines into the file `log`.
+    fn start_logged(nats: &str, pool: &str, id: &str, log: &std::path::Path) -> Worker {
+        let log = std::fs::File::create(log).expect("a log file");
+        Worker::spawn(nats, pool, id, &["--log-format", "json"], "dagstream=debug", Stdio::from(log))
+    }
+
+    fn spawn(nats: &str, pool: &str, id: &str, more: &[&str], rust_log: &str, stderr: Stdio) -> Worker {
         static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let work = temp_dir(&format!("cluster-worker-{id}-{n}"));
         let child = Command::new(env!("CARGO_BIN_EXE_dagstream"))
             .args(["worker", "--nats", nats, "--pool", pool, "--id", id, "--ack-wait", "2s", "--concurrency", "2"])
+            .args(more)
             .arg("--work")
             .arg(&work)
-            .env("RUST_LOG", std::env::var("WORKER_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("the worker starts");
         Worker { child }
@@ -591,6 +603,82 @@ async fn an_ended_run_is_reopened_by_a_repair_on_any_instance_exactly_once() {
     }
     let repaired = stored.repairs.iter().filter(|r| r.node_id == "flaky" || r.node_id == "after").count();
     assert_eq!(repaired, 2);
+}
+
+/// With traces exported, every log line about a run carries the run's trace id: on the
+/// instance that drives it (its coordinator's lines, its lease's end), on the instance that
+/// mirrors it (the owner sends the id with each event), and on the worker that runs its pool
+/// node (the job carries it). The one line before the run has a trace, its placement, is the
+/// exception.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_line_about_a_run_carries_its_trace_id_on_its_owner_its_mirror_and_its_worker() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let database = Scratch::new(Backend::Postgres, "cluster_traces").await;
+    let url = database.url();
+    let nats = Nats::start();
+    let site = stub_site("cluster-traces-site");
+    let (collector, exported) = common::otlp_collector();
+    let logs = temp_dir("cluster-traces-logs");
+    let nats_url = nats.url();
+    let start = |name: &str| {
+        let more = ["--nats", &nats_url, "--instance-id", name, "--lease-ttl", "2s", "--otlp-endpoint", &collector];
+        let data = temp_dir(&format!("cluster-traces-{name}"));
+        Served::start_logged(&site, &data, Some(&url), &more, &logs.join(name))
+    };
+    let (a, b) = (start("ta"), start("tb"));
+    let _worker = Worker::start_logged(&nats.url(), "gpu", "tw", &logs.join("worker"));
+    let spec = "name = \"traced\"\n[[nodes]]\nid = \"remote\"\nkind = \"command\"\npool = \"gpu\"\nrun = \"echo remote\"\n\n\
+                [[nodes]]\nid = \"local\"\nkind = \"command\"\nneeds = [\"remote\"]\nrun = \"echo local\"\n";
+    let dag_id = dag_id_of(&http(&a.addr, "POST", "/api/dags", Some("application/toml"), spec));
+    for addr in [&a.addr, &b.addr] {
+        wait_until(addr, &dag_id, "the run completing", |run| run.results.is_some()).await;
+    }
+    // A line about the run on whichever instance is asked: it runs the spec again.
+    let again = http(&b.addr, "POST", &format!("/api/dags/{dag_id}/again"), None, "");
+    assert_eq!(common::status_of(&again), 201, "{again}");
+    let again_id = dag_id_of(&again);
+    for addr in [&a.addr, &b.addr] {
+        wait_until(addr, &again_id, "the second run completing", |run| run.results.is_some()).await;
+    }
+
+    let about_the_run = |name: &str| -> Vec<serde_json::Value> {
+        common::json_log(&logs.join(name))
+            .into_iter()
+            .filter(|line| common::log_values(line, "dag_id").contains(&dag_id))
+            .collect()
+    };
+    let (on_a, on_b, on_worker) = (about_the_run("ta"), about_the_run("tb"), about_the_run("worker"));
+    let ended = on_a
+        .iter()
+        .chain(&on_b)
+        .find(|line| line["fields"]["message"] == "run ended")
+        .unwrap_or_else(|| panic!("no instance logged the run's end: {on_a:#?} {on_b:#?}"));
+    let trace_id = common::log_values(ended, "trace_id").pop().expect("the end line names the trace");
+    assert_eq!(trace_id.len(), 32, "{trace_id}");
+    for line in on_a.iter().chain(&on_b).chain(&on_worker) {
+        if line["fields"]["message"] == "run placed on another instance" {
+            continue;
+        }
+        assert_eq!(
+            common::log_values(line, "trace_id"),
+            std::slice::from_ref(&trace_id),
+            "a line without the run's trace: {line}"
+        );
+    }
+    let said = |lines: &[serde_json::Value], message: &str| lines.iter().any(|l| l["fields"]["message"] == message);
+    // The owner's, the mirror's and the worker's own lines are among them.
+    let (owner, mirror) = if said(&on_a, "run ended") { (&on_a, &on_b) } else { (&on_b, &on_a) };
+    assert!(said(owner, "run ended: its lease is over"), "{owner:#?}");
+    assert!(said(mirror, "following the run's trace"), "{mirror:#?}");
+    assert!(said(&on_worker, "job started"), "{on_worker:#?}");
+    assert!(said(&on_a, "run started again") || said(&on_b, "run started again"));
+    // And it is the trace the spans were exported in.
+    let raw: Vec<u8> = (0..16).map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).expect("hex")).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !exported.lock().expect("lock").concat().windows(16).any(|w| w == raw.as_slice()) {
+        assert!(Instant::now() < deadline, "trace {trace_id} was not exported");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[test]

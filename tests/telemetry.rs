@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::io::Read;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dagstream::engine::{DagSpec, EngineConfig, SpecFormat};
@@ -17,6 +15,7 @@ use dagstream::protocol::{ClientEvent, Decision, NodeStatus};
 use dagstream::runs::Runs;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 
 /// `flaky` fails its first attempt and reports a cost on its second; a gate; then `after`.
@@ -48,8 +47,11 @@ fn attribute(span: &SpanData, key: &str) -> Option<String> {
 async fn a_run_exports_its_span_each_node_attempt_and_each_gate_wait() {
     let exporter = InMemorySpanExporter::default();
     let provider = SdkTracerProvider::builder().with_simple_exporter(exporter.clone()).build();
-    let subscriber =
-        tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("test"))
+            .with_filter(dagstream::telemetry::exported()),
+    );
     let _default = tracing::subscriber::set_default(subscriber);
 
     let runs = Runs::new(RoomLimits::default(), EngineConfig::new(common::temp_dir("telemetry")));
@@ -103,50 +105,9 @@ async fn a_run_exports_its_span_each_node_attempt_and_each_gate_wait() {
     assert_eq!(of("node", "after").len(), 1);
 }
 
-/// A collector on a port of its own: every body POSTed to `/v1/traces`.
-fn collector() -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let bodies = Arc::new(Mutex::new(Vec::new()));
-    let kept = Arc::clone(&bodies);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut request = Vec::new();
-            let mut buffer = [0u8; 65536];
-            // Read the head, then as many body bytes as it says.
-            while let Ok(n) = stream.read(&mut buffer) {
-                if n == 0 {
-                    break;
-                }
-                request.extend_from_slice(&buffer[..n]);
-                let text = String::from_utf8_lossy(&request).to_string();
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let length = text[..end]
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
-                        })
-                        .and_then(|v| v.parse::<usize>().ok())
-                        .unwrap_or(0);
-                    if request.len() >= end + 4 + length {
-                        if text.starts_with("POST /v1/traces") {
-                            kept.lock().expect("lock").push(request[end + 4..end + 4 + length].to_vec());
-                        }
-                        break;
-                    }
-                }
-            }
-            use std::io::Write;
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        }
-    });
-    (format!("http://{addr}"), bodies)
-}
-
 #[test]
 fn the_binary_exports_to_an_otlp_collector_and_logs_the_trace_id() {
-    let (endpoint, bodies) = collector();
+    let (endpoint, bodies) = common::otlp_collector();
     let spec = std::env::temp_dir().join(format!("dagstream-traced-{}.toml", std::process::id()));
     std::fs::write(&spec, SPEC).expect("spec");
     let data = common::temp_dir("telemetry-bin");

@@ -2,6 +2,7 @@
 //! the typed messages it sends back to the run's coordinator.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -106,6 +107,8 @@ pub struct NodeJob {
     pub cancel_grace: Duration,
     /// The run's id, for jobs sent to workers.
     pub dag_id: String,
+    /// The run's trace id, for the lines a worker logs about the job.
+    pub trace_id: Option<Arc<str>>,
     /// Where a command node with a `pool` runs; `None` on a server without workers (which
     /// refuses such specs).
     pub workers: Option<WorkerPools>,
@@ -193,6 +196,7 @@ async fn remote(
         feedback: job.feedback.clone(),
         timeout_ms: job.timeout.map(|t| t.as_millis().min(u128::from(u64::MAX)) as u64),
         cancel_grace_ms: job.cancel_grace.as_millis().min(u128::from(u64::MAX)) as u64,
+        trace_id: job.trace_id.as_deref().map(str::to_owned),
     };
     workers.run(pool, remote_job, job.node, attempt, events, cancel).await
 }

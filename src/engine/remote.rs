@@ -37,6 +37,10 @@ pub struct RemoteJob {
     pub feedback: Option<String>,
     pub timeout_ms: Option<u64>,
     pub cancel_grace_ms: u64,
+    /// The run's OpenTelemetry trace id, when its owner exports traces: the worker's lines
+    /// about the job carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// What a worker says about a job it runs. `delivery` counts the job's deliveries (1 for the

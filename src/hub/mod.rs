@@ -51,6 +51,24 @@ impl Default for RoomLimits {
     }
 }
 
+/// A committed event of a run that changes its course, for notifications ([`is_milestone`]).
+#[derive(Clone, Debug)]
+pub struct Milestone {
+    pub dag_id: Arc<str>,
+    pub event: ServerEvent,
+    /// The run's trace, for the notifier's lines about it.
+    pub trace_id: Option<Arc<str>>,
+}
+
+/// A committed event handed to a cluster's other instances.
+#[derive(Clone, Debug)]
+pub struct Relayed {
+    pub dag_id: Arc<str>,
+    pub frame: Frame,
+    /// The run's trace, so the mirrors' lines about the run carry it too.
+    pub trace_id: Option<Arc<str>>,
+}
+
 /// The live state and event log of one run.
 pub struct Room {
     dag_id: Arc<str>,
@@ -64,12 +82,16 @@ pub struct Room {
     /// run's lease was lost); its coordinator watches it. A new one comes with each take-over.
     halt: Mutex<CancellationToken>,
     /// Where committed events go besides this room's subscribers (a cluster's other instances).
-    relay: OnceLock<mpsc::UnboundedSender<(Arc<str>, Frame)>>,
+    relay: OnceLock<mpsc::UnboundedSender<Relayed>>,
     /// Told this run's id when the store fenced this instance out of it (its lease was lost).
     on_fenced: OnceLock<mpsc::UnboundedSender<Arc<str>>>,
     /// Where the committed events that change the run's course (gates, spend, run state) go,
     /// for notifications; only the instance that drives the run commits here.
-    milestones: OnceLock<mpsc::UnboundedSender<(Arc<str>, ServerEvent)>>,
+    milestones: OnceLock<mpsc::UnboundedSender<Milestone>>,
+    /// The OpenTelemetry trace id of the run's current trace (set by its coordinator, or by the
+    /// owner's events on a mirror), for the lines logged about the run outside its span; `None`
+    /// while traces are not exported.
+    trace_id: Mutex<Option<Arc<str>>>,
     /// Told this run's id whenever a committed event changes its line in the run list.
     feed: OnceLock<broadcast::Sender<Arc<str>>>,
     inner: Mutex<RoomInner>,
@@ -162,6 +184,7 @@ impl Room {
             relay: OnceLock::new(),
             on_fenced: OnceLock::new(),
             milestones: OnceLock::new(),
+            trace_id: Mutex::new(None),
             feed: OnceLock::new(),
             inner: Mutex::new(RoomInner {
                 authority,
@@ -252,18 +275,22 @@ impl Room {
         let ended = matches!(event.body, ServerEventBody::ExecutionComplete { .. });
         if milestone && let Some(milestones) = self.milestones.get() {
             // Nobody listening (the server is stopping) is fine.
-            let _ = milestones.send((Arc::clone(&self.dag_id), event.clone()));
+            let _ = milestones.send(Milestone {
+                dag_id: Arc::clone(&self.dag_id),
+                event: event.clone(),
+                trace_id: self.trace_id(),
+            });
         }
         self.lock().commit(event, frame.clone(), &self.live, &self.complete);
         if let Some(relay) = self.relay.get() {
             // The relay ends only when the cluster shuts down; then nobody needs the event.
-            let _ = relay.send((Arc::clone(&self.dag_id), frame));
+            let _ = relay.send(Relayed { dag_id: Arc::clone(&self.dag_id), frame, trace_id: self.trace_id() });
         }
         if ended
             && let Authority::Leased(epoch) = self.authority()
             && self.stop_driving(epoch)
         {
-            tracing::debug!(dag_id = %self.dag_id, epoch, "run ended: its lease is over");
+            tracing::debug!(parent: &self.lines(), dag_id = %self.dag_id, epoch, "run ended: its lease is over");
         }
         if milestone {
             self.announce();
@@ -314,14 +341,14 @@ impl Room {
     /// stored are forgotten: the new owner numbers its own from the stored log.
     pub fn fence(&self, epoch: i64) {
         if self.stop_driving(epoch) {
-            tracing::warn!(dag_id = %self.dag_id, epoch, "lease lost: another instance drives this run now");
+            tracing::warn!(parent: &self.lines(), dag_id = %self.dag_id, epoch, "lease lost: another instance drives this run now");
         }
     }
 
     /// Like [`Room::fence`], when this instance gives the run up itself (it leaves the cluster).
     pub fn hand_over(&self, epoch: i64) {
         if self.stop_driving(epoch) {
-            tracing::info!(dag_id = %self.dag_id, epoch, "run handed over to the other instances");
+            tracing::info!(parent: &self.lines(), dag_id = %self.dag_id, epoch, "run handed over to the other instances");
         }
     }
 
@@ -349,17 +376,30 @@ impl Room {
     }
 
     /// Where this room's milestones go (set once, when notifications are on).
-    pub fn set_milestones(&self, milestones: mpsc::UnboundedSender<(Arc<str>, ServerEvent)>) {
+    pub fn set_milestones(&self, milestones: mpsc::UnboundedSender<Milestone>) {
         let _ = self.milestones.set(milestones);
+    }
+
+    /// The trace id of the run's current trace, if traces are exported.
+    pub fn trace_id(&self) -> Option<Arc<str>> {
+        self.trace_id.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// The run's current trace is `trace_id` from now on (a new coordinator made it, or the
+    /// owner's events say so).
+    pub fn set_trace_id(&self, trace_id: Option<Arc<str>>) {
+        *self.trace_id.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = trace_id;
+    }
+
+    /// The span to log lines about this run in, outside its coordinator: it names the run's
+    /// trace ([`crate::telemetry::lines_span`]).
+    pub fn lines(&self) -> tracing::Span {
+        crate::telemetry::lines_span(self.trace_id().as_deref())
     }
 
     /// Where committed events are handed on, and who hears of a lost lease (set once, by a
     /// cluster member).
-    pub fn set_cluster_links(
-        &self,
-        relay: mpsc::UnboundedSender<(Arc<str>, Frame)>,
-        on_fenced: mpsc::UnboundedSender<Arc<str>>,
-    ) {
+    pub fn set_cluster_links(&self, relay: mpsc::UnboundedSender<Relayed>, on_fenced: mpsc::UnboundedSender<Arc<str>>) {
         let _ = self.relay.set(relay);
         let _ = self.on_fenced.set(on_fenced);
     }
@@ -397,7 +437,7 @@ impl Room {
     /// renewing its lease, so an instance that can store claims it once the lease runs out.
     pub fn fail_storage(&self, error: &StoreError) {
         if let Authority::Leased(epoch) = self.authority() {
-            tracing::error!(dag_id = %self.dag_id, %error, "storage failed; letting the run go to another instance");
+            tracing::error!(parent: &self.lines(), dag_id = %self.dag_id, %error, "storage failed; letting the run go to another instance");
             self.fence(epoch);
             return;
         }

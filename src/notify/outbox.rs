@@ -21,8 +21,9 @@ use tokio_util::sync::CancellationToken;
 use super::notice::{self, RunMemory};
 use super::payload::{self, DecideLink, RunCard};
 use super::{NotifyTarget, ServerConfig};
+use crate::hub::Milestone;
 use crate::links::{self, Directory};
-use crate::protocol::{ServerEvent, ServerEventBody, now_rfc3339};
+use crate::protocol::{ServerEventBody, now_rfc3339};
 use crate::store::{AttemptRow, NotificationRow, Store};
 
 /// How long a taken notification is held for its sender (longer than one attempt can take).
@@ -35,9 +36,6 @@ const MAX_RETRY_WAIT: Duration = Duration::from_secs(300);
 pub const RETRY_FOR: Duration = Duration::from_secs(600);
 /// Notifications sent at the same time.
 const SENDERS: usize = 8;
-
-/// A committed event of a run this server drives, for the notifier.
-pub type Milestone = (Arc<str>, ServerEvent);
 
 fn unix_ms(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -72,7 +70,9 @@ pub async fn notify_loop(
     directory: Option<Arc<dyn Directory>>,
 ) {
     let mut runs: HashMap<Arc<str>, Known> = HashMap::new();
-    while let Some((dag_id, event)) = milestones.recv().await {
+    while let Some(Milestone { dag_id, event, trace_id }) = milestones.recv().await {
+        // The lines about the run carry its trace id.
+        let lines = crate::telemetry::lines_span(trace_id.as_deref());
         if !runs.contains_key(&dag_id) {
             let known = match store.run(&dag_id).await {
                 Ok(Some(record)) => {
@@ -80,7 +80,7 @@ pub async fn notify_loop(
                 }
                 Ok(None) => continue,
                 Err(error) => {
-                    tracing::warn!(%error, %dag_id, "cannot read the run: its notification is not sent");
+                    tracing::warn!(parent: &lines, %error, %dag_id, "cannot read the run: its notification is not sent");
                     continue;
                 }
             };
@@ -115,7 +115,7 @@ pub async fn notify_loop(
                             .map(|link| DecideLink { url: links::url(&public_url, &link.token), person: link.person })
                             .collect(),
                         Err(error) => {
-                            tracing::warn!(%error, %dag_id, "approval links not kept: the notification goes without them");
+                            tracing::warn!(parent: &lines, %error, %dag_id, "approval links not kept: the notification goes without them");
                             Vec::new()
                         }
                     }
@@ -145,7 +145,7 @@ pub async fn notify_loop(
         if !rows.is_empty() {
             match store.queue_notifications(rows).await {
                 Ok(_) => wake.notify_one(),
-                Err(error) => tracing::warn!(%error, %dag_id, "notifications not queued"),
+                Err(error) => tracing::warn!(parent: &lines, %error, %dag_id, "notifications not queued"),
             }
         }
         if matches!(event.body, ServerEventBody::ExecutionComplete { .. }) {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use sqlx::ConnectOptions;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
@@ -27,8 +28,16 @@ pub struct PgStore {
 }
 
 /// Reads a `postgres://` URL, or says what is wrong with it (never echoing a password).
+///
+/// sqlx's log line per statement is off: besides its volume, the check whether to write it,
+/// made after every query on the runtime's threads, leaves tracing-subscriber's per-layer
+/// filter state stale (tokio-rs/tracing#2519), and with traces exported the next line or span
+/// on that thread was lost (a cluster instance lost most of its own lines, and its runs their
+/// traces; `tests/cluster.rs` checks both).
 pub(super) fn connect_options(url: &str) -> Result<PgConnectOptions, String> {
-    PgConnectOptions::from_str(url).map_err(|e| format!("{:?} is not a PostgreSQL URL: {e}", super::redacted(url)))
+    PgConnectOptions::from_str(url)
+        .map(|options| options.disable_statement_logging())
+        .map_err(|e| format!("{:?} is not a PostgreSQL URL: {e}", super::redacted(url)))
 }
 
 /// `host:port/database`, for messages.

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use sqlx::ConnectOptions;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
@@ -31,7 +32,9 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // No log line per statement, as on PostgreSQL (`store::postgres::connect_options`).
+            .disable_statement_logging();
         let what = path.display().to_string();
         let pool = SqlitePoolOptions::new()
             .max_connections(4)

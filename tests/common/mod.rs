@@ -126,6 +126,24 @@ impl Served {
 
     /// [`Served::start_on`] with more `serve` arguments (`--nats`, ...).
     pub fn start_with(site_root: &Path, data: &Path, database: Option<&str>, more: &[&str]) -> Served {
+        Served::spawn(site_root, data, database, more, "warn", Stdio::inherit())
+    }
+
+    /// [`Served::start_with`], logging JSON lines at debug level into the file `log`.
+    pub fn start_logged(site_root: &Path, data: &Path, database: Option<&str>, more: &[&str], log: &Path) -> Served {
+        let log = std::fs::File::create(log).expect("a log file");
+        let more: Vec<&str> = more.iter().copied().chain(["--log-format", "json"]).collect();
+        Served::spawn(site_root, data, database, &more, "dagstream=debug", Stdio::from(log))
+    }
+
+    fn spawn(
+        site_root: &Path,
+        data: &Path,
+        database: Option<&str>,
+        more: &[&str],
+        rust_log: &str,
+        stderr: Stdio,
+    ) -> Served {
         let mut command = Command::new(env!("CARGO_BIN_EXE_dagstream"));
         if let Some(url) = database {
             command.env("DAGSTREAM_DATABASE", url);
@@ -137,10 +155,10 @@ impl Served {
             .arg(data)
             .arg("--site-root")
             .arg(site_root)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .env("DAGSTREAM_TOKEN", TOKEN)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("the binary starts");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -229,4 +247,65 @@ pub fn json_body(response: &str) -> serde_json::Value {
 /// The `dag_id` of a `POST /api/dags` response.
 pub fn dag_id_of(response: &str) -> String {
     json_body(response)["dag_id"].as_str().unwrap_or_else(|| panic!("no dag_id in {response}")).to_owned()
+}
+
+/// An OTLP/HTTP collector on a port of its own: answers its endpoint and every body POSTed to
+/// `/v1/traces`.
+pub fn otlp_collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    use std::sync::{Arc, Mutex};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&bodies);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = Vec::new();
+            let mut buffer = [0u8; 65536];
+            // Read the head, then as many body bytes as it says.
+            while let Ok(n) = stream.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buffer[..n]);
+                let text = String::from_utf8_lossy(&request).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        if text.starts_with("POST /v1/traces") {
+                            kept.lock().expect("lock").push(request[end + 4..end + 4 + length].to_vec());
+                        }
+                        break;
+                    }
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (format!("http://{addr}"), bodies)
+}
+
+/// The JSON log lines in `path` (`--log-format json`); lines that are not JSON are left out.
+pub fn json_log(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
+}
+
+/// The values of field `key` in a JSON log line, the event's own and its spans', each once.
+pub fn log_values(line: &serde_json::Value, key: &str) -> Vec<String> {
+    let spans = line["spans"].as_array().into_iter().flatten();
+    let mut values: Vec<String> = [&line["fields"], &line["span"]]
+        .into_iter()
+        .chain(spans)
+        .filter_map(|fields| fields[key].as_str().map(str::to_owned))
+        .collect();
+    values.sort();
+    values.dedup();
+    values
 }

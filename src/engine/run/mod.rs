@@ -222,7 +222,7 @@ impl Coordinator {
         let takes_capacity: Vec<bool> = spec.nodes.iter().map(|n| !n.is_gate()).collect();
         let scheduler = Scheduler::new(&needs, &takes_capacity, spec.max_parallel);
         let (to_self, from_nodes) = mpsc::channel(NODE_QUEUE);
-        let traces = trace::Traces::new(dag_id, &spec.name);
+        let traces = trace::Traces::new(dag_id, &spec.name, &room);
         Coordinator {
             runs: spec.nodes.iter().map(|_| NodeRun::default()).collect(),
             nodes: spec.nodes,

@@ -58,7 +58,7 @@ impl Coordinator {
             self.publish_node(n, NodeStatus::Pending, None, None);
         }
         if self.phase.is_terminal() {
-            self.traces.reopen_run();
+            self.traces.reopen_run(&self.room);
             self.set_phase(RunPhase::Running);
         }
         self.start_ready_nodes();

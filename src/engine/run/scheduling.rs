@@ -87,9 +87,12 @@ impl Coordinator {
                     workdir: self.workdir.clone(),
                     cancel_grace: self.cancel_grace,
                     dag_id: self.room.dag_id().to_owned(),
+                    trace_id: self.room.trace_id(),
                     workers: self.workers.clone(),
                 };
-                self.tasks.spawn(node::run(job, self.to_self.clone(), self.cancel.child_token()));
+                // What the node's task logs is logged in the run's span (with its trace id).
+                let task = node::run(job, self.to_self.clone(), self.cancel.child_token());
+                self.tasks.spawn(tracing::Instrument::instrument(task, self.traces.run()));
             }
         }
     }

@@ -13,6 +13,7 @@ use tracing::Span;
 use tracing::field::Empty;
 
 use super::Coordinator;
+use crate::hub::Room;
 use crate::protocol::{NodeMetrics, NodeStatus};
 
 /// The spans of one run. Owned by its coordinator (one task), hence a `RefCell`.
@@ -33,9 +34,11 @@ struct OpenSpan {
 }
 
 impl Traces {
-    pub(super) fn new(dag_id: &str, name: &str) -> Self {
+    /// The spans of a run (re)starting now; its room keeps the new trace's id for the lines
+    /// logged about the run elsewhere.
+    pub(super) fn new(dag_id: &str, name: &str, room: &Room) -> Self {
         Traces {
-            run: RefCell::new(run_span(dag_id, name)),
+            run: RefCell::new(run_span(dag_id, name, room)),
             open: RefCell::new(HashMap::new()),
             dag_id: dag_id.to_owned(),
             name: name.to_owned(),
@@ -55,18 +58,20 @@ impl Traces {
     }
 
     /// A repair reopened the run: a new run span (a new trace) from now on.
-    pub(super) fn reopen_run(&self) {
+    pub(super) fn reopen_run(&self, room: &Room) {
         if self.run.borrow().is_none() {
-            self.run.replace(run_span(&self.dag_id, &self.name));
+            self.run.replace(run_span(&self.dag_id, &self.name, room));
         }
     }
 }
 
-fn run_span(dag_id: &str, name: &str) -> Span {
-    let span = tracing::info_span!("run", dag_id, name, state = Empty, trace_id = Empty);
-    if let Some(trace_id) = crate::telemetry::trace_id(&span) {
-        span.record("trace_id", trace_id);
+fn run_span(dag_id: &str, name: &str, room: &Room) -> Span {
+    let span = tracing::info_span!(parent: None, "run", dag_id, name, state = Empty, trace_id = Empty);
+    let trace_id = crate::telemetry::trace_id(&span);
+    if let Some(trace_id) = &trace_id {
+        span.record("trace_id", trace_id.as_str());
     }
+    room.set_trace_id(trace_id.map(std::sync::Arc::from));
     tracing::info!(parent: &span, "run started");
     span
 }
