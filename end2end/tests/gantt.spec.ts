@@ -79,7 +79,7 @@ test('the Gantt view draws queued, running, retried and waiting segments live, a
   await expect(page.getByTestId('gantt-ship').locator('[data-kind=completed]')).toHaveCount(1);
 });
 
-test('a 1 000-node run is drawn in the Gantt view, one row per node', async ({ page, request }) => {
+test('a 1 000-node run in the Gantt view: one row per node, built as it comes into sight', async ({ page, request }) => {
   const nodes = Array.from({ length: 1000 }, (_, i) =>
     `[[nodes]]\nid = "n${i}"\nkind = "simulate"\nduration = "1ms"${i >= 100 ? `\nneeds = ["n${i - 100}"]` : ''}\n`,
   ).join('');
@@ -87,6 +87,17 @@ test('a 1 000-node run is drawn in the Gantt view, one row per node', async ({ p
   await openRun(page, dagId);
   await expect(page.getByTestId('run-state')).toHaveText('completed', { timeout: 30_000 });
   await page.getByTestId('show-gantt').click();
-  await expect(page.locator('[data-testid^=gantt-n]')).toHaveCount(1000);
+  // A box as tall as 1 000 rows, of which only those in sight (and a margin) are built.
+  await expect(page.locator('.gantt-bars')).toHaveAttribute('height', '18000');
+  await expect(page.getByTestId('gantt-n0').locator('[data-kind=completed]')).toHaveCount(1);
+  const built = await page.locator('[data-testid^=gantt-n]').count();
+  expect(built).toBeGreaterThan(20);
+  expect(built).toBeLessThan(100);
+  await expect(page.getByTestId('gantt-n999')).toHaveCount(0);
+  // Scrolled to the bottom: the last rows are built, with their labels; the first ones went.
+  await page.locator('.gantt-body').evaluate((body) => { body.scrollTop = body.scrollHeight; });
   await expect(page.getByTestId('gantt-n999').locator('[data-kind=completed]')).toHaveCount(1);
+  await expect(page.locator('.gantt-labels li', { hasText: /^n999$/ })).toBeVisible();
+  await expect(page.getByTestId('gantt-n0')).toHaveCount(0);
+  expect(await page.locator('[data-testid^=gantt-n]').count()).toBeLessThan(100);
 });

@@ -5,7 +5,8 @@
 //! Bars are drawn in milliseconds since the run's start inside one SVG whose `viewBox` is the
 //! run's span, so the clock's tick changes one attribute rather than every bar; a bar keeps at
 //! least a pixel of width with a stroke that does not scale. A 1 000-node run is 1 000 rows in a
-//! scrolling box.
+//! scrolling box, of which only those in sight (and [`OVERSCAN`] on either side) are built: all
+//! of them took one 120–130 ms task when the view opened (`make bench-dashboard`).
 
 use leptos::prelude::*;
 
@@ -20,6 +21,10 @@ const QUEUED_MIN_MS: f64 = 100.0;
 const ROW: usize = 18;
 /// Height of a bar within its row.
 const BAR: usize = 12;
+/// Rows built above and below the ones in sight, so a scroll shows built rows at once.
+const OVERSCAN: usize = 20;
+/// Height of the scrolling box until it is measured (its CSS `max-height`).
+const BODY_HEIGHT: f64 = 420.0;
 
 /// One segment of a node's row.
 #[derive(Clone, Debug, PartialEq)]
@@ -95,6 +100,17 @@ pub fn Gantt(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl Into
         (end - start).max(1000.0)
     };
     let rows = move || live_run.nodes.with(Vec::len);
+    // The rows in sight, from the scrolling box's position: `first..end`.
+    let body = NodeRef::<leptos::html::Div>::new();
+    let scroll_top = RwSignal::new(0.0_f64);
+    let body_height = RwSignal::new(BODY_HEIGHT);
+    let measure = move || {
+        if let Some(element) = body.get_untracked() {
+            scroll_top.set(f64::from(element.scroll_top()));
+            body_height.set(f64::from(element.client_height()).max(ROW as f64));
+        }
+    };
+    let in_sight = Memo::new(move |_| visible_rows(scroll_top.get(), body_height.get(), rows()));
     let ticks = move || {
         let span = span();
         let step = tick_step(span);
@@ -117,10 +133,15 @@ pub fn Gantt(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl Into
                     }}
                 </div>
             </div>
-            <div class="gantt-body">
-                <ol class="gantt-labels">
-                    <For each=move || live_run.nodes.get() key=|node| node.id.clone() let:node>
+            <div class="gantt-body" node_ref=body on:scroll=move |_| measure()>
+                <ol class="gantt-labels" style:height=move || format!("{}px", rows() * ROW)>
+                    <For
+                        each={move || rows_in_sight(live_run, in_sight.get())}
+                        key={|(row, node): &(usize, NodeSignal)| (*row, node.id.clone())}
+                        let((row, node))
+                    >
                         <li
+                            style:top=format!("{}px", row * ROW)
                             class:selected={
                                 let id = node.id.clone();
                                 move || selected.with(|s| s.as_deref() == Some(id.as_str()))
@@ -141,7 +162,7 @@ pub fn Gantt(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl Into
                     viewBox=move || format!("0 0 {:.0} {}", span(), rows() * ROW)
                 >
                     <For
-                        each={move || live_run.nodes.get().into_iter().enumerate().collect::<Vec<_>>()}
+                        each={move || rows_in_sight(live_run, in_sight.get())}
                         key={|(row, node): &(usize, NodeSignal)| (*row, node.id.clone())}
                         children={move |(row, node): (usize, NodeSignal)| view! { <GanttRow live_run node row start now/> }}
                     />
@@ -208,6 +229,28 @@ fn GanttRow(live_run: LiveRun, node: NodeSignal, row: usize, start: f64, now: Re
             }}
         </g>
     }
+}
+
+/// The rows to build, `first..end`, for a scrolling box `height` pixels high scrolled to `top`,
+/// over `rows` rows: those in sight and [`OVERSCAN`] on either side.
+fn visible_rows(top: f64, height: f64, rows: usize) -> (usize, usize) {
+    let first = (top.max(0.0) / ROW as f64).floor() as usize;
+    let in_sight = (height / ROW as f64).ceil() as usize + 1;
+    (first.saturating_sub(OVERSCAN).min(rows), (first + in_sight + OVERSCAN).min(rows))
+}
+
+/// The nodes of rows `first..end`, with their row numbers.
+fn rows_in_sight(live_run: LiveRun, (first, end): (usize, usize)) -> Vec<(usize, NodeSignal)> {
+    live_run.nodes.with(|nodes| {
+        nodes
+            .get(first..end)
+            .unwrap_or_default()
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, node)| (first + i, node))
+            .collect()
+    })
 }
 
 /// A tick every 1, 2, 5, 10, 15, 30 s, 1, 2, 5, 10, 15, 30 min or 1 h: about 6 to 12 on the axis.
@@ -305,6 +348,21 @@ mod tests {
         ];
         for (case, view, ready, expected) in cases {
             assert_eq!(segments(&view, start, ready), expected, "{case}");
+        }
+    }
+
+    /// Only the rows in sight, and a margin on either side, are built.
+    #[test]
+    fn rows_in_sight_and_a_margin() {
+        let cases = [
+            ("a small run: every row", 0.0, 420.0, 5, (0, 5)),
+            ("the top of a large run", 0.0, 420.0, 1000, (0, 25 + OVERSCAN)),
+            ("scrolled to row 100", 1800.0, 420.0, 1000, (80, 125 + OVERSCAN)),
+            ("the bottom", 17_640.0, 420.0, 1000, (960, 1000)),
+            ("scrolled past the end (rows went away)", 50_000.0, 420.0, 10, (10, 10)),
+        ];
+        for (case, top, height, rows, expected) in cases {
+            assert_eq!(visible_rows(top, height, rows), expected, "{case}");
         }
     }
 
