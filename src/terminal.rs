@@ -60,7 +60,7 @@ pub async fn run(spec: DagSpec, options: RunOptions) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let limits = RoomLimits { log_window: 1024, subscriber_queue: 1 << 16 };
+    let limits = RoomLimits { log_window: 1024, subscriber_queue: 1 << 16, ..RoomLimits::default() };
     let engine = EngineConfig::new(&options.work_root);
     let runs = Arc::new(match options.store.clone() {
         Some(store) => Runs::recording(limits, engine, store),

@@ -39,8 +39,10 @@ impl Probe {
         let mut config = EngineConfig::new(&work_root);
         config.cancel_grace = Duration::from_millis(500);
         // Leaked on purpose: the registry outlives the test's runtime only as long as the test.
-        let runs: &'static Runs =
-            Box::leak(Box::new(Runs::new(RoomLimits { log_window: 100_000, subscriber_queue: 100_000 }, config)));
+        let runs: &'static Runs = Box::leak(Box::new(Runs::new(
+            RoomLimits { log_window: 100_000, subscriber_queue: 100_000, ..RoomLimits::default() },
+            config,
+        )));
         let dag_id = runs.start(spec).await.expect("starts");
         let run = runs.get(&dag_id).expect("registered");
         let subscription = run.room.subscribe(Some(0));

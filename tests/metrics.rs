@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use dagstream::engine::EngineConfig;
 use dagstream::hub::RoomLimits;
-use dagstream::protocol::Role;
+use dagstream::protocol::{Role, ServerEvent, ServerEventBody};
 use dagstream::server::StreamConfig;
 use dagstream::server::auth::UsersFile;
 use futures::{SinkExt, StreamExt};
@@ -55,14 +55,16 @@ async fn metrics_are_scraped_in_the_prometheus_format_after_a_run() {
     let dag_id = common::dag_id_of(&common::http(&addr, "POST", "/api/dags", Some("application/toml"), spec));
     let url = format!("ws://{addr}/api/dags/{dag_id}/stream");
     let (mut socket, _) = tokio_tungstenite::connect_async(common::ws_request(&url)).await.expect("a stream");
-    // Once the gate waits, it is approved.
+    // Once the gate waits (it may wait already in the snapshot), it is approved.
     loop {
         let message =
             tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("events").expect("open");
-        if let Message::Text(text) = message.expect("readable")
-            && text.contains("\"human_gate_waiting\"")
-        {
-            break;
+        let Message::Text(text) = message.expect("readable") else { continue };
+        let event: ServerEvent = serde_json::from_str(text.as_str()).expect("an event");
+        match event.body {
+            ServerEventBody::HumanGateWaiting { .. } => break,
+            ServerEventBody::Snapshot { run } if run.nodes["review"].gate.is_some() => break,
+            _ => {}
         }
     }
     let approve = r#"{"type":"human_decision","node_id":"review","decision":"approve"}"#;

@@ -237,7 +237,8 @@ async fn bad_client_messages_get_a_private_error_and_the_connection_stays_open()
     let mut socket = server.connect(&dag_id, None).await;
     let mut watcher = server.connect(&dag_id, None).await;
     let start = expect_snapshot(&mut socket).await.seq;
-    expect_snapshot(&mut watcher).await;
+    // The run goes on meanwhile: the watcher's snapshot may be a later one.
+    let watcher_start = expect_snapshot(&mut watcher).await.seq;
     let seen = events_until(&mut socket, start, is_gate_waiting).await;
     let position = seen.last().expect("events").seq;
 
@@ -266,7 +267,7 @@ async fn bad_client_messages_get_a_private_error_and_the_connection_stays_open()
     assert_eq!(next_event(&mut socket).await.body, ServerEventBody::RunStateChanged { state: RunPhase::Paused });
 
     // The other client saw none of the errors, only the pause.
-    let watched = events_until(&mut watcher, start, |e| e.seq == position + 1).await;
+    let watched = events_until(&mut watcher, watcher_start, |e| e.seq == position + 1).await;
     assert!(watched.iter().all(|e| !matches!(e.body, ServerEventBody::Error { .. })));
 }
 
@@ -596,7 +597,7 @@ fn wide_random_spec(n: usize, duration: &str, seed: u64) -> DagSpec {
 async fn a_hundred_forced_disconnects_never_lose_or_repeat_an_event(#[case] backend: Backend) {
     use rand::{Rng, SeedableRng};
     // A small window, so most reconnects replay from the database.
-    let limits = RoomLimits { log_window: 16, subscriber_queue: 1024 };
+    let limits = RoomLimits { log_window: 16, subscriber_queue: 1024, ..RoomLimits::default() };
     let server = TestServer::start_stored(backend, "disconnects", limits, StreamConfig::default()).await;
     let dag_id = server.start_run(wide_random_spec(160, "3ms", 11)).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
@@ -637,10 +638,11 @@ async fn two_decisions_on_one_gate_at_the_same_moment_apply_exactly_once() {
     let mut first = server.connect(&dag_id, None).await;
     let mut second = server.connect(&dag_id, None).await;
     let start = expect_snapshot(&mut first).await.seq;
-    expect_snapshot(&mut second).await;
+    // The run goes on meanwhile: the second snapshot may be a later one.
+    let second_start = expect_snapshot(&mut second).await.seq;
     let waiting = events_until(&mut first, start, is_gate_waiting).await;
     let position = waiting.last().expect("events").seq;
-    events_until(&mut second, start, |e| e.seq == position).await;
+    events_until(&mut second, second_start, |e| e.seq == position).await;
 
     let approve = ClientEvent::HumanDecision {
         node_id: "review".into(),
@@ -689,7 +691,7 @@ async fn two_decisions_on_one_gate_at_the_same_moment_apply_exactly_once() {
 
 #[tokio::test]
 async fn a_subscriber_that_never_reads_is_dropped_with_4008_while_another_keeps_up() {
-    let limits = RoomLimits { log_window: 64, subscriber_queue: 32 };
+    let limits = RoomLimits { log_window: 64, subscriber_queue: 32, socket_backlog: 32 * 1024 };
     let runs = Runs::new(limits, EngineConfig::new(std::env::temp_dir().join("dagstream-tests-slow")));
     let server = TestServer::start_with(runs, StreamConfig::default()).await;
     let mut text = String::from("name = \"flood\"\n");

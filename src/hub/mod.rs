@@ -8,18 +8,20 @@
 //! ever sees an event that is not stored. Subscribing takes the same lock as committing, so a new
 //! subscriber's snapshot or replay and its live stream meet without a gap or a duplicate. The
 //! live stream is a bounded broadcast ring: a subscriber that falls more than its capacity behind
-//! is told it lagged (the server then closes it with 4008 and the client resyncs), so a slow
-//! reader never slows the run or the other readers.
+//! is told it lagged, so a slow reader never slows the run or the other readers. Dashboard
+//! sockets do not each follow the ring: a few shard tasks per room write every frame to all of
+//! them ([`fanout`]), and drop one that falls as far behind with 4008 (the client resyncs).
 
+pub mod fanout;
 pub mod writer;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
-use axum::extract::ws::Utf8Bytes;
 use futures::future::BoxFuture;
 use tokio::sync::{broadcast, mpsc, watch};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{Applied, RunPhase, RunState, RunSummary, Seq, ServerEvent, ServerEventBody, now_rfc3339};
@@ -39,15 +41,21 @@ pub struct Frame {
 pub struct RoomLimits {
     /// Events kept in memory for `since` replay; older ones are answered with a snapshot.
     pub log_window: usize,
-    /// Events a subscriber may fall behind the newest before it is dropped as too slow.
+    /// Events a subscriber of the room's broadcast (a shard of dashboard sockets, the terminal
+    /// view) may fall behind the newest before it is told it lagged.
     pub subscriber_queue: usize,
+    /// Bytes of frames a dashboard socket may have waiting (it reads slower than the run
+    /// publishes) before it is dropped as too slow with 4008. What waits is shared: sockets that
+    /// are behind hold slices of the same buffers, so the room holds these bytes once per shard,
+    /// not once per socket.
+    pub socket_backlog: usize,
 }
 
 impl Default for RoomLimits {
     fn default() -> Self {
         // The queue holds a few of the writer's largest batches, so a committed batch never
         // overflows a subscriber that keeps up.
-        RoomLimits { log_window: 4096, subscriber_queue: 4096 }
+        RoomLimits { log_window: 4096, subscriber_queue: 4096, socket_backlog: 16 * 1024 * 1024 }
     }
 }
 
@@ -95,8 +103,14 @@ pub struct Room {
     /// Told this run's id whenever a committed event changes its line in the run list.
     feed: OnceLock<broadcast::Sender<Arc<str>>>,
     inner: Mutex<RoomInner>,
-    /// Sender half of the live stream; `subscribe` hands out receivers.
+    /// Sender half of the live stream; `subscribe` hands out receivers, and the shards follow it.
     live: broadcast::Sender<Frame>,
+    /// The tasks that write the live stream to dashboard sockets ([`fanout`]).
+    shards: fanout::Shards,
+    /// Bytes a dashboard socket may have waiting before it is dropped as too slow.
+    socket_backlog: usize,
+    /// Capacity of `live`.
+    live_capacity: usize,
     /// Becomes true once `execution_complete` was published, for callers that wait for the end
     /// without following the stream; false again when a repair reopens the run.
     complete: watch::Sender<bool>,
@@ -194,6 +208,9 @@ impl Room {
                 log_window: limits.log_window.max(1),
             }),
             live,
+            shards: fanout::Shards::default(),
+            socket_backlog: limits.socket_backlog.max(1),
+            live_capacity: limits.subscriber_queue.max(1),
             complete,
         })
     }
@@ -417,12 +434,15 @@ impl Room {
         }
     }
 
-    /// Waits while the writer's queue is full (the disk is behind): whoever publishes for this
-    /// run waits here before taking more work. Returns at once without a store.
+    /// Waits while the writer's queue is full (the disk is behind) or the room's fan-out is
+    /// half its broadcast ring behind ([`fanout::Shards::ready`]): whoever publishes for this run
+    /// waits here before taking more work.
     pub async fn ready(&self) {
         if let Some(writer) = &self.writer {
             writer.ready().await;
         }
+        let slack = (self.live_capacity / 2) as u64;
+        self.shards.ready(|| self.lock().published, slack).await;
     }
 
     /// True once storing this run's events failed.
@@ -492,7 +512,9 @@ impl Room {
 
     /// Dashboards subscribed to the run, and the most events one of them has still to send.
     pub fn fanout(&self) -> (usize, usize) {
-        (self.live.receiver_count(), self.live.len())
+        let (sockets, deepest, shards) = self.shards.load();
+        let others = self.live.receiver_count().saturating_sub(shards);
+        (sockets + others, deepest.max(self.live.len()))
     }
 
     /// `seq` of the newest committed event.
@@ -651,7 +673,7 @@ mod tests {
 
     #[test]
     fn since_replays_exactly_the_missed_events_or_falls_back_to_a_snapshot() {
-        let room = room(RoomLimits { log_window: 3, subscriber_queue: 8 });
+        let room = room(RoomLimits { log_window: 3, subscriber_queue: 8, ..RoomLimits::default() });
         for _ in 0..5 {
             room.publish(status(NodeStatus::Running));
         }
@@ -713,7 +735,7 @@ mod tests {
                 window in 1usize..40,
                 queue in 1usize..40,
             ) {
-                let room = Room::new(RunState::new("r", "t", "now", 10.0, nodes()), RoomLimits { log_window: window, subscriber_queue: queue }, None, Vec::new());
+                let room = Room::new(RunState::new("r", "t", "now", 10.0, nodes()), RoomLimits { log_window: window, subscriber_queue: queue, ..RoomLimits::default() }, None, Vec::new());
                 let mut client: Option<RunState> = None;
                 let mut subscription = room.subscribe(None);
                 let mut cuts = cuts;
@@ -765,7 +787,7 @@ mod tests {
 
     #[test]
     fn a_subscriber_that_falls_behind_is_told_it_lagged() {
-        let room = room(RoomLimits { log_window: 16, subscriber_queue: 2 });
+        let room = room(RoomLimits { log_window: 16, subscriber_queue: 2, ..RoomLimits::default() });
         let mut slow = room.subscribe(None);
         let mut fast = room.subscribe(None);
         for i in 0..4 {

@@ -1,31 +1,41 @@
 //! The dashboard stream, `GET /api/dags/{dag_id}/stream[?since=SEQ]`: one WebSocket subscriber.
 //!
-//! After the upgrade the socket is split into a send task (backlog, live frames, private
-//! replies, pings) and a receive task (client events to the run's coordinator); whichever ends
-//! first ends the other. A third task waits for the connection's endings (sign-out, expiry,
-//! shutdown) and queues the close for the send task, which is woken for every event and so
-//! polls as little as it can.
+//! After the upgrade the socket is split into a send task (backlog, private replies, pings, the
+//! close) and a receive task (client events to the run's coordinator); whichever ends first ends
+//! the other. A third task waits for the connection's endings (sign-out, expiry, shutdown) and
+//! queues the close for the send task. Live frames are not this connection's work: once its
+//! backlog is written, the socket is attached to its room's fan-out ([`crate::hub::fanout`]),
+//! whose shard writes every frame to it; the send task only writes what the socket could not
+//! take at once, as it drains, and hears when the socket fell too far behind (4008).
+//!
+//! The upgrade is answered here (tungstenite checks the request and derives the accept key),
+//! because the fan-out writes to the upgraded socket itself, which axum's `WebSocket` hides.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Path, Query, Request, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
 use super::auth::ConnectionSlot;
 use super::{AppError, AppState, Identity, admit_socket};
-use crate::hub::{Frame, Subscription, encode};
+use crate::hub::fanout::{Live, Outbox, OutboxIo};
+use crate::hub::{Subscription, encode};
 use crate::protocol::{CLOSE_CODE_TOO_SLOW, ClientEvent, Seq, ServerEvent, ServerEventBody};
 use crate::runs::RunEntry;
 use crate::service::Service;
@@ -44,8 +54,8 @@ pub const READ_BUFFER: usize = 4 * 1024;
 pub const WRITE_BUFFER: usize = 16 * 1024;
 /// Private replies (errors about a client's own messages) waiting to be sent.
 const REPLY_QUEUE: usize = 16;
-/// Live frames written before one flush, when several are already queued.
-const FRAMES_PER_FLUSH: usize = 64;
+/// How long the close frame may wait behind what a slow client has still to read.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
 /// Close code: the session of this socket ended (logout or expiry).
 pub const CLOSE_CODE_SIGNED_OUT: u16 = 4001;
 
@@ -78,12 +88,17 @@ pub async fn handler(
     headers: HeaderMap,
     Path(dag_id): Path<String>,
     query: Result<Query<StreamQuery>, QueryRejection>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    mut request: Request,
 ) -> Result<Response, AppError> {
     let slot = admit_socket(&state, &identity, &headers)?;
     let run = state.service.find(&dag_id).await?;
     let Query(query) = query.map_err(|e| AppError::BadRequest(format!("since must be a sequence number: {e}")))?;
-    let upgrade = upgrade.map_err(|e| AppError::BadRequest(e.body_text()))?;
+    let response = tungstenite::handshake::server::create_response_with_body(&request, Body::empty)
+        .map_err(|e| AppError::BadRequest(format!("not a WebSocket upgrade: {e}")))?;
+    let upgrade = request
+        .extensions_mut()
+        .remove::<OnUpgrade>()
+        .ok_or_else(|| AppError::BadRequest("this connection cannot be upgraded to a WebSocket".into()))?;
     let connection = Connection {
         run,
         since: query.since,
@@ -94,15 +109,21 @@ pub async fn handler(
         identity,
         _slot: slot,
     };
-    let streams = state.streams.clone();
-    Ok(upgrade
-        .max_message_size(READ_LIMIT)
-        .max_frame_size(READ_LIMIT)
+    tokio::spawn(state.streams.track_future(serve(upgrade, connection)));
+    Ok(response)
+}
+
+/// The WebSocket settings of every stream connection.
+fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(READ_LIMIT))
+        .max_frame_size(Some(READ_LIMIT))
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| streams.track_future(serve(socket, connection)))
-        .into_response())
 }
+
+/// A stream connection's WebSocket, over its outbox.
+type Socket = WebSocketStream<OutboxIo>;
 
 /// Everything one stream connection needs once upgraded.
 struct Connection {
@@ -131,10 +152,13 @@ enum Outgoing {
     Close(u16, &'static str),
 }
 
-async fn serve(socket: WebSocket, connection: Connection) {
+async fn serve(upgrade: OnUpgrade, connection: Connection) {
     let Connection { run, service, since, store, config, shutdown, identity, _slot } = connection;
+    let Ok(upgraded) = upgrade.await else { return };
+    let outbox = Outbox::new(TokioIo::new(upgraded));
+    let socket =
+        WebSocketStream::from_raw_socket(OutboxIo(Arc::clone(&outbox)), Role::Server, Some(websocket_config())).await;
     let subscription = run.room.subscribe(since);
-    let dag_id = run.room.dag_id().to_owned();
     let (sink, stream) = socket.split();
     let (replies, reply_queue) = mpsc::channel(REPLY_QUEUE);
     let heard = Arc::new(AtomicBool::new(true));
@@ -142,7 +166,8 @@ async fn serve(socket: WebSocket, connection: Connection) {
     // The connection's endings are watched by a task of their own, which queues the close: the
     // send loop, woken once per event for every subscriber, then polls three things, not six.
     let endings = tokio::spawn(watch_endings(shutdown, session, replies.clone()));
-    let send_side = send_loop(sink, subscription, store, dag_id, reply_queue, config, Arc::clone(&heard));
+    let attachment = Attachment { outbox: Arc::clone(&outbox), room: Arc::clone(&run.room) };
+    let send_side = send_loop(sink, subscription, attachment, store, reply_queue, config, Arc::clone(&heard));
     let mut send = tokio::spawn(send_side);
     let mut receive = tokio::spawn(receive_loop(stream, service, run, replies, heard, identity, config));
     tokio::select! {
@@ -165,6 +190,8 @@ async fn serve(socket: WebSocket, connection: Connection) {
         },
     }
     endings.abort();
+    // Closes the socket now, though the room's shard may hold the outbox until its next frame.
+    outbox.close();
 }
 
 /// Waits for the end of the connection's session (sign-out or expiry) or of the server, and
@@ -194,16 +221,25 @@ enum Ending {
     Close(u16, &'static str),
 }
 
+/// Where a connection's live stream is written: its outbox, attached to its room.
+struct Attachment {
+    outbox: Arc<Outbox>,
+    room: Arc<crate::hub::Room>,
+}
+
 async fn send_loop(
-    mut sink: SplitSink<WebSocket, Message>,
+    mut sink: SplitSink<Socket, Message>,
     subscription: Subscription,
+    attachment: Attachment,
     store: Option<Arc<dyn Store>>,
-    dag_id: String,
     mut replies: mpsc::Receiver<Outgoing>,
     config: StreamConfig,
     heard: Arc<AtomicBool>,
 ) {
-    let Subscription { backlog, mut live, mut position, from_store } = subscription;
+    // The room's shard writes the live stream, from the end of the backlog on.
+    let Subscription { backlog, live: _, mut position, from_store } = subscription;
+    let Attachment { outbox, room } = attachment;
+    let dag_id = room.dag_id().to_owned();
     let ending = async {
         if let Some((from, to)) = from_store {
             // Older than the in-memory window: read them from the store first.
@@ -226,35 +262,34 @@ async fn send_loop(
         if sink.flush().await.is_err() {
             return Ending::Gone;
         }
+        room.attach(&outbox, position);
+        // The shard holds the room only weakly; so does this connection from now on.
+        drop(room);
         let mut ping = tokio::time::interval(config.ping_interval);
         ping.reset();
         loop {
             // In order: this client's replies and the endings ([`watch_endings`] queues them;
-            // few, rate-limited), then events.
+            // few, rate-limited), then the live stream's end.
             tokio::select! {
                 biased;
                 Some(outgoing) = replies.recv() => match outgoing {
                     Outgoing::Reply(message) => {
                         // Stamped with the client's position so it is never mistaken for a gap.
-                        let body = ServerEventBody::Error { node_id: None, message };
-                        let text = encode(&ServerEvent { seq: position, body });
-                        if sink.send(Message::Text(text.into())).await.is_err() {
+                        let reply = |seq| encode(&ServerEvent { seq, body: ServerEventBody::Error { node_id: None, message } });
+                        if outbox.send_at_position(reply).is_err() {
                             return Ending::Gone;
                         }
                     }
                     Outgoing::Close(code, reason) => return Ending::Close(code, reason),
                 },
-                received = live.recv() => match received {
-                    Ok(frame) => {
-                        if write_frames(&mut sink, &mut live, frame, &mut position).await.is_err() {
-                            return Ending::Gone;
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                ended = outbox.follow() => match ended {
+                    Live::TooSlow => {
                         metrics::counter!(crate::metrics::STREAM_CLOSES, "code" => "4008").increment(1);
                         return Ending::Close(CLOSE_CODE_TOO_SLOW, "too slow: reconnect with since to resync");
                     }
-                    Err(broadcast::error::RecvError::Closed) => return Ending::Gone,
+                    Live::Starting | Live::Following | Live::RoomGone | Live::Broken | Live::Closed => {
+                        return Ending::Gone;
+                    }
                 },
                 _ = ping.tick() => {
                     if !heard.swap(false, Ordering::Relaxed) {
@@ -269,29 +304,10 @@ async fn send_loop(
     }
     .await;
     if let Ending::Close(code, reason) = ending {
-        let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-        // The peer may already be gone; there is nothing more to do either way.
-        let _ = sink.send(Message::Close(Some(frame))).await;
+        let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(reason) };
+        // The peer may already be gone, or never read again; there is nothing more to do either way.
+        let _ = tokio::time::timeout(CLOSE_WAIT, sink.send(Message::Close(Some(frame)))).await;
     }
-}
-
-/// Writes `first` and whatever else is already queued (up to [`FRAMES_PER_FLUSH`]), then
-/// flushes once.
-async fn write_frames(
-    sink: &mut SplitSink<WebSocket, Message>,
-    live: &mut broadcast::Receiver<Frame>,
-    first: Frame,
-    position: &mut Seq,
-) -> Result<(), axum::Error> {
-    *position = first.seq;
-    sink.feed(Message::Text(first.text)).await?;
-    for _ in 1..FRAMES_PER_FLUSH {
-        // A lag or close here is seen again by the next `recv` in the send loop.
-        let Ok(frame) = live.try_recv() else { break };
-        *position = frame.seq;
-        sink.feed(Message::Text(frame.text)).await?;
-    }
-    sink.flush().await
 }
 
 /// Why the receive side ended.
@@ -303,7 +319,7 @@ enum Received {
 }
 
 async fn receive_loop(
-    mut stream: SplitStream<WebSocket>,
+    mut stream: SplitStream<Socket>,
     service: Service,
     run: RunEntry,
     replies: mpsc::Sender<Outgoing>,
@@ -334,7 +350,7 @@ async fn receive_loop(
         let size = match &message {
             Message::Text(text) => text.len(),
             Message::Binary(bytes) => bytes.len(),
-            Message::Ping(_) | Message::Pong(_) | Message::Close(_) => 0,
+            Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => 0,
         };
         if size > MAX_CLIENT_MESSAGE {
             closing = true;
@@ -351,7 +367,7 @@ async fn receive_loop(
                 Err(error) => Some(format!("could not read your message: {error}")),
             },
             Message::Binary(_) => Some("binary messages are not accepted: send JSON text".to_owned()),
-            Message::Ping(_) | Message::Pong(_) => None,
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => None,
             Message::Close(_) => break,
         };
         if let Some(message) = complaint
@@ -365,12 +381,9 @@ async fn receive_loop(
 
 /// The close to send for a read error; `None` when the connection itself ended (the client
 /// went away, with or without a closing handshake).
-fn unreadable(error: axum::Error) -> Option<Outgoing> {
+fn unreadable(error: tungstenite::Error) -> Option<Outgoing> {
     use tungstenite::error::ProtocolError;
-    let Ok(error) = error.into_inner().downcast::<tungstenite::Error>() else {
-        return Some(Outgoing::Close(1002, "unreadable frame"));
-    };
-    match *error {
+    match error {
         tungstenite::Error::Capacity(_) => Some(Outgoing::Close(1009, TOO_BIG)),
         tungstenite::Error::Utf8(_) => Some(Outgoing::Close(1007, "text that is not UTF-8")),
         tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)
