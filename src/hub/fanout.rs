@@ -179,6 +179,12 @@ impl Outbox {
         self.end(&mut inner, Live::Closed);
     }
 
+    /// [`Outbox::end`] for a caller that does not hold the lock.
+    fn finish(&self, why: Live) {
+        let mut inner = self.lock();
+        self.end(&mut inner, why);
+    }
+
     /// Ends the live stream (unless it ended already) and tells whoever waits.
     fn end(&self, inner: &mut OutboxInner, why: Live) {
         if matches!(inner.live, Live::Starting | Live::Following) {
@@ -512,9 +518,7 @@ impl Room {
         shard.load.sockets.fetch_add(1, Ordering::Relaxed);
         if let Err(unsent) = shard.attach.send(Arc::clone(outbox)) {
             // The shard ended with the room's broadcast: the room is going away.
-            let outbox = unsent.0;
-            let mut inner = outbox.lock();
-            outbox.end(&mut inner, Live::RoomGone);
+            unsent.0.finish(Live::RoomGone);
         }
     }
 }
@@ -587,8 +591,7 @@ async fn run_shard(
         load.sockets.store(outboxes.len(), Ordering::Relaxed);
     }
     for outbox in outboxes {
-        let mut inner = outbox.lock();
-        outbox.end(&mut inner, Live::RoomGone);
+        outbox.finish(Live::RoomGone);
     }
 }
 
@@ -596,8 +599,7 @@ async fn run_shard(
 /// [`Delivery::Gap`] when the window no longer reaches back that far.
 fn catch_up(room: &Weak<Room>, outbox: &Outbox) -> Delivery {
     let Some(room) = room.upgrade() else {
-        let mut inner = outbox.lock();
-        outbox.end(&mut inner, Live::RoomGone);
+        outbox.finish(Live::RoomGone);
         return Delivery::Ended;
     };
     let missed = room.recent_events(outbox.position());
@@ -613,8 +615,7 @@ fn catch_up_or_drop(room: &Weak<Room>, outbox: &Outbox) -> Delivery {
     match catch_up(room, outbox) {
         taken @ Delivery::Taken { .. } => taken,
         Delivery::Gap => {
-            let mut inner = outbox.lock();
-            outbox.end(&mut inner, Live::TooSlow);
+            outbox.finish(Live::TooSlow);
             Delivery::Ended
         }
         Delivery::Ended => Delivery::Ended,
@@ -624,6 +625,17 @@ fn catch_up_or_drop(room: &Weak<Room>, outbox: &Outbox) -> Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An outbox attached at `position`, dropped past `limit` bytes waiting.
+    fn following(socket: impl Socket, position: Seq, limit: usize) -> Arc<Outbox> {
+        let outbox = Outbox::new(socket);
+        let mut inner = outbox.lock();
+        inner.live = Live::Following;
+        inner.position = position;
+        inner.limit = limit;
+        drop(inner);
+        outbox
+    }
 
     fn frame(seq: Seq) -> Frame {
         Frame { seq, text: format!(r#"{{"seq":{seq}}}"#).into() }
@@ -653,13 +665,7 @@ mod tests {
     #[tokio::test]
     async fn delivery_skips_what_a_socket_has_reports_gaps_and_drops_a_slow_socket() {
         let (server, mut client) = tokio::io::duplex(64);
-        let outbox = Outbox::new(server);
-        {
-            let mut inner = outbox.lock();
-            inner.live = Live::Following;
-            inner.position = 4;
-            inner.limit = 8;
-        }
+        let outbox = following(server, 4, 8);
         assert_eq!(outbox.deliver(&Batch::of(&[frame(6)]), false), Delivery::Gap, "5 is missing");
         assert_eq!(outbox.deliver(&Batch::default(), false), Delivery::Gap, "a lagged shard's empty batch");
         assert_eq!(outbox.deliver(&Batch::of(&[frame(4), frame(5)]), false), Delivery::Taken { waiting: 0 });
@@ -683,12 +689,7 @@ mod tests {
     async fn pending_frames_go_out_before_the_connections_own_writes() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (server, mut client) = tokio::io::duplex(16);
-        let outbox = Outbox::new(server);
-        {
-            let mut inner = outbox.lock();
-            inner.live = Live::Following;
-            inner.limit = 100;
-        }
+        let outbox = following(server, 0, 100);
         let frames: Vec<Frame> = (1..=3).map(frame).collect();
         assert!(matches!(outbox.deliver(&Batch::of(&frames), false), Delivery::Taken { waiting: 3 }));
         let mut io = OutboxIo(Arc::clone(&outbox));
@@ -712,13 +713,7 @@ mod tests {
     async fn a_gap_is_crossed_only_when_asked() {
         use tokio::io::AsyncReadExt;
         let (server, mut client) = tokio::io::duplex(1024);
-        let outbox = Outbox::new(server);
-        {
-            let mut inner = outbox.lock();
-            inner.live = Live::Following;
-            inner.position = 1;
-            inner.limit = 100;
-        }
+        let outbox = following(server, 1, 100);
         let later = Batch::of(&[frame(3)]);
         assert_eq!(outbox.deliver(&later, false), Delivery::Gap);
         assert_eq!(outbox.position(), 1, "nothing changed");
