@@ -524,6 +524,11 @@ fn millis(duration: Duration) -> f64 {
 const CLAIMABLE: &str = "finished_at IS NULL AND NOT COALESCE((spec->>'external')::boolean, false) \
      AND (lease_until IS NULL OR lease_until < clock_timestamp() OR (owner = $me AND epoch = 0))";
 
+/// A run a repair may reopen on instance `$2`: ended, not an external engine's, and its lease
+/// free, run out, or `$2`'s own.
+const REOPENABLE: &str = "finished_at IS NOT NULL AND NOT COALESCE((spec->>'external')::boolean, false) \
+     AND (lease_until IS NULL OR lease_until < clock_timestamp() OR owner = $2)";
+
 /// Run leases and cluster membership (`dagstream serve --nats`): what several instances on one
 /// database agree through. Every time is the database's clock.
 impl PgStore {
@@ -592,19 +597,7 @@ impl PgStore {
     /// answers the new epoch, or `None` when another instance holds it or it has ended. One
     /// conditional `UPDATE`: of several claimers, exactly one gets the row.
     pub async fn claim_run(&self, dag_id: &str, me: &str, ttl: Duration) -> Result<Option<i64>, StoreError> {
-        let claim = format!(
-            "UPDATE runs SET owner = $2, epoch = epoch + 1, \
-             lease_until = clock_timestamp() + $3::float8 * interval '1 millisecond' \
-             WHERE dag_id = $1 AND {} RETURNING epoch",
-            CLAIMABLE.replace("$me", "$2")
-        );
-        sqlx::query_scalar(&claim)
-            .bind(dag_id)
-            .bind(me)
-            .bind(millis(ttl))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| StoreError::from_sqlx("cannot claim the run", e))
+        self.take_lease(dag_id, me, ttl, &CLAIMABLE.replace("$me", "$2"), "cannot claim the run").await
     }
 
     /// Claims ended run `dag_id` for instance `me` for `ttl`, for a repair that reopens it:
@@ -614,19 +607,31 @@ impl PgStore {
     /// in the store until the repair's first events are stored (they set `finished_at` back to
     /// `NULL`); if no repair follows, the lease runs out and the run stays as it was.
     pub async fn reopen_run(&self, dag_id: &str, me: &str, ttl: Duration) -> Result<Option<i64>, StoreError> {
-        sqlx::query_scalar(
+        self.take_lease(dag_id, me, ttl, REOPENABLE, "cannot reopen the run").await
+    }
+
+    /// Gives run `dag_id`'s lease to instance `me` for `ttl` with a new epoch, if the row meets
+    /// `condition` (SQL over `runs`, `$2` being `me`): answers the new epoch, or `None`.
+    async fn take_lease(
+        &self,
+        dag_id: &str,
+        me: &str,
+        ttl: Duration,
+        condition: &str,
+        failure: &'static str,
+    ) -> Result<Option<i64>, StoreError> {
+        let take = format!(
             "UPDATE runs SET owner = $2, epoch = epoch + 1, \
              lease_until = clock_timestamp() + $3::float8 * interval '1 millisecond' \
-             WHERE dag_id = $1 AND finished_at IS NOT NULL \
-             AND NOT COALESCE((spec->>'external')::boolean, false) \
-             AND (lease_until IS NULL OR lease_until < clock_timestamp() OR owner = $2) RETURNING epoch",
-        )
-        .bind(dag_id)
-        .bind(me)
-        .bind(millis(ttl))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(|e| StoreError::from_sqlx("cannot reopen the run", e))
+             WHERE dag_id = $1 AND {condition} RETURNING epoch"
+        );
+        sqlx::query_scalar(&take)
+            .bind(dag_id)
+            .bind(me)
+            .bind(millis(ttl))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| StoreError::from_sqlx(failure, e))
     }
 
     /// Runs instance `me` could claim now, oldest first.
