@@ -7,7 +7,9 @@
 //! has [`SHARD_MIN`] sockets). A shard follows the room's broadcast, takes every frame already
 //! there (a burst goes out in one write), frames them as WebSocket messages once, and writes
 //! them to each of its sockets without waiting: a socket that takes them whole costs one
-//! `write`. What a socket cannot take now stays in its [`Outbox`] as pending chunks, shared with
+//! `write`. A shard runs outside tokio's cooperative budget and yields after each batch by
+//! itself: the budget would fail every write past the 128th of one poll as if the socket were
+//! full, and hand those sockets to their connections' tasks. What a socket cannot take now stays in its [`Outbox`] as pending chunks, shared with
 //! every other socket that waits for the same frames (a chunk is a slice of the shard's buffer,
 //! not a copy), which the connection's own task writes as the socket drains ([`Outbox::follow`]);
 //! later frames queue behind them, and a socket with more bytes waiting than the room's
@@ -511,7 +513,10 @@ impl Room {
             // Everything committed so far is the log window's, not this shard's, to send.
             load.seq.store(self.seq(), Ordering::Release);
             let progress = Arc::clone(&self.shards.progress);
-            tokio::spawn(run_shard(self.me.clone(), live, attached, Arc::clone(&load), progress));
+            // Out of tokio's budget, which would turn every write past its 128th in one poll into a
+            // `Pending`; the shard yields after each batch instead ([`run_shard`]).
+            let shard = run_shard(self.me.clone(), live, attached, Arc::clone(&load), progress);
+            tokio::spawn(tokio::task::coop::unconstrained(shard));
             shards.push(Shard { attach, load });
         }
         let Some(shard) = least(&shards).map(|i| &shards[i]) else { return };
@@ -586,6 +591,9 @@ async fn run_shard(
                     load.seq.fetch_max(room.seq(), Ordering::AcqRel);
                 }
                 progress.notify_waiters();
+                // The shard runs out of tokio's budget: it lets the worker's other tasks run
+                // between two batches of a burst.
+                tokio::task::yield_now().await;
             }
         }
         load.sockets.store(outboxes.len(), Ordering::Relaxed);
@@ -722,5 +730,42 @@ mod tests {
         let mut read = vec![0; 11];
         client.read_exact(&mut read).await.expect("read");
         assert_eq!(&read[2..], br#"{"seq":3}"#);
+    }
+
+    /// A shard writes every one of its sockets itself, however many it has: none is left to
+    /// its connection's task (here no task follows the outboxes, so a frame left pending would
+    /// never arrive). Tokio's budget once turned every TCP write past the 128th of a poll into
+    /// a `Pending`: at 1 000 dashboards, 7 sockets in 8 waited for their own task to be woken.
+    #[tokio::test]
+    async fn a_shard_writes_every_socket_itself() {
+        use tokio::io::AsyncReadExt;
+        let node =
+            crate::protocol::GraphNode { id: "a".into(), label: "A".into(), kind: crate::protocol::NodeKind::Simulate };
+        let state = crate::protocol::RunState::new("r", "t", "now", 1.0, [(node, vec![])]);
+        let room = Room::new(state, crate::hub::RoomLimits::default(), None, Vec::new());
+        // More than tokio's budget of 128 for each shard, one shard per core.
+        let sockets = 200 * std::thread::available_parallelism().map_or(1, usize::from);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let mut clients = Vec::new();
+        for _ in 0..sockets {
+            let client = tokio::net::TcpStream::connect(address).await.expect("connect");
+            let (server, _) = listener.accept().await.expect("accept");
+            let outbox = Outbox::new(server);
+            room.attach(&outbox, room.seq());
+            clients.push((client, outbox));
+        }
+        room.publish(crate::protocol::ServerEventBody::NodeState {
+            node_id: "a".into(),
+            status: crate::protocol::NodeStatus::Running,
+            output: None,
+            metrics: None,
+        });
+        for (i, (client, _outbox)) in clients.iter_mut().enumerate() {
+            let mut header = [0; 2];
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), client.read_exact(&mut header)).await;
+            assert!(matches!(read, Ok(Ok(_))), "socket {i} got no frame");
+            assert_eq!(header[0], 0x81, "socket {i}: a text frame");
+        }
     }
 }
