@@ -20,6 +20,10 @@ const ROWS_PER_INSERT: usize = 256;
 /// The embedded SQLite store.
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// The event writer's own connection, opened with the store and never closed: an append
+    /// never waits for a connection to be opened (a pool opens them as needed and closes idle
+    /// ones) nor prepares its statements again, and SQLite takes one writer at a time anyway.
+    appends: SqlitePool,
 }
 
 impl SqliteStore {
@@ -39,11 +43,18 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             // A file on this machine does not go away between two uses; pinging it before each
-            // batch would put one more round trip to SQLite's thread in front of every commit.
+            // use would put one more round trip to SQLite's thread in front of the statement.
             .test_before_acquire(false)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::from_sqlx(&format!("cannot open the database {what}"), e))?;
+        let appends = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .test_before_acquire(false)
+            .connect_lazy_with(options);
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
@@ -53,8 +64,24 @@ impl SqliteStore {
             .execute(&pool)
             .await
             .map_err(|e| StoreError::from_sqlx(&format!("the database {what} is not writable"), e))?;
-        Ok(SqliteStore { pool })
+        // Opened now (after the migrations): the first event does not wait for it.
+        drop(
+            appends
+                .acquire()
+                .await
+                .map_err(|e| StoreError::from_sqlx(&format!("cannot open the database {what}"), e))?,
+        );
+        Ok(SqliteStore { pool, appends })
     }
+}
+
+/// One `INSERT` of `events` (at most [`ROWS_PER_INSERT`]).
+fn insert_events(events: &[StoredEvent]) -> sqlx::QueryBuilder<'_, sqlx::Sqlite> {
+    let mut insert = sqlx::QueryBuilder::new("INSERT INTO events (dag_id, seq, body) ");
+    insert.push_values(events, |mut row, event| {
+        row.push_bind(&*event.dag_id).push_bind(event.seq as i64).push_bind(&*event.json);
+    });
+    insert
 }
 
 impl Store for SqliteStore {
@@ -146,14 +173,20 @@ impl Store for SqliteStore {
                 // Leases are a cluster's, and a cluster keeps its runs in PostgreSQL.
                 return Err(StoreError("SQLite keeps no run leases: a cluster needs PostgreSQL".into()));
             }
-            let mut tx = self.pool.begin().await.map_err(fail)?;
+            if events.is_empty() {
+                return Ok(Appended::default());
+            }
+            let mut connection = self.appends.acquire().await.map_err(fail)?;
+            if events.len() <= ROWS_PER_INSERT && events.iter().all(|event| event.run_state.is_none()) {
+                // One statement is atomic on its own: one round trip to SQLite's thread, where a
+                // transaction takes three.
+                insert_events(&events).build().execute(&mut *connection).await.map_err(fail)?;
+                return Ok(Appended::default());
+            }
+            let mut tx = sqlx::Connection::begin(&mut *connection).await.map_err(fail)?;
             // Many rows per statement: one round trip to SQLite per chunk, not per event.
             for chunk in events.chunks(ROWS_PER_INSERT) {
-                let mut insert = sqlx::QueryBuilder::new("INSERT INTO events (dag_id, seq, body) ");
-                insert.push_values(chunk, |mut row, event| {
-                    row.push_bind(&*event.dag_id).push_bind(event.seq as i64).push_bind(&*event.json);
-                });
-                insert.build().execute(&mut *tx).await.map_err(fail)?;
+                insert_events(chunk).build().execute(&mut *tx).await.map_err(fail)?;
             }
             for event in &events {
                 if let Some(state) = event.run_state {

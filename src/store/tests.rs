@@ -7,6 +7,7 @@ use rstest::rstest;
 
 use super::testing::{Backend, Scratch};
 use super::*;
+use crate::protocol::NodeStatus;
 
 fn record(dag_id: &str) -> RunRecord {
     RunRecord {
@@ -115,6 +116,25 @@ async fn a_batch_is_all_or_nothing(#[case] backend: Backend) {
     assert_eq!(store.events("a", 0, u64::MAX).await.expect("events").len(), 1, "nothing of the failed batch");
     let runs = store.runs().await.expect("runs");
     assert_eq!(runs[0].state, "running", "nor its run state");
+
+    // A batch with no run state goes in as one statement (on SQLite): all or nothing as well.
+    let running = |seq| {
+        stored(
+            "a",
+            seq,
+            ServerEventBody::NodeState {
+                node_id: "n".into(),
+                status: NodeStatus::Running,
+                output: None,
+                metrics: None,
+            },
+        )
+    };
+    assert!(store.append(vec![running(2), running(3), running(1)]).await.is_err());
+    assert_eq!(store.events("a", 0, u64::MAX).await.expect("events").len(), 1, "nothing of it");
+    store.append(Vec::new()).await.expect("an empty batch stores nothing, without error");
+    store.append(vec![running(2), running(3)]).await.expect("stored");
+    assert_eq!(store.events("a", 0, u64::MAX).await.expect("events").len(), 3);
 }
 
 /// Ten deciders, each with a connection pool of its own (as if in ten processes), decide the
