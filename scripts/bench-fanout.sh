@@ -32,7 +32,7 @@ run floor --floor
 run dagstream
 run node-ws --url "ws://127.0.0.1:$port/api/dags/bench/stream" --publish-url "ws://127.0.0.1:$port/api/dags/bench/publish"
 
-p99() { sed -n 's/.*p99 \([0-9.]*\) ms.*/\1/p' "$log.$1"; }
+p99() { sed -n 's/^publish→receive latency:.*p99 \([0-9.]*\) ms.*/\1/p' "$log.$1"; }
 rate_of() { sed -n 's/.*: \([0-9]*\) messages\/s/\1/p' "$log.$1"; }
 missed() { sed -n 's/.*dropped: \([0-9]*\)/\1/p' "$log.$1"; }
 floor=$(p99 floor)

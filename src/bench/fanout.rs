@@ -73,6 +73,10 @@ pub struct FanoutReport {
     pub latency_p50: Duration,
     pub latency_p99: Duration,
     pub latency_max: Duration,
+    /// Per event, the latency of its first arrival at any client (the server's pipeline, before
+    /// the fan-out) and of its last (the whole fan-out): p50 and p99 over the events.
+    pub first_arrival: (Duration, Duration),
+    pub last_arrival: (Duration, Duration),
     /// Clients the server dropped as too slow (close 4008) or that did not get every event.
     pub incomplete: usize,
     /// The server's resident memory with no client and with every client connected, idle.
@@ -125,6 +129,14 @@ impl std::fmt::Display for FanoutReport {
                 ms(self.latency_p50),
                 ms(self.latency_p99),
                 ms(self.latency_max)
+            )?;
+            writeln!(
+                f,
+                "per event, first client reached: p50 {:.2} ms, p99 {:.2} ms; last client reached: p50 {:.2} ms, p99 {:.2} ms",
+                ms(self.first_arrival.0),
+                ms(self.first_arrival.1),
+                ms(self.last_arrival.0),
+                ms(self.last_arrival.1)
             )?;
             writeln!(f, "clients that missed events or were dropped: {}", self.incomplete)?;
         }
@@ -422,6 +434,7 @@ impl FanoutReport {
         let mut incomplete = 0;
         let mut latencies = Vec::new();
         let mut last = started;
+        let mut per_event: std::collections::HashMap<u64, (u32, u32)> = std::collections::HashMap::new();
         for reader in readers {
             let result = reader.join().map_err(|_| "a reading thread panicked".to_owned())??;
             delivered += result.per_subscriber.iter().sum::<u64>();
@@ -430,8 +443,15 @@ impl FanoutReport {
                 last = last.max(at);
             }
             latencies.extend(result.latencies_us);
+            for (sent, (first, last)) in result.per_event {
+                let both = per_event.entry(sent).or_insert((first, last));
+                *both = (both.0.min(first), both.1.max(last));
+            }
         }
         latencies.sort_unstable();
+        let (mut firsts, mut lasts): (Vec<u32>, Vec<u32>) = per_event.into_values().unzip();
+        firsts.sort_unstable();
+        lasts.sort_unstable();
         Ok(FanoutReport {
             clients: settings.clients,
             events: settings.events,
@@ -440,6 +460,8 @@ impl FanoutReport {
             latency_p50: percentile(&latencies, 0.5),
             latency_p99: percentile(&latencies, 0.99),
             latency_max: percentile(&latencies, 1.0),
+            first_arrival: (percentile(&firsts, 0.5), percentile(&firsts, 0.99)),
+            last_arrival: (percentile(&lasts, 0.5), percentile(&lasts, 0.99)),
             incomplete,
             rss_before: 0,
             rss_connected: 0,

@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::fanout::{FanoutBench, FanoutReport, now_ns, start_readers};
@@ -31,6 +32,11 @@ pub fn floor(settings: &FanoutBench) -> Result<FanoutReport, String> {
     let readers = start_readers(subscribers, settings);
 
     let started = Instant::now();
+    // Event `k` carries one send time whichever writer sends it: the first writer ready to send
+    // it stamps it (as the real bench's engine stamps an event just before sending it), so the
+    // per-event figures, which group arrivals by that time, see one event, not one per writer.
+    let stamps: Vec<AtomicU64> = (0..settings.events).map(|_| AtomicU64::new(0)).collect();
+    let stamps = &stamps;
     let period = settings.rate.map(|rate| Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
     let share = settings.clients.div_ceil(writer_count()).max(1);
     std::thread::scope(|scope| {
@@ -41,9 +47,12 @@ pub fn floor(settings: &FanoutBench) -> Result<FanoutReport, String> {
                         let due = started + period * k as u32;
                         std::thread::sleep(due.saturating_duration_since(Instant::now()));
                     }
+                    let sent = match stamps[k].compare_exchange(0, now_ns(), Ordering::AcqRel, Ordering::Acquire) {
+                        Ok(_) => stamps[k].load(Ordering::Acquire),
+                        Err(earlier) => earlier,
+                    };
                     let text = format!(
-                        r#"{{"seq":{k},"type":"node_state","node_id":"n","status":"running","output":{{"sent":{}}}}}"#,
-                        now_ns()
+                        r#"{{"seq":{k},"type":"node_state","node_id":"n","status":"running","output":{{"sent":{sent}}}}}"#
                     );
                     let frame = text_frame(&text);
                     for socket in sockets.iter_mut() {

@@ -39,6 +39,9 @@ pub struct Received {
     pub latencies_us: Vec<u32>,
     /// When the last event arrived.
     pub last: Option<Instant>,
+    /// For each event (by its send time), the latency of its first and of its last arrival at
+    /// this thread's subscribers, in microseconds.
+    pub per_event: std::collections::HashMap<u64, (u32, u32)>,
 }
 
 /// A WebSocket frame from the server.
@@ -125,8 +128,11 @@ impl Subscriber {
                 Frame::Text(text) => {
                     if let Some(sent) = std::str::from_utf8(text).ok().and_then(super::fanout::sent_ns) {
                         self.received += 1;
-                        let micros = arrived.saturating_sub(sent) / 1000;
-                        received.latencies_us.push(micros.min(u64::from(u32::MAX)) as u32);
+                        let micros = (arrived.saturating_sub(sent) / 1000).min(u64::from(u32::MAX)) as u32;
+                        received.latencies_us.push(micros);
+                        let (first, last) = received.per_event.entry(sent).or_insert((micros, micros));
+                        *first = (*first).min(micros);
+                        *last = (*last).max(micros);
                         received.last = Some(Instant::now());
                     }
                 }
