@@ -42,13 +42,13 @@ pub fn floor(settings: &FanoutBench) -> Result<FanoutReport, String> {
     std::thread::scope(|scope| {
         for sockets in server_sides.chunks_mut(share) {
             scope.spawn(move || {
-                for k in 0..settings.events {
+                for (k, stamp) in stamps.iter().enumerate() {
                     if let Some(period) = period {
                         let due = started + period * k as u32;
                         std::thread::sleep(due.saturating_duration_since(Instant::now()));
                     }
-                    let sent = match stamps[k].compare_exchange(0, now_ns(), Ordering::AcqRel, Ordering::Acquire) {
-                        Ok(_) => stamps[k].load(Ordering::Acquire),
+                    let sent = match stamp.compare_exchange(0, now_ns(), Ordering::AcqRel, Ordering::Acquire) {
+                        Ok(_) => stamp.load(Ordering::Acquire),
                         Err(earlier) => earlier,
                     };
                     let text = format!(
