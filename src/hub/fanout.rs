@@ -9,7 +9,10 @@
 //! them to each of its sockets without waiting: a socket that takes them whole costs one
 //! `write`. A shard runs outside tokio's cooperative budget and yields after each batch by
 //! itself: the budget would fail every write past the 128th of one poll as if the socket were
-//! full, and hand those sockets to their connections' tasks. What a socket cannot take now stays in its [`Outbox`] as pending chunks, shared with
+//! full, and hand those sockets to their connections' tasks. A shard done with its own sockets
+//! writes the same frames to the other shards' sockets, from the end of their lists, until it
+//! meets one that has them ([`help`]): a shard whose worker thread is held up (the kernel may run
+//! the worker it just woke on the same CPU for a whole time slice) does not hold up its sockets. What a socket cannot take now stays in its [`Outbox`] as pending chunks, shared with
 //! every other socket that waits for the same frames (a chunk is a slice of the shard's buffer,
 //! not a copy), which the connection's own task writes as the socket drains ([`Outbox::follow`]);
 //! later frames queue behind them, and a socket with more bytes waiting than the room's
@@ -446,6 +449,9 @@ struct Load {
     deepest: AtomicUsize,
     /// `seq` of the last frame the shard has written out (or found nothing new after).
     seq: AtomicU64,
+    /// The shard's sockets as of its last change, for the room's other shards to help with
+    /// ([`help`]).
+    listed: Mutex<Arc<[Arc<Outbox>]>>,
 }
 
 impl Shards {
@@ -544,6 +550,7 @@ async fn run_shard(
             Some(outbox) = attached.recv() => {
                 if let Delivery::Taken { .. } = catch_up_or_drop(&room, &outbox) {
                     outboxes.push(outbox);
+                    load.list(&outboxes);
                 }
             }
             received = live.recv() => {
@@ -563,6 +570,7 @@ async fn run_shard(
                 }
                 let batch = Batch::of(&frames);
                 let mut deepest = 0;
+                let before = outboxes.len();
                 outboxes.retain(|outbox| {
                     let delivery = match outbox.deliver(&batch, false) {
                         Delivery::Gap if batch.is_empty() => catch_up_or_drop(&room, outbox),
@@ -583,6 +591,10 @@ async fn run_shard(
                         Delivery::Gap | Delivery::Ended => false,
                     }
                 });
+                if outboxes.len() != before {
+                    load.list(&outboxes);
+                }
+                help(&room, &load, &batch);
                 load.deepest.store(deepest, Ordering::Relaxed);
                 if let Some(last) = frames.last() {
                     load.seq.fetch_max(last.seq, Ordering::AcqRel);
@@ -600,6 +612,46 @@ async fn run_shard(
     }
     for outbox in outboxes {
         outbox.finish(Live::RoomGone);
+    }
+}
+
+impl Load {
+    fn list(&self, outboxes: &[Arc<Outbox>]) {
+        *self.listed.lock().unwrap_or_else(PoisonError::into_inner) = outboxes.into();
+    }
+}
+
+/// After writing its own sockets, a shard writes `batch` to the other shards' sockets, from the
+/// end of each list, until it meets one that has it (its shard got there) or lacks the frames
+/// before it (its shard is behind, and catches it up). A shard whose worker thread is held up
+/// (the kernel may run the worker it woke on its own CPU, for a whole time slice) thus does not
+/// hold up its sockets: whoever runs writes them. Each outbox takes frames in order, once, under
+/// its lock, so two shards never send a frame twice; what a socket's own shard decides
+/// (catching up, dropping it) stays its own.
+fn help(room: &Weak<Room>, own: &Arc<Load>, batch: &Batch) {
+    if batch.is_empty() {
+        return;
+    }
+    let Some(room) = room.upgrade() else { return };
+    let others: Vec<Arc<[Arc<Outbox>]>> = room
+        .shards
+        .lock()
+        .iter()
+        .filter(|shard| !Arc::ptr_eq(&shard.load, own))
+        .map(|shard| Arc::clone(&shard.load.listed.lock().unwrap_or_else(PoisonError::into_inner)))
+        .collect();
+    drop(room);
+    for outboxes in &others {
+        help_with(outboxes, batch);
+    }
+}
+
+/// [`help`] with one other shard's sockets.
+fn help_with(outboxes: &[Arc<Outbox>], batch: &Batch) {
+    for outbox in outboxes.iter().rev() {
+        if outbox.position() >= batch.last() || outbox.deliver(batch, false) == Delivery::Gap {
+            break;
+        }
     }
 }
 
@@ -766,6 +818,32 @@ mod tests {
             let read = tokio::time::timeout(std::time::Duration::from_secs(5), client.read_exact(&mut header)).await;
             assert!(matches!(read, Ok(Ok(_))), "socket {i} got no frame");
             assert_eq!(header[0], 0x81, "socket {i}: a text frame");
+        }
+    }
+
+    /// Another shard writes a batch to a shard's sockets from the end of its list, until it
+    /// meets a socket that has it or one that lacks earlier frames; it never writes a frame twice.
+    #[tokio::test]
+    async fn a_shard_helps_another_from_the_end_of_its_list() {
+        let cases: [(&str, &[Seq], &[Seq]); 4] = [
+            ("their shard is held up: every socket", &[4, 4, 4], &[5, 5, 5]),
+            ("their shard wrote the first two: the rest", &[5, 5, 4, 4], &[5, 5, 5, 5]),
+            ("a socket lacks 4: its shard catches it up", &[4, 3, 4], &[4, 3, 5]),
+            ("every socket has it", &[5, 5], &[5, 5]),
+        ];
+        for (case, before, after) in cases {
+            let mut clients = Vec::new();
+            let outboxes: Vec<Arc<Outbox>> = before
+                .iter()
+                .map(|&position| {
+                    let (server, client) = tokio::io::duplex(1024);
+                    clients.push(client);
+                    following(server, position, 1024)
+                })
+                .collect();
+            help_with(&outboxes, &Batch::of(&[frame(5)]));
+            let positions: Vec<Seq> = outboxes.iter().map(|outbox| outbox.position()).collect();
+            assert_eq!(positions, after, "{case}");
         }
     }
 }
