@@ -12,7 +12,9 @@
 //! full, and hand those sockets to their connections' tasks. A shard done with its own sockets
 //! writes the same frames to the other shards' sockets, from the end of their lists, until it
 //! meets one that has them ([`help`]): a shard whose worker thread is held up (the kernel may run
-//! the worker it just woke on the same CPU for a whole time slice) does not hold up its sockets. What a socket cannot take now stays in its [`Outbox`] as pending chunks, shared with
+//! the worker it just woke on the same CPU for a whole time slice) does not hold up its sockets.
+//!
+//! What a socket cannot take now stays in its [`Outbox`] as pending chunks, shared with
 //! every other socket that waits for the same frames (a chunk is a slice of the shard's buffer,
 //! not a copy), which the connection's own task writes as the socket drains ([`Outbox::follow`]);
 //! later frames queue behind them, and a socket with more bytes waiting than the room's
@@ -519,8 +521,7 @@ impl Room {
             // Everything committed so far is the log window's, not this shard's, to send.
             load.seq.store(self.seq(), Ordering::Release);
             let progress = Arc::clone(&self.shards.progress);
-            // Out of tokio's budget, which would turn every write past its 128th in one poll into a
-            // `Pending`; the shard yields after each batch instead ([`run_shard`]).
+            // Outside tokio's budget: see the module's doc.
             let shard = run_shard(self.me.clone(), live, attached, Arc::clone(&load), progress);
             tokio::spawn(tokio::task::coop::unconstrained(shard));
             shards.push(Shard { attach, load });
@@ -544,13 +545,16 @@ async fn run_shard(
 ) {
     let mut outboxes: Vec<Arc<Outbox>> = Vec::new();
     let mut frames = Vec::with_capacity(FRAMES_PER_WRITE);
+    // Sockets were added since the list the other shards help with was last published: it is
+    // published once per batch, not once per socket attached.
+    let mut unlisted = false;
     loop {
         tokio::select! {
             biased;
             Some(outbox) = attached.recv() => {
                 if let Delivery::Taken { .. } = catch_up_or_drop(&room, &outbox) {
                     outboxes.push(outbox);
-                    load.list(&outboxes);
+                    unlisted = true;
                 }
             }
             received = live.recv() => {
@@ -591,8 +595,9 @@ async fn run_shard(
                         Delivery::Gap | Delivery::Ended => false,
                     }
                 });
-                if outboxes.len() != before {
+                if unlisted || outboxes.len() != before {
                     load.list(&outboxes);
+                    unlisted = false;
                 }
                 help(&room, &load, &batch);
                 load.deepest.store(deepest, Ordering::Relaxed);
@@ -791,10 +796,7 @@ mod tests {
     #[tokio::test]
     async fn a_shard_writes_every_socket_itself() {
         use tokio::io::AsyncReadExt;
-        let node =
-            crate::protocol::GraphNode { id: "a".into(), label: "A".into(), kind: crate::protocol::NodeKind::Simulate };
-        let state = crate::protocol::RunState::new("r", "t", "now", 1.0, [(node, vec![])]);
-        let room = Room::new(state, crate::hub::RoomLimits::default(), None, Vec::new());
+        let room = crate::hub::tests::room(crate::hub::RoomLimits::default());
         // More than tokio's budget of 128 for each shard, one shard per core.
         let sockets = 200 * std::thread::available_parallelism().map_or(1, usize::from);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -807,12 +809,7 @@ mod tests {
             room.attach(&outbox, room.seq());
             clients.push((client, outbox));
         }
-        room.publish(crate::protocol::ServerEventBody::NodeState {
-            node_id: "a".into(),
-            status: crate::protocol::NodeStatus::Running,
-            output: None,
-            metrics: None,
-        });
+        room.publish(crate::hub::tests::status(crate::protocol::NodeStatus::Running));
         for (i, (client, _outbox)) in clients.iter_mut().enumerate() {
             let mut header = [0; 2];
             let read = tokio::time::timeout(std::time::Duration::from_secs(5), client.read_exact(&mut header)).await;

@@ -633,16 +633,18 @@ pub fn encode(event: &ServerEvent) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::protocol::{GraphNode, NodeKind, NodeStatus};
 
-    fn room(limits: RoomLimits) -> Arc<Room> {
+    /// A room of one node, `a`, with no writer (events are committed as they are published).
+    pub(super) fn room(limits: RoomLimits) -> Arc<Room> {
         let node = GraphNode { id: "a".into(), label: "A".into(), kind: NodeKind::Simulate };
         Room::new(RunState::new("r", "t", "now", 1.0, [(node, vec![])]), limits, None, Vec::new())
     }
 
-    fn status(status: NodeStatus) -> ServerEventBody {
+    /// Node `a` changes to `status`.
+    pub(super) fn status(status: NodeStatus) -> ServerEventBody {
         ServerEventBody::NodeState { node_id: "a".into(), status, output: None, metrics: None }
     }
 
