@@ -3,6 +3,8 @@
 //! errors. Each test runs once per backend (`#[case]`s); PostgreSQL ones on a database of their
 //! own ([`testing::Scratch`]).
 
+use std::time::Duration;
+
 use rstest::rstest;
 
 use super::testing::{Backend, Scratch};
@@ -117,7 +119,8 @@ async fn a_batch_is_all_or_nothing(#[case] backend: Backend) {
     let runs = store.runs().await.expect("runs");
     assert_eq!(runs[0].state, "running", "nor its run state");
 
-    // A batch with no run state goes in as one statement (on SQLite): all or nothing as well.
+    // One event goes in as one statement, a few in place, many on a blocking thread (on
+    // SQLite): all or nothing each.
     let running = |seq| {
         stored(
             "a",
@@ -132,9 +135,15 @@ async fn a_batch_is_all_or_nothing(#[case] backend: Backend) {
     };
     assert!(store.append(vec![running(2), running(3), running(1)]).await.is_err());
     assert_eq!(store.events("a", 0, u64::MAX).await.expect("events").len(), 1, "nothing of it");
+    let many: Vec<StoredEvent> = (2..=40).chain([1]).map(running).collect();
+    assert!(store.append(many).await.is_err());
+    assert_eq!(store.events("a", 0, u64::MAX).await.expect("events").len(), 1, "nothing of the big one");
     store.append(Vec::new()).await.expect("an empty batch stores nothing, without error");
     store.append(vec![running(2), running(3)]).await.expect("stored");
     assert_eq!(store.events("a", 0, u64::MAX).await.expect("events").len(), 3);
+    store.append((4..=40).map(running).collect()).await.expect("a big batch stored");
+    store.append(vec![running(41)]).await.expect("one event stored");
+    assert_eq!(store.events("a", 0, u64::MAX).await.expect("events").len(), 41);
 }
 
 /// Ten deciders, each with a connection pool of its own (as if in ten processes), decide the
@@ -227,6 +236,63 @@ async fn a_corrupt_or_read_only_file_is_a_clear_error() {
         let error = SqliteStore::open(read_only).await.err().expect("refused").to_string();
         assert!(error.contains("not writable") || error.contains("readonly"), "{error}");
     }
+}
+
+/// SQLite: an append that finds another connection writing waits for it on a blocking thread,
+/// not on the caller's (which it would hold up to the 5 s busy timeout), then stores its events.
+#[tokio::test]
+async fn a_sqlite_append_waits_for_another_writer_off_the_callers_thread() {
+    let scratch = Scratch::new(Backend::Sqlite, "busy").await;
+    let Database::Sqlite(path) = &scratch.database else { unreachable!("a SQLite scratch") };
+    let store = SqliteStore::open(path).await.expect("opens");
+    store.create_run(record("a")).await.expect("run");
+    let other = rusqlite::Connection::open(path).expect("another connection");
+    other.execute_batch("BEGIN IMMEDIATE").expect("takes the write lock");
+
+    let mut append = store.append(vec![stored("a", 1, ServerEventBody::RunStateChanged { state: RunPhase::Running })]);
+    let polled = std::time::Instant::now();
+    assert!(futures::poll!(&mut append).is_pending(), "the append waits for the lock");
+    let held = polled.elapsed();
+    assert!(held < Duration::from_secs(1), "the caller's thread was held {held:?}");
+    other.execute_batch("COMMIT").expect("lets go of the lock");
+    append.await.expect("stored once the lock is free");
+    assert_eq!(store.events("a", 0, u64::MAX).await.expect("events").len(), 1);
+    assert_eq!(store.runs().await.expect("runs")[0].state, "running");
+}
+
+/// SQLite: the appending connection does not checkpoint (that is where `fsync` happens), yet the
+/// event log is copied into the database file as it grows.
+#[tokio::test]
+async fn the_sqlite_event_log_is_checkpointed_into_the_database_file_as_it_grows() {
+    let scratch = Scratch::new(Backend::Sqlite, "checkpoint").await;
+    let Database::Sqlite(path) = &scratch.database else { unreachable!("a SQLite scratch") };
+    let store = SqliteStore::open(path).await.expect("opens");
+    store.create_run(record("a")).await.expect("run");
+    let before = std::fs::metadata(path).expect("database file").len();
+    // 5 MiB of events, past the 4 MiB after which a checkpoint starts.
+    let output = serde_json::json!({ "text": "x".repeat(64 * 1024) });
+    for first in (1..=80).step_by(8) {
+        let batch = (first..first + 8)
+            .map(|seq| {
+                let body = ServerEventBody::NodeState {
+                    node_id: "n".into(),
+                    status: NodeStatus::Running,
+                    output: Some(output.clone()),
+                    metrics: None,
+                };
+                stored("a", seq, body)
+            })
+            .collect();
+        store.append(batch).await.expect("stored");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut size = std::fs::metadata(path).expect("database file").len();
+    while size < before + (4 << 20) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        size = std::fs::metadata(path).expect("database file").len();
+    }
+    assert!(size >= before + (4 << 20), "the database file holds the events: {before} → {size} bytes");
+    assert_eq!(store.events("a", 0, u64::MAX).await.expect("events").len(), 80);
 }
 
 /// A PostgreSQL server that is not there, or a database that does not exist, stops opening
