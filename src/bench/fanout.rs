@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use super::subscriber::{Received, Subscriber, receive};
+use super::subscriber::{Received, Subscriber, receive, widen};
 
 /// Settings of one fan-out run.
 #[derive(Clone, Debug)]
@@ -443,9 +443,8 @@ impl FanoutReport {
                 last = last.max(at);
             }
             latencies.extend(result.latencies_us);
-            for (sent, (first, last)) in result.per_event {
-                let both = per_event.entry(sent).or_insert((first, last));
-                *both = (both.0.min(first), both.1.max(last));
+            for (sent, arrivals) in result.per_event {
+                widen(&mut per_event, sent, arrivals);
             }
         }
         latencies.sort_unstable();

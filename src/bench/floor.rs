@@ -47,8 +47,9 @@ pub fn floor(settings: &FanoutBench) -> Result<FanoutReport, String> {
                         let due = started + period * k as u32;
                         std::thread::sleep(due.saturating_duration_since(Instant::now()));
                     }
-                    let sent = match stamp.compare_exchange(0, now_ns(), Ordering::AcqRel, Ordering::Acquire) {
-                        Ok(_) => stamp.load(Ordering::Acquire),
+                    let now = now_ns();
+                    let sent = match stamp.compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire) {
+                        Ok(_) => now,
                         Err(earlier) => earlier,
                     };
                     let text = format!(

@@ -44,6 +44,13 @@ pub struct Received {
     pub per_event: std::collections::HashMap<u64, (u32, u32)>,
 }
 
+/// Widens the first and last arrival of the event sent at `sent` (in [`Received::per_event`])
+/// to take in `(first, last)`.
+pub fn widen(per_event: &mut std::collections::HashMap<u64, (u32, u32)>, sent: u64, (first, last): (u32, u32)) {
+    let both = per_event.entry(sent).or_insert((first, last));
+    *both = (both.0.min(first), both.1.max(last));
+}
+
 /// A WebSocket frame from the server.
 #[derive(Debug, PartialEq, Eq)]
 enum Frame<'a> {
@@ -130,9 +137,7 @@ impl Subscriber {
                         self.received += 1;
                         let micros = (arrived.saturating_sub(sent) / 1000).min(u64::from(u32::MAX)) as u32;
                         received.latencies_us.push(micros);
-                        let (first, last) = received.per_event.entry(sent).or_insert((micros, micros));
-                        *first = (*first).min(micros);
-                        *last = (*last).max(micros);
+                        widen(&mut received.per_event, sent, (micros, micros));
                         received.last = Some(Instant::now());
                     }
                 }
