@@ -327,14 +327,19 @@ pub async fn fanout(settings: &FanoutBench) -> Result<FanoutReport, String> {
     })
     .await
     .map_err(|e| e.to_string())??;
+    // The engine connects before the pause, so its connection is no part of the first event.
+    let publisher = match settings.events {
+        0 => None,
+        _ => Some(Publisher::connect(server.request(&format!("/api/dags/{dag_id}/engine"))?).await?),
+    };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_connected = rss();
     // With no events there is nothing to read: the memory is measured, the clients may go.
     let readers = if settings.events == 0 { Vec::new() } else { start_readers(subscribers, settings) };
 
     let started = Instant::now();
-    if settings.events > 0 {
-        publish(server.request(&format!("/api/dags/{dag_id}/engine"))?, settings).await?;
+    if let Some(publisher) = publisher {
+        publisher.publish(settings).await?;
     }
     let collected = settings.clone();
     let mut report = tokio::task::spawn_blocking(move || FanoutReport::collect(&collected, started, readers))
@@ -346,31 +351,44 @@ pub async fn fanout(settings: &FanoutBench) -> Result<FanoutReport, String> {
     Ok(report)
 }
 
-/// Sends `settings.events` events, each with its send time, to the WebSocket of `request` (an
-/// engine socket, or a peer's publish socket), at `settings.rate` or as fast as it takes them.
-async fn publish(
-    request: tokio_tungstenite::tungstenite::handshake::client::Request,
-    settings: &FanoutBench,
-) -> Result<(), String> {
-    let (engine, _) =
-        tokio_tungstenite::connect_async(request).await.map_err(|e| format!("the publisher could not connect: {e}"))?;
-    let (mut write, mut read) = engine.split();
-    // A snapshot, and refusals (there should be none), come back here.
-    tokio::spawn(async move { while let Some(Ok(_)) = read.next().await {} });
-    let mut ticks = settings.rate.map(|rate| {
-        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        interval
-    });
-    for _ in 0..settings.events {
-        if let Some(ticks) = &mut ticks {
-            ticks.tick().await;
-        }
-        let event =
-            format!(r#"{{"type":"node_state","node_id":"n","status":"running","output":{{"sent":{}}}}}"#, now_ns());
-        write.send(Message::text(event)).await.map_err(|e| format!("the publisher could not send: {e}"))?;
+/// The engine's side of the bench: a WebSocket to an engine socket (or a peer's publish socket).
+struct Publisher {
+    write: futures::stream::SplitSink<
+        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+        Message,
+    >,
+}
+
+impl Publisher {
+    /// Connects to the WebSocket of `request`; what comes back (a snapshot, refusals: there
+    /// should be none) is read and dropped.
+    async fn connect(request: tokio_tungstenite::tungstenite::handshake::client::Request) -> Result<Publisher, String> {
+        let (engine, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .map_err(|e| format!("the publisher could not connect: {e}"))?;
+        let (write, mut read) = engine.split();
+        tokio::spawn(async move { while let Some(Ok(_)) = read.next().await {} });
+        Ok(Publisher { write })
     }
-    Ok(())
+
+    /// Sends `settings.events` events, each with its send time, at `settings.rate` or as fast as
+    /// the server takes them.
+    async fn publish(mut self, settings: &FanoutBench) -> Result<(), String> {
+        let mut ticks = settings.rate.map(|rate| {
+            let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            interval
+        });
+        for _ in 0..settings.events {
+            if let Some(ticks) = &mut ticks {
+                ticks.tick().await;
+            }
+            let event =
+                format!(r#"{{"type":"node_state","node_id":"n","status":"running","output":{{"sent":{}}}}}"#, now_ns());
+            self.write.send(Message::text(event)).await.map_err(|e| format!("the publisher could not send: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// `host:port` and path of a `ws://` URL.
@@ -392,17 +410,23 @@ async fn fanout_outside(settings: &FanoutBench, outside: &Outside) -> Result<Fan
     })
     .await
     .map_err(|e| e.to_string())??;
-    // Every subscription is registered before the first event.
+    let publisher = match settings.events {
+        0 => None,
+        _ => {
+            let mut request = outside.publish.as_str().into_client_request().map_err(|e| e.to_string())?;
+            if let Ok(token) = std::env::var("DAGSTREAM_TOKEN") {
+                let bearer = format!("Bearer {token}").parse().map_err(|_| "bad token header".to_owned())?;
+                request.headers_mut().insert("authorization", bearer);
+            }
+            Some(Publisher::connect(request).await?)
+        }
+    };
+    // Every subscription (and the publisher) is registered before the first event.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let readers = if settings.events == 0 { Vec::new() } else { start_readers(subscribers, settings) };
     let started = Instant::now();
-    if settings.events > 0 {
-        let mut request = outside.publish.as_str().into_client_request().map_err(|e| e.to_string())?;
-        if let Ok(token) = std::env::var("DAGSTREAM_TOKEN") {
-            let bearer = format!("Bearer {token}").parse().map_err(|_| "bad token header".to_owned())?;
-            request.headers_mut().insert("authorization", bearer);
-        }
-        publish(request, settings).await?;
+    if let Some(publisher) = publisher {
+        publisher.publish(settings).await?;
     }
     let collected = settings.clone();
     let mut report = tokio::task::spawn_blocking(move || FanoutReport::collect(&collected, started, readers))

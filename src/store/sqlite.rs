@@ -39,6 +39,11 @@ const IN_PLACE_EVENTS: usize = 16;
 /// SQLite's own 1 000 pages).
 const CHECKPOINT_BYTES: usize = 4 << 20;
 
+/// The appends' statements, prepared when the store opens (each connection reads the schema at
+/// its first statement) and kept prepared.
+const INSERT_EVENT: &str = "INSERT INTO events (dag_id, seq, body) VALUES (?1, ?2, ?3)";
+const UPDATE_RUN_STATE: &str = "UPDATE runs SET state = ?1, finished_at = ?2 WHERE dag_id = ?3";
+
 /// The embedded SQLite store.
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -85,6 +90,8 @@ impl SqliteStore {
                 connection.execute_batch(
                     "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA wal_autocheckpoint = 0;",
                 )?;
+                connection.prepare_cached(INSERT_EVENT)?;
+                connection.prepare_cached(UPDATE_RUN_STATE)?;
                 Ok(connection)
             })
             .map_err(|e| StoreError(format!("cannot open the database {what}: {e}")))?;
@@ -127,18 +134,22 @@ fn write_events(appends: &Mutex<rusqlite::Connection>, events: &[StoredEvent], b
         insert_event(&transaction, event)?;
         if let Some(state) = event.run_state {
             let finished = state.is_terminal().then(|| event.at.to_string());
-            transaction
-                .prepare_cached("UPDATE runs SET state = ?1, finished_at = ?2 WHERE dag_id = ?3")?
-                .execute(rusqlite::params![state.as_str(), finished, &*event.dag_id])?;
+            transaction.prepare_cached(UPDATE_RUN_STATE)?.execute(rusqlite::params![
+                state.as_str(),
+                finished,
+                &*event.dag_id
+            ])?;
         }
     }
     transaction.commit()
 }
 
 fn insert_event(connection: &rusqlite::Connection, event: &StoredEvent) -> rusqlite::Result<()> {
-    connection
-        .prepare_cached("INSERT INTO events (dag_id, seq, body) VALUES (?1, ?2, ?3)")?
-        .execute(rusqlite::params![&*event.dag_id, event.seq as i64, &*event.json])?;
+    connection.prepare_cached(INSERT_EVENT)?.execute(rusqlite::params![
+        &*event.dag_id,
+        event.seq as i64,
+        &*event.json
+    ])?;
     Ok(())
 }
 
