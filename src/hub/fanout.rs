@@ -7,12 +7,13 @@
 //! has [`SHARD_MIN`] sockets). A shard follows the room's broadcast, takes every frame already
 //! there (a burst goes out in one write), frames them as WebSocket messages once, and writes
 //! them to each of its sockets without waiting: a socket that takes them whole costs one
-//! `write`. A shard runs outside tokio's cooperative budget and yields after each batch by
-//! itself: the budget would fail every write past the 128th of one poll as if the socket were
-//! full, and hand those sockets to their connections' tasks. A shard done with its own sockets
-//! writes the same frames to the other shards' sockets, from the end of their lists, until it
-//! meets one that has them ([`help`]): a shard whose worker thread is held up (the kernel may run
-//! the worker it just woke on the same CPU for a whole time slice) does not hold up its sockets.
+//! `write`. A shard runs outside tokio's cooperative budget and yields by itself after a batch
+//! when more frames wait: the budget would fail every write past the 128th of one poll as if
+//! the socket were full, and hand those sockets to their connections' tasks. A shard done with
+//! its own sockets writes the same frames to the other shards' sockets, from the end of their
+//! lists, until it meets one that has them ([`help`]): a shard whose worker thread is held up
+//! (the kernel may run the worker it just woke on the same CPU for a whole time slice) does not
+//! hold up its sockets.
 //!
 //! What a socket cannot take now stays in its [`Outbox`] as pending chunks, shared with
 //! every other socket that waits for the same frames (a chunk is a slice of the shard's buffer,
@@ -609,8 +610,12 @@ async fn run_shard(
                 }
                 progress.notify_waiters();
                 // The shard runs out of tokio's budget: it lets the worker's other tasks run
-                // between two batches of a burst.
-                tokio::task::yield_now().await;
+                // between two batches of a burst. Only then: a yield also wakes an idle worker to
+                // take the shard, which after a live event finds nothing, and may be run by the
+                // kernel on a CPU where another shard is still writing.
+                if !live.is_empty() {
+                    tokio::task::yield_now().await;
+                }
             }
         }
         load.sockets.store(outboxes.len(), Ordering::Relaxed);
