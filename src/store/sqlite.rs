@@ -5,10 +5,10 @@
 //! The writer appends on the live path of every event (nobody sees it before it is stored), so
 //! its connection ([`SqliteStore::appends`], rusqlite on the same SQLite library) is used in
 //! place: a batch of a few events, the live case, is written on the thread that commits it. In
-//! WAL mode with `synchronous = NORMAL` that is a write into the log file, no `fsync`: 11 µs p50,
-//! 44 µs p99 for one event here, less than the round trip it replaces (at 1 000 dashboards that round trip
-//! alone made the fan-out's p99 ~10% slower, `bench fanout`). What could hold the thread longer
-//! goes elsewhere: a big batch (a burst) and a batch that finds another connection writing are
+//! WAL mode with `synchronous = NORMAL` that is a write into the log file, no `fsync`: 11 µs
+//! p50, 44 µs p99 for one event here, less than the round trip it replaces (at 1 000 dashboards
+//! that round trip alone made the fan-out's p99 ~10% slower, `bench fanout`). What could hold
+//! the thread longer goes elsewhere: a big batch (a burst) and a batch that finds another connection writing are
 //! written on a blocking thread (which waits for the lock), and the log is checkpointed into
 //! the database file (the part that does `fsync`) by a pool connection every
 //! [`CHECKPOINT_BYTES`], not by the appending connection.
@@ -153,6 +153,10 @@ fn insert_event(connection: &rusqlite::Connection, event: &StoredEvent) -> rusql
     Ok(())
 }
 
+fn cannot_store(error: impl std::fmt::Display) -> StoreError {
+    StoreError(format!("cannot store events: {error}"))
+}
+
 /// Another connection holds the write lock.
 fn is_busy(error: &rusqlite::Error) -> bool {
     matches!(error.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
@@ -242,7 +246,6 @@ impl Store for SqliteStore {
 
     fn append(&self, events: Vec<StoredEvent>) -> BoxFuture<'_, Result<Appended, StoreError>> {
         Box::pin(async move {
-            let failed = |e: rusqlite::Error| StoreError(format!("cannot store events: {e}"));
             if events.iter().any(|event| event.epoch.is_some()) {
                 // Leases are a cluster's, and a cluster keeps its runs in PostgreSQL.
                 return Err(StoreError("SQLite keeps no run leases: a cluster needs PostgreSQL".into()));
@@ -261,10 +264,10 @@ impl Store for SqliteStore {
                     let appends = Arc::clone(&self.appends);
                     tokio::task::spawn_blocking(move || write_events(&appends, &events, BUSY_TIMEOUT))
                         .await
-                        .map_err(|e| StoreError(format!("cannot store events: {e}")))?
+                        .map_err(cannot_store)?
                 }
             };
-            written.map_err(failed)?;
+            written.map_err(cannot_store)?;
             self.appended(bytes);
             Ok(Appended::default())
         })

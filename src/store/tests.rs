@@ -238,14 +238,21 @@ async fn a_corrupt_or_read_only_file_is_a_clear_error() {
     }
 }
 
+/// A SQLite store on a scratch file, with run `a` recorded.
+async fn sqlite_with_run(name: &str) -> (Scratch, SqliteStore) {
+    let scratch = Scratch::new(Backend::Sqlite, name).await;
+    let Database::Sqlite(path) = &scratch.database else { unreachable!("a SQLite scratch") };
+    let store = SqliteStore::open(path).await.expect("opens");
+    store.create_run(record("a")).await.expect("run");
+    (scratch, store)
+}
+
 /// SQLite: an append that finds another connection writing waits for it on a blocking thread,
 /// not on the caller's (which it would hold up to the 5 s busy timeout), then stores its events.
 #[tokio::test]
 async fn a_sqlite_append_waits_for_another_writer_off_the_callers_thread() {
-    let scratch = Scratch::new(Backend::Sqlite, "busy").await;
+    let (scratch, store) = sqlite_with_run("busy").await;
     let Database::Sqlite(path) = &scratch.database else { unreachable!("a SQLite scratch") };
-    let store = SqliteStore::open(path).await.expect("opens");
-    store.create_run(record("a")).await.expect("run");
     let other = rusqlite::Connection::open(path).expect("another connection");
     other.execute_batch("BEGIN IMMEDIATE").expect("takes the write lock");
 
@@ -264,10 +271,8 @@ async fn a_sqlite_append_waits_for_another_writer_off_the_callers_thread() {
 /// event log is copied into the database file as it grows.
 #[tokio::test]
 async fn the_sqlite_event_log_is_checkpointed_into_the_database_file_as_it_grows() {
-    let scratch = Scratch::new(Backend::Sqlite, "checkpoint").await;
+    let (scratch, store) = sqlite_with_run("checkpoint").await;
     let Database::Sqlite(path) = &scratch.database else { unreachable!("a SQLite scratch") };
-    let store = SqliteStore::open(path).await.expect("opens");
-    store.create_run(record("a")).await.expect("run");
     let before = std::fs::metadata(path).expect("database file").len();
     // 5 MiB of events, past the 4 MiB after which a checkpoint starts.
     let output = serde_json::json!({ "text": "x".repeat(64 * 1024) });
