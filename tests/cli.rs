@@ -20,6 +20,11 @@ async fn serve_answers_and_sigterm_closes_streams_and_exits_cleanly() {
     let data = temp_dir("data").join("nested");
     let mut served = Served::start(&site, &data);
     assert!(data.is_dir(), "the data directory is created");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", served.pid())).expect("the server's status");
+    assert!(
+        status.lines().any(|line| line.split_whitespace().eq(["THP_enabled:", "0"])),
+        "the server keeps its memory in small pages (no 2 MiB page zeroed mid fan-out): {status}"
+    );
 
     assert!(http_get(&served.addr, "/healthz").starts_with("HTTP/1.1 200"));
     let site_file = http_get(&served.addr, "/pkg/dagstream.js");
