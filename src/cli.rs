@@ -193,7 +193,8 @@ enum BenchCommand {
         /// are added to what it holds: use a scratch database).
         #[arg(long, value_parser = parse_database)]
         database: Option<Database>,
-        /// Attach one subscriber that receives every event.
+        /// Attach one dashboard that reads every event through the room's fan-out (over an
+        /// in-memory pipe), so the run goes at the pace a dashboard allows.
         #[arg(long)]
         subscriber: bool,
         /// Runs of each shape; the median is reported.

@@ -1,5 +1,6 @@
 //! `dagstream bench engine`: how fast the engine gets through large DAGs of zero-duration
-//! simulated nodes, with no subscriber attached; `bench store`: events persisted per second;
+//! simulated nodes, with no subscriber attached or with one dashboard that reads every event
+//! through the room's fan-out; `bench store`: events persisted per second;
 //! `bench fanout` ([`fanout`]): delivery to many subscribers. On demand only, never timed tests.
 
 pub mod fanout;
@@ -11,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncReadExt, DuplexStream};
 
 use crate::engine::{DagSpec, EngineConfig, NodeSpec, NodeWork};
-use crate::hub::RoomLimits;
+use crate::hub::fanout::Outbox;
+use crate::hub::{Room, RoomLimits};
 use crate::runs::Runs;
 use crate::store::{DEFAULT_POOL_SIZE, Database};
 
@@ -43,7 +46,7 @@ pub struct EngineBench {
     /// Persist into this database instead (implies `store`). The runs are added to what it
     /// holds; use a scratch database.
     pub database: Option<Database>,
-    /// Attach one subscriber that takes every event.
+    /// Attach one dashboard ([`Dashboard`]) that reads every event.
     pub subscriber: bool,
     /// Runs of each shape; the median is reported.
     pub repeat: usize,
@@ -154,38 +157,80 @@ pub async fn engine(settings: &EngineBench) -> Result<Vec<ShapeResult>, String> 
     Ok(results)
 }
 
-/// Starts the run and waits for `execution_complete` (and, with a subscriber, for it to have
-/// received every event); answers the time and the event count.
+/// Starts the run and waits for `execution_complete` (and, with a subscriber, for its dashboard
+/// to have read it); answers the time and the event count.
 async fn run_to_end(runs: &Runs, spec: DagSpec, subscriber: bool) -> Result<(Duration, u64), String> {
     let started = Instant::now();
     let dag_id = runs.start(spec).await.map_err(|e| e.to_string())?;
     let run = runs.get(&dag_id).ok_or("the run vanished")?;
-    let reader = subscriber.then(|| {
-        let mut live = run.room.subscribe(None).live;
-        let room = Arc::clone(&run.room);
-        tokio::spawn(async move {
-            let mut received = 0u64;
-            loop {
-                match live.recv().await {
-                    Ok(frame) => {
-                        received += 1;
-                        if frame.text.as_str().contains("\"type\":\"execution_complete\"") {
-                            return Ok(received);
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        return Err(format!("the subscriber lagged by {n} events (seq {})", room.seq()));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(received),
-                }
-            }
-        })
-    });
+    let dashboard = subscriber.then(|| Dashboard::attach(&run.room));
     run.room.completed().await;
-    if let Some(reader) = reader {
-        reader.await.map_err(|e| e.to_string())??;
+    if let Some(dashboard) = dashboard {
+        dashboard.read_to_completion().await?;
     }
     Ok((started.elapsed(), run.room.seq()))
+}
+
+/// A dashboard with no network under it: an outbox on an in-memory pipe, attached to the room's
+/// fan-out as a socket is. The room holds the run back while its fan-out is behind, and keeps
+/// what the dashboard has not read yet, as for any dashboard (a bare receiver of the room's
+/// broadcast is waited for by nobody, and falls off the ring in a fast run). Every event is
+/// framed and written once more than with no dashboard.
+struct Dashboard {
+    outbox: Arc<Outbox>,
+    /// The dashboard's end of the pipe.
+    screen: DuplexStream,
+    /// False when the run had ended before it was attached: nothing more will come.
+    expects_completion: bool,
+}
+
+impl Dashboard {
+    /// Bytes the pipe holds, about what a socket's send buffer would.
+    const PIPE_BYTES: usize = 64 * 1024;
+
+    fn attach(room: &Room) -> Dashboard {
+        let (socket, screen) = tokio::io::duplex(Self::PIPE_BYTES);
+        let outbox = Outbox::new(socket);
+        // Position first: if the run has not ended after that, its `execution_complete` comes
+        // after the position, so the shard writes it.
+        let position = room.seq();
+        let expects_completion = !room.is_complete();
+        room.attach(&outbox, position);
+        Dashboard { outbox, screen, expects_completion }
+    }
+
+    /// Reads the pipe until the run's `execution_complete` has come through it.
+    async fn read_to_completion(self) -> Result<(), String> {
+        const COMPLETE: &[u8] = br#""type":"execution_complete""#;
+        let Dashboard { outbox, mut screen, expects_completion } = self;
+        if !expects_completion {
+            return Ok(());
+        }
+        let reading = async {
+            let mut buffer = vec![0u8; Self::PIPE_BYTES];
+            // The end of the previous read, so a marker cut in two by the pipe is still found.
+            let mut seen = Vec::with_capacity(Self::PIPE_BYTES + COMPLETE.len());
+            loop {
+                let read = screen.read(&mut buffer).await.map_err(|e| e.to_string())?;
+                if read == 0 {
+                    return Err("the dashboard's stream ended before execution_complete".to_owned());
+                }
+                seen.extend_from_slice(&buffer[..read]);
+                if seen.windows(COMPLETE.len()).any(|window| window == COMPLETE) {
+                    return Ok(());
+                }
+                seen.drain(..seen.len().saturating_sub(COMPLETE.len() - 1));
+            }
+        };
+        // The outbox writes what the pipe could not take at once as the dashboard reads.
+        tokio::select! {
+            read = reading => {
+                outbox.close();
+                read
+            }
+            ended = outbox.follow() => Err(format!("the dashboard's stream ended before execution_complete: {ended:?}")),
+        }
+    }
 }
 
 /// Settings of the store benchmark.
@@ -275,4 +320,50 @@ pub fn report(results: &[ShapeResult]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole bench, stored and watched, on a run longer than the room's broadcast ring.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_engine_bench_runs_with_a_store_and_a_dashboard() {
+        let nodes = 3000;
+        let settings = EngineBench {
+            nodes,
+            edges: 0,
+            max_parallel: 0,
+            shapes: vec![Shape::Wide],
+            seed: 1,
+            store: true,
+            database: None,
+            subscriber: true,
+            repeat: 1,
+        };
+        let results = engine(&settings).await.expect("the bench runs to its end");
+        // Per node ready and done, plus the run's start, state and end.
+        assert_eq!(results[0].events, 2 * nodes as u64 + 4);
+    }
+
+    /// A dashboard that reads nothing until its run has ended still reads the end: the room's
+    /// fan-out kept the frames for it (a bare receiver of the room's broadcast falls off the ring
+    /// and is told it lagged, which is what the bench's subscriber did in a fast run).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dashboard_that_reads_only_after_its_run_ended_reads_the_end() {
+        let nodes = 3000;
+        assert!(2 * nodes > RoomLimits::default().subscriber_queue, "the run overflows the ring");
+        let root = std::env::temp_dir().join(format!("dagstream-bench-test-{}", std::process::id()));
+        let runs = Runs::new(RoomLimits::default(), EngineConfig::new(&root));
+        let dag_id = runs.start(dag(Shape::Wide, nodes, 0, 1)).await.expect("the run starts");
+        let run = runs.get(&dag_id).expect("the run is known");
+        let dashboard = Dashboard::attach(&run.room);
+        assert!(dashboard.expects_completion, "attached while the run goes on");
+        run.room.completed().await;
+        tokio::time::timeout(Duration::from_secs(30), dashboard.read_to_completion())
+            .await
+            .expect("the dashboard reads on")
+            .expect("the dashboard reads the run's end");
+        let _ = std::fs::remove_dir_all(root);
+    }
 }
