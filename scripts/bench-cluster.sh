@@ -28,7 +28,7 @@ echo "== one instance, as fast as it takes them"
 "$BENCH_BIN" "${burst[@]}" | tee "$log/single-burst"
 echo "== three instances, as fast as they take them"
 "$BENCH_BIN" "${burst[@]}" --cluster --database "$(db_url bench_fanout)" --nats "$DAGSTREAM_TEST_NATS" | tee "$log/cluster-burst"
-p99() { sed -n "s/.*p99 \([0-9.]*\) ms.*/\1/p" "$log/$1"; }
+p99() { sed -n "s/^publish→receive latency:.*p99 \([0-9.]*\) ms.*/\1/p" "$log/$1"; }
 rate_of() { sed -n "s/.*: \([0-9]*\) messages\/s/\1/p" "$log/$1"; }
 echo
 printf "%-16s %14s %14s %22s\n" "" "p99 (ms)" "messages/s" "burst messages/s"
