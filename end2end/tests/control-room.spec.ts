@@ -88,6 +88,13 @@ test('the spend bar turns amber, then the budget gate stops the run until approv
   await expect(page.getByTestId('node-third')).toHaveAttribute('data-status', 'pending');
   await expect(page.getByTestId('cost-per-node')).toContainText('First call');
   await page.getByTestId('spend-panel').screenshot({ path: join(SCREENSHOTS, 'spend.png') });
+  // Spend does not move while the gate waits. A page opened now draws the same curve over the
+  // whole run, not a curve from the moment it opened.
+  const curve = page.getByTestId('sparkline').locator('polyline');
+  const drawn = (await curve.getAttribute('points')) ?? '';
+  expect(drawn.split(' ').length, drawn).toBeGreaterThan(1);
+  await page.reload();
+  await expect(curve).toHaveAttribute('points', drawn);
   await gate.getByTestId('approve').click();
   await expect(page.getByTestId('run-state')).toHaveText('completed');
   await expect(page.getByTestId('resolved-budget_1')).toContainText('approved by admin');

@@ -86,7 +86,8 @@ pub struct LiveRun {
     pub dag_id: StoredValue<String>,
     /// Events applied since the page loaded, newest last (at most the timeline's length).
     pub timeline: RwSignal<VecDeque<ServerEvent>>,
-    /// Spend after each `cost_update` seen (by `seq`), for the sparkline.
+    /// The run's spend curve (by `seq`), for the sparkline: the state's own
+    /// ([`RunState::spend_history`]), so a page opened late draws the whole run.
     pub spend_series: RwSignal<Vec<(Seq, f64)>>,
     /// False while the live run holds a partial [`RunHead`]: no node signals yet, and the stream
     /// must start with a snapshot.
@@ -113,7 +114,7 @@ impl LiveRun {
             name: StoredValue::new(initial.name.clone()),
             dag_id: StoredValue::new(initial.dag_id.clone()),
             timeline: RwSignal::new(VecDeque::new()),
-            spend_series: RwSignal::new(vec![(initial.seq, initial.cost.spent)]),
+            spend_series: RwSignal::new(spend_curve(&initial)),
             nodes_loaded: RwSignal::new(true),
             head_last_activity: StoredValue::new(None),
             state: StoredValue::new(initial),
@@ -189,9 +190,11 @@ impl LiveRun {
                 self.after_snapshot();
                 return applied;
             }
-            ServerEventBody::CostUpdate { spent, .. } => {
-                self.state.with_value(|s| self.cost.set(s.cost));
-                self.spend_series.update(|series| series.push((event.seq, *spent)));
+            ServerEventBody::CostUpdate { .. } => {
+                self.state.with_value(|s| {
+                    self.cost.set(s.cost);
+                    self.spend_series.set(spend_curve(s));
+                });
             }
             ServerEventBody::ExecutionComplete { .. } => self.finished.set(true),
             ServerEventBody::RunRepaired { reset, .. } => {
@@ -292,6 +295,7 @@ impl LiveRun {
         self.state.with_value(|s| {
             self.phase.set(s.state);
             self.cost.set(s.cost);
+            self.spend_series.set(spend_curve(s));
             self.decisions.set(s.decisions.clone());
             self.finished.set(s.results.is_some());
         });
@@ -322,6 +326,14 @@ impl LiveRun {
         }
         self.by_id.set_value(by_id);
         self.nodes.set(nodes);
+    }
+}
+
+/// The points of `state`'s spend curve; where no cost was reported yet, its spend now.
+fn spend_curve(state: &RunState) -> Vec<(Seq, f64)> {
+    match state.spend_history.as_slice() {
+        [] => vec![(state.seq, state.cost.spent)],
+        history => history.iter().map(|point| (point.seq, point.spent)).collect(),
     }
 }
 
@@ -377,6 +389,27 @@ mod tests {
             assert_eq!(g.get_untracked(), before_g);
             assert_eq!(live_run.progress.get_untracked().running, 1);
             assert_eq!(live_run.seq.get_untracked(), 1);
+        });
+    }
+
+    #[test]
+    fn a_run_opened_late_draws_its_spend_from_the_start() {
+        let owner = Owner::new();
+        owner.with(|| {
+            let cost = |spent: f64| ServerEventBody::CostUpdate { spent, budget: 5.0, remaining: 5.0 - spent };
+            let mut server = state();
+            server.apply(&event(1, cost(1.0)));
+            server.apply(&event(2, cost(2.5)));
+            let live_run = LiveRun::new(server);
+            assert_eq!(live_run.spend_series.get_untracked(), [(1, 1.0), (2, 2.5)]);
+            live_run.apply(&event(3, cost(4.0)));
+            assert_eq!(live_run.spend_series.get_untracked(), [(1, 1.0), (2, 2.5), (3, 4.0)]);
+
+            let mut resynced = state();
+            resynced.apply(&event(1, cost(0.5)));
+            live_run.apply(&event(1, ServerEventBody::Snapshot { run: Box::new(resynced) }));
+            assert_eq!(live_run.spend_series.get_untracked(), [(1, 0.5)], "a snapshot brings its own curve");
+            assert_eq!(LiveRun::new(state()).spend_series.get_untracked(), [(0, 0.0)], "no cost yet: spend now");
         });
     }
 

@@ -16,7 +16,7 @@ pub use compare::{ComparedRun, NodeComparison, NodeFigures, OutputChange, RunCom
 pub use form::{InputField, InputKind, MAX_TEXT, check_values, read_form, read_typed};
 pub use state::{
     Applied, AttemptSpan, ErrorEntry, GateDecisionRecord, LOG_TAIL_LINES, LogLine, NodeView, Progress, RepairRecord,
-    RunState,
+    RunState, SPEND_POINTS, SpendPoint,
 };
 
 use serde::{Deserialize, Serialize};

@@ -18,6 +18,11 @@ use super::{
 /// How many `node_log` lines each node keeps in the state (the full log stays in the event log).
 pub const LOG_TAIL_LINES: usize = 200;
 
+/// Points of its spend curve a run keeps at most ([`RunState::spend_history`]). One more, and
+/// every other point is dropped (the first and the newest stay): a long run's curve keeps its
+/// shape, and a snapshot stays small.
+pub const SPEND_POINTS: usize = 128;
+
 /// Everything a dashboard needs to draw one run.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
@@ -45,6 +50,20 @@ pub struct RunState {
     /// Every repair of the run (`run_repaired`), oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub repairs: Vec<RepairRecord>,
+    /// The spend after each `cost_update`, oldest first, thinned to at most [`SPEND_POINTS`]:
+    /// a dashboard that opens the run late (or reconnects to a snapshot) still draws spend over
+    /// the whole run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spend_history: Vec<SpendPoint>,
+}
+
+/// The run's spend as of one event: a point of its spend curve.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "ssr", derive(schemars::JsonSchema))]
+pub struct SpendPoint {
+    /// The `cost_update` that reported it.
+    pub seq: Seq,
+    pub spent: f64,
 }
 
 /// One node with everything the run has told about it.
@@ -141,6 +160,20 @@ pub struct ErrorEntry {
     pub message: String,
 }
 
+/// Adds `point` to a spend curve, and thins the curve when it grows past [`SPEND_POINTS`].
+fn record_spend(history: &mut Vec<SpendPoint>, point: SpendPoint) {
+    history.push(point);
+    if history.len() > SPEND_POINTS {
+        let newest = history.len() - 1;
+        let mut index = 0;
+        history.retain(|_| {
+            let keep = index % 2 == 0 || index == newest;
+            index += 1;
+            keep
+        });
+    }
+}
+
 /// What [`RunState::apply`] did with an event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -188,6 +221,7 @@ impl RunState {
             results: None,
             errors: Vec::new(),
             repairs: Vec::new(),
+            spend_history: Vec::new(),
         }
     }
 
@@ -246,6 +280,7 @@ impl RunState {
             ServerEventBody::DagMutated { mutation } => self.mutate(mutation),
             ServerEventBody::CostUpdate { spent, budget, remaining } => {
                 self.cost = Cost { spent: *spent, budget: *budget, remaining: *remaining };
+                record_spend(&mut self.spend_history, SpendPoint { seq: event.seq, spent: *spent });
             }
             ServerEventBody::ExecutionComplete { results } => {
                 self.results = Some(results.clone());

@@ -433,8 +433,30 @@ fn reducer_table() {
             assert_eq!(s.nodes["b"].active_inputs, vec!["a".to_string()]);
         }),
         ("cost", vec![ServerEventBody::CostUpdate { spent: 2.5, budget: 10.0, remaining: 7.5 }], |s| {
-            assert_eq!(s.cost, Cost { spent: 2.5, budget: 10.0, remaining: 7.5 })
+            assert_eq!(s.cost, Cost { spent: 2.5, budget: 10.0, remaining: 7.5 });
+            assert_eq!(s.spend_history, [SpendPoint { seq: 1, spent: 2.5 }]);
         }),
+        (
+            "spend is kept as a curve, one point per cost update",
+            vec![
+                node_state("a", NodeStatus::Running),
+                ServerEventBody::CostUpdate { spent: 1.0, budget: 10.0, remaining: 9.0 },
+                ServerEventBody::CostUpdate { spent: 3.0, budget: 10.0, remaining: 7.0 },
+            ],
+            |s| assert_eq!(s.spend_history, [SpendPoint { seq: 2, spent: 1.0 }, SpendPoint { seq: 3, spent: 3.0 }]),
+        ),
+        (
+            "a long curve is thinned to every other point, keeping the first and the newest",
+            (1..=SPEND_POINTS as u64 + 1)
+                .map(|i| ServerEventBody::CostUpdate { spent: i as f64, budget: 1000.0, remaining: 1000.0 - i as f64 })
+                .collect(),
+            |s| {
+                let seqs: Vec<Seq> = s.spend_history.iter().map(|point| point.seq).collect();
+                let expected: Vec<Seq> = (1..=SPEND_POINTS as u64 + 1).step_by(2).collect();
+                assert_eq!(seqs, expected, "odd seqs from 1: the first and the newest ({})", SPEND_POINTS + 1);
+                assert_eq!(s.spend_history.last().map(|point| point.spent), Some(s.cost.spent));
+            },
+        ),
         (
             "gate waits, then is resolved",
             vec![
