@@ -24,6 +24,7 @@ pub fn GateCardView(
     let form_error: RwSignal<Option<String>> = RwSignal::new(None);
     let form = StoredValue::new(presentation.inputs.clone());
     let offers_modify = presentation.options.contains(&Decision::Modify);
+    let hint = keys.then(|| key_hint(&presentation.options));
     let buttons = presentation
         .options
         .iter()
@@ -119,7 +120,7 @@ pub fn GateCardView(
             {if may_steer {
                 view! {
                     <div class="gate-actions">{buttons}</div>
-                    {keys.then(|| view! { <p class="muted small shortcuts">"Keys: A approve · R reject · M feedback"</p> })}
+                    {hint.map(|hint| view! { <p class="muted small shortcuts">{hint}</p> })}
                 }
                     .into_any()
             } else {
@@ -196,6 +197,19 @@ fn form_field(field: &InputField, typed: RwSignal<Vec<(String, String)>>) -> imp
     }
 }
 
+/// The page's keys for a gate, as its card lists them: only those of the decisions it offers.
+fn key_hint(options: &[Decision]) -> String {
+    let keys: Vec<&str> = options
+        .iter()
+        .map(|decision| match decision {
+            Decision::Approve => "A approve",
+            Decision::Reject => "R reject",
+            Decision::Modify => "M feedback",
+        })
+        .collect();
+    format!("Keys: {}", keys.join(" · "))
+}
+
 /// Who decides a gate and how far its approvals got, when that is more than "any approver, once".
 fn quorum_line(presentation: &GatePresentation, approved_by: &[String]) -> Option<String> {
     let needed = presentation.approvals_needed();
@@ -213,4 +227,21 @@ fn quorum_line(presentation: &GatePresentation, approved_by: &[String]) -> Optio
         parts.push(format!("{person} started the run and may not approve it"));
     }
     (!parts.is_empty()).then(|| parts.join(" · "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_hint_lists_the_keys_of_the_offered_decisions_only() {
+        let cases: [(&[Decision], &str); 3] = [
+            (&[Decision::Approve, Decision::Reject], "Keys: A approve · R reject"),
+            (&[Decision::Approve, Decision::Reject, Decision::Modify], "Keys: A approve · R reject · M feedback"),
+            (&[Decision::Approve], "Keys: A approve"),
+        ];
+        for (options, hint) in cases {
+            assert_eq!(key_hint(options), hint, "{options:?}");
+        }
+    }
 }
