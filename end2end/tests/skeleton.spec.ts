@@ -174,3 +174,23 @@ test('after the socket drops the page shows reconnecting, then recovers and matc
   await expect(page.getByTestId('run-state')).toHaveText('completed');
   expect(await pageStatuses(page)).toEqual(await serverStatuses(request, dagId));
 });
+
+test.describe('on a phone', () => {
+  test.use({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+
+  test('no page is wider than the screen (the run list scrolls inside its own box)', async ({ page, request }) => {
+    const dagId = await startDemo(request);
+    const pages: [string, string][] = [
+      ['/', 'run-list'],
+      ['/inbox', 'inbox'],
+      [`/dags/${dagId}`, 'history-bar'],
+      [`/dags/${dagId}?view=gantt`, 'history-bar'],
+    ];
+    for (const [path, ready] of pages) {
+      await page.goto(path);
+      await expect(page.getByTestId(ready)).toBeVisible();
+      const width = await page.evaluate(() => document.documentElement.scrollWidth);
+      expect(width, `${path} is ${width}px wide`).toBeLessThanOrEqual(390);
+    }
+  });
+});
