@@ -160,10 +160,7 @@ pub struct DecisionRow {
 impl StoredEvent {
     /// The row(s) an event becomes; `at` (RFC 3339) is when it was published.
     pub fn new(dag_id: Arc<str>, event: &ServerEvent, json: Arc<str>, at: Arc<str>) -> Self {
-        let run_state = match &event.body {
-            ServerEventBody::RunStateChanged { state } => Some(*state),
-            _ => None,
-        };
+        let run_state = if let ServerEventBody::RunStateChanged { state } = &event.body { Some(*state) } else { None };
         StoredEvent { dag_id, seq: event.seq, json, run_state, at, epoch: None }
     }
 }

@@ -46,10 +46,15 @@ impl Coordinator {
     /// Marks the gates whose current wait was escalated already (so it is not escalated twice).
     pub(super) fn replay_escalations(&mut self, log: &[ServerEvent]) {
         for event in log {
-            let (node_id, escalated) = match &event.body {
-                ServerEventBody::HumanGateWaiting { node_id, .. } => (node_id, false),
-                ServerEventBody::GateReminder { node_id, escalated_to } if !escalated_to.is_empty() => (node_id, true),
-                _ => continue,
+            // A new wait starts unescalated; a reminder that escalated marks it. Nothing else does.
+            let (node_id, escalated) = if let ServerEventBody::HumanGateWaiting { node_id, .. } = &event.body {
+                (node_id, false)
+            } else if let ServerEventBody::GateReminder { node_id, escalated_to } = &event.body
+                && !escalated_to.is_empty()
+            {
+                (node_id, true)
+            } else {
+                continue;
             };
             if let Some(&node) = self.index.get(node_id) {
                 self.runs[node].escalated = escalated;
