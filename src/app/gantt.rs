@@ -12,7 +12,7 @@ use leptos::prelude::*;
 
 use super::clock::{parse_ms, use_now};
 use super::live_run::{LiveRun, NodeSignal};
-use crate::protocol::{NodeStatus, NodeView};
+use crate::protocol::{NodeKind, NodeStatus, NodeView};
 
 /// A node that waited less than this between being ready and starting is not drawn queued:
 /// that is the engine's own overhead, not a queue.
@@ -49,7 +49,11 @@ pub fn segments(node: &NodeView, start: f64, ready_at: Option<f64>) -> Vec<Segme
         .map(|attempt| attempt.started_at.as_str())
         .or(node.metrics.started_at.as_deref())
         .and_then(at);
-    if let Some(ready) = ready_at {
+    // A gate takes no slot, so it never queues: it waits from the moment it is ready. A gap
+    // before its start means it was added later (a budget gate, with no needs, is added when
+    // spend reaches the budget).
+    let queues = node.kind != NodeKind::Gate;
+    if let Some(ready) = ready_at.filter(|_| queues) {
         match (first_start, node.status) {
             (Some(first), _) if first - ready >= QUEUED_MIN_MS => {
                 segments.push(Segment { kind: "queued", from: ready, to: Some(first) })
@@ -277,7 +281,7 @@ fn format_tick(ms: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{AttemptSpan, GraphNode, NodeKind, NodeMetrics, RunState};
+    use crate::protocol::{AttemptSpan, GraphNode, NodeMetrics, RunState};
 
     fn node(status: NodeStatus, started: Option<&str>, finished: Option<&str>, past: Vec<AttemptSpan>) -> NodeView {
         let graph = GraphNode { id: "n".into(), label: "N".into(), kind: NodeKind::Command };
@@ -344,6 +348,21 @@ mod tests {
                 node(NodeStatus::Waiting, Some("2026-11-26T10:00:01Z"), None, vec![]),
                 Some(1000.0),
                 vec![seg("waiting", 1000.0, None)],
+            ),
+            (
+                "a gate added after the run's start (a budget gate) is not drawn queued before it",
+                NodeView {
+                    kind: NodeKind::Gate,
+                    ..node(NodeStatus::Waiting, Some("2026-11-26T10:00:05Z"), None, vec![])
+                },
+                Some(0.0),
+                vec![seg("waiting", 5000.0, None)],
+            ),
+            (
+                "a gate ready and not started yet is not queued either",
+                NodeView { kind: NodeKind::Gate, ..node(NodeStatus::Pending, None, None, vec![]) },
+                Some(500.0),
+                vec![],
             ),
         ];
         for (case, view, ready, expected) in cases {
