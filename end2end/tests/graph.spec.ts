@@ -68,6 +68,29 @@ echo '{"output": {"said": 6}}' >> "$DAGSTREAM_REPORT"
   await expect(panel).toBeHidden();
 });
 
+test('the graph fits itself again when the node panel opens and closes, unless it was moved by hand', async ({ page, request }) => {
+  const dagId = await startDemo(request);
+  await openRun(page, dagId);
+  const svg = page.getByTestId('graph-svg');
+  await expect(page.getByTestId('gnode-publish')).toBeVisible();
+  const full = (await svg.getAttribute('data-scale')) ?? '';
+  const scale = async () => Number(await svg.getAttribute('data-scale'));
+  await page.getByTestId('gnode-research_web').click();
+  await expect(page.getByTestId('node-panel')).toBeVisible();
+  // The panel takes part of the row: the whole graph is fitted into what is left.
+  await expect.poll(scale).toBeLessThan(Number(full));
+  await page.getByTestId('close-panel').click();
+  await expect(svg).toHaveAttribute('data-scale', full);
+  // Zoomed by hand: the view stays as the user left it.
+  await page.getByTestId('zoom-in').click();
+  const zoomed = (await svg.getAttribute('data-scale')) ?? '';
+  await page.getByTestId('gnode-research_web').click();
+  await expect(page.getByTestId('node-panel')).toBeVisible();
+  // A refit would happen at the next animation frame: let two go by.
+  await page.evaluate(() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done))));
+  await expect(svg).toHaveAttribute('data-scale', zoomed);
+});
+
 test('nodes added while the run goes on appear in the graph', async ({ page, request }) => {
   const response = await request.post('/api/dags?example=planner');
   const { dag_id: dagId } = await response.json();

@@ -73,11 +73,38 @@ pub fn Graph(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl Into
         live_run.nodes.with(|nodes| nodes.iter().take(limit).cloned().collect::<Vec<_>>())
     };
     let svg = NodeRef::<leptos::svg::Svg>::new();
+    // True while the view is the fitted one (nobody zoomed or dragged since): the box changing
+    // size (the node panel opens or closes, the window is resized) then fits it again.
+    let fitted = StoredValue::new(true);
     let fit = move || {
         if let Some(svg) = svg.get_untracked() {
             let (width, height) = (f64::from(svg.client_width()), f64::from(svg.client_height()));
             laid.with_untracked(|l| view.set(View::fit(l.width, l.height, width, height)));
+            fitted.set_value(true);
         }
+    };
+    let refit = move || {
+        if fitted.get_value() {
+            request_animation_frame(fit);
+        }
+    };
+    // The node panel takes part of the graph's row while it is open.
+    let panel_open = Memo::new(move |_| selected.with(Option::is_some));
+    Effect::new(move |was_open: Option<bool>| {
+        let open = panel_open.get();
+        if was_open.is_some_and(|was| was != open) {
+            refit();
+        }
+        open
+    });
+    #[cfg(feature = "hydrate")]
+    {
+        let resized = window_event_listener(leptos::ev::resize, move |_| refit());
+        on_cleanup(move || resized.remove());
+    }
+    let zoom = move |factor: f64, cx: f64, cy: f64| {
+        fitted.set_value(false);
+        view.update(|v| *v = v.zoom_at(factor, cx, cy));
     };
     // Set once the first full drawing is there: nodes drawn after it come from mutations.
     let first_drawing_done = StoredValue::new(false);
@@ -128,8 +155,8 @@ pub fn Graph(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl Into
     view! {
         <section class="graph" data-testid="graph">
             <div class="graph-tools">
-                <button title="Zoom in" data-testid="zoom-in" on:click=move |_| view.update(|v| *v = v.zoom_at(1.25, 200.0, 150.0))>"+"</button>
-                <button title="Zoom out" data-testid="zoom-out" on:click=move |_| view.update(|v| *v = v.zoom_at(0.8, 200.0, 150.0))>"−"</button>
+                <button title="Zoom in" data-testid="zoom-in" on:click=move |_| zoom(1.25, 200.0, 150.0)>"+"</button>
+                <button title="Zoom out" data-testid="zoom-out" on:click=move |_| zoom(0.8, 200.0, 150.0)>"−"</button>
                 <button title="Fit to screen" data-testid="fit" on:click=move |_| fit()>"Fit"</button>
             </div>
             <svg
@@ -144,8 +171,7 @@ pub fn Graph(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl Into
                 on:wheel=move |ev: leptos::ev::WheelEvent| {
                     ev.prevent_default();
                     let factor = if ev.delta_y() < 0.0 { 1.15 } else { 1.0 / 1.15 };
-                    let (cx, cy) = (f64::from(ev.offset_x()), f64::from(ev.offset_y()));
-                    view.update(|v| *v = v.zoom_at(factor, cx, cy));
+                    zoom(factor, f64::from(ev.offset_x()), f64::from(ev.offset_y()));
                 }
                 on:pointerdown=move |ev: leptos::ev::PointerEvent| {
                     drag.set_value(Some((f64::from(ev.client_x()), f64::from(ev.client_y()), view.get_untracked())));
@@ -156,6 +182,7 @@ pub fn Graph(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl Into
                         let (dx, dy) = (f64::from(ev.client_x()) - x0, f64::from(ev.client_y()) - y0);
                         if dx.abs() + dy.abs() > 3.0 {
                             moved.set_value(true);
+                            fitted.set_value(false);
                         }
                         view.set(View { x: start.x + dx, y: start.y + dy, ..start });
                     }
