@@ -71,7 +71,7 @@ test('decisions show live on every open page, and the timeline keeps the history
   await openRun(second, dagId);
   await expect(second.getByTestId('decisions')).toContainText('No gate has been decided yet.');
   await page.getByTestId('gate-review').getByTestId('approve').click();
-  await expect(second.getByTestId('decision')).toContainText('review by admin');
+  await expect(second.getByTestId('decision')).toContainText('Review outline by admin');
   await expect(second.getByTestId('gate-review')).toBeHidden();
   await expect(page.getByTestId('run-state')).toHaveText('completed');
 

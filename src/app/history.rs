@@ -105,7 +105,7 @@ pub fn Decisions(live_run: LiveRun) -> impl IntoView {
                                         <span class=format!("badge decision-{}", d.decision.as_str())>
                                             {d.decision.as_str()}
                                         </span>
-                                        " " <strong>{d.node_id.clone()}</strong> " by " {d.decided_by.clone()}
+                                        " " <strong title=d.node_id.clone()>{live_run.label(&d.node_id)}</strong> " by " {d.decided_by.clone()}
                                         <span class="muted small mono">" " {short_time(&d.decided_at)}</span>
                                         {d.feedback.clone().map(|f| view! { <q class="feedback-quote">{f}</q> })}
                                     </li>

@@ -243,6 +243,13 @@ impl LiveRun {
         self.seq.set(self.state.with_value(|s| s.seq));
     }
 
+    /// What the page calls node `node_id`: its label, or its id if the run has no such node.
+    pub fn label(&self, node_id: &str) -> String {
+        self.state
+            .with_value(|s| s.nodes.get(node_id).map(|node| node.label.clone()))
+            .unwrap_or_else(|| node_id.to_owned())
+    }
+
     /// The signal of one node, if the run has it.
     pub fn node(&self, node_id: &str) -> Option<RwSignal<NodeView>> {
         self.by_id.with_value(|by_id| by_id.get(node_id).copied())

@@ -437,7 +437,7 @@ fn GateCards(live_run: LiveRun, stream: DagStream, may_steer: bool) -> impl Into
             </For>
             <For each=resolved key=|d| (d.node_id.clone(), d.seq) let:decision>
                 <div class=format!("gate-resolved decision-{}", decision.decision.as_str()) data-testid=format!("resolved-{}", decision.node_id)>
-                    <strong>{decision.node_id.clone()}</strong>
+                    <strong title=decision.node_id.clone()>{live_run.label(&decision.node_id)}</strong>
                     {format!(" {} by {}", past_tense(decision.decision), decision.decided_by)}
                     <span class="muted small mono">{format!(" at {}", decision.decided_at.get(11..19).unwrap_or(""))}</span>
                     {decision.feedback.clone().map(|f| view! { <q class="feedback-quote">{f}</q> })}
