@@ -91,6 +91,31 @@ test('the graph fits itself again when the node panel opens and closes, unless i
   await expect(svg).toHaveAttribute('data-scale', zoomed);
 });
 
+test('two fingers pinch the graph: spread apart, it zooms in around them', async ({ page, request }) => {
+  const dagId = await startDemo(request);
+  await openRun(page, dagId);
+  const svg = page.getByTestId('graph-svg');
+  await expect(page.getByTestId('gnode-publish')).toBeVisible();
+  // The gate's card comes in above the graph when the run reaches it; the fingers below stay
+  // where they are on the screen, so the page must not move under them.
+  await expect(page.getByTestId('gate-review')).toBeVisible();
+  const before = Number(await svg.getAttribute('data-scale'));
+  const box = (await svg.boundingBox())!;
+  const [x, y] = [box.x + box.width / 2, box.y + box.height / 2];
+  const finger = (type: string, id: number, dx: number) =>
+    svg.dispatchEvent(type, { pointerId: id, pointerType: 'touch', isPrimary: id === 1, clientX: x + dx, clientY: y, bubbles: true });
+  await finger('pointerdown', 1, -20);
+  await finger('pointerdown', 2, 20);
+  await finger('pointermove', 1, -40);
+  await finger('pointermove', 2, 40);
+  await finger('pointerup', 2, 40);
+  await finger('pointerup', 1, -40);
+  // Twice the spread, twice the scale.
+  await expect.poll(async () => Number(await svg.getAttribute('data-scale')) / before).toBeCloseTo(2, 2);
+  // Fingers on the graph select nothing.
+  await expect(page.getByTestId('node-panel')).toBeHidden();
+});
+
 test('nodes added while the run goes on appear in the graph', async ({ page, request }) => {
   const response = await request.post('/api/dags?example=planner');
   const { dag_id: dagId } = await response.json();

@@ -9,6 +9,9 @@ use super::layout::{self, Layout, NODE_HEIGHT, NODE_WIDTH};
 use super::live_run::{LiveRun, NodeSignal};
 use crate::protocol::{NodeKind, NodeStatus};
 
+/// Two fingers' points in the graph box.
+type TwoPoints = [(f64, f64); 2];
+
 /// Pan and zoom of the drawing: screen = drawing × scale + (x, y).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct View {
@@ -41,6 +44,16 @@ impl View {
         let scale = (self.scale * factor).clamp(MIN_SCALE, MAX_SCALE);
         let ratio = scale / self.scale;
         View { x: cx - (cx - self.x) * ratio, y: cy - (cy - self.y) * ratio, scale }
+    }
+
+    /// Follows two fingers from `from` to `to` (points in the box): the drawing point under the
+    /// fingers' midpoint stays under it, and the scale changes as the distance between them.
+    pub fn pinch(self, from: TwoPoints, to: TwoPoints) -> View {
+        let distance = |[(ax, ay), (bx, by)]: TwoPoints| (ax - bx).hypot(ay - by).max(1.0);
+        let middle = |[(ax, ay), (bx, by)]: TwoPoints| ((ax + bx) / 2.0, (ay + by) / 2.0);
+        let ((fx, fy), (tx, ty)) = (middle(from), middle(to));
+        let zoomed = self.zoom_at(distance(to) / distance(from), fx, fy);
+        View { x: zoomed.x + tx - fx, y: zoomed.y + ty - fy, ..zoomed }
     }
 
     /// The view that shows all of a `width` × `height` drawing in a `screen_w` × `screen_h` box.
@@ -151,6 +164,23 @@ pub fn Graph(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl Into
     // Dragging: where the pointer went down, and the view then. `moved` tells a drag from a click.
     let drag: StoredValue<Option<(f64, f64, View)>> = StoredValue::new(None);
     let moved = StoredValue::new(false);
+    // Fingers on the graph (pointer id, where in the box) and, while two are, where they started
+    // and the view then: a pinch zooms.
+    let fingers: StoredValue<Vec<(i32, (f64, f64))>> = StoredValue::new(Vec::new());
+    let pinch: StoredValue<Option<(TwoPoints, View)>> = StoredValue::new(None);
+    let two_fingers = move || {
+        fingers.with_value(|f| match f.as_slice() {
+            [(_, a), (_, b), ..] => Some([*a, *b]),
+            _ => None,
+        })
+    };
+    let lift = move |ev: leptos::ev::PointerEvent| {
+        fingers.update_value(|f| f.retain(|(id, _)| *id != ev.pointer_id()));
+        if two_fingers().is_none() {
+            pinch.set_value(None);
+        }
+        drag.set_value(None);
+    };
 
     view! {
         <section class="graph" data-testid="graph">
@@ -174,10 +204,33 @@ pub fn Graph(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl Into
                     zoom(factor, f64::from(ev.offset_x()), f64::from(ev.offset_y()));
                 }
                 on:pointerdown=move |ev: leptos::ev::PointerEvent| {
+                    let at = in_box(svg, &ev);
+                    fingers.update_value(|f| {
+                        f.retain(|(id, _)| *id != ev.pointer_id());
+                        f.push((ev.pointer_id(), at));
+                    });
+                    if let Some(from) = two_fingers() {
+                        // A second finger: the pinch takes over from the drag (and is no click).
+                        pinch.set_value(Some((from, view.get_untracked())));
+                        drag.set_value(None);
+                        moved.set_value(true);
+                        fitted.set_value(false);
+                        return;
+                    }
                     drag.set_value(Some((f64::from(ev.client_x()), f64::from(ev.client_y()), view.get_untracked())));
                     moved.set_value(false);
                 }
                 on:pointermove=move |ev: leptos::ev::PointerEvent| {
+                    let at = in_box(svg, &ev);
+                    fingers.update_value(|f| {
+                        if let Some(finger) = f.iter_mut().find(|(id, _)| *id == ev.pointer_id()) {
+                            finger.1 = at;
+                        }
+                    });
+                    if let (Some((from, start)), Some(to)) = (pinch.get_value(), two_fingers()) {
+                        view.set(start.pinch(from, to));
+                        return;
+                    }
                     if let Some((x0, y0, start)) = drag.get_value() {
                         let (dx, dy) = (f64::from(ev.client_x()) - x0, f64::from(ev.client_y()) - y0);
                         if dx.abs() + dy.abs() > 3.0 {
@@ -187,8 +240,9 @@ pub fn Graph(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl Into
                         view.set(View { x: start.x + dx, y: start.y + dy, ..start });
                     }
                 }
-                on:pointerup=move |_| drag.set_value(None)
-                on:pointerleave=move |_| drag.set_value(None)
+                on:pointerup=lift
+                on:pointercancel=lift
+                on:pointerleave=lift
             >
                 <g style:transform=move || {
                     let v = view.get();
@@ -215,6 +269,19 @@ pub fn Graph(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl Into
             </svg>
         </section>
     }
+}
+
+/// Where a pointer is, in the graph box's own pixels (the view's coordinates).
+fn in_box(svg: NodeRef<leptos::svg::Svg>, ev: &leptos::ev::PointerEvent) -> (f64, f64) {
+    let (x, y) = (f64::from(ev.client_x()), f64::from(ev.client_y()));
+    #[cfg(feature = "hydrate")]
+    if let Some(svg) = svg.get_untracked() {
+        let rect = svg.get_bounding_client_rect();
+        return (x - rect.left(), y - rect.top());
+    }
+    #[cfg(not(feature = "hydrate"))]
+    let _ = svg;
+    (x, y)
 }
 
 #[component]
@@ -311,6 +378,20 @@ mod tests {
         // The drawing point under (110, 120) was (100, 100); it still is.
         assert_eq!(((110.0 - zoomed.x) / zoomed.scale, (120.0 - zoomed.y) / zoomed.scale), (100.0, 100.0));
         assert_eq!(view.zoom_at(1000.0, 0.0, 0.0).scale, 3.0, "zoom is bounded");
+    }
+
+    #[test]
+    fn a_pinch_keeps_the_point_between_the_fingers_under_them_and_scales_with_their_spread() {
+        let view = View { x: 10.0, y: 20.0, scale: 0.5 };
+        let drawing_at = |v: View, (sx, sy): (f64, f64)| ((sx - v.x) / v.scale, (sy - v.y) / v.scale);
+        let from = [(100.0, 100.0), (140.0, 100.0)];
+        // Spread to twice the distance, and moved 30 px right together.
+        let to = [(110.0, 100.0), (190.0, 100.0)];
+        let pinched = view.pinch(from, to);
+        assert!((pinched.scale - 1.0).abs() < 1e-9, "twice the spread, twice the scale");
+        let (before, after) = (drawing_at(view, (120.0, 100.0)), drawing_at(pinched, (150.0, 100.0)));
+        assert!((before.0 - after.0).abs() < 1e-9 && (before.1 - after.1).abs() < 1e-9, "{before:?} {after:?}");
+        assert_eq!(view.pinch(from, from), view, "fingers that did not move change nothing");
     }
 
     #[test]
