@@ -194,7 +194,7 @@ enum BenchCommand {
         #[arg(long, value_parser = parse_database)]
         database: Option<Database>,
         /// Attach one dashboard that reads every event through the room's fan-out (over an
-        /// in-memory pipe), so the run goes at the pace a dashboard allows.
+        /// in-memory pipe), so the run is held back as with dashboards on sockets.
         #[arg(long)]
         subscriber: bool,
         /// Runs of each shape; the median is reported.

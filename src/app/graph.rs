@@ -12,6 +12,23 @@ use crate::protocol::{NodeKind, NodeStatus};
 /// Two fingers' points in the graph box.
 type TwoPoints = [(f64, f64); 2];
 
+/// What the pointers on the graph are doing, with where it started (points in the box) and the
+/// view then.
+#[derive(Clone, Copy)]
+enum Gesture {
+    Idle,
+    /// One pointer pans.
+    Drag {
+        from: (f64, f64),
+        view: View,
+    },
+    /// Two fingers pinch.
+    Pinch {
+        from: TwoPoints,
+        view: View,
+    },
+}
+
 /// Pan and zoom of the drawing: screen = drawing × scale + (x, y).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct View {
@@ -102,9 +119,8 @@ pub fn Graph(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl Into
         }
     };
     // The node panel takes part of the graph's row while it is open.
-    let panel_open = Memo::new(move |_| selected.with(Option::is_some));
     Effect::new(move |was_open: Option<bool>| {
-        let open = panel_open.get();
+        let open = selected.with(Option::is_some);
         if was_open.is_some_and(|was| was != open) {
             refit();
         }
@@ -161,25 +177,20 @@ pub fn Graph(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl Into
             draw_next_batch();
         }
     });
-    // Dragging: where the pointer went down, and the view then. `moved` tells a drag from a click.
-    let drag: StoredValue<Option<(f64, f64, View)>> = StoredValue::new(None);
+    // Pointers down on the graph (pointer id, where in the box), and what they do. `moved`
+    // tells a drag or a pinch from a click.
+    let pointers: StoredValue<Vec<(i32, (f64, f64))>> = StoredValue::new(Vec::new());
+    let gesture = StoredValue::new(Gesture::Idle);
     let moved = StoredValue::new(false);
-    // Fingers on the graph (pointer id, where in the box) and, while two are, where they started
-    // and the view then: a pinch zooms.
-    let fingers: StoredValue<Vec<(i32, (f64, f64))>> = StoredValue::new(Vec::new());
-    let pinch: StoredValue<Option<(TwoPoints, View)>> = StoredValue::new(None);
     let two_fingers = move || {
-        fingers.with_value(|f| match f.as_slice() {
+        pointers.with_value(|p| match p.as_slice() {
             [(_, a), (_, b), ..] => Some([*a, *b]),
             _ => None,
         })
     };
     let lift = move |ev: leptos::ev::PointerEvent| {
-        fingers.update_value(|f| f.retain(|(id, _)| *id != ev.pointer_id()));
-        if two_fingers().is_none() {
-            pinch.set_value(None);
-        }
-        drag.set_value(None);
+        pointers.update_value(|p| p.retain(|(id, _)| *id != ev.pointer_id()));
+        gesture.set_value(Gesture::Idle);
     };
 
     view! {
@@ -205,39 +216,43 @@ pub fn Graph(live_run: LiveRun, selected: RwSignal<Option<String>>) -> impl Into
                 }
                 on:pointerdown=move |ev: leptos::ev::PointerEvent| {
                     let at = in_box(svg, &ev);
-                    fingers.update_value(|f| {
-                        f.retain(|(id, _)| *id != ev.pointer_id());
-                        f.push((ev.pointer_id(), at));
+                    pointers.update_value(|p| {
+                        p.retain(|(id, _)| *id != ev.pointer_id());
+                        p.push((ev.pointer_id(), at));
                     });
+                    let start = view.get_untracked();
                     if let Some(from) = two_fingers() {
                         // A second finger: the pinch takes over from the drag (and is no click).
-                        pinch.set_value(Some((from, view.get_untracked())));
-                        drag.set_value(None);
+                        gesture.set_value(Gesture::Pinch { from, view: start });
                         moved.set_value(true);
                         fitted.set_value(false);
-                        return;
+                    } else {
+                        gesture.set_value(Gesture::Drag { from: at, view: start });
+                        moved.set_value(false);
                     }
-                    drag.set_value(Some((f64::from(ev.client_x()), f64::from(ev.client_y()), view.get_untracked())));
-                    moved.set_value(false);
                 }
                 on:pointermove=move |ev: leptos::ev::PointerEvent| {
                     let at = in_box(svg, &ev);
-                    fingers.update_value(|f| {
-                        if let Some(finger) = f.iter_mut().find(|(id, _)| *id == ev.pointer_id()) {
-                            finger.1 = at;
+                    pointers.update_value(|p| {
+                        if let Some(pointer) = p.iter_mut().find(|(id, _)| *id == ev.pointer_id()) {
+                            pointer.1 = at;
                         }
                     });
-                    if let (Some((from, start)), Some(to)) = (pinch.get_value(), two_fingers()) {
-                        view.set(start.pinch(from, to));
-                        return;
-                    }
-                    if let Some((x0, y0, start)) = drag.get_value() {
-                        let (dx, dy) = (f64::from(ev.client_x()) - x0, f64::from(ev.client_y()) - y0);
-                        if dx.abs() + dy.abs() > 3.0 {
-                            moved.set_value(true);
-                            fitted.set_value(false);
+                    match gesture.get_value() {
+                        Gesture::Idle => {}
+                        Gesture::Drag { from: (x0, y0), view: start } => {
+                            let (dx, dy) = (at.0 - x0, at.1 - y0);
+                            if dx.abs() + dy.abs() > 3.0 {
+                                moved.set_value(true);
+                                fitted.set_value(false);
+                            }
+                            view.set(View { x: start.x + dx, y: start.y + dy, ..start });
                         }
-                        view.set(View { x: start.x + dx, y: start.y + dy, ..start });
+                        Gesture::Pinch { from, view: start } => {
+                            if let Some(to) = two_fingers() {
+                                view.set(start.pinch(from, to));
+                            }
+                        }
                     }
                 }
                 on:pointerup=lift

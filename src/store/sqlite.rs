@@ -8,10 +8,10 @@
 //! WAL mode with `synchronous = NORMAL` that is a write into the log file, no `fsync`: 11 µs
 //! p50, 44 µs p99 for one event here, less than the round trip it replaces (at 1 000 dashboards
 //! that round trip alone made the fan-out's p99 ~10% slower, `bench fanout`). What could hold
-//! the thread longer goes elsewhere: a big batch (a burst) and a batch that finds another connection writing are
-//! written on a blocking thread (which waits for the lock), and the log is checkpointed into
-//! the database file (the part that does `fsync`) by a pool connection every
-//! [`CHECKPOINT_BYTES`], not by the appending connection.
+//! the thread longer goes elsewhere: a big batch (a burst) and a batch that finds another
+//! connection writing are written on a blocking thread (which waits for the lock), and the log
+//! is checkpointed into the database file (the part that does `fsync`) by a pool connection
+//! every [`CHECKPOINT_BYTES`], not by the appending connection.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
